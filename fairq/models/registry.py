@@ -1,0 +1,165 @@
+"""Model registry: fairq's own builders first, then any timm name, then any torchvision name.
+
+Mirrors timm's ``create_model``: users call :func:`create_model` by name and never import a constructor.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import warnings
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+TORCHVISION_PREFIX = "tv/"
+
+# The five architectures of the Beyond-Naive-Quantization study, under the names fairq resolves them by.
+STUDY_MODELS = ("resnet50", "mobilenetv2_100", "efficientnet_b0", "vit_small_patch16_224", "squeezenet1_1")
+
+
+def register_model(name: str):
+    """Decorator registering ``fn(num_classes, pretrained, **kwargs) -> nn.Module`` under ``name``."""
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def _timm():
+    import timm
+
+    return timm
+
+
+def _tv_models():
+    import torchvision
+
+    return set(torchvision.models.list_models())
+
+
+def list_models() -> list[str]:
+    """fairq's registered names (timm and torchvision names are accepted too)."""
+    return sorted(_REGISTRY)
+
+
+@contextmanager
+def _hub_offline():
+    """Resolve pretrained weights from the local HF/timm cache only, never the network."""
+    # huggingface_hub reads HF_HUB_OFFLINE once at import, so the module constant is what must be switched.
+    from huggingface_hub import constants
+
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def _unknown(name: str) -> ValueError:
+    pool = list(_REGISTRY) + list(_timm().list_models()) + [TORCHVISION_PREFIX + n for n in _tv_models()]
+    close = difflib.get_close_matches(name, pool, n=5, cutoff=0.5)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    return ValueError(
+        f"Unknown model {name!r}: not a fairq model ({', '.join(list_models())}), a timm name or a torchvision "
+        f"name (prefix {TORCHVISION_PREFIX!r} to force torchvision).{hint}"
+    )
+
+
+def _build_torchvision(name: str, num_classes: int, pretrained: bool | None, **kwargs) -> nn.Module:
+    import torchvision
+
+    if pretrained is False:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        model.fairq_pretrained = None
+        return model
+    try:  # torchvision's cache (TORCH_HOME); offline this raises unless the user already has the file.
+        model = torchvision.models.get_model(name, weights="DEFAULT", **kwargs)
+    except Exception as err:  # noqa: BLE001 - any download/cache failure means "no weights here"
+        if pretrained:
+            raise RuntimeError(f"pretrained torchvision weights for {name!r} are not available offline: {err}") from err
+        warnings.warn(f"no pretrained weights for torchvision {name!r} here ({type(err).__name__}); random init")
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        model.fairq_pretrained = None
+        return model
+    _replace_torchvision_head(model, num_classes)
+    model.fairq_pretrained = "torchvision:DEFAULT"
+    return model
+
+
+def _replace_torchvision_head(model: nn.Module, num_classes: int) -> None:
+    """Swap the last classification layer for one with ``num_classes`` outputs."""
+    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+        return
+    if hasattr(model, "heads") and hasattr(model.heads, "head"):
+        model.heads.head = nn.Linear(model.heads.head.in_features, num_classes)
+        return
+    cls = getattr(model, "classifier", None)
+    if isinstance(cls, nn.Sequential):
+        for i in range(len(cls) - 1, -1, -1):
+            layer = cls[i]
+            if isinstance(layer, nn.Linear):
+                cls[i] = nn.Linear(layer.in_features, num_classes)
+                return
+            if isinstance(layer, nn.Conv2d):  # squeezenet: 1x1 conv classifier
+                cls[i] = nn.Conv2d(layer.in_channels, num_classes, layer.kernel_size)
+                return
+    raise ValueError(f"don't know how to replace the head of {type(model).__name__}")
+
+
+def _build_timm(name: str, num_classes: int, pretrained: bool | None, **kwargs) -> nn.Module:
+    timm = _timm()
+    if pretrained is False:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        model.fairq_pretrained = None
+        return model
+    try:
+        with _hub_offline():
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+    except Exception as err:  # noqa: BLE001 - not in the local cache
+        if pretrained:
+            raise RuntimeError(
+                f"pretrained timm weights for {name!r} are not in the local cache (HF_HOME / TORCH_HOME); "
+                f"download them once with network, or pass pretrained=False: {err}"
+            ) from err
+        warnings.warn(f"no cached pretrained weights for timm {name!r}; using random initialisation")
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        model.fairq_pretrained = None
+        return model
+    model.fairq_pretrained = f"timm:{name}"
+    return model
+
+
+def create_model(name: str, num_classes: int, pretrained: bool | None = None, **kwargs) -> nn.Module:
+    """Build a classifier with ``num_classes`` outputs.
+
+    ``pretrained``: True requires weights (error if unavailable offline), False never loads them, None (default)
+    loads them when they are available locally and otherwise warns and initialises randomly. The model's
+    ``fairq_pretrained`` attribute records where its weights came from (None = random init).
+    Resolution order: fairq registry, ``tv/NAME`` (torchvision), timm names, torchvision names.
+    """
+    if name in _REGISTRY:
+        model = _REGISTRY[name](num_classes=num_classes, pretrained=pretrained, **kwargs)
+    elif name.startswith(TORCHVISION_PREFIX):
+        tv_name = name[len(TORCHVISION_PREFIX):]
+        if tv_name not in _tv_models():
+            raise _unknown(name)
+        model = _build_torchvision(tv_name, num_classes, pretrained, **kwargs)
+    elif _timm().is_model(name):
+        model = _build_timm(name, num_classes, pretrained, **kwargs)
+    elif name in _tv_models():
+        model = _build_torchvision(name, num_classes, pretrained, **kwargs)
+    else:
+        raise _unknown(name)
+    model.fairq_name = name
+    return model
