@@ -1,0 +1,150 @@
+"""Stratified and paired bootstrap: point estimates, exactness of the count resampling, coverage, speed."""
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fairq.metrics import (SCALAR_METRICS, bootstrap_ci, encode_groups, fairness_metrics, group_confusion,
+                           paired_bootstrap_ci, resample_group_counts)
+
+# Tiny known-truth problem: two groups of fixed size; P(y=1 | g), TPR_g, FPR_g chosen so that every gap is
+# well away from 0 and the max in equalized odds / min in worst-group accuracy is clear.
+SIZES = (150, 100)
+P_POS = (0.5, 0.4)
+TPR = (0.8, 0.5)
+FPR = (0.2, 0.3)
+FLIP = (0.05, 0.2)  # "compressed" model: flips the baseline prediction with this probability per group
+
+
+def _truth(tpr, fpr):
+    sel = [p * t + (1 - p) * f for p, t, f in zip(P_POS, tpr, fpr)]
+    acc = [p * t + (1 - p) * (1 - f) for p, t, f in zip(P_POS, tpr, fpr)]
+    return {
+        "accuracy": sum(n * a for n, a in zip(SIZES, acc)) / sum(SIZES),
+        "demographic_parity_difference": abs(sel[0] - sel[1]),
+        "disparate_impact": min(sel) / max(sel),
+        "equal_opportunity_difference": abs(tpr[0] - tpr[1]),
+        "predictive_equality_difference": abs(fpr[0] - fpr[1]),
+        "equalized_odds_difference": max(abs(tpr[0] - tpr[1]), abs(fpr[0] - fpr[1])),
+        "worst_group_accuracy": min(acc),
+    }
+
+
+TPR_B = [t * (1 - f) + (1 - t) * f for t, f in zip(TPR, FLIP)]
+FPR_B = [x * (1 - f) + (1 - x) * f for x, f in zip(FPR, FLIP)]
+TRUTH_A, TRUTH_B = _truth(TPR, FPR), _truth(TPR_B, FPR_B)
+
+
+def _simulate(rng):
+    g = np.repeat([0, 1], SIZES)
+    y = (rng.random(len(g)) < np.take(P_POS, g)).astype(int)
+    p_one = np.where(y == 1, np.take(TPR, g), np.take(FPR, g))
+    a = (rng.random(len(g)) < p_one).astype(int)
+    b = np.where(rng.random(len(g)) < np.take(FLIP, g), 1 - a, a)
+    return y, a, b, {"g": g}
+
+
+def _overall(df):
+    return df[df.group == "all"].set_index("metric")
+
+
+def test_point_estimates_equal_fairness_metrics():
+    rng = np.random.default_rng(0)
+    y, a, b, sf = _simulate(rng)
+    single = _overall(bootstrap_ci(y, a, sf, n_resamples=50, min_group_size=1))
+    paired = _overall(paired_bootstrap_ci(y, a, b, sf, n_resamples=50, min_group_size=1))
+    ma = fairness_metrics(y, a, sf, min_group_size=1)
+    mb = fairness_metrics(y, b, sf, min_group_size=1)
+    for key in SCALAR_METRICS:
+        assert single.value[key] == pytest.approx(ma[key], abs=1e-12)
+        assert paired.baseline_value[key] == pytest.approx(ma[key], abs=1e-12)
+        assert paired.value[key] == pytest.approx(mb[key], abs=1e-12)
+        assert paired.delta[key] == pytest.approx(mb[key] - ma[key], abs=1e-12)
+        assert single.ci_low[key] <= single.ci_high[key]
+
+
+def test_seeded_and_identical_predictions_give_zero_delta():
+    rng = np.random.default_rng(1)
+    y, a, _, sf = _simulate(rng)
+    r1 = bootstrap_ci(y, a, sf, n_resamples=100, seed=3)
+    pd.testing.assert_frame_equal(r1, bootstrap_ci(y, a, sf, n_resamples=100, seed=3))
+    assert not r1.equals(bootstrap_ci(y, a, sf, n_resamples=100, seed=4))
+    same = paired_bootstrap_ci(y, a, a, sf, n_resamples=100)
+    assert (same[["delta", "ci_low", "ci_high"]].to_numpy() == 0).all()
+
+
+def test_count_resampling_matches_index_resampling():
+    """Multinomial over a group's cells is index resampling within the group: compare moments."""
+    rng = np.random.default_rng(2)
+    y, a, _, sf = _simulate(rng)
+    gid, groups = encode_groups(sf)
+    counts = group_confusion(y, a, gid, len(groups), 2)
+    draws = resample_group_counts(counts, 4000, np.random.default_rng(0))
+    np.testing.assert_array_equal(draws.sum(axis=(2, 3)), np.broadcast_to(counts.sum(axis=(1, 2)), (4000, 2)))
+    acc_counts = np.trace(draws, axis1=2, axis2=3).sum(axis=1) / len(y)
+    idx_rng = np.random.default_rng(1)
+    acc_index = []
+    for _ in range(4000):
+        pick = np.concatenate([idx_rng.choice(np.flatnonzero(gid == k), size=(gid == k).sum()) for k in (0, 1)])
+        acc_index.append((y[pick] == a[pick]).mean())
+    assert acc_counts.mean() == pytest.approx(np.mean(acc_index), abs=0.002)
+    assert acc_counts.std() == pytest.approx(np.std(acc_index), rel=0.06)
+    # and both equal the analytic stratified standard error
+    p_g = np.array([(y[gid == k] == a[gid == k]).mean() for k in (0, 1)])
+    se = np.sqrt(np.sum(np.array(SIZES) * p_g * (1 - p_g))) / len(y)
+    assert acc_counts.std() == pytest.approx(se, rel=0.06)
+
+
+CHECKED = ("accuracy", "demographic_parity_difference", "disparate_impact", "equal_opportunity_difference",
+           "predictive_equality_difference", "equalized_odds_difference", "worst_group_accuracy")
+
+
+def test_ci_covers_truth_at_nominal_rate():
+    rng = np.random.default_rng(10)
+    reps = 200
+    hits = {k: 0 for k in CHECKED}
+    delta_hits = {k: 0 for k in CHECKED}
+    for rep in range(reps):
+        y, a, b, sf = _simulate(rng)
+        single = _overall(bootstrap_ci(y, a, sf, n_resamples=300, seed=rep, min_group_size=1))
+        paired = _overall(paired_bootstrap_ci(y, a, b, sf, n_resamples=300, seed=rep, min_group_size=1))
+        for k in CHECKED:
+            hits[k] += single.ci_low[k] <= TRUTH_A[k] <= single.ci_high[k]
+            true_delta = TRUTH_B[k] - TRUTH_A[k]
+            delta_hits[k] += paired.ci_low[k] <= true_delta <= paired.ci_high[k]
+    coverage = {k: v / reps for k, v in hits.items()}
+    delta_coverage = {k: v / reps for k, v in delta_hits.items()}
+    print("coverage", coverage, "delta coverage", delta_coverage)
+    for cov in (coverage, delta_coverage):
+        for k, c in cov.items():
+            assert 0.88 <= c < 1.0, (k, c)
+
+
+def test_basic_interval_reflects_percentile_around_estimate():
+    rng = np.random.default_rng(5)
+    y, a, _, sf = _simulate(rng)
+    pct = bootstrap_ci(y, a, sf, n_resamples=300, seed=1)
+    basic = bootstrap_ci(y, a, sf, n_resamples=300, seed=1, method="basic")
+    np.testing.assert_allclose(basic.ci_low, 2 * pct.value - pct.ci_high)
+    np.testing.assert_allclose(basic.ci_high, 2 * pct.value - pct.ci_low)
+    with pytest.raises(ValueError, match="method"):
+        bootstrap_ci(y, a, sf, method="bca")
+
+
+def test_per_group_rows_and_speed():
+    rng = np.random.default_rng(3)
+    n = 5000
+    sf = {"race": rng.integers(0, 5, n), "age": rng.integers(0, 4, n)}
+    y = rng.integers(0, 2, n)
+    a = np.where(rng.random(n) < 0.8, y, 1 - y)
+    b = np.where(rng.random(n) < 0.05, 1 - a, a)
+    start = time.perf_counter()
+    out = paired_bootstrap_ci(y, a, b, sf, n_resamples=1000)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 5.0, elapsed  # typically ~0.1 s: resampling works on counts, not samples
+    groups = out[out.group != "all"]
+    assert set(groups.metric) == {"accuracy", "selection_rate", "tpr", "fpr"}
+    assert groups.group.nunique() == 20 and "race=0, age=0" in set(groups.group)
+    assert (out.n_valid == 1000).all()

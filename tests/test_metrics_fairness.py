@@ -1,0 +1,241 @@
+"""fairq.metrics core and fairness metrics against fairlearn and aif360, plus fairq's own rules."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn import metrics as flm
+from sklearn.metrics import accuracy_score
+
+from fairq import metrics as fm
+from fairq.metrics import encode_groups, fairness_metrics, group_confusion
+
+TOL = 1e-9
+
+
+def _random_binary(seed, n=600, levels=(("a", 3), ("b", 2))):
+    """Random labels / predictions with group-dependent rates; every group has both classes."""
+    rng = np.random.default_rng(seed)
+    sf = pd.DataFrame({name: rng.integers(0, k, n) for name, k in levels})
+    gid, _ = encode_groups(sf)
+    p_pos = rng.uniform(0.2, 0.8, gid.max() + 1)[gid]
+    y_true = (rng.random(n) < p_pos).astype(int)
+    flip = rng.uniform(0.05, 0.45, gid.max() + 1)[gid]
+    y_pred = np.where(rng.random(n) < flip, 1 - y_true, y_true)
+    return y_true, y_pred, sf
+
+
+def _fairlearn_frame(y_true, y_pred, sf):
+    return flm.MetricFrame(
+        metrics={"accuracy": accuracy_score, "selection_rate": flm.selection_rate,
+                 "tpr": flm.true_positive_rate, "fpr": flm.false_positive_rate},
+        y_true=y_true, y_pred=y_pred, sensitive_features=sf)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_fairlearn_intersectional(seed):
+    y_true, y_pred, sf = _random_binary(seed)
+    ours = fairness_metrics(y_true, y_pred, sf, min_group_size=1)
+    mf = _fairlearn_frame(y_true, y_pred, sf)
+    by = mf.by_group
+    pg = ours["per_group"].set_index(list(sf.columns))
+    assert list(pg.index) == list(by.index)  # same groups, same (sorted) order
+    for col in ("accuracy", "selection_rate", "tpr", "fpr"):
+        np.testing.assert_allclose(pg[col].to_numpy(), by[col].to_numpy(), atol=TOL, rtol=0)
+    diff, ratio = mf.difference(), mf.ratio()
+    assert ours["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred), abs=TOL)
+    assert ours["demographic_parity_difference"] == pytest.approx(
+        flm.demographic_parity_difference(y_true, y_pred, sensitive_features=sf), abs=TOL)
+    assert ours["demographic_parity_ratio"] == pytest.approx(
+        flm.demographic_parity_ratio(y_true, y_pred, sensitive_features=sf), abs=TOL)
+    assert ours["disparate_impact"] == pytest.approx(ratio["selection_rate"], abs=TOL)
+    assert ours["equalized_odds_difference"] == pytest.approx(
+        flm.equalized_odds_difference(y_true, y_pred, sensitive_features=sf), abs=TOL)
+    assert ours["equal_opportunity_difference"] == pytest.approx(diff["tpr"], abs=TOL)
+    assert ours["predictive_equality_difference"] == pytest.approx(diff["fpr"], abs=TOL)
+    assert ours["accuracy_difference"] == pytest.approx(diff["accuracy"], abs=TOL)
+    assert ours["worst_group_accuracy"] == pytest.approx(mf.group_min()["accuracy"], abs=TOL)
+    n_by_group = pd.Series(1, index=pd.MultiIndex.from_frame(sf)).groupby(level=[0, 1]).sum()
+    np.testing.assert_array_equal(pg["n"].to_numpy(), n_by_group.loc[pg.index].to_numpy())
+
+
+def test_thin_wrappers_equal_dict():
+    y_true, y_pred, sf = _random_binary(3)
+    full = fairness_metrics(y_true, y_pred, sf, min_group_size=1)
+    for key in fm.SCALAR_METRICS:
+        if key == "accuracy":
+            continue
+        fn = getattr(fm, key)
+        assert fn(y_true, y_pred, sensitive_features=sf, min_group_size=1) == full[key], key
+        assert "math::" in fn.__doc__
+    with pytest.raises(TypeError):  # keyword-only after y_true, y_pred
+        fm.demographic_parity_difference(y_true, y_pred, sf)
+
+
+def test_dict_and_array_inputs_and_string_labels():
+    y_true, y_pred, sf = _random_binary(4, levels=(("race", 3),))
+    a = fairness_metrics(y_true, y_pred, {"race": sf["race"].to_numpy()}, min_group_size=1)
+    b = fairness_metrics(y_true, y_pred, sf["race"].to_numpy(), min_group_size=1)
+    names = np.array(["no", "yes"])
+    c = fairness_metrics(names[y_true], names[y_pred], sf, pos_label="yes", min_group_size=1)
+    for key in fm.SCALAR_METRICS:
+        assert a[key] == b[key] == c[key]
+    assert list(b["per_group"].columns[:1]) == ["sensitive_feature_0"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_aif360_two_groups(seed):
+    ds_mod = pytest.importorskip("aif360.datasets")
+    from aif360.metrics import ClassificationMetric
+
+    y_true, y_pred, sf = _random_binary(seed, n=400, levels=(("sex", 2),))
+    df = pd.DataFrame({"sex": sf["sex"].astype(float), "label": y_true.astype(float)})
+    truth = ds_mod.BinaryLabelDataset(df=df, label_names=["label"], protected_attribute_names=["sex"],
+                                      favorable_label=1.0, unfavorable_label=0.0)
+    pred = truth.copy(deepcopy=True)
+    pred.labels = y_pred.astype(float).reshape(-1, 1)
+    cm = ClassificationMetric(truth, pred, unprivileged_groups=[{"sex": 0.0}], privileged_groups=[{"sex": 1.0}])
+    ours = fairness_metrics(y_true, y_pred, sf, min_group_size=1)
+    # aif360 reports unprivileged − privileged (signed) and unprivileged / privileged; fairq reports the
+    # between-groups max − min (≥ 0) and min / max (≤ 1).
+    assert ours["demographic_parity_difference"] == pytest.approx(abs(cm.statistical_parity_difference()), abs=TOL)
+    di = cm.disparate_impact()
+    assert ours["disparate_impact"] == pytest.approx(min(di, 1 / di), abs=TOL)
+    assert ours["equal_opportunity_difference"] == pytest.approx(abs(cm.equal_opportunity_difference()), abs=TOL)
+    assert ours["predictive_equality_difference"] == pytest.approx(
+        abs(cm.false_positive_rate_difference()), abs=TOL)
+    assert ours["equalized_odds_difference"] == pytest.approx(cm.equalized_odds_difference(), abs=TOL)
+    assert ours["accuracy"] == pytest.approx(cm.accuracy(), abs=TOL)
+    pg = ours["per_group"].set_index("sex")
+    aod = 0.5 * ((pg.fpr[0] - pg.fpr[1]) + (pg.tpr[0] - pg.tpr[1]))
+    assert aod == pytest.approx(cm.average_odds_difference(), abs=TOL)
+    for level, privileged in ((0, False), (1, True)):
+        assert pg.accuracy[level] == pytest.approx(cm.accuracy(privileged=privileged), abs=TOL)
+        assert pg.tpr[level] == pytest.approx(cm.true_positive_rate(privileged=privileged), abs=TOL)
+        assert pg.selection_rate[level] == pytest.approx(cm.selection_rate(privileged=privileged), abs=TOL)
+    assert ours["worst_group_accuracy"] == pytest.approx(
+        min(cm.accuracy(privileged=True), cm.accuracy(privileged=False)), abs=TOL)
+
+
+def test_empty_intersections_skipped():
+    y_true, y_pred, sf = _random_binary(5, n=400)
+    keep = ~((sf["a"] == 1) & (sf["b"] == 0)).to_numpy()  # remove one intersection entirely
+    y_true, y_pred, sf = y_true[keep], y_pred[keep], sf[keep]
+    ours = fairness_metrics(y_true, y_pred, sf, min_group_size=1)
+    pg = ours["per_group"]
+    assert len(pg) == 5 and not ((pg.a == 1) & (pg.b == 0)).any()
+    assert ours["demographic_parity_difference"] == pytest.approx(
+        flm.demographic_parity_difference(y_true, y_pred, sensitive_features=sf), abs=TOL)
+    assert ours["equalized_odds_difference"] == pytest.approx(
+        flm.equalized_odds_difference(y_true, y_pred, sensitive_features=sf), abs=TOL)
+
+
+def test_no_positives_rule_excludes_group_unlike_fairlearn():
+    y_true, y_pred, sf = _random_binary(6, n=500, levels=(("g", 4),))
+    y_true = y_true.copy()
+    y_true[sf["g"].to_numpy() == 2] = 0  # group 2 has no positives: TPR undefined
+    ours = fairness_metrics(y_true, y_pred, sf, min_group_size=1)
+    pg = ours["per_group"].set_index("g")
+    assert np.isnan(pg.tpr[2]) and pg.no_positives[2] and not pg.no_positives.drop(2).any()
+    assert not np.isnan(pg.fpr[2])
+    others = sf["g"].to_numpy() != 2
+    mf_others = _fairlearn_frame(y_true[others], y_pred[others], sf[others])
+    assert ours["equal_opportunity_difference"] == pytest.approx(mf_others.difference()["tpr"], abs=TOL)
+    mf_all = _fairlearn_frame(y_true, y_pred, sf)
+    assert ours["predictive_equality_difference"] == pytest.approx(mf_all.difference()["fpr"], abs=TOL)
+    assert ours["equalized_odds_difference"] == pytest.approx(
+        max(mf_others.difference()["tpr"], mf_all.difference()["fpr"]), abs=TOL)
+    # fairlearn scores the group's TPR as 0.0 instead, which is what fairq's rule avoids.
+    assert mf_all.by_group["tpr"][2] == 0.0
+    assert flm.equalized_odds_difference(y_true, y_pred, sensitive_features=sf) > ours["equalized_odds_difference"]
+
+
+def test_no_negatives_rule():
+    y_true, y_pred, sf = _random_binary(7, n=300, levels=(("g", 3),))
+    y_true = y_true.copy()
+    y_true[sf["g"].to_numpy() == 0] = 1
+    pg = fairness_metrics(y_true, y_pred, sf, min_group_size=1)["per_group"].set_index("g")
+    assert np.isnan(pg.fpr[0]) and pg.no_negatives[0] and pg.negatives[0] == 0
+
+
+def test_small_groups_flagged_and_excluded_from_gaps():
+    y_true, y_pred, sf = _random_binary(8, n=400, levels=(("g", 3),))
+    tiny = np.flatnonzero(sf["g"].to_numpy() == 0)[5:]
+    keep = np.setdiff1d(np.arange(len(y_true)), tiny)  # group 0 keeps 5 samples
+    y_true, y_pred, sf = y_true[keep], y_pred[keep], sf.iloc[keep]
+    ours = fairness_metrics(y_true, y_pred, sf, min_group_size=20)
+    pg = ours["per_group"].set_index("g")
+    assert pg.small_group[0] and not pg.small_group[[1, 2]].any() and pg.n[0] == 5
+    big = sf["g"].to_numpy() != 0
+    mf = _fairlearn_frame(y_true[big], y_pred[big], sf[big])
+    assert ours["demographic_parity_difference"] == pytest.approx(mf.difference()["selection_rate"], abs=TOL)
+    assert ours["worst_group_accuracy"] == pytest.approx(mf.group_min()["accuracy"], abs=TOL)
+    assert ours["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred), abs=TOL)  # everyone counts
+    with_tiny = fairness_metrics(y_true, y_pred, sf, min_group_size=1)
+    assert with_tiny["demographic_parity_difference"] == pytest.approx(
+        flm.demographic_parity_difference(y_true, y_pred, sensitive_features=sf), abs=TOL)
+
+
+def test_gaps_nan_with_fewer_than_two_groups():
+    y_true, y_pred, sf = _random_binary(9, n=100, levels=(("g", 1),))
+    out = fairness_metrics(y_true, y_pred, sf, min_group_size=1)
+    assert np.isnan(out["demographic_parity_difference"]) and np.isnan(out["equalized_odds_difference"])
+    assert np.isnan(out["worst_group_accuracy"])
+    assert out["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+
+
+def test_multiclass_one_vs_rest_matches_fairlearn_per_class():
+    rng = np.random.default_rng(0)
+    n, k = 1500, 7
+    sf = pd.DataFrame({"gender": rng.integers(0, 2, n), "age": rng.integers(0, 3, n)})
+    y_true = rng.integers(0, k, n)
+    y_pred = np.where(rng.random(n) < 0.6, y_true, rng.integers(0, k, n))
+    ours = fairness_metrics(y_true, y_pred, sf, min_group_size=1)
+    dp, ratio, eopp, pe, eo = [], [], [], [], []
+    for c in range(k):
+        t, p = (y_true == c).astype(int), (y_pred == c).astype(int)
+        mf = _fairlearn_frame(t, p, sf)
+        dp.append(mf.difference()["selection_rate"])
+        ratio.append(mf.ratio()["selection_rate"])
+        eopp.append(mf.difference()["tpr"])
+        pe.append(mf.difference()["fpr"])
+        eo.append(flm.equalized_odds_difference(t, p, sensitive_features=sf))
+        np.testing.assert_allclose(ours["per_group"][f"tpr_{c}"].to_numpy(), mf.by_group["tpr"].to_numpy(),
+                                   atol=TOL)
+    assert ours["demographic_parity_difference"] == pytest.approx(max(dp), abs=TOL)
+    assert ours["demographic_parity_ratio"] == pytest.approx(min(ratio), abs=TOL)
+    assert ours["equal_opportunity_difference"] == pytest.approx(max(eopp), abs=TOL)
+    assert ours["predictive_equality_difference"] == pytest.approx(max(pe), abs=TOL)
+    assert ours["equalized_odds_difference"] == pytest.approx(max(eo), abs=TOL)
+    mf_acc = flm.MetricFrame(metrics=accuracy_score, y_true=y_true, y_pred=y_pred, sensitive_features=sf)
+    np.testing.assert_allclose(ours["per_group"]["accuracy"].to_numpy(), mf_acc.by_group.to_numpy(), atol=TOL)
+    assert ours["worst_group_accuracy"] == pytest.approx(mf_acc.group_min(), abs=TOL)
+    assert ours["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred), abs=TOL)
+
+
+def test_group_confusion_counts_by_hand():
+    counts = group_confusion([0, 1, 1, 1, 0], [0, 1, 0, 1, 1], [0, 0, 1, 1, 1], n_groups=2, num_classes=2)
+    expected = np.array([[[1, 0], [0, 1]], [[0, 1], [1, 1]]])
+    np.testing.assert_array_equal(counts, expected)
+
+
+def test_encode_groups_levels_and_ids():
+    gid, groups = encode_groups({"race": ["b", "a", "b", "c"], "sex": [1, 0, 0, 1]})
+    assert groups.to_dict("records") == [{"race": "a", "sex": 0}, {"race": "b", "sex": 0},
+                                         {"race": "b", "sex": 1}, {"race": "c", "sex": 1}]
+    np.testing.assert_array_equal(gid, [2, 0, 1, 3])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(sensitive_features={"race": ["a", None, "b", "a"]}), "missing values.*race"),
+    (dict(sensitive_features=np.zeros((4, 2, 2))), "shape"),
+    (dict(y_pred=[0, 1, 2, 0, 1]), "differ in length"),
+    (dict(sensitive_features=["a", "b"]), "2 rows but y_true has 4"),
+    (dict(pos_label=7), "pos_label=7"),
+    (dict(sensitive_features={"n": [0, 1, 0, 1]}), "clash"),
+])
+def test_bad_input_errors(bad, match):
+    args = dict(y_true=[0, 1, 1, 0], y_pred=[0, 1, 0, 0], sensitive_features={"race": ["a", "b", "b", "a"]})
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        fairness_metrics(args["y_true"], args["y_pred"], args["sensitive_features"],
+                         pos_label=args.get("pos_label", 1))

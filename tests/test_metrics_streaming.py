@@ -1,0 +1,88 @@
+"""GroupConfusionMetric: streaming counts equal one-shot counts, also when a batch lacks a group (torchmetrics#3489)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fairq.metrics import SCALAR_METRICS, fairness_metrics
+from fairq.metrics.streaming import GroupConfusionMetric, intersectional_group_ids, radix_groups
+
+LEVELS = {"sex": ["F", "M"], "age": ["young", "mid", "old"]}
+
+
+def _data(seed=0, n=400):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.stack([torch.randint(0, 2, (n,), generator=g), torch.randint(0, 3, (n,), generator=g)], dim=1)
+    target = torch.randint(0, 2, (n,), generator=g)
+    noise = torch.rand(n, generator=g) < 0.2 + 0.1 * codes[:, 1]
+    preds = torch.where(noise, 1 - target, target)
+    return codes, target, preds
+
+
+def _batches_missing_a_group(codes):
+    """Order samples so the first batch has no (sex=M, age=old) sample and another has only that group."""
+    missing = (codes[:, 0] == 1) & (codes[:, 1] == 2)
+    order = torch.cat([torch.nonzero(~missing).flatten(), torch.nonzero(missing).flatten()])
+    return torch.split(order, 64)
+
+
+def test_streaming_equals_one_shot_when_a_batch_lacks_a_group():
+    codes, target, preds = _data()
+    batches = _batches_missing_a_group(codes)
+    gid_first = intersectional_group_ids(codes[batches[0]], [2, 3])
+    assert 5 not in gid_first.tolist()  # the trap: the first batch really lacks a group
+    groups = radix_groups(LEVELS)
+    metric = GroupConfusionMetric(num_groups=6, num_classes=2, groups=groups, min_group_size=1)
+    for idx in batches:
+        metric.update(preds[idx], target[idx], intersectional_group_ids(codes[idx], [2, 3]))
+    streamed = metric.fairness_metrics()
+    sf = pd.DataFrame({"sex": np.array(LEVELS["sex"])[codes[:, 0].numpy()],
+                       "age": np.array(LEVELS["age"])[codes[:, 1].numpy()]})
+    one_shot = fairness_metrics(target.numpy(), preds.numpy(), sf, min_group_size=1)
+    for key in SCALAR_METRICS:
+        assert streamed[key] == pytest.approx(one_shot[key], abs=1e-12), key
+    a = streamed["per_group"].set_index(["sex", "age"]).sort_index()
+    b = one_shot["per_group"].set_index(["sex", "age"]).sort_index()
+    pd.testing.assert_frame_equal(a[["n", "accuracy", "tpr", "fpr", "selection_rate"]],
+                                  b[["n", "accuracy", "tpr", "fpr", "selection_rate"]], check_dtype=False)
+    logged = metric.compute()
+    assert set(logged) == set(SCALAR_METRICS)
+    assert float(logged["equalized_odds_difference"]) == pytest.approx(one_shot["equalized_odds_difference"],
+                                                                       abs=1e-6)
+
+
+def test_scores_and_probabilities_are_thresholded_like_labels():
+    codes, target, preds = _data(seed=1, n=200)
+    gid = intersectional_group_ids(codes, [2, 3])
+    by_label = GroupConfusionMetric(6, 2)
+    by_label.update(preds, target, gid)
+    by_scores = GroupConfusionMetric(6, 2)
+    logits = torch.stack([-(preds.float() * 2 - 1), preds.float() * 2 - 1], dim=1)
+    by_scores.update(logits, target, gid)
+    by_prob = GroupConfusionMetric(6, 2)
+    by_prob.update(preds.float() * 0.8 + 0.1, target, gid)
+    by_logit = GroupConfusionMetric(6, 2)
+    by_logit.update(preds.float() * 6 - 3, target, gid)
+    for m in (by_scores, by_prob, by_logit):
+        assert torch.equal(m.counts, by_label.counts)
+
+
+def test_radix_ids_match_level_table():
+    codes, _, _ = _data(seed=2, n=50)
+    gid = intersectional_group_ids(codes, [2, 3])
+    table = radix_groups([2, 3], names=["sex", "age"])
+    np.testing.assert_array_equal(table.loc[gid.numpy()].to_numpy(), codes.numpy())
+    assert len(table) == 6
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match=r"attribute 1 codes must lie in \[0, 3\)"):
+        intersectional_group_ids(torch.tensor([[0, 3]]), [2, 3])
+    with pytest.raises(ValueError, match="shape"):
+        intersectional_group_ids(torch.tensor([[0, 1, 1]]), [2, 3])
+    m = GroupConfusionMetric(2, 2)
+    with pytest.raises(ValueError, match="group_ids must lie"):
+        m.update(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        m.update(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([0, 1]))
