@@ -1,0 +1,77 @@
+"""Map-style dataset over a decoded-image cache: uint8 → normalised float32 per item, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CachedImageDataset(Dataset):
+    """Items ``{"image", "target", "sensitive", "sample_id"}`` read from rows of a cached uint8 array.
+
+    Parameters
+    ----------
+    cache_path
+        The ``.npy`` file of the cache (memory-mapped lazily in each process, so workers never pickle pixels).
+    rows
+        Row of the cache array for every item.
+    targets, sensitive
+        int64 target code per item and ``[N, n_attributes]`` sensitive codes.
+    sample_ids
+        Stable id per item.
+    hflip
+        Random horizontal flip with probability 0.5 (training augmentation).
+    """
+
+    def __init__(
+        self,
+        cache_path: str | Path,
+        rows: Sequence[int],
+        targets: Sequence[int],
+        sensitive: np.ndarray,
+        sample_ids: Sequence[str],
+        hflip: bool = False,
+    ):
+        self.cache_path = Path(cache_path)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.targets = torch.tensor(np.asarray(targets, dtype=np.int64))
+        self.sensitive = torch.tensor(np.asarray(sensitive, dtype=np.int64).reshape(len(self.rows), -1))
+        self.sample_ids = list(sample_ids)
+        self.hflip = hflip
+        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255.0
+        self._inv_std = 1.0 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255.0)
+        self._pixels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The memory-mapped uint8 array ``[N_cache, 3, S, S]``."""
+        if self._pixels is None:
+            self._pixels = np.load(self.cache_path, mmap_mode="r")
+        return self._pixels
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_pixels"] = None
+        return state
+
+    def __getitem__(self, i: int) -> dict:
+        image = torch.from_numpy(np.array(self.pixels[self.rows[i]])).float()
+        image = (image - self._mean) * self._inv_std
+        if self.hflip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return {
+            "image": image,
+            "target": self.targets[i],
+            "sensitive": self.sensitive[i],
+            "sample_id": self.sample_ids[i],
+        }
