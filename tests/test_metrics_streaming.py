@@ -86,3 +86,29 @@ def test_bad_input_errors():
         m.update(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="batch sizes differ"):
         m.update(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([0, 1]))
+
+
+def test_shards_merge_by_sum_like_ddp():
+    """Two processes' states (each missing groups) summed as DDP would give the one-process counts."""
+    codes, target, preds = _data(seed=3)
+    gid = intersectional_group_ids(codes, [2, 3])
+    shard = gid < 3  # shard 0 sees only sex=F, shard 1 only sex=M
+    whole, left, right = GroupConfusionMetric(6, 2), GroupConfusionMetric(6, 2), GroupConfusionMetric(6, 2)
+    whole.update(preds, target, gid)
+    left.update(preds[shard], target[shard], gid[shard])
+    right.update(preds[~shard], target[~shard], gid[~shard])
+    left.merge_state(right)
+    assert torch.equal(left.counts, whole.counts)
+    assert left.fairness_metrics()["demographic_parity_difference"] == pytest.approx(
+        whole.fairness_metrics()["demographic_parity_difference"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_counts_on_cuda_equal_cpu():
+    codes, target, preds = _data(seed=4)
+    gid = intersectional_group_ids(codes, [2, 3])
+    cpu, gpu = GroupConfusionMetric(6, 2), GroupConfusionMetric(6, 2).to("cuda")
+    cpu.update(preds, target, gid)
+    gpu.update(preds.cuda(), target.cuda(), gid.cuda())
+    assert torch.equal(gpu.counts.cpu(), cpu.counts)
+    assert gpu.fairness_metrics()["accuracy"] == cpu.fairness_metrics()["accuracy"]

@@ -8,12 +8,16 @@ prediction vectors. (fairlearn's own bootstrap resamples whole frames without st
 ``MetricFrame`` per resample, orders of magnitude slower, and has no paired mode; hence this module.)
 
 Intervals are percentile intervals by default (``method="basic"`` gives reverse-percentile ones). Caveat: a
-between-group gap (max − min over groups) is biased upwards when groups are many and small (noise alone makes
-the largest and smallest rates drift apart), and its bootstrap distribution is shifted up by about the same bias,
-so a percentile interval can sit entirely above the point estimate; the basic interval corrects the shift. Near
-a true gap of 0 neither covers at the nominal rate (the gap is a non-smooth function of the rates there). Deltas
-of gaps between two models on the same samples are far less affected (the bias largely cancels). Group sizes are fixed by the stratification, so the set of groups that
-pass ``min_group_size`` is the same in every resample.
+between-group gap (max − min over groups) is biased upwards when groups are many and small (noise alone pulls
+the largest and smallest rates apart), and its bootstrap distribution is shifted further up, so a percentile
+interval can sit entirely above the point estimate. ``tests/test_metrics_bootstrap.py::
+test_many_groups_gap_bias`` measures it: 20 groups of 100, true DP gap 0.2 — the percentile interval of the gap
+covers the truth far below the nominal rate, the basic one does better (still below nominal), while the paired
+interval of the *delta* of that gap between two models stays near nominal (the bias largely cancels). Near a
+true gap of 0 no bootstrap interval covers at the nominal rate (the gap is not smooth there).
+
+Group sizes are fixed by the stratification, so the set of groups that pass ``min_group_size`` is the same in
+every resample.
 """
 
 from __future__ import annotations
@@ -93,8 +97,9 @@ def _interval(samples: np.ndarray, point: np.ndarray, confidence: float, method:
     """CI per column of ``samples [B, M]`` ignoring NaN resamples; plus the number of valid resamples.
 
     ``percentile``: the alpha/2 and 1 − alpha/2 quantiles. ``basic`` (reverse percentile):
-    ``2·point − q_high, 2·point − q_low``, which corrects the shift of a biased statistic such as a max − min gap
-    over many small groups (its resamples sit above the estimate, as the estimate sits above the truth).
+    ``2·point − q_high, 2·point − q_low``, which partly corrects the shift of a biased statistic such as a
+    max − min gap over many small groups (its resamples sit above the estimate, as the estimate sits above the
+    truth).
     """
     alpha = 1.0 - confidence
     valid = (~np.isnan(samples)).sum(axis=0)

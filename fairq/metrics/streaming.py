@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from torchmetrics import Metric
