@@ -139,11 +139,16 @@ class FaceDataModule(L.LightningDataModule):
         """Whether the index and cache are loaded."""
         return self._cache is not None
 
+    def read_index(self) -> pd.DataFrame:
+        """The full parsed index (every usable image, all splits, before subsampling and caching)."""
+        self._skipped = []
+        return self._read_index(self._resolve_root())
+
     def _load(self) -> None:
         if self._cache is not None:
             return
-        self._skipped = []
         root = self._resolve_root()
+        self._skipped = []
         index = self._read_index(root)
         frames = []
         for k, split in enumerate(SPLITS):
@@ -179,9 +184,9 @@ class FaceDataModule(L.LightningDataModule):
 
     def _drop_missing(self, root: Path, index: pd.DataFrame) -> pd.DataFrame:
         listed = set()
-        for folder in sorted({str(Path(f).parent) for f in index["file"]}):
+        for folder in index["file"].map(os.path.dirname).unique():
             if (root / folder).is_dir():
-                listed.update(str(Path(folder) / name) for name in os.listdir(root / folder))
+                listed.update(os.path.join(folder, name) for name in os.listdir(root / folder))
         missing = ~index["file"].isin(listed)
         if not missing.any():
             return index
@@ -222,8 +227,11 @@ class FaceDataModule(L.LightningDataModule):
     def group_names(self, split: str) -> list[str]:
         """Readable intersectional group label per sample, e.g. ``race=White,age_bin=20-39``."""
         f = self._frame(split)
-        return (f[self.sensitive_names].astype(str).apply(
-            lambda r: ",".join(f"{a}={r[a]}" for a in self.sensitive_names), axis=1)).tolist()
+        parts = [f"{a}=" + f[a].astype(str) for a in self.sensitive_names]
+        out = parts[0]
+        for p in parts[1:]:
+            out = out + "," + p
+        return out.tolist()
 
     # ----------------------------------------------------------------- loaders
     def dataset(self, split: str, *, augment: bool = False) -> CachedImageDataset:
@@ -314,8 +322,10 @@ class FaceDataModule(L.LightningDataModule):
 
     def stratify_labels(self, frame: pd.DataFrame) -> pd.Series:
         """Stratum per row: target × every sensitive attribute (used for seeded stratified splits)."""
-        cols = ["target", *self.sensitive_names]
-        return frame[cols].astype(str).agg("|".join, axis=1)
+        out = frame["target"].astype(str)
+        for a in self.sensitive_names:
+            out = out + "|" + frame[a].astype(str)
+        return out
 
     def assign_splits(self, frame: pd.DataFrame, fractions: Sequence[float], names: Sequence[str]) -> np.ndarray:
         """Seeded stratified assignment of ``frame`` rows (sorted by sample id) to ``names``."""

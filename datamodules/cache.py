@@ -71,9 +71,10 @@ class ImageCache:
 def cache_key(dataset: str, root: Path, files: Sequence[str], image_size: int) -> str:
     """Hash of everything that changes the cached pixels: dataset, root, each file's name and size, resolution."""
     h = hashlib.sha256(f"v{CACHE_FORMAT_VERSION}|{dataset}|{root.resolve()}|{image_size}".encode())
+    base = str(root)
     for rel in files:
         try:
-            size = (root / rel).stat().st_size
+            size = os.stat(os.path.join(base, rel)).st_size
         except OSError:
             size = -1
         h.update(f"|{rel}:{size}".encode())

@@ -40,7 +40,7 @@ def irregular_reason(name: str) -> str:
     stem = name[: -len(".jpg.chip.jpg")]
     fields = stem.split("_")
     if len(fields) != 4:
-        return f"{len(fields)} fields instead of 4 (age_gender_race_datetime)"
+        return f"{len(fields)} fields, expected 4: age_gender_race_datetime"
     return "a field is out of range (gender must be 0|1, race 0-4, age and datetime digits)"
 
 
@@ -107,12 +107,12 @@ class UTKFaceDataModule(FaceDataModule):
 
     def _read_index(self, root: Path) -> pd.DataFrame:
         rows, irregular = [], []
-        for name in sorted(os.listdir(root)):
-            if name.startswith(".") or not (root / name).is_file():
-                continue
+        with os.scandir(root) as entries:
+            names = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
+        for name in names:
             m = NAME_RE.match(name)
             if m is None:
-                irregular.append({"file": name, "reason": f"irregular file name: {irregular_reason(name)}"})
+                irregular.append({"file": name, "reason": f"irregular name: {irregular_reason(name)}"})
                 continue
             age, gender, race, _ = m.groups()
             rows.append((name, name[: -len(".jpg.chip.jpg")], int(age), GENDERS[int(gender)], RACES[int(race)]))
