@@ -1,0 +1,49 @@
+"""Baseline phase: fine-tune each configured model with Lightning, then evaluate it on the test split."""
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+
+from fairq.lit import FairClassifier
+from fairq.store import atomic_torch_save
+
+from .context import RunContext
+
+log = logging.getLogger("fairq")
+
+
+def train_baseline(ctx: RunContext, model_name: str):
+    """Fine-tune ``model_name`` (resuming from Lightning's ``last.ckpt`` if a run was interrupted)."""
+    dm = ctx.data()
+    final = ctx.store.checkpoint_path(model_name, ctx.seed)
+    if final.exists():
+        log.info("baseline %s: trained weights found at %s, not retraining", model_name, final)
+        return ctx.load_baseline(model_name)
+    L.seed_everything(ctx.seed, workers=True, verbose=False)
+    model = ctx.build_model(model_name)
+    log.info("baseline %s: weights from %s", model_name, getattr(model, "fairq_pretrained", None) or "random init")
+    module = FairClassifier(model, **ctx.optim)
+    ckpt_dir = final.parent / f"{final.stem}_lightning"
+    last = ckpt_dir / "last.ckpt"
+    trainer = ctx.make_trainer(f"{model_name.replace('/', '-')}_baseline_s{ctx.seed}", ckpt_dir=ckpt_dir)
+    # Lightning's own checkpoints make an interrupted fit resumable; the final plain state_dict is what later
+    # phases load (with weights_only=True).
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None)
+    atomic_torch_save(module.model.state_dict(), final)
+    return module.model.eval()
+
+
+def run(ctx: RunContext) -> list[dict]:
+    rows = []
+    for model_name in ctx.models:
+        ctx.data()
+        cell = ctx.cell(model_name, "baseline", 32, 32)
+        if ctx.store.has_cell(cell):
+            log.info("baseline %s: cell %s already in metrics.csv, skipping", model_name, cell)
+            continue
+        model = train_baseline(ctx, model_name)
+        model.fairq_backend = "fp32"
+        rows.append(ctx.evaluate_cell(model, model_name=model_name, method="baseline", weight_bits=32, act_bits=32,
+                                      extra={"pretrained": getattr(model, "fairq_pretrained", None) or ""}))
+    return rows

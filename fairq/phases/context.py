@@ -1,0 +1,126 @@
+"""What every phase shares: the resolved config, the store, the datamodule, trainers and cell evaluation."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+from callbacks import FairnessMonitor
+from fairq.evaluate import frame_metrics, predict_frame
+from fairq.store import RunStore, cell_id
+
+log = logging.getLogger("fairq")
+
+
+class MissingPhaseError(RuntimeError):
+    """A phase needs results that an earlier phase writes."""
+
+
+@dataclass
+class RunContext:
+    """State shared by the phases of one ``main.py`` run (one output directory)."""
+
+    store: RunStore
+    datamodule: Any
+    models: list[str]
+    seed: int = 0
+    pretrained: bool | None = None
+    trainer: dict = field(default_factory=dict)
+    optim: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
+    sections: dict = field(default_factory=dict)  # per-phase config sections (quantization, mitigation, …)
+    _data_ready: bool = False
+
+    # --- data --------------------------------------------------------------------------------------------
+    def data(self):
+        """The datamodule, prepared and set up once; its split description is saved as ``data.json``."""
+        if not self._data_ready:
+            self.datamodule.prepare_data()
+            self.datamodule.setup("fit")
+            self.store.write_json("data.json", self.datamodule.describe())
+            self._data_ready = True
+        return self.datamodule
+
+    @property
+    def dataset(self) -> str:
+        return self.datamodule.dataset_name
+
+    # --- training ----------------------------------------------------------------------------------------
+    def make_trainer(self, run_name: str, ckpt_dir=None, **overrides) -> L.Trainer:
+        """A Lightning Trainer with fairq's TensorBoard logger, fairness callback and (optional) checkpoints."""
+        kwargs = {**self.trainer, **overrides}
+        callbacks = [FairnessMonitor()]
+        if ckpt_dir is not None:
+            callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0))
+        logger = TensorBoardLogger(save_dir=str(self.store.root / "tensorboard"), name=run_name, version="")
+        kwargs.setdefault("enable_model_summary", False)
+        kwargs.setdefault("num_sanity_val_steps", 0)
+        return L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(self.store.root), **kwargs)
+
+    # --- evaluation --------------------------------------------------------------------------------------
+    def evaluate_cell(self, model: nn.Module, *, model_name: str, method: str, weight_bits: int,
+                      act_bits: int | None, variant: str = "", extra: dict | None = None) -> dict:
+        """Predict the test split, compute metrics from those predictions, measure size/latency, store it all."""
+        from fairq.compression import measure_latency, model_size
+
+        dm = self.data()
+        cell = cell_id(self.dataset, model_name, method, weight_bits, act_bits, self.seed, variant)
+        progress = bool(self.evaluation.get("progress", True))
+        t0 = time.perf_counter()
+        frame = predict_frame(model, dm.test_dataloader(), sensitive_names=dm.sensitive_names,
+                              sensitive_levels=dm.sensitive_levels, progress=progress, desc=cell)
+        eval_s = time.perf_counter() - t0
+        metrics = frame_metrics(frame, dm.sensitive_names)
+        size_mb, size_kind = model_size(model)
+        example = next(iter(dm.split_dataloader("test", batch_size=int(self.evaluation.get("latency_batch_size", 32)))))
+        lat = measure_latency(model, example["image"], repeats=int(self.evaluation.get("latency_repeats", 10)))
+        row = {
+            "cell": cell, "dataset": self.dataset, "model": model_name, "method": method, "variant": variant,
+            "weight_bits": weight_bits, "act_bits": 32 if act_bits is None and method == "baseline" else act_bits,
+            "seed": self.seed, "backend": getattr(model, "fairq_backend", "fp32"), "n": len(frame),
+            "target": dm.target_name, "num_classes": dm.num_classes,
+            "sensitive_attributes": ";".join(dm.sensitive_names),
+            **metrics, "size_mb": size_mb, "size_kind": size_kind, "latency_ms": lat["latency_ms"],
+            "latency_batch_size": lat["batch_size"], "eval_seconds": round(eval_s, 3), **(extra or {}),
+        }
+        self.store.add_cell(row, frame)
+        log.info("%s: accuracy %.4f, worst-group %.4f, DP diff %.4f, EO diff %.4f, %.2f MB (%s), %.1f ms",
+                 cell, row["accuracy"], row["worst_group_accuracy"], row["demographic_parity_difference"],
+                 row["equalized_odds_difference"], size_mb, size_kind, lat["latency_ms"])
+        return row
+
+    def cell(self, model_name: str, method: str, weight_bits: int, act_bits: int | None, variant: str = "") -> str:
+        return cell_id(self.dataset, model_name, method, weight_bits, act_bits, self.seed, variant)
+
+    # --- baseline weights ---------------------------------------------------------------------------------
+    def build_model(self, model_name: str) -> nn.Module:
+        from fairq.models import create_model
+
+        return create_model(model_name, num_classes=self.data().num_classes, pretrained=self.pretrained,
+                            **self.model_kwargs(model_name))
+
+    def model_kwargs(self, model_name: str) -> dict:
+        if "vit" in model_name:  # ViTs need the input size at construction
+            return {"img_size": int(self.data().image_size)}
+        return {}
+
+    def load_baseline(self, model_name: str) -> nn.Module:
+        """The fine-tuned baseline weights of ``model_name`` written by the baseline phase."""
+        path = self.store.checkpoint_path(model_name, self.seed)
+        if not path.exists():
+            raise MissingPhaseError(f"no baseline checkpoint for {model_name!r} (seed {self.seed}) at {path}; "
+                                    f"run `python main.py --phase baseline` with the same --output_dir first")
+        from fairq.models import create_model
+
+        model = create_model(model_name, num_classes=self.data().num_classes, pretrained=False,
+                             **self.model_kwargs(model_name))
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.fairq_name = model_name
+        return model.eval()

@@ -1,0 +1,126 @@
+"""The run's output directory: atomic, append-only, resumable.
+
+Layout (the output contract in DESIGN.md)::
+
+    config.yaml  environment.json  data.json  metrics.csv
+    predictions/<cell>.parquet  checkpoints/  tensorboard/  plans/
+
+Every write goes to a temporary file in the same directory and is moved into place with ``os.replace``, so a
+crash never leaves a torn CSV or Parquet file; a cell counts as done only once its metrics row is in
+``metrics.csv``, which is written after its predictions file.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+METRIC_COLUMNS = (
+    "accuracy", "worst_group_accuracy", "demographic_parity_difference", "demographic_parity_ratio",
+    "equalized_odds_difference", "equal_opportunity_difference", "predictive_equality_difference",
+    "disparate_impact", "accuracy_difference",
+)
+IDENTITY_COLUMNS = ("cell", "dataset", "model", "method", "variant", "weight_bits", "act_bits", "seed")
+
+
+def cell_id(dataset: str, model: str, method: str, weight_bits: int, act_bits: int | None, seed: int,
+            variant: str = "") -> str:
+    """Filename-safe unique id of one evaluated cell."""
+    act = "x" if act_bits is None else act_bits
+    parts = [dataset, model, method, f"w{weight_bits}a{act}", f"s{seed}"] + ([variant] if variant else [])
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", "__".join(str(p) for p in parts))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class RunStore:
+    """One run's output directory (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # --- paths -------------------------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.csv"
+
+    def path(self, *parts: str) -> Path:
+        p = self.root.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def checkpoint_path(self, model: str, seed: int, tag: str = "baseline") -> Path:
+        """Final weights (a plain state_dict) of a trained model, read back with ``weights_only=True``."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", model)
+        return self.path("checkpoints", f"{safe}__{tag}__s{seed}.pt")
+
+    # --- metrics rows ------------------------------------------------------------------------------------
+    def metrics(self) -> pd.DataFrame:
+        if not self.metrics_path.exists():
+            return pd.DataFrame(columns=list(IDENTITY_COLUMNS))
+        return pd.read_csv(self.metrics_path, keep_default_na=False, na_values=[""])
+
+    def has_cell(self, cell: str) -> bool:
+        df = self.metrics()
+        return bool(len(df)) and cell in set(df["cell"].astype(str))
+
+    def add_cell(self, row: dict[str, Any], predictions: pd.DataFrame) -> Path:
+        """Store one cell: its per-sample predictions first, then its metrics row (which marks it done)."""
+        cell = row["cell"]
+        rel = Path("predictions") / f"{cell}.parquet"
+        buf = io.BytesIO()
+        predictions.to_parquet(buf, index=False)
+        atomic_write_bytes(self.root / rel, buf.getvalue())
+        row = {**row, "predictions": rel.as_posix()}
+        df = self.metrics()
+        df = df[df["cell"].astype(str) != cell] if len(df) else df
+        df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
+        atomic_write_text(self.metrics_path, df.to_csv(index=False))
+        return self.root / rel
+
+    def predictions(self, cell: str) -> pd.DataFrame:
+        path = self.root / "predictions" / f"{cell}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"no predictions for cell {cell!r} at {path}")
+        return pd.read_parquet(path)
+
+    # --- side files --------------------------------------------------------------------------------------
+    def write_json(self, name: str, obj: Any) -> Path:
+        path = self.root / name
+        atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+        return path
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.root / name).read_text())
