@@ -1,0 +1,140 @@
+"""Analysis: turn the store's per-sample predictions into statistics, flips, Pareto fronts, findings and a report.
+
+Reads only ``<output_dir>/metrics.csv`` and ``<output_dir>/predictions/*.parquet``; never trains or evaluates.
+Entry point: :func:`run_analysis`. Modules: ``load`` (store reader), ``pairs`` (baseline pairing, scopes),
+``stats`` (paired tests, BH), ``deltas``, ``flips``, ``pareto``, ``findings``, ``tables``, ``figures``, ``report``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fairq.metrics import DEFAULT_MIN_GROUP_SIZE
+
+from .deltas import compute_deltas, summarize_seeds
+from .findings import EQUIVALENCE_MARGIN, apply_rules, compute_findings
+from .flips import compression_exemplars, compute_flips, exemplar_makeup
+from .load import load_store
+from .pareto import compute_pareto
+from .stats import benjamini_hochberg
+
+__all__ = ["run_analysis"]
+
+
+def _adjust_all(deltas: pd.DataFrame, summary: pd.DataFrame, findings: pd.DataFrame) -> int:
+    """Benjamini–Hochberg over every test of the run (in place); returns the number of tests."""
+    new = summary["new_test"].to_numpy(bool)
+    p = np.concatenate([deltas["p_value"].to_numpy(float), summary.loc[new, "p_value"].to_numpy(float),
+                        findings["p_value"].to_numpy(float)])
+    adj = benjamini_hochberg(p)
+    n1, n2 = len(deltas), int(new.sum())
+    deltas["p_adjusted"] = adj[:n1]
+    summary["p_adjusted"] = np.nan
+    summary.loc[new, "p_adjusted"] = adj[n1:n1 + n2]
+    findings["p_adjusted"] = adj[n1 + n2:]
+    # Single-seed summary rows carry their cell's (already counted) test and adjusted p.
+    single = ~new & summary["p_value"].notna()
+    if single.any():
+        key = ["dataset", "model", "target", "method", "variant", "weight_bits", "act_bits", "backend",
+               "attributes", "group", "metric"]
+        left = summary.loc[single, key].astype(str)
+        right = deltas[key].astype(str).assign(p_adjusted=deltas["p_adjusted"].to_numpy())
+        merged = left.merge(right.drop_duplicates(key), on=key, how="left")
+        summary.loc[single, "p_adjusted"] = merged["p_adjusted"].to_numpy()
+    return int((~np.isnan(p)).sum())
+
+
+def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 progress: bool = True, n_permutations: int | None = None,
+                 min_group_size: int = DEFAULT_MIN_GROUP_SIZE, margin: float = EQUIVALENCE_MARGIN,
+                 figures: bool = True, report: bool = True) -> dict:
+    """Run the whole analysis on a store and write ``tables/``, ``figures/`` and ``report.html`` into it.
+
+    Parameters
+    ----------
+    output_dir : path
+        A run's output directory (``metrics.csv`` + ``predictions/``).
+    n_bootstrap : int, default 1000
+        Bootstrap resamples for every CI.
+    seed : int, default 0
+        Seeds every resampling (results do not depend on the order cells are listed in).
+    alpha : float, default 0.05
+        Level of the findings' decision rule (on BH-adjusted p-values); CIs are ``1 − alpha``.
+    progress : bool, default True
+        tqdm bars.
+    n_permutations : int, optional
+        Permutations of the paired permutation tests (default: ``n_bootstrap``).
+    min_group_size : int
+        Groups smaller than this are left out of gaps (as in :func:`fairq.metrics.fairness_metrics`).
+    margin : float
+        Equivalence margin of the findings rule.
+    figures, report : bool
+        Write the PNG figures / the HTML report.
+
+    Returns
+    -------
+    dict
+        ``tables`` (name → path), ``figures`` (list of paths), ``report`` (path or None), ``findings``
+        (DataFrame), ``deltas`` (DataFrame), ``seconds``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        When ``metrics.csv``, a predictions file or the baseline rows are missing (naming the phase to run).
+    """
+    t0 = time.perf_counter()
+    out = Path(output_dir)
+    n_perm = int(n_permutations if n_permutations is not None else n_bootstrap)
+    conf = 1.0 - float(alpha)
+    store = load_store(out, progress=progress)
+    deltas, pairs = compute_deltas(store, n_bootstrap=n_bootstrap, n_permutations=n_perm, seed=seed,
+                                   confidence=conf, min_group_size=min_group_size, progress=progress)
+    summary = summarize_seeds(deltas, pairs, n_bootstrap=n_bootstrap, n_permutations=n_perm, seed=seed,
+                              confidence=conf, min_group_size=min_group_size)
+    flips = compute_flips(store, pairs)
+    exemplars = compression_exemplars(store)
+    sens = {(r["dataset"], r["model"], r["target"]): store.cells[c].sensitive for c, r in store.metrics.iterrows()}
+    makeup = exemplar_makeup(exemplars, sens)
+    pareto = compute_pareto(store.metrics)
+    findings = compute_findings(store, pairs, flips, exemplars, n_bootstrap=n_bootstrap, n_permutations=n_perm,
+                                seed=seed, min_group_size=min_group_size)
+    n_tests = _adjust_all(deltas, summary, findings)
+    findings = apply_rules(findings, alpha=alpha, margin=margin)
+
+    from .tables import findings_overview, flips_overview, overview_table, write_latex
+
+    tdir = out / "tables"
+    tdir.mkdir(parents=True, exist_ok=True)
+    tables = {}
+    csvs = {"deltas": deltas, "summary": summary, "flips": flips, "findings": findings, "pareto": pareto,
+            "exemplars": makeup}
+    if not exemplars.empty:
+        csvs["exemplar_samples"] = exemplars[exemplars["exemplar"]]
+    for name, frame in csvs.items():
+        path = tdir / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        tables[name] = path
+    for name, frame, caption in (("overview", overview_table(deltas), "Headline metrics with 95% CIs and deltas vs "
+                                  "the baseline (BH-adjusted p)"),
+                                 ("flips", flips_overview(flips), "Prediction flips vs the baseline"),
+                                 ("findings", findings_overview(findings), "Findings decided by rule")):
+        tables[f"{name}_tex"] = write_latex(frame, tdir / f"{name}.tex", caption)
+    fig_paths = []
+    if figures:
+        from .figures import write_figures
+
+        fig_paths = write_figures(deltas, flips, pareto, out / "figures")
+    report_path = None
+    if report:
+        from .report import write_report
+
+        meta = {"output_dir": out, "n_cells": len(store.cells), "n_bootstrap": n_bootstrap, "n_permutations": n_perm,
+                "seed": seed, "alpha": alpha, "n_tests": n_tests}
+        report_path = write_report(out / "report.html", deltas=deltas, flips=flips, findings=findings,
+                                   pareto=pareto, makeup=makeup, meta=meta)
+    return {"tables": tables, "figures": fig_paths, "report": report_path, "findings": findings, "deltas": deltas,
+            "seconds": time.perf_counter() - t0}

@@ -1,0 +1,212 @@
+"""Read the run store (``metrics.csv`` + ``predictions/<cell>.parquet``) for analysis, with clear errors.
+
+Analysis reads only these files; it never trains or evaluates. The layout is the store contract of
+``/work/shared/DESIGN.md``: one ``metrics.csv`` row per evaluated cell and one parquet of per-sample predictions
+per cell (``sample_id, y_true, y_pred, prob_0..prob_{C-1}`` (or ``prob`` when binary) and one string column per
+sensitive attribute).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["ID_COLUMNS", "MITIGATION_METHODS", "Cell", "Store", "load_store", "phase_for_method", "config_label"]
+
+#: Columns identifying a cell in every analysis table (those missing from metrics.csv are filled with "").
+ID_COLUMNS = ("cell", "dataset", "model", "target", "method", "variant", "weight_bits", "act_bits", "backend",
+              "seed")
+#: Columns a cell's configuration is made of (``ID_COLUMNS`` minus the cell id and the seed).
+CONFIG_COLUMNS = ("dataset", "model", "target", "method", "variant", "weight_bits", "act_bits", "backend")
+#: Baseline pairing key: a cell's baseline is the ``method == "baseline"`` row with the same values.
+PAIR_COLUMNS = ("dataset", "model", "target", "seed")
+MITIGATION_METHODS = ("bias_aware_calibration", "fairness_finetune", "sensitive_layer_preservation",
+                      "fairness_aware_quantizer")
+_REQUIRED = ("cell", "dataset", "model", "method", "seed", "predictions")
+_PRED_REQUIRED = ("sample_id", "y_true", "y_pred")
+
+
+def phase_for_method(method: str) -> str:
+    """The ``--phase`` that produces cells of ``method``."""
+    if method == "baseline":
+        return "baseline"
+    return "mitigation" if method in MITIGATION_METHODS else "quantization"
+
+
+def config_label(row) -> str:
+    """Short readable label of a cell's configuration, e.g. ``"ptq_static w4a8 observer=percentile"``."""
+    if row["method"] == "baseline":
+        label = "baseline"
+    else:
+        wb, ab = row.get("weight_bits", ""), row.get("act_bits", "")
+        bits = f" w{_fmt_bits(wb)}a{_fmt_bits(ab)}" if str(wb) != "" else ""
+        label = f"{row['method']}{bits}"
+    variant = str(row.get("variant", "") or "")
+    backend = str(row.get("backend", "") or "")
+    if variant:
+        label += f" {variant}"
+    if backend and row.get("_backend_varies", False):
+        label += f" [{backend}]"
+    return label
+
+
+def _fmt_bits(v) -> str:
+    try:
+        return str(int(float(v)))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+@dataclass
+class Cell:
+    """One evaluated cell: its metrics.csv row and its per-sample predictions (sorted by ``sample_id``)."""
+
+    row: pd.Series
+    frame: pd.DataFrame
+    sensitive: list[str]
+    probs: np.ndarray | None = field(default=None, repr=False)  # [n, C] or None when not stored
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Sorted sample ids as a numpy unicode array (fast to intersect and search)."""
+        if self._ids is None:
+            self._ids = self.frame["sample_id"].to_numpy(dtype=str)
+        return self._ids
+
+    _ids: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return str(self.row["cell"])
+
+
+@dataclass
+class Store:
+    """What analysis works from: the metrics table and every cell's predictions."""
+
+    output_dir: Path
+    metrics: pd.DataFrame
+    cells: dict[str, Cell]
+
+    def baseline_of(self, cell_id: str) -> str | None:
+        """Cell id of the baseline paired with ``cell_id`` (same dataset, model, target, seed), or None."""
+        row = self.metrics.loc[cell_id]
+        if row["method"] == "baseline":
+            return None
+        m = self.metrics
+        mask = m["method"].eq("baseline")
+        for col in PAIR_COLUMNS:
+            mask &= m[col].astype(str).eq(str(row[col]))
+        cands = m[mask]
+        if cands.empty:
+            return None
+        # Prefer the plain full-precision baseline when several exist (e.g. one per backend).
+        pref = cands[cands["variant"].eq("")]
+        pref = pref if not pref.empty else cands
+        same_backend = pref[pref["backend"].astype(str).eq(str(row["backend"]))]
+        return str((same_backend if not same_backend.empty else pref).index[0])
+
+
+def _read_metrics(output_dir: Path) -> pd.DataFrame:
+    path = output_dir / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: analysis reads the evaluated cells from it. Run `python main.py --phase baseline "
+            f"--output_dir {output_dir}` (and the quantization / mitigation phases) first.")
+    metrics = pd.read_csv(path, dtype={"cell": str, "variant": str, "backend": str, "target": str,
+                                       "dataset": str, "model": str, "method": str,
+                                       "sensitive_attributes": str, "predictions": str},
+                          keep_default_na=True)
+    missing = [c for c in _REQUIRED if c not in metrics.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing}; the store contract needs at least {list(_REQUIRED)} "
+                         f"plus the metric columns (see DESIGN.md, 'Output contract')")
+    if metrics.empty:
+        raise ValueError(f"{path} has no rows. Run `python main.py --phase baseline --output_dir {output_dir}` first.")
+    for col in ID_COLUMNS + ("sensitive_attributes",):
+        if col not in metrics.columns:
+            metrics[col] = ""
+    for col in ("variant", "backend", "target", "sensitive_attributes"):
+        metrics[col] = metrics[col].fillna("").astype(str)
+    dup = metrics["cell"][metrics["cell"].duplicated()].unique()
+    if len(dup):
+        raise ValueError(f"{path}: cell ids must be unique; duplicated: {list(dup)[:5]}")
+    metrics = metrics.set_index("cell", drop=False)
+    metrics.index.name = None
+    if not metrics["method"].eq("baseline").any():
+        raise ValueError(f"{path} has no baseline rows (method == 'baseline'). Run `python main.py --phase baseline "
+                         f"--output_dir {output_dir}` first.")
+    return metrics
+
+
+def _prob_columns(frame: pd.DataFrame) -> list[str]:
+    cols = [c for c in frame.columns if c.startswith("prob_") and c[5:].isdigit()]
+    return sorted(cols, key=lambda c: int(c[5:]))
+
+
+def _read_cell(output_dir: Path, row: pd.Series) -> Cell:
+    rel = str(row["predictions"])
+    path = output_dir / rel
+    if not rel or rel == "nan" or not path.is_file():
+        phase = phase_for_method(str(row["method"]))
+        raise FileNotFoundError(
+            f"predictions of cell {row['cell']!r} not found at {path} (metrics.csv column 'predictions' = {rel!r}). "
+            f"Rerun `python main.py --phase {phase} --output_dir {output_dir}`, which writes them.")
+    frame = pd.read_parquet(path)
+    sensitive = [s for s in str(row["sensitive_attributes"]).split(";") if s]
+    if not sensitive:
+        sensitive = [c for c in frame.columns if c not in _PRED_REQUIRED and c != "prob" and not c.startswith("prob_")]
+    missing = [c for c in _PRED_REQUIRED + tuple(sensitive) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing}; expected sample_id, y_true, y_pred, prob_0..prob_{{C-1}} "
+                         f"(or prob) and one column per sensitive attribute {sensitive}")
+    if not sensitive:
+        raise ValueError(f"{path}: no sensitive attribute columns (metrics.csv 'sensitive_attributes' is empty)")
+    frame = frame.copy()
+    frame["sample_id"] = frame["sample_id"].astype(str)
+    if frame["sample_id"].duplicated().any():
+        raise ValueError(f"{path}: sample_id values must be unique")
+    for col in sensitive:
+        frame[col] = frame[col].astype(str)
+    order = np.argsort(frame["sample_id"].to_numpy(dtype=str), kind="stable")  # numpy order: searchsorted agrees
+    frame = frame.iloc[order].reset_index(drop=True)
+    probs = None
+    pcols = _prob_columns(frame)
+    if pcols:
+        probs = frame[pcols].to_numpy(dtype=float)
+    elif "prob" in frame.columns:
+        p1 = frame["prob"].to_numpy(dtype=float)
+        probs = np.stack([1.0 - p1, p1], axis=1)
+    return Cell(row=row, frame=frame, sensitive=sensitive, probs=probs)
+
+
+def load_store(output_dir: str | Path, *, progress: bool = False) -> Store:
+    """Read ``metrics.csv`` and every cell's predictions from ``output_dir``.
+
+    Raises
+    ------
+    FileNotFoundError / ValueError
+        Naming the missing file or column and the phase to run first.
+    """
+    from tqdm.auto import tqdm
+
+    output_dir = Path(output_dir)
+    metrics = _read_metrics(output_dir)
+    varies = metrics.groupby(["dataset", "model"])["backend"].transform("nunique") > 1
+    metrics["_backend_varies"] = varies
+    metrics["config"] = [config_label(r) for _, r in metrics.iterrows()]
+    cells = {}
+    for cid, row in tqdm(metrics.iterrows(), total=len(metrics), desc="analysis: reading predictions",
+                         disable=not progress):
+        cells[cid] = _read_cell(output_dir, row)
+    store = Store(output_dir=output_dir, metrics=metrics, cells=cells)
+    orphans = [c for c in metrics.index if metrics.at[c, "method"] != "baseline" and store.baseline_of(c) is None]
+    if orphans:
+        warnings.warn(f"{len(orphans)} cell(s) have no baseline with the same dataset, model, target and seed "
+                      f"(e.g. {orphans[:3]}); they get values but no deltas. Run `python main.py --phase baseline` "
+                      f"with that seed to pair them.", stacklevel=2)
+    return store

@@ -1,0 +1,181 @@
+"""``report.html``: one self-contained interactive file (plotly.js inlined once, no CDN, no external styles)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .figures import (PARETO_OBJECTIVES, _LABEL, _config_order, flip_bin_data, group_accuracy_data, heatmap_data,
+                      pareto_plot_data)
+from .flips import UNCERTAINTY_BINS, UNCERTAINTY_EDGES
+from .tables import findings_overview, flips_overview, overview_table
+
+__all__ = ["write_report"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1250px;color:#222}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:2em}
+table.t{border-collapse:collapse;font-size:12px;margin:8px 0}
+table.t th,table.t td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+table.t th{background:#f3f3f3;position:sticky;top:0}
+.scroll{max-height:480px;overflow:auto;border:1px solid #eee}
+.supported{background:#d9f2d9} .not-supported{background:#f8dada} .inconclusive{background:#f4f4f4}
+.note{color:#555;font-size:13px} details{margin:8px 0}
+"""
+
+
+def _table(frame: pd.DataFrame, *, verdict_col: str | None = None, max_rows: int | None = None) -> str:
+    """Plain HTML table (escaped); rows tinted by verdict when ``verdict_col`` is given."""
+    if frame is None or frame.empty:
+        return "<p class='note'>No rows.</p>"
+    note = ""
+    if max_rows is not None and len(frame) > max_rows:
+        note = f"<p class='note'>First {max_rows} of {len(frame)} rows; the full table is in the CSV.</p>"
+        frame = frame.head(max_rows)
+    if verdict_col is None:  # large tables: pandas' own (escaping) writer is much faster than a row loop
+        body = frame.to_html(index=False, escape=True, na_rep="", classes="t", border=0,
+                             float_format=lambda v: f"{v:.4g}")
+        return f"{note}<div class='scroll'>{body}</div>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for _, r in frame.iterrows():
+        cls = f" class='{str(r[verdict_col]).replace(' ', '-')}'"
+        cells = "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r)
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return (f"{note}<div class='scroll'><table class='t'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "" if np.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _heatmap_figs(deltas):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figs = []
+    for ds, tables in heatmap_data(deltas).items():
+        n = len(tables)
+        fig = make_subplots(rows=1, cols=n, subplot_titles=[_LABEL[m] for m in tables], horizontal_spacing=0.07,
+                            shared_yaxes=True)
+        for k, (metric, t) in enumerate(tables.items()):
+            x_end = fig.layout[f"xaxis{k + 1 if k else ''}"].domain[1]
+            fig.add_trace(go.Heatmap(z=t.to_numpy(float).T, x=list(t.index), y=list(t.columns),
+                                     colorscale="Viridis" if "accuracy" in metric else "Magma",
+                                     reversescale="accuracy" not in metric, texttemplate="%{z:.3f}",
+                                     colorbar=dict(len=0.9, x=x_end + 0.002, thickness=8),
+                                     hovertemplate="%{y}<br>model %{x}<br>" + metric + " %{z:.4f}<extra></extra>"),
+                          row=1, col=k + 1)
+        fig.update_yaxes(autorange="reversed")
+        n_cfg = next(iter(tables.values())).shape[1]
+        fig.update_layout(title=f"{ds}: method × model (mean over seeds, intersectional groups)",
+                          height=220 + 40 * n_cfg, margin=dict(l=260))
+        figs.append(fig)
+    return figs
+
+
+def _group_figs(deltas):
+    import plotly.graph_objects as go
+
+    figs = []
+    for (ds, model), f in group_accuracy_data(deltas).items():
+        fig = go.Figure()
+        for cfg in _config_order(f):
+            h = f[f["config"] == cfg]
+            fig.add_trace(go.Bar(name=cfg, x=h["group"], y=h["value"], customdata=h[["n"]],
+                                 error_y=dict(type="data", symmetric=False,
+                                              array=(h["value_ci_high"] - h["value"]).to_numpy(float),
+                                              arrayminus=(h["value"] - h["value_ci_low"]).to_numpy(float)),
+                                 hovertemplate="%{x}<br>accuracy %{y:.4f}<br>n %{customdata[0]}<extra>" + cfg
+                                               + "</extra>"))
+        fig.update_layout(barmode="group", title=f"{ds} / {model}: per-group accuracy with 95% CI "
+                                                 f"(seed {f['seed'].iloc[0]})",
+                          yaxis_title="accuracy", height=480)
+        figs.append(fig)
+    return figs
+
+
+def _flip_figs(flips):
+    import plotly.graph_objects as go
+
+    figs = []
+    for ds, f in flip_bin_data(flips).items():
+        fig = go.Figure()
+        for (model, cfg), h in f.groupby(["model", "config"], sort=False):
+            h = h.set_index("bin").reindex(list(UNCERTAINTY_BINS))
+            fig.add_trace(go.Bar(name=f"{model} · {cfg}", x=list(UNCERTAINTY_BINS), y=h["flip_rate"],
+                                 customdata=h[["n"]],
+                                 hovertemplate="%{x}: flip rate %{y:.4f} (n %{customdata[0]})<extra></extra>"))
+        fig.update_layout(barmode="group", title=f"{ds}: flip rate by baseline uncertainty",
+                          xaxis_title="baseline normalized entropy bin", yaxis_title="flip rate", height=440)
+        figs.append(fig)
+    return figs
+
+
+def _pareto_figs(pareto):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figs = []
+    for ds, f in pareto_plot_data(pareto).items():
+        fig = make_subplots(rows=1, cols=2, shared_yaxes=True,
+                            subplot_titles=[_LABEL[PARETO_OBJECTIVES[2]], _LABEL[PARETO_OBJECTIVES[1]]])
+        text = (f["model"].astype(str) + " · " + f["config"].astype(str)).tolist()
+        for col, xcol in ((1, "cost_value"), (2, "gap_value")):
+            for on, name, color in ((False, "dominated", "#999"), (True, "Pareto frontier", "#d62728")):
+                h = f[f["on_frontier"] == on]
+                fig.add_trace(go.Scatter(x=h[xcol], y=h["accuracy_value"], mode="markers", name=name,
+                                         marker=dict(color=color, size=12 if on else 9,
+                                                     symbol="star" if on else "circle"),
+                                         text=[t for t, o in zip(text, f["on_frontier"]) if o == on],
+                                         hovertemplate="%{text}<br>x %{x:.4g}<br>accuracy %{y:.4f}<extra></extra>",
+                                         showlegend=col == 1),
+                              row=1, col=col)
+        fig.update_yaxes(title_text="accuracy", row=1, col=1)
+        fig.update_layout(title=f"{ds}: Pareto frontier over (accuracy ↑, EO gap ↓, size ↓)", height=460)
+        figs.append(fig)
+    return figs
+
+
+def write_report(path: Path, *, deltas: pd.DataFrame, flips: pd.DataFrame, findings: pd.DataFrame,
+                 pareto: pd.DataFrame, makeup: pd.DataFrame, meta: dict) -> Path:
+    """Write the interactive report; the first figure carries the inlined plotly.js, the others reuse it."""
+    sections = [("Heatmaps", _heatmap_figs(deltas)), ("Per-group accuracy", _group_figs(deltas)),
+                ("Flips by baseline uncertainty", _flip_figs(flips)), ("Pareto frontier", _pareto_figs(pareto))]
+    first = True
+    parts = [f"<h1>fairq analysis report</h1><p class='note'>{html.escape(str(meta.get('output_dir', '')))} · "
+             f"{meta.get('n_cells', 0)} cells · {meta.get('n_bootstrap')} bootstrap resamples, "
+             f"{meta.get('n_permutations')} permutations, seed {meta.get('seed')}, alpha {meta.get('alpha')} · "
+             f"p-values Benjamini–Hochberg adjusted across all {meta.get('n_tests', 0)} tests of the run.</p>",
+             "<h2>Findings</h2><p class='note'>Rule: supported if the BH-adjusted p &lt; alpha and the 95% CI is "
+             "entirely on the hypothesised side of 0; not supported if it is significant the other way or the CI lies "
+             "within ±1 percentage point; inconclusive otherwise.</p>",
+             _table(findings_overview(findings), verdict_col="verdict"),
+             "<h2>Overview (intersectional groups)</h2>", _table(overview_table(deltas))]
+    for title, figs in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if title.startswith("Flips"):
+            edges = ", ".join(f"{e:.3g}" for e in UNCERTAINTY_EDGES)
+            parts.append(f"<p class='note'>Normalized entropy of the baseline's probabilities, bin edges {edges} "
+                         f"(low / medium / high).</p>")
+        if not figs:
+            parts.append("<p class='note'>Not enough cells for this figure.</p>")
+        for fig in figs:
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False,
+                                     config={"displaylogo": False}))
+            first = False
+    parts += ["<h2>Flips</h2>", _table(flips_overview(flips)),
+              "<h2>Compression-identified exemplars: group make-up</h2>", _table(makeup, max_rows=200),
+              "<h2>Pareto table</h2>", _table(pareto, max_rows=300),
+              "<details><summary><b>All deltas</b> (tables/deltas.csv)</summary>",
+              _table(deltas, max_rows=2000), "</details>"]
+    doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fairq analysis report</title>"
+           f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+    path.write_text(doc, encoding="utf-8")
+    return path

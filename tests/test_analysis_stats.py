@@ -1,0 +1,185 @@
+"""Statistics of fairq.analysis on data with known answers (hand values, reference libraries, simulations)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from fairq.analysis.findings import verdict
+from fairq.analysis.pareto import pareto_mask
+from fairq.analysis.stats import (benjamini_hochberg, cohens_h, joint_counts, mcnemar_test, paired_comparison,
+                                  permutation_p, permute_joint)
+from fairq.metrics import scalar_metrics_from_counts
+
+
+# ------------------------------------------------------------------------------------------------ BH
+def test_bh_matches_hand_values_and_keeps_nan():
+    p = [0.01, 0.04, 0.03, 0.2, np.nan]
+    # By hand, m = 4 tests: sorted 0.01, 0.03, 0.04, 0.2 → p·m/rank = 0.04, 0.06, 0.0533, 0.2, then the running
+    # minimum from the top: 0.04, 0.0533, 0.0533, 0.2.
+    expected = [0.04, 0.16 / 3, 0.16 / 3, 0.2, np.nan]
+    np.testing.assert_allclose(benjamini_hochberg(p), expected, rtol=1e-12)
+
+
+def test_bh_matches_statsmodels_on_random_list():
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.random.default_rng(3).uniform(size=57) ** 3
+    np.testing.assert_allclose(benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1])
+
+
+# ------------------------------------------------------------------------------------------------ McNemar
+def test_mcnemar_exact_on_hand_table():
+    # 2 vs 8 discordant pairs: two-sided exact binomial p = 2 · P(X ≤ 2 | n=10, 1/2) = 2 · (1+10+45)/1024.
+    p, disc, how = mcnemar_test(2, 8)
+    assert how == "mcnemar_exact" and disc == 10
+    assert p == pytest.approx(112 / 1024, abs=1e-12)
+    assert mcnemar_test(8, 2)[0] == pytest.approx(p)
+
+
+def test_mcnemar_chi2_on_hand_table():
+    # 30 vs 10: continuity-corrected statistic (|30−10|−1)² / 40 = 9.025; chi²(1) tail = erfc(√(x/2)).
+    p, disc, how = mcnemar_test(30, 10)
+    assert how == "mcnemar_chi2" and disc == 40
+    assert p == pytest.approx(math.erfc(math.sqrt(9.025 / 2)), rel=1e-9)
+
+
+def test_mcnemar_no_discordant_pairs():
+    assert mcnemar_test(0, 0) == (1.0, 0, "mcnemar_exact")
+
+
+# ------------------------------------------------------------------------------------------------ effect size
+def test_cohens_h_hand_values():
+    assert cohens_h(0.5, 0.5) == pytest.approx(0.0)
+    assert cohens_h(1.0, 0.0) == pytest.approx(math.pi)
+    assert cohens_h(0.8, 0.9) == pytest.approx(2 * math.asin(math.sqrt(0.8)) - 2 * math.asin(math.sqrt(0.9)))
+
+
+# ------------------------------------------------------------------------------------------------ permutation
+def test_permute_joint_swaps_only_predictions():
+    rng = np.random.default_rng(0)
+    joint = rng.integers(0, 20, size=(3, 2, 2, 2))
+    perm = permute_joint(joint, 50, rng)
+    # Group sizes, labels and the unordered prediction pair of every sample are kept.
+    np.testing.assert_array_equal(perm.sum(axis=(2, 3, 4)), np.broadcast_to(joint.sum(axis=(1, 2, 3)), (50, 3)))
+    np.testing.assert_array_equal(perm.sum(axis=(3, 4)), np.broadcast_to(joint.sum(axis=(2, 3)), (50, 3, 2)))
+    np.testing.assert_array_equal(perm + np.swapaxes(perm, -1, -2),
+                                  np.broadcast_to(joint + np.swapaxes(joint, -1, -2), perm.shape))
+    assert not (perm == joint).all()
+
+
+def _dp_delta(a, b):
+    sa = scalar_metrics_from_counts(a, pos_index=1, min_group_size=1)["demographic_parity_difference"]
+    sb = scalar_metrics_from_counts(b, pos_index=1, min_group_size=1)["demographic_parity_difference"]
+    return (np.asarray(sb) - np.asarray(sa))[..., None]
+
+
+def test_permutation_test_is_calibrated_under_h0():
+    """Two exchangeable prediction vectors: p-values ~ U(0, 1) (KS test), ~5% below 0.05."""
+    rng = np.random.default_rng(11)
+    n, sims = 400, 200
+    ps = []
+    for _ in range(sims):
+        g = rng.integers(0, 3, size=n)
+        y = rng.integers(0, 2, size=n)
+        rate = np.array([0.3, 0.45, 0.6])[g]            # group-dependent, but the same for both vectors
+        a = (rng.random(n) < rate).astype(int)
+        b = (rng.random(n) < rate).astype(int)
+        joint = joint_counts(y, a, b, g, 3, 2)
+        obs = _dp_delta(joint.sum(-1), joint.sum(-2))[0]
+        ps.append(permutation_p([joint], _dp_delta, np.atleast_1d(obs), 199, rng)[0])
+    ps = np.asarray(ps)
+    assert sps.kstest(ps, "uniform").pvalue > 0.01
+    assert 0.01 <= (ps < 0.05).mean() <= 0.11
+
+
+def test_permutation_test_detects_a_real_gap_change():
+    rng = np.random.default_rng(5)
+    n = 600
+    g = rng.integers(0, 2, size=n)
+    y = rng.integers(0, 2, size=n)
+    a = (rng.random(n) < 0.5).astype(int)
+    b = np.where((g == 1) & (rng.random(n) < 0.4), 1, a)  # B selects group 1 much more often
+    joint = joint_counts(y, a, b, g, 2, 2)
+    obs = _dp_delta(joint.sum(-1), joint.sum(-2))[0]
+    assert permutation_p([joint], _dp_delta, np.atleast_1d(obs), 499, rng)[0] < 0.01
+
+
+# ------------------------------------------------------------------------------------------------ CI coverage
+def _acc_delta(a, b):
+    acc = lambda c: np.trace(c.sum(axis=-3), axis1=-2, axis2=-1) / c.sum(axis=(-1, -2, -3))  # noqa: E731
+    return (acc(b) - acc(a))[..., None]
+
+
+def test_paired_bootstrap_ci_covers_true_delta_at_nominal_rate():
+    """Simulated paired predictions with a known accuracy drop: the 95% CI covers it in ~95% of runs."""
+    rng = np.random.default_rng(2024)
+    n, sims, true_delta = 500, 200, -0.06
+    covered = 0
+    for _ in range(sims):
+        g = rng.integers(0, 2, size=n)
+        y = rng.integers(0, 2, size=n)
+        base_ok = rng.random(n) < 0.85
+        # Among baseline-correct samples break 10%, among baseline errors fix p_fix: E[Δ] = −0.085 + 0.15 p_fix.
+        p_fix = (true_delta + 0.085) / 0.15
+        u = rng.random(n)
+        comp_ok = np.where(base_ok, u >= 0.10, u < p_fix)
+        a = np.where(base_ok, y, 1 - y)
+        b = np.where(comp_ok, y, 1 - y)
+        res = paired_comparison([joint_counts(y, a, b, g, 2, 2)], _acc_delta, n_bootstrap=300, permutation=False,
+                                seed=int(rng.integers(1 << 30)))
+        covered += res["ci_low"][0] <= true_delta <= res["ci_high"][0]
+    rate = covered / sims
+    assert 0.90 <= rate <= 0.99, rate
+
+
+def test_paired_comparison_seeds_average_and_pair():
+    """Two identical seeds give the single-seed estimate; a constant shift moves the estimate by that shift."""
+    rng = np.random.default_rng(1)
+    n = 300
+    g, y = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
+    a = np.where(rng.random(n) < 0.8, y, 1 - y)
+    b = np.where(rng.random(n) < 0.1, 1 - a, a)
+    j = joint_counts(y, a, b, g, 2, 2)
+    one = paired_comparison([j], _acc_delta, n_bootstrap=200, n_permutations=200, seed=0)
+    two = paired_comparison([j, j], _acc_delta, n_bootstrap=200, n_permutations=200, seed=0)
+    assert two["estimate"][0] == pytest.approx(one["estimate"][0])
+    expected = (np.mean(b == y) - np.mean(a == y))
+    assert one["estimate"][0] == pytest.approx(expected)
+    assert one["ci_low"][0] <= expected <= one["ci_high"][0]
+    # Averaging two independent resamples of the same data narrows the interval.
+    assert (two["ci_high"] - two["ci_low"])[0] < (one["ci_high"] - one["ci_low"])[0]
+
+
+# ------------------------------------------------------------------------------------------------ rules
+@pytest.mark.parametrize("est, lo, hi, p, hyp, expected", [
+    (-0.10, -0.15, -0.05, 0.001, "< 0", "supported"),
+    (0.10, 0.05, 0.15, 0.001, "> 0", "supported"),
+    (0.10, 0.05, 0.15, 0.001, "< 0", "not supported"),       # significant the other way
+    (0.001, -0.005, 0.008, 0.6, "< 0", "not supported"),     # CI inside ±1 point: negligible
+    (-0.03, -0.07, 0.01, 0.2, "< 0", "inconclusive"),
+    (-0.10, -0.15, -0.05, 0.2, "< 0", "inconclusive"),       # CI excludes 0 but corrected p does not
+    (np.nan, np.nan, np.nan, np.nan, "> 0", "inconclusive"),
+])
+def test_verdict_rule(est, lo, hi, p, hyp, expected):
+    assert verdict(est, lo, hi, p, hyp) == expected
+
+
+def test_verdict_rejects_unknown_hypothesis():
+    with pytest.raises(ValueError, match="hypothesis"):
+        verdict(0.1, 0.0, 0.2, 0.01, "!= 0")
+
+
+# ------------------------------------------------------------------------------------------------ Pareto
+def test_pareto_mask_hand_points():
+    # columns: accuracy (max), gap (min), size (min)
+    pts = np.array([[0.90, 0.10, 4.0],   # best accuracy → frontier
+                    [0.88, 0.05, 1.0],   # frontier
+                    [0.87, 0.06, 1.0],   # dominated by row 1
+                    [0.80, 0.20, 0.5],   # smallest → frontier
+                    [0.88, 0.05, 1.0],   # tie with row 1: neither dominates
+                    [np.nan, 0.0, 0.1]])  # missing accuracy → never on the frontier
+    np.testing.assert_array_equal(pareto_mask(pts, [True, False, False]), [True, True, False, True, True, False])
