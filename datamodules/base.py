@@ -139,6 +139,11 @@ class FaceDataModule(L.LightningDataModule):
         """Whether the index and cache are loaded."""
         return self._cache is not None
 
+    @property
+    def skipped_files(self) -> list[dict[str, str]]:
+        """``{"file", "reason"}`` for every file skipped so far (irregular names, unreadable or missing images)."""
+        return list(self._skipped)
+
     def read_index(self) -> pd.DataFrame:
         """The full parsed index (every usable image, all splits, before subsampling and caching)."""
         self._skipped = []
