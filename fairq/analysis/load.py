@@ -42,8 +42,8 @@ def config_label(row) -> str:
     if row["method"] == "baseline":
         label = "baseline"
     else:
-        wb, ab = row.get("weight_bits", ""), row.get("act_bits", "")
-        bits = f" w{_fmt_bits(wb)}a{_fmt_bits(ab)}" if str(wb) != "" else ""
+        wb, ab = _fmt_bits(row.get("weight_bits", "")), _fmt_bits(row.get("act_bits", ""))
+        bits = (f" w{wb}" + (f"a{ab}" if ab else "")) if wb else ""  # no act bits: e.g. dynamic activations
         label = f"{row['method']}{bits}"
     variant = str(row.get("variant", "") or "")
     backend = str(row.get("backend", "") or "")
@@ -55,6 +55,9 @@ def config_label(row) -> str:
 
 
 def _fmt_bits(v) -> str:
+    """``8`` / ``8.0`` → ``"8"``; missing (None, NaN, "") → ``""``."""
+    if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip().lower() in ("", "nan", "none"):
+        return ""
     try:
         return str(int(float(v)))
     except (TypeError, ValueError):

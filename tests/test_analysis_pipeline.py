@@ -1,0 +1,242 @@
+"""End-to-end analysis on a tiny hand-made store: tables, flips, findings, errors, and the report in Chromium."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fairq.analysis import run_analysis
+from fairq.metrics import fairness_metrics
+
+GENDERS = ("f", "m")
+RACES = ("a", "b", "c")
+WORST = ("f", "c")  # the group whose predictions the INT4 cell degrades
+
+
+def _entropy_bin_probs(rng, y_pred, n):
+    """Binary probabilities consistent with y_pred, confidence spread so every uncertainty bin is populated."""
+    conf = rng.uniform(0.5, 1.0, size=n)
+    p1 = np.where(y_pred == 1, conf, 1.0 - conf)
+    return p1
+
+
+def _write_cell(out: Path, rows: list, frame: pd.DataFrame, **meta) -> None:
+    cell = meta["cell"]
+    rel = f"predictions/{cell}.parquet"
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out / rel, index=False)
+    m = fairness_metrics(frame["y_true"], frame["y_pred"], frame[["gender", "race"]])
+    row = {"dataset": "synth", "model": "tiny", "variant": "", "backend": "cpu", "n": len(frame),
+           "target": "label", "num_classes": 2, "sensitive_attributes": "gender;race", "size_mb": 1.0,
+           "size_kind": "serialized", "latency_ms": 1.0, "latency_batch_size": 1, "predictions": rel}
+    row.update(meta)
+    row.update({k: v for k, v in m.items() if k != "per_group"})
+    rows.append(row)
+
+
+def make_store(out: Path, *, n: int = 2400, seeds=(0,), with_mitigation: bool = True, rng_seed: int = 0) -> Path:
+    """Baseline + PTQ INT8 (tiny random flips) + PTQ INT4 (degrades the ``WORST`` group) [+ a mitigation cell]."""
+    rng = np.random.default_rng(rng_seed)
+    rows: list = []
+    gender = rng.choice(GENDERS, size=n)
+    race = rng.choice(RACES, size=n, p=[0.4, 0.35, 0.25])
+    y = rng.integers(0, 2, size=n)
+    worst = (gender == WORST[0]) & (race == WORST[1])
+    ids = np.array([f"s{i:05d}" for i in range(n)])
+    for seed in seeds:
+        acc = np.where(worst, 0.82, 0.9)
+        base = np.where(rng.random(n) < acc, y, 1 - y)
+        p1 = _entropy_bin_probs(rng, base, n)
+
+        def frame(pred, p=None):
+            p = p1 if p is None else p
+            return pd.DataFrame({"sample_id": ids, "y_true": y, "y_pred": pred, "prob_0": 1 - p, "prob_1": p,
+                                 "prob": p, "gender": gender, "race": race})
+
+        conf = np.abs(p1 - 0.5) * 2  # 0 = unsure, 1 = sure
+        _write_cell(out, rows, frame(base), cell=f"base_s{seed}", method="baseline", weight_bits=32, act_bits=32,
+                    seed=seed, size_mb=4.0)
+        # INT8: 1% flips, more on uncertain samples.
+        flip8 = rng.random(n) < 0.02 * (1 - conf)
+        _write_cell(out, rows, frame(np.where(flip8, 1 - base, base)), cell=f"ptq8_s{seed}", method="ptq_static",
+                    weight_bits=8, act_bits=8, seed=seed, size_mb=1.0)
+        # INT4: correct predictions of the worst group break with prob 0.25, others with 0.02; uncertain ones more.
+        breaks = (base == y) & (rng.random(n) < np.where(worst, 0.25, 0.02) * (1.5 - conf))
+        fixes = (base != y) & (rng.random(n) < 0.03)
+        pred4 = np.where(breaks | fixes, 1 - base, base)
+        _write_cell(out, rows, frame(pred4), cell=f"ptq4_s{seed}", method="ptq_static", weight_bits=4,
+                    act_bits=8, seed=seed, size_mb=0.5)
+        if with_mitigation:
+            # Balanced calibration at INT4: undoes most of the worst-group damage.
+            repair = breaks & worst & (rng.random(n) < 0.8)
+            _write_cell(out, rows, frame(np.where(repair, base, pred4)), cell=f"bac4_s{seed}",
+                        method="bias_aware_calibration", variant="calibration=balanced", weight_bits=4,
+                        act_bits=8, seed=seed, size_mb=0.5)
+    pd.DataFrame(rows).to_csv(out / "metrics.csv", index=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    out = make_store(tmp_path_factory.mktemp("store"))
+    res = run_analysis(out, n_bootstrap=300, seed=0, progress=False)
+    return out, res
+
+
+CONTRACT = ["metric", "value", "baseline_value", "delta", "ci_low", "ci_high", "p_value", "p_adjusted", "cell",
+            "dataset", "model", "method", "variant", "weight_bits", "act_bits", "seed", "attributes", "group"]
+
+
+def test_writes_every_output(analysed):
+    out, res = analysed
+    for name in ("deltas", "flips", "findings", "summary", "pareto", "exemplars"):
+        assert (out / "tables" / f"{name}.csv").is_file(), name
+    for name in ("overview", "flips", "findings"):
+        tex = (out / "tables" / f"{name}.tex").read_text()
+        assert "\\begin{table}" in tex and "\\toprule" in tex
+        assert not any(ord(ch) > 127 for ch in tex), f"{name}.tex has non-ASCII characters"
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert [p.split("_")[0] for p in pngs] == ["flips", "group", "heatmaps", "pareto"], pngs
+    assert res["report"] == out / "report.html"
+    deltas = pd.read_csv(out / "tables" / "deltas.csv")
+    assert set(CONTRACT) <= set(deltas.columns)
+
+
+def test_values_match_metrics_csv_and_deltas_are_paired_differences(analysed):
+    out, _ = analysed
+    deltas = pd.read_csv(out / "tables" / "deltas.csv", keep_default_na=False, na_values=[""])
+    metrics = pd.read_csv(out / "metrics.csv").set_index("cell")
+    overall = deltas[(deltas["attributes"] == "gender;race") & (deltas["group"] == "all")]
+    for _, r in overall.iterrows():  # every overall value = what fairness_metrics wrote into metrics.csv
+        assert r["value"] == pytest.approx(metrics.at[r["cell"], r["metric"]], nan_ok=True), (r["cell"], r["metric"])
+        assert r["value_ci_low"] <= r["value"] + 1e-12 or np.isnan(r["value_ci_low"])
+    comp = overall[overall["method"] != "baseline"]
+    np.testing.assert_allclose(comp["delta"], comp["value"] - comp["baseline_value"])
+    base = metrics[metrics["method"] == "baseline"]
+    for _, r in comp.iterrows():
+        assert r["baseline_value"] == pytest.approx(base.iloc[0][r["metric"]], nan_ok=True)
+    # Per-attribute scopes exist, and overall accuracy is not repeated in them.
+    assert {"gender", "race"} <= set(deltas["attributes"])
+    assert not ((deltas["attributes"] == "race") & (deltas["metric"] == "accuracy") & (deltas["group"] == "all")).any()
+
+
+def test_mcnemar_and_bh_against_statsmodels(analysed):
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.multitest import multipletests
+
+    out, res = analysed
+    base = pd.read_parquet(out / "predictions" / "base_s0.parquet").set_index("sample_id")
+    comp = pd.read_parquet(out / "predictions" / "ptq4_s0.parquet").set_index("sample_id").loc[base.index]
+    table = pd.crosstab(base["y_pred"] == base["y_true"], comp["y_pred"] == comp["y_true"]).to_numpy()
+    expected = mcnemar(table, exact=False, correction=True).pvalue  # > 25 discordant pairs here
+    deltas = res["deltas"]
+    row = deltas[(deltas["cell"] == "ptq4_s0") & (deltas["metric"] == "accuracy") & (deltas["group"] == "all")]
+    assert row["test"].item() == "mcnemar_chi2"
+    assert row["p_value"].item() == pytest.approx(expected, rel=1e-9)
+    # One seed: the run's tests are the deltas' tests plus the findings' tests, adjusted together.
+    findings = res["findings"]
+    p = np.concatenate([deltas["p_value"].dropna(), findings["p_value"].dropna()])
+    adj = np.concatenate([deltas["p_adjusted"].dropna(), findings["p_adjusted"].dropna()])
+    np.testing.assert_allclose(adj, multipletests(p, method="fdr_bh")[1])
+    tested = deltas[deltas["p_value"].notna()]
+    assert set(tested["metric"]) == {"accuracy", "worst_group_accuracy", "demographic_parity_difference",
+                                     "equalized_odds_difference"}
+
+
+def test_findings_follow_the_injected_effects(analysed):
+    _, res = analysed
+    f = res["findings"].set_index(["finding", "config"])
+    print(res["findings"][["finding", "config", "estimate", "ci_low", "ci_high", "p_adjusted", "verdict"]]
+          .to_string())
+    assert f.loc[("worst_vs_best", "ptq_static w4a8"), "verdict"] == "supported"
+    assert f.loc[("worst_vs_best", "ptq_static w8a8"), "verdict"] != "supported"
+    mit = f.loc["mitigation_vs_ptq"].set_index("statistic", append=True)
+    bac = "bias_aware_calibration w4a8 calibration=balanced"
+    eo = mit.loc[(bac, "equalized_odds_difference(mitigated) − equalized_odds_difference(plain PTQ)")]
+    assert eo["verdict"] == "supported" and eo["estimate"] < 0
+    wga = mit.loc[(bac, "worst_group_accuracy(mitigated) − worst_group_accuracy(plain PTQ)")]
+    assert wga["verdict"] == "supported" and wga["estimate"] > 0
+    assert f.loc[("fewer_bits", "ptq_static w4a8")]["verdict"].eq("supported").all()
+    ex = res["findings"][res["findings"]["finding"] == "exemplars_worst_group"].iloc[0]
+    assert "gender=f, race=c" in ex["claim"] and ex["verdict"] == "supported"
+    assert set(res["findings"]["verdict"]) <= {"supported", "not supported", "inconclusive"}
+
+
+def test_seeds_are_aggregated_and_tested_in_pairs(tmp_path):
+    out = make_store(tmp_path, n=600, seeds=(0, 1), with_mitigation=False)
+    res = run_analysis(out, n_bootstrap=100, progress=False, figures=False, report=False)
+    summary = pd.read_csv(res["tables"]["summary"], keep_default_na=False, na_values=[""])
+    deltas = res["deltas"]
+    key = (summary["config"] == "ptq_static w4a8") & (summary["metric"] == "accuracy") & (summary["group"] == "all")
+    row = summary[key].iloc[0]
+    per_seed = deltas[(deltas["config"] == "ptq_static w4a8") & (deltas["metric"] == "accuracy")
+                      & (deltas["group"] == "all")]["delta"]
+    assert row["n_seeds"] == 2 and row["seeds"] == "0;1"
+    assert row["delta_mean"] == pytest.approx(per_seed.mean()) and row["delta_sd"] == pytest.approx(per_seed.std())
+    assert row["test"] == "permutation_seeds" and row["new_test"]
+    assert row["ci_low"] <= row["delta_mean"] <= row["ci_high"] and row["p_adjusted"] >= row["p_value"]
+    assert (res["findings"]["n_seeds"] == 2).all()
+
+
+def test_baseline_only_store(tmp_path):
+    out = make_store(tmp_path, n=300)
+    metrics = pd.read_csv(out / "metrics.csv")
+    metrics[metrics["method"] == "baseline"].to_csv(out / "metrics.csv", index=False)
+    res = run_analysis(out, n_bootstrap=50, progress=False, report=False)
+    assert res["deltas"]["delta"].isna().all() and res["deltas"]["value"].notna().any()
+    assert res["findings"].empty
+    assert (out / "tables" / "flips.csv").is_file()
+
+
+def test_missing_inputs_name_the_phase(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--phase baseline"):
+        run_analysis(tmp_path, progress=False)
+    out = make_store(tmp_path / "s", n=200)
+    metrics = pd.read_csv(out / "metrics.csv")
+    (out / "predictions" / "ptq4_s0.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="ptq4_s0.*--phase quantization"):
+        run_analysis(out, progress=False)
+    metrics[metrics["method"] != "baseline"].to_csv(out / "metrics.csv", index=False)
+    with pytest.raises(ValueError, match="no baseline rows.*--phase baseline"):
+        run_analysis(out, progress=False)
+    metrics.drop(columns="predictions").to_csv(out / "metrics.csv", index=False)
+    with pytest.raises(ValueError, match="predictions"):
+        run_analysis(out, progress=False)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def test_report_is_self_contained(analysed):
+    out, _ = analysed
+    doc = (out / "report.html").read_text()
+    assert "<script src=" not in doc and "<link" not in doc  # nothing fetched: plotly.js is inline
+    assert doc.count("Plotly.newPlot") >= 4
+    assert len(doc) > 1_000_000  # the inlined plotly.js bundle
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(analysed, tmp_path):
+    from PIL import Image
+
+    out, _ = analysed
+    shot = tmp_path / "report.png"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+           "--enable-logging=stderr", "--v=0", (out / "report.html").resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-2000:]
+    js_errors = [ln for ln in log.splitlines() if "Uncaught" in ln or ("CONSOLE" in ln and "rror" in ln)]
+    assert not js_errors, js_errors
+    img = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
+    assert img.shape[:2] == (2000, 1200)
+    assert img.std() > 20, "screenshot is (nearly) blank"
+    # Plotly drew something: strongly coloured pixels (heatmap cells), which the tables alone do not have.
+    hsv = np.asarray(Image.open(shot).convert("HSV"), dtype=float)
+    assert ((hsv[..., 1] > 120) & (hsv[..., 2] > 60)).mean() > 0.01
