@@ -1,0 +1,222 @@
+"""Compression configs: one small dataclass per technique, validated in ``__post_init__`` (torchao style).
+
+Every field is a plain type (int, float, str, bool, None, tuples of those), so a YAML file can name a config
+directly: ``PTQConfig(**yaml_dict)`` (YAML lists become tuples here).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+OBSERVERS = ("minmax", "percentile", "mse", "histogram")
+BACKENDS = ("auto", "simulated", "int8")
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def _check_bits(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+        extra = " or None (full precision)" if allow_none else ""
+        raise ValueError(f"{name} must be an int in {MIN_BITS}..{MAX_BITS}{extra}, got {value!r}")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _as_str_tuple(name: str, value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    value = tuple(value)
+    if not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be module-name patterns (strings), got {value!r}")
+    return value
+
+
+def _check_positive(name: str, value, allow_none: bool = False, integer: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        raise ValueError(f"{name} must be a positive {'int' if integer else 'number'}, got {value!r}")
+
+
+class _Config:
+    """Shared helpers: ``bit_width`` → field mapping and dict round-trip."""
+
+    #: the field that ``apply_quantization(..., bit_width)`` fills.
+    bits_field: ClassVar[str] = "weight_bits"
+
+    @classmethod
+    def from_bit_width(cls, bit_width, **options):
+        """Build from the familiar ``bit_width`` plus field overrides; unknown options raise a clear error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no option(s) {unknown}; valid: {sorted(names)}")
+        if bit_width is not None and cls.bits_field not in options:
+            options[cls.bits_field] = bit_width
+        return cls(**options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-typed fields (tuples as lists) for YAML/JSON."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class PTQConfig(_Config):
+    """Static post-training quantization: k-bit weights, calibrated per-tensor k-bit input activations.
+
+    ``act_bits=None`` quantizes weights only. ``backend="auto"`` runs real INT8 kernels for W8A8 on CPU and
+    simulated (fake-quant) INT-k otherwise. ``skip_modules``: module-name patterns (fnmatch; a pattern also
+    covers the module's children) left in FP32. ``calibration_batches`` caps the calibration batches used.
+    """
+
+    weight_bits: int = 8
+    act_bits: int | None = 8
+    per_channel: bool = True
+    symmetric: bool = True
+    observer: str = "minmax"
+    percentile: float = 99.99
+    backend: str = "auto"
+    skip_modules: tuple[str, ...] = ()
+    act_symmetric: bool = False
+    calibration_batches: int | None = 32
+
+    def __post_init__(self):
+        _check_bits("weight_bits", self.weight_bits)
+        _check_bits("act_bits", self.act_bits, allow_none=True)
+        _check_choice("observer", self.observer, OBSERVERS)
+        _check_choice("backend", self.backend, BACKENDS)
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile!r}")
+        self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)
+        _check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
+        if self.backend == "int8" and (self.weight_bits, self.act_bits) != (8, 8):
+            raise ValueError(f"backend='int8' needs weight_bits=8 and act_bits=8, got {self.weight_bits}/"
+                             f"{self.act_bits}; use backend='simulated' or 'auto' for other widths")
+
+
+@dataclass
+class DynamicConfig(_Config):
+    """Dynamic quantization of Linear layers: k-bit weights, activations quantized per batch at run time.
+
+    ``backend="auto"`` uses real INT8 kernels when ``bits == 8``; otherwise (or ``"simulated"``) weights are
+    fake-quantized to ``bits`` and each batch's input is fake-quantized per tensor to ``act_bits``.
+    """
+
+    bits_field: ClassVar[str] = "bits"
+
+    bits: int = 8
+    backend: str = "auto"
+    act_bits: int | None = 8
+    per_channel: bool = True
+    symmetric: bool = True
+    skip_modules: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _check_bits("bits", self.bits)
+        _check_bits("act_bits", self.act_bits, allow_none=True)
+        _check_choice("backend", self.backend, BACKENDS)
+        self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)
+        if self.backend == "int8" and self.bits != 8:
+            raise ValueError(f"backend='int8' needs bits=8, got {self.bits}; use 'simulated' or 'auto'")
+
+
+@dataclass
+class QATConfig(_Config):
+    """Quantization-aware training: fake-quant (straight-through estimator) while training, then convert.
+
+    ``epochs``/``lr``/``max_steps`` drive only the minimal built-in loop (used when ``quantize`` gets a
+    ``train_loader`` and no ``train_fn``). 8-bit QAT converts to real INT8 when the backend allows it.
+    """
+
+    weight_bits: int = 8
+    act_bits: int | None = 8
+    epochs: int = 1
+    lr: float = 1e-4
+    per_channel: bool = True
+    symmetric: bool = True
+    backend: str = "auto"
+    skip_modules: tuple[str, ...] = ()
+    max_steps: int | None = None
+    calibration_batches: int | None = 8
+
+    def __post_init__(self):
+        _check_bits("weight_bits", self.weight_bits)
+        _check_bits("act_bits", self.act_bits, allow_none=True)
+        _check_positive("epochs", self.epochs, integer=True)
+        _check_positive("lr", self.lr)
+        _check_positive("max_steps", self.max_steps, allow_none=True, integer=True)
+        _check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
+        _check_choice("backend", self.backend, BACKENDS)
+        self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)
+        if self.backend == "int8" and (self.weight_bits, self.act_bits) != (8, 8):
+            raise ValueError("backend='int8' needs weight_bits=8 and act_bits=8")
+
+
+DEFAULT_KEEP_FP32 = ("classifier", "head", "heads", "fc", "last_linear")
+
+
+@dataclass
+class MixedPrecisionConfig(_Config):
+    """Per-layer bit allocation from ``candidate_bits`` (``None`` = FP32) under a size budget.
+
+    Budget: ``budget_avg_bits`` (parameter-weighted mean bits over all Conv/Linear weights, FP32 counting as 32)
+    or ``budget_mb`` (packed size estimate of the whole model, MiB). Sensitivity per layer and width is the
+    validation ``loss`` increase / ``accuracy`` drop when only that layer is quantized (``kl``: label-free KL
+    divergence from the FP32 outputs). ``keep_fp32`` patterns (default: the classifier/head) and, with
+    ``keep_first``, the first quantizable layer stay FP32. A given ``plan`` ({layer: bits|None}) skips the search.
+    """
+
+    bits_field: ClassVar[str] = "budget_avg_bits"
+
+    candidate_bits: tuple[int | None, ...] = (2, 4, 8, None)
+    budget_avg_bits: float | None = None
+    budget_mb: float | None = None
+    keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32
+    keep_first: bool = False
+    sensitivity: str = "loss"
+    act_bits: int | None = 8
+    plan: dict | None = None
+    per_channel: bool = True
+    symmetric: bool = True
+    observer: str = "minmax"
+    val_batches: int | None = 4
+    calibration_batches: int | None = 32
+
+    def __post_init__(self):
+        self.candidate_bits = tuple(self.candidate_bits)
+        if not self.candidate_bits:
+            raise ValueError("candidate_bits must not be empty")
+        for b in self.candidate_bits:
+            _check_bits("candidate_bits entry", b, allow_none=True)
+        if len(set(self.candidate_bits)) != len(self.candidate_bits):
+            raise ValueError(f"candidate_bits has duplicates: {self.candidate_bits}")
+        _check_positive("budget_avg_bits", self.budget_avg_bits, allow_none=True)
+        _check_positive("budget_mb", self.budget_mb, allow_none=True)
+        if self.budget_avg_bits is not None and self.budget_mb is not None:
+            raise ValueError("give one budget: budget_avg_bits or budget_mb, not both")
+        if self.budget_avg_bits is None and self.budget_mb is None and self.plan is None:
+            raise ValueError("MixedPrecisionConfig needs budget_avg_bits, budget_mb or an explicit plan")
+        self.keep_fp32 = _as_str_tuple("keep_fp32", self.keep_fp32)
+        _check_choice("sensitivity", self.sensitivity, ("loss", "accuracy", "kl"))
+        _check_bits("act_bits", self.act_bits, allow_none=True)
+        _check_choice("observer", self.observer, OBSERVERS)
+        _check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
+        _check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
+        if self.plan is not None:
+            if not isinstance(self.plan, dict):
+                raise ValueError(f"plan must be a dict {{layer name: bits or None}}, got {type(self.plan).__name__}")
+            for layer, b in self.plan.items():
+                _check_bits(f"plan[{layer!r}]", b, allow_none=True)
+
+    @classmethod
+    def from_bit_width(cls, bit_width, **options):
+        """``bit_width`` is the average-bits budget unless a ``budget_mb`` or a ``plan`` is given."""
+        if "budget_mb" in options or "plan" in options:
+            bit_width = None
+        return super().from_bit_width(bit_width, **options)

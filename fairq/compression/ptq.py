@@ -1,0 +1,32 @@
+"""Static post-training quantization (``ptq_static``): real INT8 for W8A8 on CPU, simulated INT-k otherwise."""
+from __future__ import annotations
+
+from torch import nn
+
+from .backend import load_int8, resolve_backend, tag_model
+from .config import PTQConfig
+from .registry import register_method
+from .simulate import quantize_layers, uniform_layer_bits
+
+
+def quantize_ptq(model: nn.Module, config: PTQConfig, calibration_data=None, **ctx) -> nn.Module:
+    """Quantize ``model`` (modified in place) per ``config``; see :class:`PTQConfig`."""
+    model.eval()
+    capable = config.weight_bits == 8 and config.act_bits == 8
+    backend = resolve_backend(config.backend, capable, model)
+    if backend == "int8":
+        if calibration_data is None:
+            raise ValueError("static INT8 quantization needs calibration_data")
+        model = load_int8().convert_static_int8(model, config, calibration_data)
+        return tag_model(model, weight_bits=8, act_bits=8, backend="int8")
+    quantize_layers(
+        model, uniform_layer_bits(model, config.weight_bits, config.skip_modules),
+        per_channel=config.per_channel, symmetric=config.symmetric, act_bits=config.act_bits,
+        act_mode="static", observer=config.observer, percentile=config.percentile,
+        act_symmetric=config.act_symmetric, calibration_data=calibration_data,
+        calibration_batches=config.calibration_batches,
+    )
+    return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated")
+
+
+register_method("ptq_static", PTQConfig, quantize_ptq)

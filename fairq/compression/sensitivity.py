@@ -1,0 +1,79 @@
+"""Per-layer quantization sensitivity: the validation metric change when only one layer is quantized."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import iter_labelled_batches, iter_model_inputs, logits_of, model_device
+from .fakequant import FakeQuantLayer
+from .modules import set_layer
+
+METRICS = ("loss", "accuracy", "kl")
+
+
+class _Evaluator:
+    """Caches a few validation batches and the FP32 outputs; scores a model variant against them."""
+
+    def __init__(self, model: nn.Module, data, metric: str, limit: int | None):
+        if metric not in METRICS:
+            raise ValueError(f"sensitivity metric must be one of {METRICS}, got {metric!r}")
+        self.model, self.metric = model, metric
+        device = model_device(model)
+        if metric == "kl":
+            self.batches = [(a, k, None) for a, k in iter_model_inputs(data, limit, device)]
+        else:
+            self.batches = list(iter_labelled_batches(data, limit, device))
+        if not self.batches:
+            raise ValueError("sensitivity data yielded no batches")
+        self.reference = [torch.log_softmax(o.float(), -1) for o in self._outputs()]
+        self.base = self.score()
+
+    @torch.no_grad()
+    def _outputs(self):
+        return [logits_of(self.model(*a, **k)) for a, k, _ in self.batches]
+
+    def score(self) -> float:
+        """Mean loss / accuracy / KL(FP32 ‖ variant) over the cached batches."""
+        total, n = 0.0, 0
+        for out, ref, (_, _, y) in zip(self._outputs(), self.reference, self.batches):
+            logp = torch.log_softmax(out.float(), -1)
+            if self.metric == "loss":
+                total += float(F.nll_loss(logp, y.long(), reduction="sum"))
+            elif self.metric == "accuracy":
+                total += float((logp.argmax(-1) == y).sum())
+            else:
+                total += float(F.kl_div(logp, ref, log_target=True, reduction="sum"))
+            n += out.shape[0]
+        return total / n
+
+    def change(self) -> float:
+        """How much worse the current model is than FP32 (positive = worse)."""
+        value = self.score()
+        return self.base - value if self.metric == "accuracy" else value - self.base
+
+
+def layer_sensitivity(model: nn.Module, layers: dict[str, nn.Module], bits: tuple[int, ...], data, *,
+                      metric: str = "loss", limit: int | None = 4, per_channel: bool = True,
+                      symmetric: bool = True) -> dict[str, dict[int, float]]:
+    """``{layer: {bits: change}}``: metric change on ``data`` when only that layer's weights are quantized.
+
+    ``metric``: ``loss`` (cross-entropy increase), ``accuracy`` (accuracy drop) or ``kl`` (KL divergence of
+    the outputs from FP32; needs no labels). The model is restored after each trial.
+    """
+    model.eval()
+    ev = _Evaluator(model, data, metric, limit)
+    result: dict[str, dict[int, float]] = {}
+    for name, layer in tqdm(layers.items(), desc=f"sensitivity ({metric})", leave=False):
+        result[name] = {}
+        for b in bits:
+            set_layer(model, name, FakeQuantLayer.from_float(layer, b, per_channel=per_channel, symmetric=symmetric))
+            try:
+                value = ev.change()
+            finally:
+                set_layer(model, name, layer)
+            result[name][b] = value if math.isfinite(value) else float("inf")
+    return result

@@ -1,0 +1,357 @@
+"""Compression engine: every registered method × {tiny CNN, tiny ViT, tiny BERT}, plus API, size and latency.
+
+The method × model tests are generated from ``METHODS``: registering a method adds its tests.
+"""
+import dataclasses
+import io
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from fairq.compression import (
+    METHODS, DynamicConfig, MixedPrecisionConfig, PTQConfig, QATConfig, apply_quantization, effective_weights,
+    layer_bits, measure_latency, model_size, model_size_mb, quantize, register_method,
+)
+from fairq.compression.data import iter_model_inputs, logits_of
+from fairq.models import create_model
+
+N, CLASSES = 8, 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops on a shared 2-core machine: one intra-op thread is ~100x faster than two contending ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _image_data(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.randn(N, 3, 32, 32, generator=g) for _ in range(2)]
+    y = [torch.randint(0, CLASSES, (N,), generator=g) for _ in range(2)]
+    calib = x  # a list of tensors: an iterable of batches
+    val = [{"image": xi, "target": yi, "sensitive": torch.zeros(N), "sample_id": torch.arange(N)}
+           for xi, yi in zip(x, y)]  # fairq datamodule batches
+    train = list(zip(x, y))  # (x, y) tuples
+    return calib, val, train
+
+
+def _text_data(seed, vocab):
+    g = torch.Generator().manual_seed(seed)
+    batches = [dict(input_ids=torch.randint(0, vocab, (N, 12), generator=g),
+                    attention_mask=torch.ones(N, 12, dtype=torch.long),
+                    labels=torch.randint(0, CLASSES, (N,), generator=g)) for _ in range(2)]
+    return batches, batches, batches
+
+
+def _tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32, num_labels=CLASSES)
+    return transformers.BertForSequenceClassification(cfg)
+
+
+def _build(kind):
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = _tiny_bert()
+        data = _text_data(1, 64)
+    else:
+        model = create_model({"cnn": "tiny_cnn", "vit": "tiny_vit"}[kind], num_classes=CLASSES)
+        data = _image_data(1)
+    return types.SimpleNamespace(kind=kind, model=model.eval(), calib=data[0], val=data[1], train=data[2])
+
+
+@pytest.fixture(scope="module", params=["cnn", "vit", "bert"])
+def zoo(request):
+    return _build(request.param)
+
+
+def _outputs(model, batches):
+    with torch.no_grad():
+        return torch.cat([logits_of(model(*a, **k)) for a, k in iter_model_inputs(batches)])
+
+
+def _max_levels_per_channel(w):
+    return max(int(torch.unique(row).numel()) for row in w.reshape(w.shape[0], -1))
+
+
+def _assert_levels(qmodel):
+    """Every k-bit layer holds ≤ 2**k distinct weight values per output channel; returns #quantized layers."""
+    weights, bits = effective_weights(qmodel), layer_bits(qmodel)
+    n = 0
+    for name, k in bits.items():
+        if k is None:
+            continue
+        levels = _max_levels_per_channel(weights[name])
+        assert levels <= 2**k, f"{name}: {levels} distinct values > 2**{k}"
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------- registry-generated: method × model × bits
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_on_every_tiny_model(zoo, method, bits):
+    fields = {f.name for f in dataclasses.fields(METHODS[method])}
+    options = {"backend": "simulated"} if bits == 8 and "backend" in fields else {}
+    if "epochs" in fields:
+        options["lr"] = 1e-3
+    fp_before = {k: v.clone() for k, v in zoo.model.state_dict().items()}
+    q = apply_quantization(zoo.model, method, bits, zoo.calib, train_loader=zoo.train, val_data=zoo.val, **options)
+
+    assert q is not zoo.model
+    assert all(torch.equal(v, zoo.model.state_dict()[k]) for k, v in fp_before.items()), "input model mutated"
+    assert q.fairq_method == method and q.fairq_backend in {"int8", "simulated"}
+    assert q.fairq_weight_bits is not None and q.fairq_act_bits in {None, 2, 3, 4, 5, 6, 7, 8}
+    fp, out = _outputs(zoo.model, zoo.calib), _outputs(q, zoo.calib)
+    assert out.shape == fp.shape and torch.isfinite(out).all()
+    assert (out - fp).abs().max() > 0, "quantized outputs identical to FP32"
+    assert _assert_levels(q) > 0, "no layer was quantized"
+
+
+# ---------------------------------------------------------------- level audit for every k
+def test_levels_for_every_k_and_scheme(zoo):
+    for k in range(2, 9):
+        for per_channel, symmetric in [(True, True), (True, False), (False, True), (False, False)]:
+            cfg = PTQConfig(weight_bits=k, act_bits=None, per_channel=per_channel, symmetric=symmetric,
+                            backend="simulated")
+            q = quantize(zoo.model, cfg)
+            assert _assert_levels(q) > 0
+            if not per_channel:  # one scale for the whole tensor: ≤ 2**k values in the whole layer
+                for name, w in effective_weights(q).items():
+                    assert torch.unique(w).numel() <= 2**k, name
+    # 8 bits really uses more than 4 bits' worth of levels (the audit can fail)
+    q8 = quantize(zoo.model, PTQConfig(weight_bits=8, act_bits=None, backend="simulated"))
+    assert max(_max_levels_per_channel(w) for w in effective_weights(q8).values()) > 16
+
+
+def test_per_channel_beats_per_tensor_on_uneven_channels():
+    layer = nn.Linear(16, 4)
+    with torch.no_grad():
+        layer.weight.mul_(torch.tensor([100.0, 1.0, 0.01, 10.0])[:, None])
+    model = nn.Sequential(layer)
+    errs = {}
+    for pc in (True, False):
+        q = quantize(model, PTQConfig(weight_bits=4, act_bits=None, per_channel=pc, backend="simulated"))
+        errs[pc] = (effective_weights(q)["0"] - layer.weight).abs()[2].max().item()
+        assert q[0].weight_scale.numel() == (4 if pc else 1)
+    assert errs[True] < errs[False]
+    assert errs[False] == pytest.approx(layer.weight[2].abs().max().item(), rel=1e-5)  # small channel → all zero
+
+
+def test_symmetric_has_zero_zero_point_and_affine_uses_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4))
+    with torch.no_grad():
+        model[0].weight.add_(0.5)  # skewed positive
+    sym = quantize(model, PTQConfig(weight_bits=4, act_bits=None, symmetric=True, backend="simulated"))
+    aff = quantize(model, PTQConfig(weight_bits=4, act_bits=None, symmetric=False, backend="simulated"))
+    assert sym[0].weight_zero_point.abs().sum() == 0
+    assert aff[0].weight_zero_point.abs().sum() > 0
+    err = {n: (effective_weights(m)["0"] - model[0].weight).abs().mean() for n, m in [("s", sym), ("a", aff)]}
+    assert err["a"] < err["s"]
+
+
+# ---------------------------------------------------------------- observers inside PTQ
+def test_observers_give_different_activation_params_in_a_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)).eval()
+    calib = [torch.distributions.LogNormal(0.0, 1.5).sample((64, 8)) for _ in range(3)]  # heavy right tail
+    scales = {}
+    for obs in ("minmax", "percentile", "mse", "histogram"):
+        q = quantize(model, PTQConfig(weight_bits=8, act_bits=4, observer=obs, percentile=99.0,
+                                      backend="simulated"), calib)
+        scales[obs] = float(q[0].act_scale)
+    assert len(set(scales.values())) == 4, scales
+    assert all(scales["minmax"] > scales[o] for o in ("percentile", "mse", "histogram")), scales
+
+
+def test_activation_quantization_is_applied_with_calibrated_levels():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4)).eval()
+    calib = [torch.randn(32, 8)]
+    q = quantize(model, PTQConfig(weight_bits=8, act_bits=3, backend="simulated"), calib)
+    seen = {}
+    q[0].register_forward_hook(lambda m, i, o: seen.setdefault("x", m.quantize_input(i[0])))
+    q(calib[0])
+    assert torch.unique(seen["x"]).numel() <= 2**3
+    with pytest.raises(ValueError, match="calibration_data"):
+        quantize(model, PTQConfig(weight_bits=4, act_bits=8, backend="simulated"))
+
+
+# ---------------------------------------------------------------- sizes and latency
+def test_size_4bit_packed_lt_8bit_packed_lt_fp32_serialized(zoo):
+    fp_mb, fp_kind = model_size(zoo.model)
+    buf = io.BytesIO()
+    torch.save(zoo.model.state_dict(), buf)
+    assert fp_kind == "serialized" and fp_mb == pytest.approx(buf.getbuffer().nbytes / 2**20)
+    sizes = {}
+    for k in (4, 8):
+        q = quantize(zoo.model, PTQConfig(weight_bits=k, act_bits=8, backend="simulated"), zoo.calib)
+        sizes[k], kind = model_size(q)
+        assert kind == "packed_estimate" and model_size_mb(q) == sizes[k]
+    assert sizes[4] < sizes[8] < fp_mb
+    # weight codes dominate these tiny models except BERT's FP32 embeddings: 8-bit at most ~0.3 of FP32 there
+    if zoo.kind != "bert":
+        assert sizes[8] < 0.3 * fp_mb
+
+
+def test_latency_reports_median_and_batch_size():
+    model = create_model("tiny_cnn", num_classes=CLASSES)
+    model.train()
+    res = measure_latency(model, torch.randn(4, 3, 32, 32), warmup=1, repeats=3)
+    assert res["latency_ms"] > 0 and res["batch_size"] == 4 and res["repeats"] == 3
+    assert model.training, "measure_latency must restore the training mode"
+
+
+# ---------------------------------------------------------------- API contract
+def test_configs_validate_and_come_from_yaml():
+    for bad in (dict(weight_bits=1), dict(weight_bits=9), dict(act_bits=True), dict(observer="kl"),
+                dict(backend="int8", weight_bits=4), dict(percentile=10)):
+        with pytest.raises(ValueError):
+            PTQConfig(**bad)
+    with pytest.raises(ValueError, match="budget"):
+        MixedPrecisionConfig()
+    with pytest.raises(ValueError):
+        DynamicConfig(bits=4, backend="int8")
+    text = """
+    ptq_static: {weight_bits: 4, act_bits: null, observer: percentile, skip_modules: [classifier, "blocks.*"]}
+    mixed_precision: {candidate_bits: [4, 8, null], budget_mb: 1.5}
+    qat: {weight_bits: 4, epochs: 2}
+    """
+    for name, fields in yaml.safe_load(text).items():
+        cfg = METHODS[name](**fields)
+        assert METHODS[name](**yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+    assert PTQConfig(skip_modules=["head"]).skip_modules == ("head",)
+
+
+def test_apply_quantization_maps_bit_width_and_rejects_unknowns():
+    model = nn.Sequential(nn.Linear(4, 2))
+    q = apply_quantization(model, "ptq_dynamic", 4)
+    assert q.fairq_weight_bits == 4 and q[0].weight_bits == 4 and q[0].act_mode == "dynamic"
+    with pytest.raises(ValueError, match="unknown compression method"):
+        apply_quantization(model, "nope", 4)
+    with pytest.raises(TypeError, match="no option"):
+        apply_quantization(model, "ptq_static", 4, weight_bit=3)
+    with pytest.raises(ValueError, match="train_fn"):
+        apply_quantization(model, "qat", 4, [torch.randn(2, 4)])
+
+
+def test_skip_modules_stay_fp32(zoo):
+    pattern = {"cnn": "classifier", "vit": "blocks.*.attn", "bert": "bert.encoder.layer.0"}[zoo.kind]
+    q = quantize(zoo.model, PTQConfig(weight_bits=4, act_bits=None, skip_modules=(pattern,), backend="simulated"))
+    bits = layer_bits(q)
+    kept = [n for n, b in bits.items() if b is None]
+    assert kept and all(n.startswith(pattern.split("*")[0]) for n in kept)
+    assert any(b == 4 for b in bits.values())
+
+
+def test_register_method_plugs_into_quantize_and_rejects_duplicates():
+    @dataclasses.dataclass
+    class HalfConfig:
+        bits_field = "weight_bits"
+        weight_bits: int = 16
+
+        @classmethod
+        def from_bit_width(cls, bit_width, **options):
+            return cls(**options)
+
+    def handler(model, config, calibration_data=None, **ctx):
+        model.half()
+        model.fairq_weight_bits, model.fairq_act_bits, model.fairq_backend = 16, 16, "simulated"
+        return model
+
+    register_method("_test_half", HalfConfig, handler)
+    try:
+        q = apply_quantization(nn.Linear(2, 2), "_test_half", 16)
+        assert q.fairq_method == "_test_half" and q.weight.dtype == torch.float16
+        with pytest.raises(ValueError, match="twice"):
+            register_method("_test_half", HalfConfig, handler)
+    finally:
+        from fairq.compression import registry
+
+        METHODS.pop("_test_half")
+        registry._HANDLERS.pop(HalfConfig)
+
+
+def test_simulated_state_dict_round_trip():
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", num_classes=CLASSES).eval()
+    calib, _, _ = _image_data(3)
+    q1 = quantize(model, PTQConfig(weight_bits=4, backend="simulated"), calib)
+    q2 = quantize(model, PTQConfig(weight_bits=4, backend="simulated"), [c * 3 for c in calib])
+    assert not torch.equal(_outputs(q1, calib), _outputs(q2, calib))
+    q2.load_state_dict(q1.state_dict())
+    assert torch.equal(_outputs(q1, calib), _outputs(q2, calib))
+
+
+# ---------------------------------------------------------------- real INT8 dispatch
+class _Recorder(types.ModuleType):
+    """Stand-in for fairq/compression/int8.py that records how the engine calls it."""
+
+    def __init__(self):
+        super().__init__("fairq.compression.int8")
+        self.calls = []
+
+    def convert_static_int8(self, model, config, calibration_data):
+        self.calls.append(("static", type(config).__name__, calibration_data is not None))
+        model.fairq_backend = "int8"
+        return model
+
+    def convert_dynamic_int8(self, model, config):
+        self.calls.append(("dynamic", type(config).__name__))
+        model.fairq_backend = "int8"
+        return model
+
+    def int8_effective_weights(self, model):
+        return {"0": torch.zeros(2, 2)}
+
+
+def test_int8_dispatch_contract(monkeypatch):
+    stub = _Recorder()
+    monkeypatch.setitem(sys.modules, "fairq.compression.int8", stub)
+    model, calib = nn.Sequential(nn.Linear(4, 2)), [torch.randn(3, 4)]
+    q = apply_quantization(model, "ptq_static", 8, calib)
+    assert q.fairq_backend == "int8" and (q.fairq_weight_bits, q.fairq_act_bits) == (8, 8)
+    assert effective_weights(q).keys() == {"0"} and layer_bits(q) == {"0": 8}
+    assert apply_quantization(model, "ptq_dynamic", 8).fairq_backend == "int8"
+    assert apply_quantization(model, "ptq_static", 4, calib).fairq_backend == "simulated"
+    assert apply_quantization(model, "ptq_static", 8, calib, backend="simulated").fairq_backend == "simulated"
+    q = apply_quantization(model, "qat", 8, calib, train_loader=[(torch.randn(3, 4), torch.tensor([0, 1, 0]))])
+    assert q.fairq_backend == "int8"
+    assert stub.calls == [("static", "PTQConfig", True), ("dynamic", "DynamicConfig"), ("static", "PTQConfig", True)]
+
+
+def test_int8_missing_backend_auto_falls_back_and_explicit_fails(monkeypatch):
+    monkeypatch.setattr("fairq.compression.backend.load_int8", lambda: None)
+    model, calib = nn.Sequential(nn.Linear(4, 2)), [torch.randn(3, 4)]
+    with pytest.warns(UserWarning, match="not available"):
+        assert apply_quantization(model, "ptq_static", 8, calib).fairq_backend == "simulated"
+    with pytest.raises(ImportError):
+        apply_quantization(model, "ptq_static", 8, calib, backend="int8")
+
+
+def test_real_int8_agrees_with_simulated_int8():
+    pytest.importorskip("fairq.compression.int8")
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", num_classes=CLASSES).eval()
+    calib = [torch.randn(32, 3, 32, 32) for _ in range(4)]
+    evals = [torch.randn(64, 3, 32, 32) for _ in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        real = quantize(model, PTQConfig(backend="int8"), calib)
+    sim = quantize(model, PTQConfig(backend="simulated"), calib)
+    assert real.fairq_backend == "int8"
+    for k in effective_weights(real).values():
+        assert _max_levels_per_channel(k) <= 256
+    agree = (_outputs(real, evals).argmax(1) == _outputs(sim, evals).argmax(1)).float().mean()
+    assert agree >= 0.99
+    assert model_size(real)[0] < 0.5 * model_size(model)[0]

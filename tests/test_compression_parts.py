@@ -1,0 +1,248 @@
+"""Compression building blocks: observers, fake-quant maths, batch normalisation, QAT steps, bit allocation."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
+
+from fairq.compression import (
+    MixedPrecisionConfig, QATConfig, convert_qat, effective_weights, layer_bits, model_size, prepare_qat, quantize,
+)
+from fairq.compression.data import iter_labelled_batches, iter_model_inputs
+from fairq.compression.fakequant import dynamic_fake_quant, quantize_weight
+from fairq.compression.mixed_precision import allocate_bits
+from fairq.compression.observers import KBitHistogramObserver, act_observer, qrange
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _skewed(n=20000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.empty(n).exponential_(1.0, generator=g)
+    x[:5] = 60.0  # a few outliers
+    return x
+
+
+def _qmse(x, scale, zp, qmin, qmax):
+    q = torch.fake_quantize_per_tensor_affine(x, float(scale), int(zp), qmin, qmax)
+    return float(((q - x) ** 2).mean())
+
+
+# ---------------------------------------------------------------- observers
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_observers_differ_on_skewed_data_and_clip_outliers(bits):
+    x = _skewed()
+    qmin, qmax = qrange(bits, signed=False)
+    params = {}
+    for kind in ("minmax", "percentile", "mse", "histogram"):
+        obs = act_observer(kind, bits, percentile=99.9)
+        for chunk in x.split(5000):
+            obs(chunk)
+        params[kind] = tuple(float(t) for t in obs.calculate_qparams())
+    scales = {k: v[0] for k, v in params.items()}
+    errs = {k: _qmse(x, s, z, qmin, qmax) for k, (s, z) in params.items()}
+    assert scales["minmax"] == pytest.approx(60.0 / (2**bits - 1), rel=1e-5)
+    assert scales["percentile"] < scales["minmax"]
+    # MSE search does what it claims: never worse than min-max on the observed values
+    assert errs["mse"] <= errs["minmax"] * (1 + 1e-6)
+    if bits <= 4:  # coarse grids: clipping the outliers pays off, and every observer lands elsewhere
+        assert len(set(scales.values())) == 4, scales
+        assert errs["mse"] < errs["minmax"] and scales["histogram"] < scales["minmax"]
+    else:  # 256 levels: five outliers at 60 cost more clipped than kept, so MSE keeps the full range
+        assert scales["mse"] == pytest.approx(scales["minmax"])
+
+
+def test_percentile_matches_torch_quantile():
+    x = _skewed()
+    obs = act_observer("percentile", 8, percentile=99.0)
+    obs(x)
+    scale, zp = obs.calculate_qparams()
+    hi = float(scale) * (255 - int(zp))  # top of the representable range
+    ref = float(torch.quantile(x, 0.99))
+    assert hi == pytest.approx(ref, abs=60.0 / 2048 + 1e-6)  # within one histogram bin
+
+
+def test_kbit_histogram_equals_torch_ao_at_8_bits_and_targets_2k_levels():
+    x = _skewed()
+    ours, ref = act_observer("histogram", 8), HistogramObserver(dtype=torch.quint8, quant_min=0, quant_max=255)
+    ours(x), ref(x)
+    assert [float(t) for t in ours.calculate_qparams()] == [float(t) for t in ref.calculate_qparams()]
+    assert KBitHistogramObserver(dtype=torch.quint8, quant_min=0, quant_max=15).dst_nbins == 16
+
+
+def test_minmax_is_torch_ao_unchanged():
+    x = torch.randn(1000) * 3 + 1
+    ours, ref = act_observer("minmax", 5), MinMaxObserver(dtype=torch.quint8, quant_min=0, quant_max=31)
+    ours(x), ref(x)
+    assert [float(t) for t in ours.calculate_qparams()] == [float(t) for t in ref.calculate_qparams()]
+
+
+# ---------------------------------------------------------------- fake-quant maths
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_weight_codes_are_k_bit_and_error_bounded(bits):
+    torch.manual_seed(bits)
+    w = torch.randn(6, 5, 3, 3)
+    qw = quantize_weight(w, bits, per_channel=True, symmetric=True)
+    qmin, qmax = qrange(bits, signed=True)
+    assert qw.codes.dtype == torch.int8 and qmin <= int(qw.codes.min()) and int(qw.codes.max()) <= qmax
+    err = (qw.dequantize() - w).abs().amax(dim=(1, 2, 3))
+    assert torch.all(err <= qw.scale * 0.5 + 1e-6)  # rounding error ≤ half a step (no clipping at these ranges)
+
+
+def test_dynamic_fake_quant_uses_each_batch_range():
+    small, big = torch.randn(64, 8), torch.randn(64, 8) * 100
+    for x in (small, big):
+        q = dynamic_fake_quant(x, 4)
+        assert torch.unique(q).numel() <= 16
+        step = float(x.max() - x.min()) / 15
+        assert (q - x).abs().max() <= step / 2 + 1e-4 * step
+
+
+# ---------------------------------------------------------------- calibration data forms
+def test_iter_model_inputs_accepts_every_batch_form():
+    x = torch.randn(2, 3)
+    forms = {
+        "tensor": (x, [((x,), {})]),
+        "list of tensors": ([x, x], [((x,), {})] * 2),
+        "tuples": ([(x, torch.tensor([0, 1]))], [((x,), {})]),
+        "fairq dict": ([{"image": x, "target": torch.tensor([0, 1]), "sample_id": [0, 1]}], [((x,), {})]),
+    }
+    for name, (data, expected) in forms.items():
+        got = list(iter_model_inputs(data))
+        assert len(got) == len(expected), name
+        assert all(torch.equal(a[0][0], b[0][0]) and a[1] == b[1] for a, b in zip(got, expected)), name
+    ids = torch.ones(2, 4, dtype=torch.long)
+    (args, kwargs), = iter_model_inputs({"input_ids": ids, "attention_mask": ids, "labels": torch.tensor([0, 1])})
+    assert args == () and set(kwargs) == {"input_ids", "attention_mask"}
+    assert len(list(iter_model_inputs([x] * 5, limit=2))) == 2
+    (_, _, y), = iter_labelled_batches({"input_ids": ids, "labels": torch.tensor([1, 0])})
+    assert y.tolist() == [1, 0]
+    with pytest.raises(ValueError, match="no target"):
+        list(iter_labelled_batches([x]))
+    with pytest.raises(TypeError, match="unsupported batch"):
+        list(iter_model_inputs([3]))
+    with pytest.raises(ValueError, match="required"):
+        list(iter_model_inputs(None))
+
+
+# ---------------------------------------------------------------- QAT steps
+def _toy():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qat_trains_through_fake_quant_and_converts_to_what_it_trained(bits):
+    cfg = QATConfig(weight_bits=bits, act_bits=8, backend="simulated")
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 2, (16,))
+    model = prepare_qat(_toy(), cfg, calibration_data=[x])
+    assert model.training and layer_bits(model) == {"0": bits, "3": bits}
+    before = model[0].weight.detach().clone()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0  # STE passes gradients
+    with torch.no_grad():
+        model[0].weight.sub_(0.1 * model[0].weight.grad)
+    assert not torch.equal(before, model[0].weight)
+    model.eval()
+    trained_view = effective_weights(model)
+    with torch.no_grad():
+        out_prepared = model(x)
+    q = convert_qat(model, cfg)
+    assert q.fairq_backend == "simulated" and q.fairq_weight_bits == bits
+    for name, w in effective_weights(q).items():
+        assert torch.allclose(w, trained_view[name], atol=1e-6), name  # same quantizer as in training
+        assert max(torch.unique(r).numel() for r in w.reshape(w.shape[0], -1)) <= 2**bits
+    with torch.no_grad():
+        assert torch.allclose(q(x), out_prepared, atol=1e-5)  # learned activation ranges carried over
+
+
+def test_qat_calls_train_fn_between_prepare_and_convert():
+    seen = {}
+
+    def train_fn(model):
+        seen["layers"] = [type(m).__name__ for m in model.modules()]
+        seen["training"] = model.training
+
+    q = quantize(_toy(), QATConfig(weight_bits=4, backend="simulated"), [torch.randn(4, 3, 8, 8)],
+                 train_fn=train_fn)
+    assert "QATConv2d" in seen["layers"] and seen["training"]
+    assert q.fairq_method == "qat" and "FakeQuantConv2d" in [type(m).__name__ for m in q.modules()]
+
+
+# ---------------------------------------------------------------- mixed precision
+def test_allocation_prefers_insensitive_layers_and_meets_budget():
+    params = {"a": 1000, "b": 1000, "c": 1000}
+    sens = {"a": {2: 5.0, 4: 1.0, 8: 0.01}, "b": {2: 0.02, 4: 0.01, 8: 0.0}, "c": {2: 0.5, 4: 0.1, 8: 0.0}}
+
+    def avg(alloc):
+        return sum(params[n] * (32 if b is None else b) for n, b in alloc.items()) / sum(params.values())
+
+    alloc = allocate_bits(sens, (2, 4, 8, None), avg, 6.0)
+    assert avg(alloc) <= 6.0
+    assert alloc["b"] == 2 and (alloc["a"] is None or alloc["a"] >= 8)
+    with pytest.raises(ValueError, match="infeasible"):
+        allocate_bits(sens, (2, 4, 8, None), avg, 1.5)
+    # a fixed FP32 layer counts in the budget: (32 + 8) / 2 = 20 > 18 ≥ (32 + 4) / 2
+    two = {"a": 1000, "b": 1000}
+    avg2 = lambda a: sum(two[n] * (32 if b is None else b) for n, b in a.items()) / 2000  # noqa: E731
+    assert allocate_bits({"a": sens["a"]}, (4, 8), avg2, 18.0, {"b": None}) == {"a": 4}
+    assert allocate_bits({"a": sens["a"]}, (4, 8), avg2, 20.0, {"b": None}) == {"a": 8}
+
+
+def _mp_setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)).eval()
+    g = torch.Generator().manual_seed(1)
+    val = [(torch.randn(32, 16, generator=g), torch.randint(0, 2, (32,), generator=g)) for _ in range(2)]
+    return model, val
+
+
+@pytest.mark.parametrize("sensitivity", ["loss", "accuracy", "kl"])
+def test_mixed_precision_respects_avg_bits_budget_and_keeps_classifier(sensitivity):
+    model, val = _mp_setup()
+    cfg = MixedPrecisionConfig(budget_avg_bits=5.0, keep_fp32=("4",), sensitivity=sensitivity)
+    q = quantize(model, cfg, [v[0] for v in val], val_data=val)
+    plan = q.fairq_plan
+    assert plan.avg_bits <= 5.0 and q.fairq_weight_bits == pytest.approx(plan.avg_bits, abs=1e-3)
+    assert plan.bits["4"] is None and layer_bits(q)["4"] is None
+    assert {n: b for n, b in layer_bits(q).items()} == plan.bits
+    frame = plan.to_frame()
+    assert list(frame.columns[:5]) == ["layer", "params", "sensitivity", "bits", "policy"]
+    assert frame.set_index("layer").loc["0", "params"] == 16 * 64
+    assert not math.isnan(frame.set_index("layer").loc["2", "sensitivity_2"])
+    json.dumps(plan.to_dict())
+    assert "avg weight bits" in str(plan) and "fp32" in str(plan)
+    # the plan's predicted packed size is the measured packed size of the model it produced
+    assert plan.size_mb == pytest.approx(model_size(q)[0], rel=1e-9)
+
+
+def test_mixed_precision_mb_budget_and_explicit_plan():
+    model, val = _mp_setup()
+    fp_mb = model_size(model)[0]
+    budget = 0.25 * fp_mb
+    q = quantize(model, MixedPrecisionConfig(budget_mb=budget, keep_fp32=()), [val[0][0]], val_data=val)
+    assert model_size(q) == (pytest.approx(q.fairq_plan.size_mb), "packed_estimate")
+    assert model_size(q)[0] <= budget
+    plan = {"0": 2, "2": 8}
+    q = quantize(model, MixedPrecisionConfig(plan=plan, act_bits=None))
+    assert layer_bits(q) == {"0": 2, "2": 8, "4": None}
+    with pytest.raises(KeyError, match="unknown layers"):
+        quantize(model, MixedPrecisionConfig(plan={"nope": 4}))
+    with pytest.raises(ValueError, match="val_data"):
+        quantize(model, MixedPrecisionConfig(budget_avg_bits=8), [val[0][0]])
+
+
+def test_keep_first_layer_policy():
+    model, val = _mp_setup()
+    q = quantize(model, MixedPrecisionConfig(budget_avg_bits=12, keep_first=True, keep_fp32=("4",), act_bits=None), val_data=val)
+    rows = {r["layer"]: r for r in q.fairq_plan.rows}
+    assert rows["0"]["policy"] == "first" and rows["0"]["bits"] is None and rows["4"]["policy"] == "keep_fp32"
