@@ -38,7 +38,7 @@ def _write_cell(out: Path, rows: list, frame: pd.DataFrame, **meta) -> None:
     rows.append(row)
 
 
-def make_store(out: Path, *, n: int = 2400, seeds=(0,), with_mitigation: bool = True, rng_seed: int = 0) -> Path:
+def make_store(out: Path, *, n: int = 1600, seeds=(0,), with_mitigation: bool = True, rng_seed: int = 0) -> Path:
     """Baseline + PTQ INT8 (tiny random flips) + PTQ INT4 (degrades the ``WORST`` group) [+ a mitigation cell]."""
     rng = np.random.default_rng(rng_seed)
     rows: list = []
@@ -83,7 +83,7 @@ def make_store(out: Path, *, n: int = 2400, seeds=(0,), with_mitigation: bool = 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
     out = make_store(tmp_path_factory.mktemp("store"))
-    res = run_analysis(out, n_bootstrap=300, seed=0, progress=False)
+    res = run_analysis(out, n_bootstrap=200, seed=0, progress=False)
     return out, res
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["ID_COLUMNS", "MITIGATION_METHODS", "Cell", "Store", "load_store", "phase_for_method", "config_label"]
+__all__ = ["ID_COLUMNS", "MITIGATION_METHODS", "Cell", "Store", "load_store", "store_from_frames", "make_cell",
+           "phase_for_method", "config_label"]
 
 #: Columns identifying a cell in every analysis table (those missing from metrics.csv are filled with "").
 ID_COLUMNS = ("cell", "dataset", "model", "target", "method", "variant", "weight_bits", "act_bits", "backend",
@@ -159,20 +160,24 @@ def _read_cell(output_dir: Path, row: pd.Series) -> Cell:
         raise FileNotFoundError(
             f"predictions of cell {row['cell']!r} not found at {path} (metrics.csv column 'predictions' = {rel!r}). "
             f"Rerun `python main.py --phase {phase} --output_dir {output_dir}`, which writes them.")
-    frame = pd.read_parquet(path)
-    sensitive = [s for s in str(row["sensitive_attributes"]).split(";") if s]
+    return make_cell(row, pd.read_parquet(path), source=str(path))
+
+
+def make_cell(row: pd.Series, frame: pd.DataFrame, *, source: str = "predictions") -> Cell:
+    """Validate one cell's predictions frame (parquet layout) and wrap it with its metrics row."""
+    sensitive = [s for s in str(row.get("sensitive_attributes", "")).split(";") if s and s != "nan"]
     if not sensitive:
         sensitive = [c for c in frame.columns if c not in _PRED_REQUIRED and c != "prob" and not c.startswith("prob_")]
     missing = [c for c in _PRED_REQUIRED + tuple(sensitive) if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path} lacks the columns {missing}; expected sample_id, y_true, y_pred, prob_0..prob_{{C-1}} "
-                         f"(or prob) and one column per sensitive attribute {sensitive}")
+        raise ValueError(f"{source} lacks the columns {missing}; expected sample_id, y_true, y_pred, "
+                         f"prob_0..prob_{{C-1}} (or prob) and one column per sensitive attribute {sensitive}")
     if not sensitive:
-        raise ValueError(f"{path}: no sensitive attribute columns (metrics.csv 'sensitive_attributes' is empty)")
+        raise ValueError(f"{source}: no sensitive attribute columns (metrics.csv 'sensitive_attributes' is empty)")
     frame = frame.copy()
     frame["sample_id"] = frame["sample_id"].astype(str)
     if frame["sample_id"].duplicated().any():
-        raise ValueError(f"{path}: sample_id values must be unique")
+        raise ValueError(f"{source}: sample_id values must be unique")
     for col in sensitive:
         frame[col] = frame[col].astype(str)
     order = np.argsort(frame["sample_id"].to_numpy(dtype=str), kind="stable")  # numpy order: searchsorted agrees
@@ -187,6 +192,27 @@ def _read_cell(output_dir: Path, row: pd.Series) -> Cell:
     return Cell(row=row, frame=frame, sensitive=sensitive, probs=probs)
 
 
+def _finish_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    varies = metrics.groupby(["dataset", "model"])["backend"].transform("nunique") > 1
+    metrics["_backend_varies"] = varies
+    metrics["config"] = [config_label(r) for _, r in metrics.iterrows()]
+    return metrics
+
+
+def store_from_frames(rows: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> Store:
+    """An in-memory :class:`Store` (no files): ``rows`` as metrics.csv rows, ``frames`` cell id → predictions."""
+    metrics = rows.copy()
+    for col in ID_COLUMNS + ("sensitive_attributes",):
+        if col not in metrics.columns:
+            metrics[col] = ""
+    for col in ("variant", "backend", "target", "sensitive_attributes"):
+        metrics[col] = metrics[col].fillna("").astype(str)
+    metrics = _finish_metrics(metrics.set_index("cell", drop=False))
+    metrics.index.name = None
+    cells = {cid: make_cell(row, frames[cid], source=f"predictions of {cid!r}") for cid, row in metrics.iterrows()}
+    return Store(output_dir=Path("."), metrics=metrics, cells=cells)
+
+
 def load_store(output_dir: str | Path, *, progress: bool = False) -> Store:
     """Read ``metrics.csv`` and every cell's predictions from ``output_dir``.
 
@@ -198,10 +224,7 @@ def load_store(output_dir: str | Path, *, progress: bool = False) -> Store:
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
-    metrics = _read_metrics(output_dir)
-    varies = metrics.groupby(["dataset", "model"])["backend"].transform("nunique") > 1
-    metrics["_backend_varies"] = varies
-    metrics["config"] = [config_label(r) for _, r in metrics.iterrows()]
+    metrics = _finish_metrics(_read_metrics(output_dir))
     cells = {}
     for cid, row in tqdm(metrics.iterrows(), total=len(metrics), desc="analysis: reading predictions",
                          disable=not progress):
