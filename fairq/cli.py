@@ -114,7 +114,7 @@ def make_context(parser: ArgumentParser, cfg: Namespace, name: str):
 
     output_dir = cfg.output_dir or str(Path("outputs") / name)
     store = RunStore(output_dir)
-    init = parser.instantiate_classes(cfg)
+    init = parser.instantiate(cfg)
     return RunContext(store=store, datamodule=init.data, models=list(cfg.models), seed=cfg.seed,
                       pretrained=cfg.pretrained, trainer=_trainer_kwargs(cfg.trainer.as_dict()),
                       optim=cfg.optim.as_dict(), evaluation=cfg.evaluation.as_dict(),
