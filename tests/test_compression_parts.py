@@ -218,6 +218,7 @@ def test_mixed_precision_respects_avg_bits_budget_and_keeps_classifier(sensitivi
     frame = plan.to_frame()
     assert list(frame.columns[:5]) == ["layer", "params", "sensitivity", "bits", "policy"]
     assert frame.set_index("layer").loc["0", "params"] == 16 * 64
+    assert frame["bits"].tolist() == [plan.bits[n] for n in frame["layer"]]  # ints and None, not floats/NaN
     assert not math.isnan(frame.set_index("layer").loc["2", "sensitivity_2"])
     json.dumps(plan.to_dict())
     assert "avg weight bits" in str(plan) and "fp32" in str(plan)

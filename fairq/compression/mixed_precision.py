@@ -66,7 +66,7 @@ class MixedPrecisionPlan:
             rec.update({f"sensitivity_{b}": v for b, v in sorted(r["sensitivity"].items())})
             recs.append(rec)
         frame = pd.DataFrame(recs)
-        frame["bits"] = frame["bits"].astype("object")  # keep None = FP32 distinct from a number
+        frame["bits"] = pd.Series([r["bits"] for r in self.rows], dtype=object)  # None = FP32, ints stay ints
         return frame
 
     def __str__(self) -> str:

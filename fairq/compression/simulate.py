@@ -23,6 +23,16 @@ class _Observing(nn.Module):
         self.observer = observer
         self.seen = False
 
+    # Parents that read the weights directly instead of calling the layer (nn.MultiheadAttention's out_proj)
+    # still find them; such a layer is never "seen" and ends up with quantized weights but FP32 inputs.
+    @property
+    def weight(self):
+        return self.layer.weight
+
+    @property
+    def bias(self):
+        return self.layer.bias
+
     def forward(self, x, *args, **kwargs):
         self.observer(x.detach().float())
         self.seen = True
