@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 
 from fairq.compression import (
-    METHODS, DynamicConfig, MixedPrecisionConfig, PTQConfig, QATConfig, apply_quantization, effective_weights,
+    METHODS, DynamicConfig, MixedPrecisionConfig, PTQConfig, apply_quantization, effective_weights,
     layer_bits, measure_latency, model_size, model_size_mb, quantize, register_method,
 )
 from fairq.compression.data import iter_model_inputs, logits_of

@@ -62,7 +62,14 @@ def split_batch(batch) -> tuple[tuple, dict, Any]:
 
 
 def iter_model_inputs(calibration_data, limit: int | None = None, device=None) -> Iterator[tuple[tuple, dict]]:
-    """Yield ``(args, kwargs)`` for ``model(*args, **kwargs)`` from at most ``limit`` batches."""
+    """Yield ``(args, kwargs)`` for ``model(*args, **kwargs)`` from at most ``limit`` batches.
+
+    ``calibration_data``: a tensor or a dict (one batch), or an iterable of batches (list, DataLoader, …) where
+    each batch is a tensor, a tuple/list whose first item is the input, a fairq dict (``image`` → input) or a
+    dict of keyword inputs for a Hugging Face model (``labels``/``target``/metadata keys dropped). Pass a
+    re-iterable (list, DataLoader) where a method reads the data twice (mixed precision). Tensors are moved to
+    ``device`` when given.
+    """
     for batch in islice(_batches(calibration_data), limit):
         args, kwargs, _ = split_batch(batch)
         yield _to(args, device), _to(kwargs, device)

@@ -80,7 +80,6 @@ class PercentileObserver(HistogramObserver):
         super().__init__(**kwargs)
         self.percentile = float(percentile)
 
-    @torch.jit.ignore
     def calculate_qparams(self):
         if self.min_val.isinf().any() or self.max_val.isinf().any():
             return super().calculate_qparams()  # torch.ao's warning + default qparams
@@ -111,7 +110,6 @@ class MSEObserver(HistogramObserver):
         q = torch.clamp(torch.round(centres / scale) + zp, self.quant_min, self.quant_max)
         return float((self.histogram * (centres - (q - zp) * scale) ** 2).sum())
 
-    @torch.jit.ignore
     def calculate_qparams(self):
         if self.min_val.isinf().any() or self.max_val.isinf().any():
             return super().calculate_qparams()

@@ -60,7 +60,8 @@ def quantize_layers(model: nn.Module, layer_bits: dict[str, int], *, per_channel
             raise ValueError("static activation quantization needs calibration_data (or set act_bits=None)")
         wrapped = {}
         for name in layer_bits:
-            wrapped[name] = _Observing(layers[name], act_observer(observer, act_bits, act_symmetric, percentile))
+            obs = act_observer(observer, act_bits, act_symmetric, percentile).to(layers[name].weight.device)
+            wrapped[name] = _Observing(layers[name], obs)
             set_layer(model, name, wrapped[name])
         try:
             n = run_calibration(model, calibration_data, calibration_batches)
