@@ -240,3 +240,34 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path):
     # Plotly drew something: strongly coloured pixels (heatmap cells), which the tables alone do not have.
     hsv = np.asarray(Image.open(shot).convert("HSV"), dtype=float)
     assert ((hsv[..., 1] > 120) & (hsv[..., 2] > 60)).mean() > 0.01
+
+
+def test_multiclass_target_and_dynamic_act_bits(tmp_path):
+    """A 4-class target (one-vs-rest gaps), no stored probabilities, act_bits missing (dynamic quantization)."""
+    rng = np.random.default_rng(3)
+    n, c = 900, 4
+    y = rng.integers(0, c, size=n)
+    sens = rng.choice(["u", "v", "w"], size=n)
+    base = np.where(rng.random(n) < 0.8, y, rng.integers(0, c, size=n))
+    comp = np.where((sens == "w") & (rng.random(n) < 0.3), (base + 1) % c, base)
+    rows = []
+    (tmp_path / "predictions").mkdir()
+    for cid, method, wb, ab, pred in (("b", "baseline", 32, 32, base), ("d", "ptq_dynamic", 8, None, comp)):
+        pd.DataFrame({"sample_id": np.arange(n), "y_true": y, "y_pred": pred, "s": sens}).to_parquet(
+            tmp_path / "predictions" / f"{cid}.parquet")
+        rows.append({"cell": cid, "dataset": "mc", "model": "m", "method": method, "weight_bits": wb,
+                     "act_bits": ab, "seed": 0, "num_classes": c, "sensitive_attributes": "s",
+                     "predictions": f"predictions/{cid}.parquet"})
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
+    res = run_analysis(tmp_path, n_bootstrap=100, progress=False, report=False)
+    d = res["deltas"]
+    assert set(d.loc[d["cell"] == "d", "config"]) == {"ptq_dynamic w8"}
+    per_group = d[(d["cell"] == "d") & (d["metric"] == "accuracy") & (d["group"] != "all")].set_index("group")
+    truth = {g: (comp[sens == g] == y[sens == g]).mean() - (base[sens == g] == y[sens == g]).mean() for g in "uvw"}
+    for g, v in truth.items():
+        assert per_group.loc[f"s={g}", "delta"] == pytest.approx(v)
+    assert per_group.loc["s=w", "p_adjusted"] < 0.01
+    flips = pd.read_csv(res["tables"]["flips"])
+    overall = flips[flips["group"] == "all"].iloc[0]
+    assert overall["flips"] == (comp != base).sum() and np.isnan(overall["flip_rate_low"])
+    assert overall["wrong_to_wrong"] == ((comp != base) & (base != y) & (comp != y)).sum()

@@ -101,7 +101,7 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
     makeup = exemplar_makeup(exemplars, sens)
     pareto = compute_pareto(store.metrics)
     findings = compute_findings(store, pairs, flips, exemplars, n_bootstrap=n_bootstrap, n_permutations=n_perm,
-                                seed=seed, min_group_size=min_group_size)
+                                seed=seed, confidence=conf, min_group_size=min_group_size)
     n_tests = _adjust_all(deltas, summary, findings)
     findings = apply_rules(findings, alpha=alpha, margin=margin)
 

@@ -34,7 +34,7 @@ from .pairs import (PROPORTION_METRICS, Paired, align, class_list, delta_vector,
 from .stats import cohens_h, joint_counts, mcnemar_test, paired_comparison, permutation_p
 
 __all__ = ["TESTED_METRICS", "PERMUTATION_METRICS", "cell_deltas", "compute_deltas", "summarize_seeds",
-           "derive_seed"]
+           "derive_seed", "seed_joints"]
 
 #: Metrics whose delta gets a paired test (per the analysis issue): accuracy (McNemar, overall and per group)
 #: and the permutation-tested scalars below.
@@ -164,7 +164,7 @@ def compute_deltas(store: Store, *, n_bootstrap: int = 1000, n_permutations: int
     return out[_DELTA_COLUMNS], pairs
 
 
-def _seed_joints(pairs: Sequence[Paired], scope: tuple[str, ...]) -> tuple[list[np.ndarray], list[str]]:
+def seed_joints(pairs: Sequence[Paired], scope: tuple[str, ...]) -> tuple[list[np.ndarray], list[str]]:
     """Joint counts per seed over one group table shared by all seeds (so group g means the same everywhere)."""
     sens = pd.concat([p.sensitive[list(scope)] for p in pairs], ignore_index=True)
     gid, groups = encode_groups(sens)
@@ -212,7 +212,7 @@ def summarize_seeds(deltas: pd.DataFrame, pairs: dict[str, Paired], *, n_bootstr
         attrs = list(ps[0].sensitive.columns)
         for scope in scopes(attrs):
             sname = scope_name(scope)
-            joints, labels = _seed_joints(ps, scope)
+            joints, labels = seed_joints(ps, scope)
             res = paired_comparison(joints, delta_vector(ps[0].pos_index, min_group_size),
                                     n_bootstrap=n_bootstrap, n_permutations=n_permutations, confidence=confidence,
                                     seed=derive_seed(seed, *cfg, sname, "seeds"))

@@ -20,11 +20,12 @@ import pandas as pd
 from .flips import UNCERTAINTY_BINS
 from .tables import HEADLINE_METRICS
 
-__all__ = ["slug", "heatmap_data", "group_accuracy_data", "flip_bin_data", "pareto_plot_data", "write_figures",
+__all__ = ["LABELS", "config_order", "slug", "heatmap_data", "group_accuracy_data", "flip_bin_data",
+           "pareto_plot_data", "write_figures",
            "PARETO_OBJECTIVES"]
 
 PARETO_OBJECTIVES = ("accuracy", "equalized_odds_difference", "size_mb")
-_LABEL = {"accuracy": "accuracy", "worst_group_accuracy": "worst-group accuracy",
+LABELS = {"accuracy": "accuracy", "worst_group_accuracy": "worst-group accuracy",
           "demographic_parity_difference": "demographic-parity gap", "equalized_odds_difference": "equalized-odds gap",
           "size_mb": "size (MB)", "latency_ms": "latency (ms)"}
 
@@ -39,7 +40,7 @@ def _primary(deltas: pd.DataFrame) -> pd.DataFrame:
     return deltas[deltas["attributes"] == first]
 
 
-def _config_order(frame: pd.DataFrame) -> list[str]:
+def config_order(frame: pd.DataFrame) -> list[str]:
     """Baseline first, then configurations in the order they appear."""
     configs = list(dict.fromkeys(frame["config"]))
     return sorted(configs, key=lambda c: (c != "baseline", configs.index(c)))
@@ -51,7 +52,7 @@ def heatmap_data(deltas: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
     d = d[(d["group"] == "all") & d["metric"].isin(HEADLINE_METRICS)]
     out = {}
     for ds, f in d.groupby("dataset", sort=False):
-        order = _config_order(f)
+        order = config_order(f)
         out[str(ds)] = {m: f[f["metric"] == m].pivot_table(index="model", columns="config", values="value",
                                                            aggfunc="mean").reindex(columns=order)
                         for m in HEADLINE_METRICS}
@@ -131,7 +132,7 @@ def _heatmaps(data, fig_dir: Path) -> list[Path]:
                         r, g, b, _ = cmap((vals[i, j] - lo) / (hi - lo) if hi > lo else 0.5)
                         ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
                         ax.text(j, i, f"{vals[i, j]:.3f}", ha="center", va="center", fontsize=7, color=ink)
-            ax.set_title(_LABEL[metric], fontsize=10)
+            ax.set_title(LABELS[metric], fontsize=10)
             fig.colorbar(im, ax=ax, shrink=0.9)
         fig.suptitle(f"{ds}: method × model (mean over seeds, intersectional groups)")
         path = fig_dir / f"{slug('heatmaps', ds)}.png"
@@ -146,7 +147,7 @@ def _group_bars(data, fig_dir: Path) -> list[Path]:
     paths = []
     for (ds, model), f in data.items():
         groups = list(dict.fromkeys(f["group"]))
-        configs = _config_order(f)
+        configs = config_order(f)
         width = 0.8 / max(1, len(configs))
         fig, ax = plt.subplots(figsize=(max(7.0, 0.9 * len(groups) * max(1, len(configs)) ** 0.5 + 3), 4.5),
                                layout="constrained")
@@ -198,8 +199,8 @@ def _pareto(data, fig_dir: Path) -> list[Path]:
     paths = []
     for ds, f in data.items():
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
-        for ax, xcol, xlabel in ((axes[0], "cost_value", _LABEL[PARETO_OBJECTIVES[2]]),
-                                 (axes[1], "gap_value", _LABEL[PARETO_OBJECTIVES[1]])):
+        for ax, xcol, xlabel in ((axes[0], "cost_value", LABELS[PARETO_OBJECTIVES[2]]),
+                                 (axes[1], "gap_value", LABELS[PARETO_OBJECTIVES[1]])):
             on = f["on_frontier"].to_numpy(bool)
             ax.scatter(f[xcol][~on], f["accuracy_value"][~on], c="0.6", label="dominated")
             ax.scatter(f[xcol][on], f["accuracy_value"][on], c="C3", marker="*", s=120, label="Pareto frontier")

@@ -32,14 +32,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from fairq.metrics import DEFAULT_MIN_GROUP_SIZE, scalar_metrics_from_counts
-from fairq.metrics import group_rates
+from fairq.metrics import DEFAULT_MIN_GROUP_SIZE, group_rates, scalar_metrics_from_counts
 
-from .deltas import derive_seed
+from .deltas import derive_seed, seed_joints
 from .flips import UNCERTAINTY_BINS
 from .load import CONFIG_COLUMNS, MITIGATION_METHODS, Store
 from .pairs import Paired, align, encode_scope, scopes
-from .deltas import _seed_joints
 from .stats import paired_comparison
 
 __all__ = ["EQUIVALENCE_MARGIN", "verdict", "compute_findings", "apply_rules", "FINDING_COLUMNS"]
@@ -86,7 +84,7 @@ def _configs(store: Store) -> pd.DataFrame:
 def _worst_best(pairs: list[Paired], min_group_size: int) -> tuple[list[np.ndarray], list[str], int, int] | None:
     """Intersectional joints per seed plus the worst and best eligible groups by mean baseline accuracy."""
     attrs = list(pairs[0].sensitive.columns)
-    joints, labels = _seed_joints(pairs, scopes(attrs)[0])
+    joints, labels = seed_joints(pairs, scopes(attrs)[0])
     base = np.stack([j.sum(axis=-1) for j in joints])                      # [S, G, C, C]
     r = group_rates(base, pairs[0].pos_index)
     eligible = (r["n"] >= min_group_size).all(axis=0)
@@ -117,21 +115,21 @@ def _scalar_stat(metric: str, pos_index, min_group_size):
 
 
 def _paired_claim(store, a_cells: dict, b_cells: dict, metric: str, *, n_bootstrap, n_permutations, seed,
-                  min_group_size, tag) -> dict | None:
+                  min_group_size, confidence, tag) -> dict | None:
     seeds = sorted(set(a_cells) & set(b_cells))
     if not seeds:
         return None
     pairs = _comparison_joints(store, [a_cells[s] for s in seeds], [b_cells[s] for s in seeds])
-    joints, _ = _seed_joints(pairs, scopes(list(pairs[0].sensitive.columns))[0])
+    joints, _ = seed_joints(pairs, scopes(list(pairs[0].sensitive.columns))[0])
     res = paired_comparison(joints, _scalar_stat(metric, pairs[0].pos_index, min_group_size),
-                            n_bootstrap=n_bootstrap, n_permutations=n_permutations,
+                            n_bootstrap=n_bootstrap, n_permutations=n_permutations, confidence=confidence,
                             seed=derive_seed(seed, *tag))
     return {"estimate": res["estimate"][0], "ci_low": res["ci_low"][0], "ci_high": res["ci_high"][0],
             "p_value": res["p_value"][0], "test": "permutation", "n_seeds": len(seeds)}
 
 
 # ---------------------------------------------------------------------------------------------------- claims
-def _worst_vs_best(store, m, pairs, *, n_bootstrap, n_permutations, seed, min_group_size):
+def _worst_vs_best(store, m, pairs, *, n_bootstrap, n_permutations, seed, min_group_size, confidence):
     rows = []
     comp = m[m["method"] != "baseline"]
     for cfg, frame in comp.groupby(list(CONFIG_COLUMNS), sort=False):
@@ -149,7 +147,7 @@ def _worst_vs_best(store, m, pairs, *, n_bootstrap, n_permutations, seed, min_gr
             return ((rb[..., w] - ra[..., w]) - (rb[..., b] - ra[..., b]))[..., None]
 
         res = paired_comparison(joints, stat, n_bootstrap=n_bootstrap, n_permutations=n_permutations,
-                                seed=derive_seed(seed, "worst_vs_best", *cfg))
+                                confidence=confidence, seed=derive_seed(seed, "worst_vs_best", *cfg))
         config = frame["config"].iloc[0]
         rows.append(_row(
             finding="worst_vs_best", dataset=cfg[0], model=cfg[1], target=cfg[2], config=config,
@@ -162,7 +160,7 @@ def _worst_vs_best(store, m, pairs, *, n_bootstrap, n_permutations, seed, min_gr
     return rows
 
 
-def _fewer_bits(store, m, *, n_bootstrap, n_permutations, seed, min_group_size):
+def _fewer_bits(store, m, *, n_bootstrap, n_permutations, seed, min_group_size, confidence):
     rows = []
     comp = m[(m["method"] != "baseline")].copy()
     comp["_wb"] = pd.to_numeric(comp["weight_bits"], errors="coerce")
@@ -182,7 +180,7 @@ def _fewer_bits(store, m, *, n_bootstrap, n_permutations, seed, min_group_size):
         for metric in ("accuracy", "worst_group_accuracy"):
             res = _paired_claim(store, _by_seed(hi_f), _by_seed(lo_f), metric, n_bootstrap=n_bootstrap,
                                 n_permutations=n_permutations, seed=seed, min_group_size=min_group_size,
-                                tag=("fewer_bits", metric) + key)
+                                confidence=confidence, tag=("fewer_bits", metric) + key)
             if res is None:
                 continue
             lo_c, hi_c = lo_f["config"].iloc[0], hi_f["config"].iloc[0]
@@ -198,7 +196,7 @@ _MITIGATION_CLAIMS = (("demographic_parity_difference", "< 0", "reduces the demo
                       ("worst_group_accuracy", "> 0", "raises worst-group accuracy"))
 
 
-def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group_size):
+def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group_size, confidence):
     rows = []
     keys = ["dataset", "model", "target", "weight_bits", "act_bits"]
     for cfg, frame in m[m["method"].isin(MITIGATION_METHODS)].groupby(list(CONFIG_COLUMNS), sort=False):
@@ -218,7 +216,7 @@ def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group
         for metric, hyp, verb in _MITIGATION_CLAIMS:
             res = _paired_claim(store, _by_seed(ref), _by_seed(frame), metric, n_bootstrap=n_bootstrap,
                                 n_permutations=n_permutations, seed=seed, min_group_size=min_group_size,
-                                tag=("mitigation", metric) + cfg)
+                                confidence=confidence, tag=("mitigation", metric) + cfg)
             if res is None:
                 continue
             config, rconf = frame["config"].iloc[0], ref["config"].iloc[0]
@@ -228,7 +226,7 @@ def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group
     return rows
 
 
-def _flips_uncertain(m, flips: pd.DataFrame):
+def _flips_uncertain(m, flips: pd.DataFrame, confidence: float):
     from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
 
     rows = []
@@ -250,7 +248,8 @@ def _flips_uncertain(m, flips: pd.DataFrame):
                 warnings.simplefilter("ignore", RuntimeWarning)  # statsmodels' ratio/odds side outputs with a 0 count
                 p = float(test_proportions_2indep(hi_k, hi_n, lo_k, lo_n, method="score").pvalue)
                 # Newcombe's hybrid score interval: stays defined with zero counts (score inversion may not).
-                lo, hi = confint_proportions_2indep(hi_k, hi_n, lo_k, lo_n, compare="diff", method="newcomb")
+                lo, hi = confint_proportions_2indep(hi_k, hi_n, lo_k, lo_n, compare="diff", method="newcomb",
+                                                    alpha=1 - confidence)
         config = frame["config"].iloc[0]
         rows.append(_row(finding="flips_uncertain", dataset=cfg[0], model=cfg[1], target=cfg[2], config=config,
                          reference="baseline",
@@ -262,7 +261,7 @@ def _flips_uncertain(m, flips: pd.DataFrame):
     return rows
 
 
-def _exemplars_worst(store, m, exemplars: pd.DataFrame, min_group_size):
+def _exemplars_worst(store, m, exemplars: pd.DataFrame, min_group_size, confidence):
     from scipy.stats import binomtest
 
     rows = []
@@ -286,7 +285,7 @@ def _exemplars_worst(store, m, exemplars: pd.DataFrame, min_group_size):
         k = int(frame["exemplar"].to_numpy()[gid == w].sum())
         share_test = float(sizes[w] / len(frame))
         res = binomtest(k, n_ex, p=share_test)
-        ci = res.proportion_ci(method="wilson")
+        ci = res.proportion_ci(confidence_level=confidence, method="wilson")
         rows.append(_row(finding="exemplars_worst_group", dataset=key[0], model=key[1], target=key[2],
                          config="all compressed cells", reference="baseline",
                          claim=f"compression-identified exemplars over-represent the worst baseline group ({worst})",
@@ -298,12 +297,13 @@ def _exemplars_worst(store, m, exemplars: pd.DataFrame, min_group_size):
 
 
 def compute_findings(store: Store, pairs: dict[str, Paired], flips: pd.DataFrame, exemplars: pd.DataFrame, *,
-                     n_bootstrap: int = 1000, n_permutations: int = 1000, seed: int = 0,
+                     n_bootstrap: int = 1000, n_permutations: int = 1000, seed: int = 0, confidence: float = 0.95,
                      min_group_size: int = DEFAULT_MIN_GROUP_SIZE) -> pd.DataFrame:
     """Every claim the cells allow, with estimate, CI and raw p (``p_adjusted`` / ``verdict`` filled later)."""
     m = _configs(store)
-    kw = dict(n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed, min_group_size=min_group_size)
+    kw = dict(n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed, min_group_size=min_group_size,
+              confidence=confidence)
     rows = (_worst_vs_best(store, m, pairs, **kw) + _fewer_bits(store, m, **kw)
-            + _mitigation_vs_ptq(store, m, **kw) + _flips_uncertain(m, flips)
-            + _exemplars_worst(store, m, exemplars, min_group_size))
+            + _mitigation_vs_ptq(store, m, **kw) + _flips_uncertain(m, flips, confidence)
+            + _exemplars_worst(store, m, exemplars, min_group_size, confidence))
     return pd.DataFrame(rows, columns=FINDING_COLUMNS)

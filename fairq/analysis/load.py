@@ -193,8 +193,11 @@ def make_cell(row: pd.Series, frame: pd.DataFrame, *, source: str = "predictions
 
 
 def _finish_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
-    varies = metrics.groupby(["dataset", "model"])["backend"].transform("nunique") > 1
-    metrics["_backend_varies"] = varies
+    # Name the backend in a label only where one configuration was evaluated on several (e.g. real vs simulated
+    # INT8); a baseline on fp32 next to simulated cells is not that.
+    key = ["dataset", "model", "method", "weight_bits", "act_bits", "variant"]
+    metrics["_backend_varies"] = metrics[key].astype(str).join(metrics["backend"]).groupby(key)["backend"] \
+        .transform("nunique").to_numpy() > 1
     metrics["config"] = [config_label(r) for _, r in metrics.iterrows()]
     return metrics
 

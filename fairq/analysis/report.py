@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .figures import (PARETO_OBJECTIVES, _LABEL, _config_order, flip_bin_data, group_accuracy_data, heatmap_data,
+from .figures import (PARETO_OBJECTIVES, LABELS, config_order, flip_bin_data, group_accuracy_data, heatmap_data,
                       pareto_plot_data)
 from .flips import UNCERTAINTY_BINS, UNCERTAINTY_EDGES
 from .tables import findings_overview, flips_overview, overview_table
@@ -62,7 +62,7 @@ def _heatmap_figs(deltas):
     figs = []
     for ds, tables in heatmap_data(deltas).items():
         n = len(tables)
-        fig = make_subplots(rows=1, cols=n, subplot_titles=[_LABEL[m] for m in tables], horizontal_spacing=0.07,
+        fig = make_subplots(rows=1, cols=n, subplot_titles=[LABELS[m] for m in tables], horizontal_spacing=0.07,
                             shared_yaxes=True)
         for k, (metric, t) in enumerate(tables.items()):
             x_end = fig.layout[f"xaxis{k + 1 if k else ''}"].domain[1]
@@ -86,7 +86,7 @@ def _group_figs(deltas):
     figs = []
     for (ds, model), f in group_accuracy_data(deltas).items():
         fig = go.Figure()
-        for cfg in _config_order(f):
+        for cfg in config_order(f):
             h = f[f["config"] == cfg]
             fig.add_trace(go.Bar(name=cfg, x=h["group"], y=h["value"], customdata=h[["n"]],
                                  error_y=dict(type="data", symmetric=False,
@@ -125,7 +125,7 @@ def _pareto_figs(pareto):
     figs = []
     for ds, f in pareto_plot_data(pareto).items():
         fig = make_subplots(rows=1, cols=2, shared_yaxes=True,
-                            subplot_titles=[_LABEL[PARETO_OBJECTIVES[2]], _LABEL[PARETO_OBJECTIVES[1]]])
+                            subplot_titles=[LABELS[PARETO_OBJECTIVES[2]], LABELS[PARETO_OBJECTIVES[1]]])
         text = (f["model"].astype(str) + " · " + f["config"].astype(str)).tolist()
         for col, xcol in ((1, "cost_value"), (2, "gap_value")):
             for on, name, color in ((False, "dominated", "#999"), (True, "Pareto frontier", "#d62728")):

@@ -69,7 +69,7 @@ def mcnemar_test(only_a_correct: int, only_b_correct: int) -> tuple[float, int, 
 
 
 def cohens_h(p_new, p_ref):
-    """Cohen's h effect size of two proportions: ``2·asin(√p_new) − 2·asin(√p_ref)`` (|h| 0.2 small, 0.5 medium)."""
+    """Cohen's h of two proportions: ``2·asin(√p_new) − 2·asin(√p_ref)`` (|h| 0.2 small, 0.5 medium)."""
     p_new = np.clip(np.asarray(p_new, dtype=float), 0.0, 1.0)
     p_ref = np.clip(np.asarray(p_ref, dtype=float), 0.0, 1.0)
     return 2.0 * np.arcsin(np.sqrt(p_new)) - 2.0 * np.arcsin(np.sqrt(p_ref))
