@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from datamodules import cache as image_cache
-from datamodules.dataset import CachedImageDataset
+from datamodules.dataset import BatchedImageDataset, CachedImageDataset, collate_batch
 from datamodules.errors import DataFormatError
 from datamodules.sampler import GroupBalancedSampler, balanced_indices
 from datamodules.splits import stratified_assign, subsample
@@ -76,6 +76,8 @@ class FaceDataModule(L.LightningDataModule):
         max_samples_per_split: int | None = None,
     ):
         super().__init__()
+        # No save_hyperparameters(): Lightning refuses to log when model and datamodule hparams share a key
+        # (seed, image_size…) with different values; the resolved config and describe() record everything.
         if isinstance(sensitive, str):
             sensitive = [sensitive]
         if not sensitive:
@@ -239,10 +241,15 @@ class FaceDataModule(L.LightningDataModule):
         return out.tolist()
 
     # ----------------------------------------------------------------- loaders
-    def dataset(self, split: str, *, augment: bool = False) -> CachedImageDataset:
-        """The map-style dataset of ``split`` (``augment`` adds the random horizontal flip)."""
+    def dataset(self, split: str, *, augment: bool = False, batched: bool = False) -> CachedImageDataset:
+        """The map-style dataset of ``split`` (``augment`` adds the random horizontal flip).
+
+        ``batched`` returns a :class:`BatchedImageDataset`, which DataLoaders must pair with
+        ``collate_fn=datamodules.dataset.collate_batch`` (as this module's loaders do).
+        """
         f = self._frame(split)
-        return CachedImageDataset(
+        cls = BatchedImageDataset if batched else CachedImageDataset
+        return cls(
             self._cache.path, f["_row"].to_numpy(), f["target"].to_numpy(), self.sensitive_codes(split),
             f["sample_id"].tolist(), hflip=augment,
         )
@@ -251,7 +258,7 @@ class FaceDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, collate_fn=collate_batch,
         )
 
     def split_dataloader(
@@ -259,7 +266,7 @@ class FaceDataModule(L.LightningDataModule):
         augment: bool = False,
     ) -> DataLoader:
         """Loader over ``split``; ``balanced`` uses :class:`GroupBalancedSampler` (and ignores ``shuffle``)."""
-        ds = self.dataset(split, augment=augment)
+        ds = self.dataset(split, augment=augment, batched=True)
         bs = batch_size or (self.batch_size if split == "train" else self.eval_batch_size)
         if balanced:
             return self._loader(ds, bs, sampler=GroupBalancedSampler(self.group_ids(split), seed=self.seed))
@@ -294,7 +301,8 @@ class FaceDataModule(L.LightningDataModule):
     ) -> DataLoader:
         """``n`` training samples (no augmentation) drawn uniformly, or equally per intersectional group."""
         idx = self.calibration_indices(n, balanced=balanced, seed=seed)
-        return self._loader(Subset(self.dataset("train"), idx.tolist()), batch_size or self.eval_batch_size)
+        return self._loader(Subset(self.dataset("train", batched=True), idx.tolist()),
+                            batch_size or self.eval_batch_size)
 
     # ----------------------------------------------------------------- record
     def describe(self) -> dict[str, Any]:

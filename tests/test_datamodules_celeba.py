@@ -220,3 +220,15 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert cache_mod.default_cache_dir(str(tmp_path / "x")) == tmp_path / "x"
     monkeypatch.delenv("FAIRQ_CACHE")
     assert cache_mod.default_cache_dir(None) == cache_mod.Path.home() / ".cache" / "fairq"
+
+
+def test_batched_fetch_equals_per_item_collate(celeba):
+    from torch.utils.data import DataLoader
+
+    root, _, cache = celeba
+    dm = _dm(root, cache)
+    per_item = DataLoader(dm.dataset("val"), batch_size=5)  # plain dataset, torch's default_collate
+    for fast, slow in zip(dm.split_dataloader("val", batch_size=5), per_item, strict=True):
+        assert fast.keys() == slow.keys()
+        assert torch.equal(fast["image"], slow["image"]) and torch.equal(fast["target"], slow["target"])
+        assert torch.equal(fast["sensitive"], slow["sensitive"]) and fast["sample_id"] == slow["sample_id"]
