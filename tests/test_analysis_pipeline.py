@@ -142,6 +142,10 @@ def test_mcnemar_and_bh_against_statsmodels(analysed):
     p = np.concatenate([deltas["p_value"].dropna(), findings["p_value"].dropna()])
     adj = np.concatenate([deltas["p_adjusted"].dropna(), findings["p_adjusted"].dropna()])
     np.testing.assert_allclose(adj, multipletests(p, method="fdr_bh")[1])
+    summary = pd.read_csv(out / "tables" / "summary.csv", keep_default_na=False, na_values=[""])
+    srow = summary[(summary["config"] == "ptq_static w4a8") & (summary["metric"] == "accuracy")
+                   & (summary["group"] == "all")].iloc[0]
+    assert not srow["new_test"] and srow["p_adjusted"] == pytest.approx(row["p_adjusted"].item())
     tested = deltas[deltas["p_value"].notna()]
     assert set(tested["metric"]) == {"accuracy", "worst_group_accuracy", "demographic_parity_difference",
                                      "equalized_odds_difference"}
