@@ -87,6 +87,9 @@ class CelebADataModule(FaceDataModule):
             f"{LAYOUT}. Get it from {DATASET_URLS['celeba']}"
         )
 
+    def _extra_description(self):
+        return {"split": f"official CelebA partition ({PARTITION_FILE}: 0 train, 1 val, 2 test)"}
+
     def _read_index(self, root: Path) -> pd.DataFrame:
         attrs = read_attributes(root / ATTR_FILE)
         wanted = [self.target_name, *self.sensitive_names]
@@ -137,7 +140,8 @@ def read_attributes(path: Path) -> pd.DataFrame:
     values = frame[names].apply(pd.to_numeric, errors="coerce")
     bad = ~values.isin([-1, 1]).all(axis=1)
     if bad.any():
-        raise DataFormatError(f"{path}: attribute values must be -1 or 1; bad rows e.g. {frame.loc[bad, 'file'].tolist()[:5]}")
+        examples = frame.loc[bad, "file"].tolist()[:5]
+        raise DataFormatError(f"{path}: attribute values must be -1 or 1; bad rows e.g. {examples}")
     if int(count_line) != len(frame):
         raise DataFormatError(f"{path}: count line says {count_line} images but {len(frame)} rows follow")
     frame[names] = values.astype("int8")

@@ -110,7 +110,8 @@ class FairFaceDataModule(FaceDataModule):
         index = pd.concat(parts, ignore_index=True)
         dup = index["sample_id"].duplicated()
         if dup.any():
-            raise DataFormatError(f"duplicate FairFace files in the label CSVs, e.g. {index.loc[dup, 'file'].tolist()[:5]}")
+            examples = index.loc[dup, "file"].tolist()[:5]
+            raise DataFormatError(f"duplicate FairFace files in the label CSVs, e.g. {examples}")
         return index
 
     def _extra_description(self):

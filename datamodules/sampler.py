@@ -41,7 +41,9 @@ class GroupBalancedSampler(Sampler[int]):
         Base seed; the draw of epoch ``e`` depends only on ``(seed, e)`` (Lightning calls ``set_epoch``).
     """
 
-    def __init__(self, group_ids: Sequence[int] | np.ndarray | torch.Tensor, num_samples: int | None = None, seed: int = 0):
+    def __init__(
+        self, group_ids: Sequence[int] | np.ndarray | torch.Tensor, num_samples: int | None = None, seed: int = 0
+    ):
         if isinstance(group_ids, torch.Tensor):
             group_ids = group_ids.cpu().numpy()
         self.group_ids = np.asarray(group_ids).reshape(-1)

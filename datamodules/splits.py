@@ -29,7 +29,8 @@ def stratified_assign(
     groups = sorted(strata.groupby(strata, sort=True).indices.items())
     order = np.concatenate([rng.permutation(groups[k][1]) for k in rng.permutation(len(groups))]) if groups else []
     out = np.empty(len(strata), dtype=object)
-    out[np.asarray(order, dtype=np.int64)] = np.asarray(list(names), dtype=object)[interleaved_pattern(len(strata), frac)]
+    pattern = interleaved_pattern(len(strata), frac)
+    out[np.asarray(order, dtype=np.int64)] = np.asarray(list(names), dtype=object)[pattern]
     return out
 
 

@@ -159,7 +159,9 @@ def generate(folder: str | os.PathLike, params: dict[str, Any]) -> Path:
         fh.writelines(f"{f} {s}\n" for f, s in zip(files, split))
     realised = {
         "group_counts": np.bincount(labels["group"], minlength=len(GROUPS)).tolist(),
-        "positives": np.bincount(labels["group"], weights=labels["Smiling"], minlength=len(GROUPS)).astype(int).tolist(),
+        "positives": np.bincount(labels["group"], weights=labels["Smiling"], minlength=len(GROUPS))
+        .astype(int)
+        .tolist(),
         "label_group_phi": {a: float(np.corrcoef(labels[a], labels["Smiling"])[0, 1]) for a in ("Male", "Young")},
     }
     (tmp / PARAMS_FILE).write_text(json.dumps({**params, "realised": realised}, indent=1))
@@ -214,7 +216,10 @@ class SyntheticDataModule(CelebADataModule):
     def data_folder(self) -> Path:
         """Where this parameter set's images live."""
         digest = hashlib.sha256(json.dumps(self.generation, sort_keys=True).encode()).hexdigest()[:12]
-        base = Path(self.root).expanduser() if self.root else image_cache.default_cache_dir(self.cache_dir) / "synthetic"
+        if self.root:
+            base = Path(self.root).expanduser()
+        else:
+            base = image_cache.default_cache_dir(self.cache_dir) / "synthetic"
         return base / f"celeba_synth_{digest}"
 
     def _resolve_root(self) -> Path:

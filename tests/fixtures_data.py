@@ -66,7 +66,9 @@ def write_fairface(root: Path, n_train: int = 60, n_val: int = 20, seed: int = 0
     return frames
 
 
-def write_utkface(root: Path, n: int = 80, seed: int = 0, size: int = 20, irregular: tuple[str, ...] = ()) -> pd.DataFrame:
+def write_utkface(
+    root: Path, n: int = 80, seed: int = 0, size: int = 20, irregular: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """``root/UTKFace/`` of ``age_gender_race_datetime.jpg.chip.jpg`` files plus ``irregular`` extra names."""
     rng = np.random.default_rng(seed)
     folder = root / "UTKFace"

@@ -30,7 +30,8 @@ def test_splits_labels_and_levels(fairface):
     train, val = dm.split_frame("train"), dm.split_frame("val")
     assert sorted([*train["sample_id"], *val["sample_id"]]) == sorted(f[:-4] for f in frames["train"]["file"])
     assert 10 <= len(val) <= 20  # 25 % of 60 within stratum rounding
-    assert dm.class_names == ["Male", "Female"] and dm.sensitive_levels == {"race": FAIRFACE_RACES, "age": FAIRFACE_AGES}
+    assert dm.class_names == ["Male", "Female"]
+    assert dm.sensitive_levels == {"race": FAIRFACE_RACES, "age": FAIRFACE_AGES}
     truth = frames["train"].assign(sample_id=frames["train"]["file"].str[:-4]).set_index("sample_id")
     assert (train.set_index("sample_id")["race"] == truth.loc[train["sample_id"], "race"]).all()
     assert train["target"].tolist() == [dm.class_names.index(g) for g in truth.loc[train["sample_id"], "gender"]]
@@ -60,7 +61,8 @@ def test_missing_root(tmp_path):
 def test_missing_column_lists_existing(fairface):
     root, frames, cache = fairface
     frames["val"].drop(columns="race").to_csv(root / "fairface_label_val.csv", index=False)
-    with pytest.raises(DataFormatError, match=r"lacks column\(s\) \['race'\]; it has \['file', 'age', 'gender', 'service_test'\]"):
+    expected = r"lacks column\(s\) \['race'\]; it has \['file', 'age', 'gender', 'service_test'\]"
+    with pytest.raises(DataFormatError, match=expected):
         _dm(root, cache)
 
 
