@@ -66,12 +66,13 @@ class RunContext:
 
     # --- evaluation --------------------------------------------------------------------------------------
     def evaluate_cell(self, model: nn.Module, *, model_name: str, method: str, weight_bits: int,
-                      act_bits: int | None, variant: str = "", extra: dict | None = None) -> dict:
+                      act_bits: int | None, variant: str = "", extra: dict | None = None,
+                      cell: str | None = None) -> dict:
         """Predict the test split, compute metrics from those predictions, measure size/latency, store it all."""
         from fairq.compression import measure_latency, model_size
 
         dm = self.data()
-        cell = cell_id(self.dataset, model_name, method, weight_bits, act_bits, self.seed, variant)
+        cell = cell or cell_id(self.dataset, model_name, method, weight_bits, act_bits, self.seed, variant)
         progress = bool(self.evaluation.get("progress", True))
         t0 = time.perf_counter()
         frame = predict_frame(model, dm.test_dataloader(), sensitive_names=dm.sensitive_names,

@@ -1,0 +1,28 @@
+"""Analysis phase: reads only the output directory (never trains or evaluates) and writes tables, figures, report."""
+from __future__ import annotations
+
+import logging
+
+from fairq.analysis import run_analysis
+
+from .context import MissingPhaseError, RunContext
+
+log = logging.getLogger("fairq")
+
+
+def run(ctx: RunContext) -> dict:
+    section = dict(ctx.sections.get("analysis") or {})
+    section.setdefault("seed", ctx.seed)
+    section.setdefault("progress", bool(ctx.evaluation.get("progress", True)))
+    try:
+        out = run_analysis(ctx.store.root, **section)
+    except FileNotFoundError as err:
+        raise MissingPhaseError(str(err)) from err
+    findings = out.get("findings")
+    if findings is not None and len(findings):
+        cols = [c for c in ("finding", "claim", "estimate", "ci_low", "ci_high", "p_adjusted", "verdict")
+                if c in findings.columns]
+        log.info("findings (every number computed from this run's stored predictions):\n%s",
+                 findings[cols].to_string(index=False, max_colwidth=70))
+    log.info("report: %s", out.get("report"))
+    return out
