@@ -28,10 +28,16 @@ class FairnessMonitor(L.Callback):
     ----------
     sensitive_levels : mapping name -> level labels, optional
         Defaults to ``trainer.datamodule.sensitive_levels`` (in ``sensitive_names`` order).
+    min_group_size : int, default 1
+        Groups smaller than this are left out of the logged gaps. Validation sets are small, and these curves
+        are for watching training, so every non-empty group counts here; the reported test metrics use
+        ``fairq.metrics``' stricter default.
     """
 
-    def __init__(self, sensitive_levels: Mapping[str, Sequence[str]] | None = None, num_classes: int | None = None):
+    def __init__(self, sensitive_levels: Mapping[str, Sequence[str]] | None = None, num_classes: int | None = None,
+                 min_group_size: int = 1):
         super().__init__()
+        self.min_group_size = int(min_group_size)
         self._levels = dict(sensitive_levels) if sensitive_levels is not None else None
         self._num_classes = num_classes
         self._scopes: dict[str, tuple[list[int], GroupConfusionMetric]] = {}
@@ -43,12 +49,14 @@ class FairnessMonitor(L.Callback):
         names = list(levels)
         self._scopes = {"intersectional": (list(range(len(names))),
                                            GroupConfusionMetric(_n(levels, names), num_classes,
-                                                                groups=radix_groups(levels)))}
+                                                                groups=radix_groups(levels),
+                                                                min_group_size=self.min_group_size))}
         if len(names) > 1:
             for i, name in enumerate(names):
                 sub = {name: levels[name]}
                 self._scopes[name] = ([i], GroupConfusionMetric(len(levels[name]), num_classes,
-                                                               groups=radix_groups(sub)))
+                                                               groups=radix_groups(sub),
+                                                               min_group_size=self.min_group_size))
         self._sizes = {scope: [len(levels[names[i]]) for i in cols] for scope, (cols, _) in self._scopes.items()}
 
     def on_validation_epoch_start(self, trainer, pl_module):

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser, cfg, name = parse_args(argv)
     ctx = make_context(parser, cfg, name)
-    ctx.store.path("config.yaml").write_text(parser.dump(cfg, skip_none=False))
+    ctx.store.path("config.yaml").write_text(parser.dump(cfg))
     ctx.store.write_json("environment.json", environment_info())
     phases = PHASES if cfg.phase == "all" else (cfg.phase,)
     from fairq.phases.context import MissingPhaseError

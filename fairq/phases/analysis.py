@@ -20,7 +20,7 @@ def run(ctx: RunContext) -> dict:
         raise MissingPhaseError(str(err)) from err
     findings = out.get("findings")
     if findings is not None and len(findings):
-        cols = [c for c in ("finding", "claim", "estimate", "ci_low", "ci_high", "p_adjusted", "verdict")
+        cols = [c for c in ("model", "finding", "claim", "estimate", "ci_low", "ci_high", "p_adjusted", "verdict")
                 if c in findings.columns]
         log.info("findings (every number computed from this run's stored predictions):\n%s",
                  findings[cols].to_string(index=False, max_colwidth=70))
