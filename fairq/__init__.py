@@ -9,10 +9,10 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "apply_quantization": "fairq.compression",
+    "apply_quantization": "fairq.mitigation",  # fairq.compression's, with the mitigation methods registered
     "compute_fairness_metrics": "fairq.api",
     "compare_quantization_methods": "fairq.api",
-    "FairnessAwareQuantizer": "fairq.compression",
+    "FairnessAwareQuantizer": "fairq.mitigation",
     "fairness_metrics": "fairq.metrics",
     "create_model": "fairq.models",
 }

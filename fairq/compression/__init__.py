@@ -10,7 +10,16 @@ from .mixed_precision import MixedPrecisionPlan
 from .qat import convert_qat, prepare_qat
 from .registry import METHODS, make_config, register_method
 
-# FairnessAwareQuantizer (mitigation issue) will be re-exported from here as well.
+
+def __getattr__(name: str):
+    """``FairnessAwareQuantizer`` lives in :mod:`fairq.mitigation`, which builds on this package (so it cannot be
+    imported up front without a cycle); importing it also registers the mitigation methods."""
+    if name == "FairnessAwareQuantizer":
+        from fairq.mitigation import FairnessAwareQuantizer
+
+        return FairnessAwareQuantizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "quantize", "apply_quantization", "effective_weights", "layer_bits", "model_size_mb", "model_size",

@@ -1,0 +1,94 @@
+"""Bias-aware calibration (``bias_aware_calibration``): static PTQ calibrated on a group-balanced draw.
+
+The calibration set has the same size as a natural one but holds equally many samples of every intersectional
+group (drawn with :func:`datamodules.sampler.balanced_indices`, the rule of the datamodules' balanced sampler, so
+the seed policy is the same). Activation ranges then reflect minority groups as much as majority ones.
+
+What the draw can change: with ``observer="minmax"`` only samples the natural draw *missed* can move a range,
+so rebalancing the same samples changes nothing; distribution-dependent observers (``percentile``, ``mse``,
+``histogram``) also react to the reweighting itself. The balanced draw is taken from ``calibration_data``
+(the *pool*): pass a pool larger than ``calibration_samples`` (e.g. the training loader) so that minority
+samples a natural draw misses are available, or a pool already balanced (``FaceDataModule.calibration_dataloader(
+n, balanced=True)``), which is used as is.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from fairq.compression.config import PTQConfig, _check_positive
+from fairq.compression.ptq import quantize_ptq
+from fairq.compression.registry import register_method
+
+from .batches import gather, group_ids, pool_size, take
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BiasAwareCalibrationConfig(PTQConfig):
+    """:class:`~fairq.compression.PTQConfig` whose calibration set is redrawn equally per intersectional group.
+
+    ``calibration_samples``: size of the balanced set (default: the pool's size); ``seed``: the draw's seed;
+    ``pool_batches``: read at most this many batches of ``calibration_data`` as the pool; ``batch_size``: of
+    the calibration batches fed to the observers.
+    """
+
+    calibration_samples: int | None = None
+    seed: int = 0
+    pool_batches: int | None = None
+    batch_size: int = 128
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_positive("calibration_samples", self.calibration_samples, allow_none=True, integer=True)
+        _check_positive("pool_batches", self.pool_batches, allow_none=True, integer=True)
+        _check_positive("batch_size", self.batch_size, integer=True)
+
+
+def balanced_draw(sensitive, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` samples, equally many per intersectional group of the ``[N, n_attrs]`` codes.
+
+    A pool already balanced to within one sample per group, with ``n`` equal to its size, is returned as is
+    (0..N-1); otherwise the datamodules' rule draws it (groups smaller than their quota with replacement).
+    """
+    from datamodules.sampler import balanced_indices
+
+    ids, _ = group_ids(sensitive)
+    counts = np.bincount(ids.numpy())
+    if n == len(ids) and counts.max() - counts.min() <= 1:
+        return np.arange(n)
+    return balanced_indices(ids.numpy(), n, np.random.default_rng([seed, 7919]))
+
+
+def group_counts(sensitive, index=None) -> dict[str, int]:
+    """``{"a,b": count}`` of the intersectional code rows among ``sensitive[index]``."""
+    ids, rows = group_ids(sensitive)
+    ids = ids.numpy() if index is None else ids.numpy()[np.asarray(index)]
+    counts = np.bincount(ids, minlength=len(rows))
+    return {",".join(map(str, r.tolist())): int(c) for r, c in zip(rows, counts)}
+
+
+def quantize_bias_aware(model: nn.Module, config: BiasAwareCalibrationConfig, calibration_data=None,
+                        **ctx) -> nn.Module:
+    """Static PTQ (:func:`~fairq.compression.ptq.quantize_ptq`) calibrated on a group-balanced draw from
+    ``calibration_data``; ``model.fairq_calibration`` records the pool's and the draw's group counts."""
+    pool = gather(calibration_data, config.pool_batches)
+    n = config.calibration_samples or pool_size(pool)
+    index = balanced_draw(pool["sensitive"], n, config.seed)
+    record = {"n": int(len(index)), "unique_samples": int(len(np.unique(index))), "seed": config.seed,
+              "pool_groups": group_counts(pool["sensitive"]), "drawn_groups": group_counts(pool["sensitive"], index)}
+    if record["unique_samples"] < record["n"]:
+        log.warning("bias-aware calibration: %d of %d draws repeat a sample (a group is smaller than its quota; "
+                    "give a larger pool)", record["n"] - record["unique_samples"], record["n"])
+    log.info("bias-aware calibration on %d samples, per group %s", record["n"], record["drawn_groups"])
+    batches = take(pool, index, config.batch_size)
+    qmodel = quantize_ptq(model, config, batches, **ctx)
+    qmodel.fairq_calibration = record
+    return qmodel
+
+
+register_method("bias_aware_calibration", BiasAwareCalibrationConfig, quantize_bias_aware)

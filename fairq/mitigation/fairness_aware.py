@@ -1,0 +1,308 @@
+"""FairnessAwareQuantizer: quantize with the cheapest option whose validation fairness gaps meet a constraint.
+
+>>> faq = FairnessAwareQuantizer(bit_width=4, max_dp_gap=0.05)
+>>> qmodel = faq.quantize(model, calibration_data, validation_data, train_data=train_loader)
+>>> faq.constraint_met, faq.final_dp_gap, faq.history
+
+The options are tried in order, cheapest first (default: plain static PTQ, bias-aware calibration, sensitive-layer
+preservation, fairness fine-tuning at λ = 1 and λ = 4); each is quantized from the same float model and judged on
+``validation_data`` with :func:`fairq.metrics.fairness_metrics` (intersectional groups over the chosen sensitive
+attributes). The first option meeting every given constraint is returned. When none does, the quantizer says so
+— a ``UserWarning`` and ``constraint_met = False`` — and returns the option that came closest (smallest largest
+excess over a limit), so a caller never mistakes it for success.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from torch import nn
+
+from fairq.compression.api import quantize
+from fairq.compression.backend import tag_model
+from fairq.compression.config import _check_bits, _Config
+from fairq.compression.registry import METHODS, make_config, register_method
+
+from .batches import fairness_of
+
+log = logging.getLogger(__name__)
+
+#: the default ladder, cheapest first: (method, config options).
+DEFAULT_OPTIONS: tuple[tuple[str, dict], ...] = (
+    ("ptq_static", {}),
+    ("bias_aware_calibration", {}),
+    ("sensitive_layer_preservation", {}),
+    ("fairness_finetune", {"lam": 1.0}),
+    ("fairness_finetune", {"lam": 4.0}),
+)
+_NEEDS_TRAINING = {"fairness_finetune", "qat"}
+
+
+class ConstraintNotMetWarning(UserWarning):
+    """No option of a :class:`FairnessAwareQuantizer` met its fairness constraint on the validation data."""
+
+
+def _check_gap(name: str, value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1] or None, got {value!r}")
+
+
+class FairnessAwareQuantizer:
+    """Try quantization options cheapest first until the validation fairness gaps meet the constraint.
+
+    Parameters
+    ----------
+    bit_width : int
+        Weight bits of every option (activations: ``act_bits``).
+    max_dp_gap, max_eo_gap : float, optional
+        Largest acceptable demographic-parity / equalized-odds difference (max − min over groups) on the
+        validation data; at least one is required.
+    sensitive_attributes : sequence of int or str, optional
+        Which columns of the batches' ``sensitive`` codes define the (intersectional) groups: indices, or names
+        resolved against ``attribute_names``. Default: all columns.
+    attribute_names : sequence of str, optional
+        Names of the ``sensitive`` columns in order (e.g. ``datamodule.sensitive_names``).
+    act_bits : int or None
+        Activation bits of every option (``None``: weights only).
+    options : sequence of (method, dict), optional
+        The ladder, cheapest first (default :data:`DEFAULT_OPTIONS`); each dict holds config fields.
+    fairness_finetune : dict, optional
+        Extra config fields for every ``fairness_finetune`` option (e.g. ``max_steps``, ``lr``). Its penalty
+        defaults to ``eo`` when only ``max_eo_gap`` is given, else ``dp``.
+    min_group_size : int, optional
+        Smallest validation group counted in the gaps (default: :data:`fairq.metrics.DEFAULT_MIN_GROUP_SIZE`);
+        also the ``min_group_size`` of sensitive-layer preservation options.
+
+    Attributes (after :meth:`quantize`)
+    ----------
+    history : list of dict
+        One record per option: ``method, options, dp_gap, eo_gap, accuracy, worst_group_accuracy, accepted,
+        seconds`` (and ``skipped``/``error`` when it could not run).
+    constraint_met : bool
+    final_dp_gap, final_eo_gap : float
+        Validation gaps of the returned model.
+    chosen : dict
+        The history record of the returned model.
+    """
+
+    def __init__(self, bit_width: int = 4, max_dp_gap: float | None = None, max_eo_gap: float | None = None,
+                 sensitive_attributes: Sequence[int | str] | None = None, *,
+                 attribute_names: Sequence[str] | None = None,
+                 act_bits: int | None = 8, options: Sequence[tuple[str, dict]] | None = None,
+                 fairness_finetune: dict | None = None, min_group_size: int | None = None):
+        _check_bits("bit_width", bit_width)
+        _check_bits("act_bits", act_bits, allow_none=True)
+        _check_gap("max_dp_gap", max_dp_gap)
+        _check_gap("max_eo_gap", max_eo_gap)
+        if max_dp_gap is None and max_eo_gap is None:
+            raise ValueError("FairnessAwareQuantizer needs a constraint: max_dp_gap and/or max_eo_gap")
+        self.bit_width, self.act_bits = bit_width, act_bits
+        self.max_dp_gap, self.max_eo_gap = max_dp_gap, max_eo_gap
+        self.columns, self.names = self._resolve(sensitive_attributes, attribute_names)
+        self.options = [(str(m), dict(o or {})) for m, o in (options if options is not None else DEFAULT_OPTIONS)]
+        if not self.options:
+            raise ValueError("options must name at least one quantization method")
+        self.finetune = dict(fairness_finetune or {})
+        self.finetune.setdefault("fairness", "eo" if max_dp_gap is None else "dp")
+        if min_group_size is not None and (isinstance(min_group_size, bool) or int(min_group_size) < 1):
+            raise ValueError(f"min_group_size must be a positive int, got {min_group_size!r}")
+        self.min_group_size = min_group_size
+        for method, opts in self.options:  # fail on a bad ladder now, not after minutes of work
+            self._config(method, opts)
+        self.history: list[dict[str, Any]] = []
+        self.constraint_met: bool | None = None
+        self.final_dp_gap = self.final_eo_gap = math.nan
+        self.chosen: dict[str, Any] | None = None
+
+    @staticmethod
+    def _resolve(attrs, names):
+        if attrs is None:
+            return None, (list(names) if names is not None else None)
+        attrs = [attrs] if isinstance(attrs, (str, int)) else list(attrs)
+        if all(isinstance(a, int) and not isinstance(a, bool) for a in attrs):
+            return attrs, ([names[a] for a in attrs] if names is not None else None)
+        if names is None:
+            raise ValueError(f"sensitive_attributes {attrs} are names: also give attribute_names (the order of the "
+                             "batches' 'sensitive' columns, e.g. datamodule.sensitive_names), or use column indices")
+        missing = [a for a in attrs if a not in names]
+        if missing:
+            raise ValueError(f"sensitive_attributes {missing} not among attribute_names {list(names)}")
+        return [list(names).index(a) for a in attrs], list(attrs)
+
+    def _options(self, method: str, opts: dict) -> dict:
+        """The config fields of one option: its own, the fine-tune extras and the common ``act_bits``."""
+        if method not in METHODS:
+            raise ValueError(f"unknown quantization method {method!r} in options; registered: {sorted(METHODS)}")
+        opts = {**self.finetune, **opts} if method == "fairness_finetune" else dict(opts)
+        fields = {f.name for f in dataclasses.fields(METHODS[method])}
+        if "act_bits" in fields:
+            opts.setdefault("act_bits", self.act_bits)
+        if "min_group_size" in fields and self.min_group_size is not None:
+            opts.setdefault("min_group_size", self.min_group_size)
+        return opts
+
+    def _config(self, method: str, opts: dict):
+        return make_config(method, self.bit_width, **self._options(method, opts))
+
+    def _meets(self, dp: float, eo: float) -> tuple[bool, float]:
+        """(all constraints hold, largest excess over a limit; inf when a gap is undefined)."""
+        excess = []
+        for gap, limit in ((dp, self.max_dp_gap), (eo, self.max_eo_gap)):
+            if limit is not None:
+                excess.append(math.inf if not math.isfinite(gap) else gap - limit)
+        worst = max(excess)
+        return worst <= 0, worst
+
+    def quantize(self, model: nn.Module, calibration_data, validation_data, train_data=None, *,
+                 balanced_calibration_data=None, **ctx) -> nn.Module:
+        """Return the first option's quantized model whose validation gaps meet the constraint (see class doc).
+
+        ``calibration_data``: batches with ``sensitive`` codes (bias-aware calibration redraws from it);
+        ``validation_data``: labelled batches with ``sensitive``; ``train_data``: labelled batches with
+        ``sensitive`` for fine-tuning options (skipped, and recorded as such, without it);
+        ``balanced_calibration_data``: an already group-balanced calibration set for the bias-aware options
+        (e.g. ``FaceDataModule.calibration_dataloader(n, balanced=True)``; default: redrawn from
+        ``calibration_data``). ``ctx`` goes to every method (e.g. ``make_trainer``).
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"quantize expects an nn.Module, got {type(model).__name__}")
+        self.history, best = [], None
+        for method, opts in self.options:
+            config = self._config(method, opts)
+            rec: dict[str, Any] = {"method": method, "options": self._options(method, opts), "accepted": False}
+            if method in _NEEDS_TRAINING and train_data is None:
+                rec["skipped"] = "no train_data given"
+                self.history.append(rec)
+                log.info("fairness-aware quantizer: %s skipped (no train_data)", method)
+                continue
+            t0 = time.perf_counter()
+            try:
+                calib = calibration_data
+                if method == "bias_aware_calibration" and balanced_calibration_data is not None:
+                    calib = balanced_calibration_data
+                qmodel = quantize(model, config, calib, val_data=validation_data,
+                                  train_loader=train_data, **ctx)
+            except (ValueError, TypeError, KeyError) as err:  # an option that cannot run here is recorded, not fatal
+                rec.update(error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - t0)
+                self.history.append(rec)
+                log.warning("fairness-aware quantizer: %s failed: %s", method, err)
+                continue
+            m = fairness_of(qmodel, validation_data, self.columns, self.names, min_group_size=self.min_group_size)
+            ok, excess = self._meets(m["demographic_parity_difference"], m["equalized_odds_difference"])
+            rec.update(dp_gap=m["demographic_parity_difference"], eo_gap=m["equalized_odds_difference"],
+                       accuracy=m["accuracy"], worst_group_accuracy=m["worst_group_accuracy"], accepted=ok,
+                       excess=excess, seconds=round(time.perf_counter() - t0, 3))
+            self.history.append(rec)
+            log.info("fairness-aware quantizer: %s %s → DP %.4f, EO %.4f (%s)", method, rec["options"] or "",
+                     rec["dp_gap"], rec["eo_gap"], "meets the constraint" if ok else "violates the constraint")
+            if best is None or excess < best[0]:
+                best = (excess, qmodel, rec)
+            if ok:
+                break
+        if best is None:
+            why = [(r["method"], r.get("skipped") or r.get("error")) for r in self.history]
+            raise RuntimeError(f"FairnessAwareQuantizer: no option could run: {why}")
+        _, qmodel, rec = best
+        self.chosen, self.constraint_met = rec, bool(rec["accepted"])
+        self.final_dp_gap, self.final_eo_gap = rec["dp_gap"], rec["eo_gap"]
+        if not self.constraint_met:
+            warnings.warn(
+                f"FairnessAwareQuantizer: no option met {self._constraint_text()} on the validation data "
+                f"(tried {len(self.history)}: " + ", ".join(
+                    f"{r['method']}→DP {r.get('dp_gap', math.nan):.3f}/EO {r.get('eo_gap', math.nan):.3f}"
+                    if "dp_gap" in r else f"{r['method']}: {r.get('skipped') or r.get('error')}" for r in self.history)
+                + f"); returning the closest, {rec['method']} (constraint_met=False)", ConstraintNotMetWarning,
+                stacklevel=2)
+        qmodel.fairq_mitigation = self.report()
+        return qmodel
+
+    def _constraint_text(self) -> str:
+        parts = [f"DP gap ≤ {self.max_dp_gap:g}" if self.max_dp_gap is not None else "",
+                 f"EO gap ≤ {self.max_eo_gap:g}" if self.max_eo_gap is not None else ""]
+        return " and ".join(p for p in parts if p)
+
+    def report(self) -> dict:
+        """JSON-ready summary: constraint, whether it was met, the final gaps, the chosen option and the history."""
+        return {"bit_width": self.bit_width, "act_bits": self.act_bits, "max_dp_gap": self.max_dp_gap,
+                "max_eo_gap": self.max_eo_gap, "sensitive_columns": self.columns, "sensitive_names": self.names,
+                "constraint_met": self.constraint_met, "final_dp_gap": self.final_dp_gap,
+                "final_eo_gap": self.final_eo_gap, "chosen": copy.deepcopy(self.chosen),
+                "history": copy.deepcopy(self.history)}
+
+
+@dataclass
+class FairnessAwareQuantizerConfig(_Config):
+    """The ``fairness_aware_quantizer`` method: :class:`FairnessAwareQuantizer` as a registered config.
+
+    Give ``max_dp_gap`` and/or ``max_eo_gap`` (both default to None so that the defaults form a valid
+    dataclass; running without either is a clear error).
+
+    ``methods``: the ladder's method names, cheapest first (``fairness_finetune`` once per ``finetune_lams``
+    value); ``finetune_*``: the fine-tune's size; ``sensitive_columns``: columns of ``sensitive`` (default all);
+    ``min_group_size``: smallest validation group counted (see :class:`FairnessAwareQuantizer`).
+    """
+
+    weight_bits: int = 4
+    act_bits: int | None = 8
+    max_dp_gap: float | None = None
+    max_eo_gap: float | None = None
+    methods: tuple[str, ...] = ("ptq_static", "bias_aware_calibration", "sensitive_layer_preservation",
+                                "fairness_finetune")
+    finetune_lams: tuple[float, ...] = (1.0, 4.0)
+    finetune_max_steps: int | None = 50
+    finetune_lr: float = 1e-3
+    sensitive_columns: tuple[int, ...] | None = None
+    min_group_size: int | None = None
+
+    def __post_init__(self):
+        _check_bits("weight_bits", self.weight_bits)
+        _check_bits("act_bits", self.act_bits, allow_none=True)
+        _check_gap("max_dp_gap", self.max_dp_gap)
+        _check_gap("max_eo_gap", self.max_eo_gap)
+        self.methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
+        self.finetune_lams = tuple(float(x) for x in self.finetune_lams)
+        if self.sensitive_columns is not None:
+            self.sensitive_columns = tuple(int(c) for c in self.sensitive_columns)
+
+    def ladder(self) -> list[tuple[str, dict]]:
+        out = []
+        for m in self.methods:
+            if m == "fairness_finetune":
+                out += [(m, {"lam": lam}) for lam in self.finetune_lams]
+            else:
+                out.append((m, {}))
+        return out
+
+    def quantizer(self, attribute_names: Sequence[str] | None = None) -> FairnessAwareQuantizer:
+        """The configured :class:`FairnessAwareQuantizer` (raises when no constraint is given)."""
+        ft = {"lr": self.finetune_lr, "max_steps": self.finetune_max_steps}
+        return FairnessAwareQuantizer(self.weight_bits, self.max_dp_gap, self.max_eo_gap,
+                                      list(self.sensitive_columns) if self.sensitive_columns is not None else None,
+                                      attribute_names=attribute_names, act_bits=self.act_bits, options=self.ladder(),
+                                      fairness_finetune=ft, min_group_size=self.min_group_size)
+
+
+def quantize_fairness_aware(model: nn.Module, config: FairnessAwareQuantizerConfig, calibration_data=None, *,
+                            val_data=None, train_loader=None, attribute_names=None, **ctx) -> nn.Module:
+    """Run :class:`FairnessAwareQuantizer`; ``model.fairq_mitigation`` holds its report (history included).
+
+    ``attribute_names``: names of the ``sensitive`` columns, recorded in the report."""
+    if val_data is None:
+        raise ValueError("fairness_aware_quantizer needs val_data (labelled batches with sensitive codes) to check "
+                         "the constraint on")
+    faq = config.quantizer(attribute_names)
+    qmodel = faq.quantize(model, calibration_data, val_data, train_data=train_loader, **ctx)
+    qmodel.fairq_mitigation["chosen_method"] = faq.chosen["method"]
+    return tag_model(qmodel, weight_bits=config.weight_bits, act_bits=config.act_bits,
+                     backend=getattr(qmodel, "fairq_backend", "simulated"))
+
+
+register_method("fairness_aware_quantizer", FairnessAwareQuantizerConfig, quantize_fairness_aware)
