@@ -322,6 +322,20 @@ def test_fairness_aware_quantizer_records_skipped_options_and_validates(leaky):
     assert named.columns == [1]
 
 
+def test_fairness_aware_quantizer_accuracy_floor_rejects_a_damaged_model(leaky):
+    ref = _dp_of(leaky["model"], leaky["batches"])["accuracy"]
+    faq = FairnessAwareQuantizer(2, max_eo_gap=1.0, max_accuracy_drop=0.0, act_bits=2, options=[("ptq_static", {})])
+    with pytest.warns(ConstraintNotMetWarning, match="accuracy"):
+        q = faq.quantize(leaky["model"], leaky["batches"][:2], leaky["batches"])
+    rec = faq.history[0]
+    assert faq.reference_accuracy == pytest.approx(ref) and rec["accuracy"] < ref  # W2A2 does hurt
+    assert rec["eo_gap"] <= 1.0 and not rec["accepted"] and faq.constraint_met is False
+    assert _dp_of(q, leaky["batches"])["accuracy"] == pytest.approx(rec["accuracy"])
+    loose = FairnessAwareQuantizer(2, max_eo_gap=1.0, max_accuracy_drop=1.0, act_bits=2, options=[("ptq_static", {})])
+    loose.quantize(leaky["model"], leaky["batches"][:2], leaky["batches"])
+    assert loose.constraint_met is True
+
+
 # ---------------------------------------------------------------- registry-generated contract
 OPTIONS = {
     "bias_aware_calibration": {},

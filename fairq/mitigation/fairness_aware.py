@@ -5,7 +5,7 @@
 >>> faq.constraint_met, faq.final_dp_gap, faq.history
 
 The options are tried in order, cheapest first (default: plain static PTQ, bias-aware calibration, sensitive-layer
-preservation, fairness fine-tuning at λ = 1 and λ = 4); each is quantized from the same float model and judged on
+preservation, fairness fine-tuning at λ = 1 and λ = 5); each is quantized from the same float model and judged on
 ``validation_data`` with :func:`fairq.metrics.fairness_metrics` (intersectional groups over the chosen sensitive
 attributes). The first option meeting every given constraint is returned. When none does, the quantizer says so
 — a ``UserWarning`` and ``constraint_met = False`` — and returns the option that came closest (smallest largest
@@ -39,7 +39,7 @@ DEFAULT_OPTIONS: tuple[tuple[str, dict], ...] = (
     ("bias_aware_calibration", {}),
     ("sensitive_layer_preservation", {}),
     ("fairness_finetune", {"lam": 1.0}),
-    ("fairness_finetune", {"lam": 4.0}),
+    ("fairness_finetune", {"lam": 5.0}),
 )
 _NEEDS_TRAINING = {"fairness_finetune", "qat"}
 
@@ -80,6 +80,9 @@ class FairnessAwareQuantizer:
     min_group_size : int, optional
         Smallest validation group counted in the gaps (default: :data:`fairq.metrics.DEFAULT_MIN_GROUP_SIZE`);
         also the ``min_group_size`` of sensitive-layer preservation options.
+    max_accuracy_drop : float, optional
+        Also require validation accuracy ≥ the float model's minus this. Without it a collapsed model that
+        predicts one class everywhere meets any DP constraint.
 
     Attributes (after :meth:`quantize`)
     ----------
@@ -97,15 +100,18 @@ class FairnessAwareQuantizer:
                  sensitive_attributes: Sequence[int | str] | None = None, *,
                  attribute_names: Sequence[str] | None = None,
                  act_bits: int | None = 8, options: Sequence[tuple[str, dict]] | None = None,
-                 fairness_finetune: dict | None = None, min_group_size: int | None = None):
+                 fairness_finetune: dict | None = None, min_group_size: int | None = None,
+                 max_accuracy_drop: float | None = None):
         _check_bits("bit_width", bit_width)
         _check_bits("act_bits", act_bits, allow_none=True)
         _check_gap("max_dp_gap", max_dp_gap)
         _check_gap("max_eo_gap", max_eo_gap)
+        _check_gap("max_accuracy_drop", max_accuracy_drop)
         if max_dp_gap is None and max_eo_gap is None:
             raise ValueError("FairnessAwareQuantizer needs a constraint: max_dp_gap and/or max_eo_gap")
         self.bit_width, self.act_bits = bit_width, act_bits
         self.max_dp_gap, self.max_eo_gap = max_dp_gap, max_eo_gap
+        self.max_accuracy_drop, self.reference_accuracy = max_accuracy_drop, math.nan
         self.columns, self.names = self._resolve(sensitive_attributes, attribute_names)
         self.options = [(str(m), dict(o or {})) for m, o in (options if options is not None else DEFAULT_OPTIONS)]
         if not self.options:
@@ -152,10 +158,11 @@ class FairnessAwareQuantizer:
     def _config(self, method: str, opts: dict):
         return make_config(method, self.bit_width, **self._options(method, opts))
 
-    def _meets(self, dp: float, eo: float) -> tuple[bool, float]:
+    def _meets(self, dp: float, eo: float, accuracy: float) -> tuple[bool, float]:
         """(all constraints hold, largest excess over a limit; inf when a gap is undefined)."""
         excess = []
-        for gap, limit in ((dp, self.max_dp_gap), (eo, self.max_eo_gap)):
+        drop = self.reference_accuracy - accuracy
+        for gap, limit in ((dp, self.max_dp_gap), (eo, self.max_eo_gap), (drop, self.max_accuracy_drop)):
             if limit is not None:
                 excess.append(math.inf if not math.isfinite(gap) else gap - limit)
         worst = max(excess)
@@ -175,6 +182,9 @@ class FairnessAwareQuantizer:
         if not isinstance(model, nn.Module):
             raise TypeError(f"quantize expects an nn.Module, got {type(model).__name__}")
         self.history, best = [], None
+        if self.max_accuracy_drop is not None:
+            self.reference_accuracy = fairness_of(model, validation_data, self.columns, self.names,
+                                                  min_group_size=self.min_group_size)["accuracy"]
         for method, opts in self.options:
             config = self._config(method, opts)
             rec: dict[str, Any] = {"method": method, "options": self._options(method, opts), "accepted": False}
@@ -196,7 +206,7 @@ class FairnessAwareQuantizer:
                 log.warning("fairness-aware quantizer: %s failed: %s", method, err)
                 continue
             m = fairness_of(qmodel, validation_data, self.columns, self.names, min_group_size=self.min_group_size)
-            ok, excess = self._meets(m["demographic_parity_difference"], m["equalized_odds_difference"])
+            ok, excess = self._meets(m["demographic_parity_difference"], m["equalized_odds_difference"], m["accuracy"])
             rec.update(dp_gap=m["demographic_parity_difference"], eo_gap=m["equalized_odds_difference"],
                        accuracy=m["accuracy"], worst_group_accuracy=m["worst_group_accuracy"], accepted=ok,
                        excess=excess, seconds=round(time.perf_counter() - t0, 3))
@@ -226,13 +236,16 @@ class FairnessAwareQuantizer:
 
     def _constraint_text(self) -> str:
         parts = [f"DP gap ≤ {self.max_dp_gap:g}" if self.max_dp_gap is not None else "",
-                 f"EO gap ≤ {self.max_eo_gap:g}" if self.max_eo_gap is not None else ""]
+                 f"EO gap ≤ {self.max_eo_gap:g}" if self.max_eo_gap is not None else "",
+                 f"accuracy ≥ {self.reference_accuracy:.4f} − {self.max_accuracy_drop:g}"
+                 if self.max_accuracy_drop is not None else ""]
         return " and ".join(p for p in parts if p)
 
     def report(self) -> dict:
         """JSON-ready summary: constraint, whether it was met, the final gaps, the chosen option and the history."""
         return {"bit_width": self.bit_width, "act_bits": self.act_bits, "max_dp_gap": self.max_dp_gap,
-                "max_eo_gap": self.max_eo_gap, "sensitive_columns": self.columns, "sensitive_names": self.names,
+                "max_eo_gap": self.max_eo_gap, "max_accuracy_drop": self.max_accuracy_drop,
+                "reference_accuracy": self.reference_accuracy, "sensitive_columns": self.columns, "sensitive_names": self.names,
                 "constraint_met": self.constraint_met, "final_dp_gap": self.final_dp_gap,
                 "final_eo_gap": self.final_eo_gap, "chosen": copy.deepcopy(self.chosen),
                 "history": copy.deepcopy(self.history)}
@@ -247,7 +260,7 @@ class FairnessAwareQuantizerConfig(_Config):
 
     ``methods``: the ladder's method names, cheapest first (``fairness_finetune`` once per ``finetune_lams``
     value); ``finetune_*``: the fine-tune's size; ``sensitive_columns``: columns of ``sensitive`` (default all);
-    ``min_group_size``: smallest validation group counted (see :class:`FairnessAwareQuantizer`).
+    ``min_group_size``, ``max_accuracy_drop``: see :class:`FairnessAwareQuantizer`.
     """
 
     weight_bits: int = 4
@@ -256,17 +269,19 @@ class FairnessAwareQuantizerConfig(_Config):
     max_eo_gap: float | None = None
     methods: tuple[str, ...] = ("ptq_static", "bias_aware_calibration", "sensitive_layer_preservation",
                                 "fairness_finetune")
-    finetune_lams: tuple[float, ...] = (1.0, 4.0)
-    finetune_max_steps: int | None = 50
+    finetune_lams: tuple[float, ...] = (1.0, 5.0)
+    finetune_max_steps: int | None = 20
     finetune_lr: float = 1e-3
     sensitive_columns: tuple[int, ...] | None = None
     min_group_size: int | None = None
+    max_accuracy_drop: float | None = None
 
     def __post_init__(self):
         _check_bits("weight_bits", self.weight_bits)
         _check_bits("act_bits", self.act_bits, allow_none=True)
         _check_gap("max_dp_gap", self.max_dp_gap)
         _check_gap("max_eo_gap", self.max_eo_gap)
+        _check_gap("max_accuracy_drop", self.max_accuracy_drop)
         self.methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
         self.finetune_lams = tuple(float(x) for x in self.finetune_lams)
         if self.sensitive_columns is not None:
@@ -287,7 +302,8 @@ class FairnessAwareQuantizerConfig(_Config):
         return FairnessAwareQuantizer(self.weight_bits, self.max_dp_gap, self.max_eo_gap,
                                       list(self.sensitive_columns) if self.sensitive_columns is not None else None,
                                       attribute_names=attribute_names, act_bits=self.act_bits, options=self.ladder(),
-                                      fairness_finetune=ft, min_group_size=self.min_group_size)
+                                      fairness_finetune=ft, min_group_size=self.min_group_size,
+                                      max_accuracy_drop=self.max_accuracy_drop)
 
 
 def quantize_fairness_aware(model: nn.Module, config: FairnessAwareQuantizerConfig, calibration_data=None, *,
