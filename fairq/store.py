@@ -11,6 +11,8 @@ crash never leaves a torn CSV or Parquet file; a cell counts as done only once i
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
@@ -104,11 +106,22 @@ class RunStore:
         predictions.to_parquet(buf, index=False)
         atomic_write_bytes(self.root / rel, buf.getvalue())
         row = {**row, "predictions": rel.as_posix()}
-        df = self.metrics()
-        df = df[df["cell"].astype(str) != cell] if len(df) else df
-        df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
-        atomic_write_text(self.metrics_path, df.to_csv(index=False))
+        with self._locked():  # two processes on one output dir must not drop each other's rows
+            df = self.metrics()
+            df = df[df["cell"].astype(str) != cell] if len(df) else df
+            df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
+            atomic_write_text(self.metrics_path, df.to_csv(index=False))
         return self.root / rel
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Exclusive advisory lock around the read-modify-write of ``metrics.csv``."""
+        with open(self.root / ".metrics.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def predictions(self, cell: str) -> pd.DataFrame:
         path = self.root / "predictions" / f"{cell}.parquet"

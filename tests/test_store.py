@@ -53,3 +53,22 @@ def test_crash_during_write_leaves_previous_file_whole(tmp_path, monkeypatch):
 def test_missing_predictions_error_names_the_cell(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         RunStore(tmp_path).predictions("nope")
+
+
+def test_concurrent_writers_keep_every_row(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_write_cells, args=(str(tmp_path), w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(RunStore(tmp_path).metrics()) == 3 * 8
+
+
+def _write_cells(root, worker):
+    st = RunStore(root)
+    for i in range(8):
+        st.add_cell({"cell": f"w{worker}_c{i}", "accuracy": 0.5}, _frame())
