@@ -16,13 +16,6 @@ from fairq.compression.mixed_precision import allocate_bits
 from fairq.compression.observers import KBitHistogramObserver, act_observer, qrange
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _skewed(n=20000, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -23,14 +23,6 @@ from fairq.mitigation.batches import predict
 from fairq.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: one intra-op thread is ~10-100x faster than two contending ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _batches(x, y, s, bs=32):
     return [{"image": x[i:i + bs], "target": y[i:i + bs], "sensitive": s[i:i + bs],

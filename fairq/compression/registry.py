@@ -44,5 +44,11 @@ def lookup(config) -> tuple[str, Handler]:
 def make_config(method: str, bit_width=None, **options):
     """Config for a registered ``method`` name, ``bit_width`` filling the config's bits field."""
     if method not in METHODS:
+        # The mitigation methods register themselves from fairq.mitigation, a layer above this one; load it on
+        # demand so apply_quantization(model, "bias_aware_calibration", ...) works without a prior import.
+        import importlib
+
+        importlib.import_module("fairq.mitigation")
+    if method not in METHODS:
         raise ValueError(f"unknown compression method {method!r}; registered: {', '.join(sorted(METHODS))}")
     return METHODS[method].from_bit_width(bit_width, **options)
