@@ -1,0 +1,522 @@
+"""Real INT8 on CPU: static PTQ lowered to oneDNN int8 kernels, dynamic INT8 ``nn.Linear`` via torch.ao.
+
+Why these paths (measured on this machine: AMD EPYC, AVX2 without VNNI, 2 threads, shared with other jobs;
+timm ResNet-50, random init, batch 32 at 224 px; ``benchmarks/bench_int8.py`` reproduces the chosen one):
+
+* torch.ao FX (``prepare_fx``/``convert_fx``, x86 qconfig; eager ``quantized::conv2d``): 2.7x FP32, 31 s to
+  convert, and deprecated in torch 2.14.
+* torchao PT2E (``torch.export`` → ``prepare_pt2e``/``convert_pt2e`` with ``X86InductorQuantizer``) then
+  ``torch.compile``: 2.9x, but 180 s of inductor compilation — most of the 5-minute default run.
+* torchao PT2E then torchao's x86 lowering (``torchao.quantization.pt2e.lowering.lower_pt2e_quantized_to_x86``:
+  inductor's freezing passes rewrite every dequant → conv/linear → quant pattern into one oneDNN int8 op,
+  ``onednn.qconv_pointwise`` / ``onednn.qlinear_pointwise``; no code generation, the graph runs eagerly):
+  4.0x, ~30 s. **Chosen.** torchao's function re-exports with the example's batch size baked in, so
+  :func:`_lower` is the same three steps (decompose, freezing passes, constant folding) with a dynamic batch.
+
+Dynamic INT8: torch.ao ``quantize_dynamic`` (fbgemm ``quantized::linear_dynamic``) ran 1.38x FP32 on a 4-layer
+BERT-base (batch 8 x 128 tokens); torchao's ``quantize_(Int8DynamicActivationInt8WeightConfig())`` ran 18x
+*slower* than FP32 in eager mode on this CPU (no eager int8 CPU kernel), and ``quantize_dynamic`` needs no
+tracing, so it works on any module tree (HF BERT included). Note: fbgemm's dynamic linear quantizes each
+batch's input with ``reduce_range`` (a 7-bit range, to avoid int16 overflow of AVX2's ``vpmaddubsw``).
+
+Schemes: weights int8 per-channel symmetric (axis 0), activations uint8 per-tensor affine — what oneDNN runs.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import inspect
+import warnings
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import iter_model_inputs, model_device
+
+ENGINE_STATIC = "torchao-pt2e:X86InductorQuantizer->onednn"
+ENGINE_DYNAMIC = "torch.ao-quantize_dynamic:fbgemm"
+
+_QD = "quantized_decomposed"
+_WEIGHT_DEQUANT = ("dequantize_per_channel", "dequantize_per_tensor")
+_WEIGHTED_OPS = ("conv1d", "conv2d", "conv3d", "linear")
+
+
+# ---------------------------------------------------------------- helpers shared by both paths
+def _check_cpu(model: nn.Module) -> None:
+    device = model_device(model)
+    if device.type != "cpu":
+        raise ValueError(f"real INT8 kernels run on CPU; the model is on {device} (call .cpu() first)")
+
+
+def _skipped(name: str, patterns) -> bool:
+    """fnmatch ``name`` against the patterns; a pattern also covers the module's children."""
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
+
+
+def _warn_unsupported(config) -> None:
+    if not getattr(config, "symmetric", True):
+        warnings.warn("real INT8 kernels need symmetric int8 weights: symmetric=False is ignored "
+                      "(use backend='simulated' for affine weights)")
+    if getattr(config, "act_symmetric", False):
+        warnings.warn("real INT8 kernels take uint8 per-tensor affine activations: act_symmetric=True is ignored")
+
+
+def _tag(model: nn.Module, engine: str, act_qrange: tuple[int, int]) -> nn.Module:
+    model.fairq_act_qrange = act_qrange  # uint8 codes the activations really use (0..127 = reduce_range)
+    model.fairq_backend = "int8"
+    model.fairq_weight_bits = 8
+    model.fairq_act_bits = 8
+    model.fairq_engine = engine
+    return model
+
+
+# ---------------------------------------------------------------- static PTQ (PT2E + oneDNN lowering)
+def _observer_ctr(kind: str, percentile: float):
+    """torchao PT2E observer class for activations (PT2E only accepts torchao's observer classes).
+
+    Percentile and MSE reuse the range rules of the simulated path (:mod:`fairq.compression.observers`), so
+    real and simulated INT8 calibrate identically.
+    """
+    from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver
+
+    from . import observers as sim
+
+    if kind == "minmax":
+        return MinMaxObserver
+    if kind == "histogram":
+        return HistogramObserver
+    if kind == "percentile":
+        class _Percentile(HistogramObserver):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.percentile = float(percentile)
+
+            calculate_qparams = sim.PercentileObserver.calculate_qparams
+
+        return _Percentile
+    if kind == "mse":
+        class _MSE(HistogramObserver):
+            def __init__(self, grid: int = 100, min_ratio: float = 0.05, **kwargs):
+                super().__init__(**kwargs)
+                self.grid, self.min_ratio = grid, min_ratio
+
+            _mse = sim.MSEObserver._mse
+            calculate_qparams = sim.MSEObserver.calculate_qparams
+
+        return _MSE
+    raise ValueError(f"unknown observer {kind!r}: expected minmax, percentile, mse or histogram")
+
+
+def has_vnni() -> bool:
+    """Whether this CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
+    caps = torch.cpu.get_capabilities()
+    return any(caps.get(k, False) for k in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def int8_ranges() -> tuple[int, int, int]:
+    """(activation quant_max, weight quant_min, weight quant_max) for the static INT8 kernels on this CPU.
+
+    Without VNNI, x86 int8 kernels (oneDNN, as fbgemm) multiply with AVX2 ``vpmaddubsw``, whose int16 sums of two
+    u8 x s8 products saturate (255 * 127 * 2 > 32767). Measured here: a K=384 oneDNN qlinear with full-range
+    uint8 inputs was off by 9% of its output range, a random-init ViT-S by 22% against its own dequantized
+    reference. As torch.ao's fbgemm/x86 qconfigs (``reduce_range=True``) and torchao's X86InductorQuantizer
+    recommend for such CPUs, activations then use 7 bits (0..127) and weights keep all 8 bits.
+    """
+    return (255 if has_vnni() else 127), -128, 127
+
+
+def _quantizer(config, model: nn.Module):
+    """X86InductorQuantizer: uint8 per-tensor affine activations, int8 symmetric weights, skips honoured."""
+    from torchao.quantization.pt2e import MinMaxObserver, PerChannelMinMaxObserver
+    from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+    eps = {"eps": 2**-12}  # torchao's x86 default
+    act_qmax, w_qmin, w_qmax = int8_ranges()
+    act_cls = _observer_ctr(getattr(config, "observer", "minmax"), getattr(config, "percentile", 99.99))
+    act = QuantizationSpec(dtype=torch.uint8, quant_min=0, quant_max=act_qmax, qscheme=torch.per_tensor_affine,
+                           observer_or_fake_quant_ctr=act_cls.with_args(**eps))
+    if getattr(config, "per_channel", True):
+        weight = QuantizationSpec(dtype=torch.int8, quant_min=w_qmin, quant_max=w_qmax, qscheme=torch.per_channel_symmetric,
+                                  ch_axis=0, observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(**eps))
+    else:
+        weight = QuantizationSpec(dtype=torch.int8, quant_min=w_qmin, quant_max=w_qmax, qscheme=torch.per_tensor_symmetric,
+                                  observer_or_fake_quant_ctr=MinMaxObserver.with_args(**eps))
+    quantizer = X86InductorQuantizer().set_global(QuantizationConfig(act, act, weight, None))
+    patterns = tuple(getattr(config, "skip_modules", ()) or ())
+    for name, _ in model.named_modules():
+        if name and _skipped(name, patterns):
+            quantizer.set_module_name_qconfig(name, None)
+    return quantizer
+
+
+def _spec_of(args: tuple, kwargs: dict) -> dict:
+    """Shapes/dtypes of the example inputs and which dims are dynamic (batch; batch and sequence for HF)."""
+    def one(t, text):
+        if not torch.is_tensor(t):
+            raise TypeError(f"INT8 export needs tensor inputs, got {type(t).__name__}")
+        dims = (0, 1) if text and t.dim() >= 2 else ((0,) if t.dim() >= 1 else ())
+        return dict(shape=tuple(t.shape), dtype=t.dtype, dims=dims)
+
+    return dict(args=[one(a, False) for a in args],
+                kwargs={k: one(v, True) for k, v in kwargs.items() if v is not None})
+
+
+def _example_from_spec(spec: dict) -> tuple[tuple, dict]:
+    """Placeholder inputs of the recorded shapes (values are irrelevant to tracing a quantized graph)."""
+    def make(s):
+        return torch.ones(s["shape"], dtype=s["dtype"])
+
+    return tuple(make(s) for s in spec["args"]), {k: make(s) for k, s in spec["kwargs"].items()}
+
+
+def _dynamic_shapes(spec: dict):
+    def dims(s):
+        return {d: torch.export.Dim.DYNAMIC for d in s["dims"]} or None
+
+    return ([dims(s) for s in spec["args"]], {k: dims(s) for k, s in spec["kwargs"].items()})
+
+
+def _at_least_two(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """First two samples of the batch, repeated if it has one (export specialises a size-1 dim to 1)."""
+    def two(t):
+        if not torch.is_tensor(t) or t.dim() == 0:
+            return t
+        t = t[:2]
+        return torch.cat([t, t]) if t.shape[0] == 1 else t
+
+    return tuple(two(a) for a in args), {k: two(v) for k, v in kwargs.items() if v is not None}
+
+
+def _export(module: nn.Module, args: tuple, kwargs: dict, spec: dict, strict: bool = False
+            ) -> torch.export.ExportedProgram:
+    """``torch.export`` with the dynamic dims of ``spec`` (keyed by forward's parameter names)."""
+    dyn_args, dyn_kwargs = _dynamic_shapes(spec)
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) >= len(args):
+        shapes: Any = {p.name: d for p, d in zip(params, dyn_args)}
+        shapes.update(dyn_kwargs)
+    elif not kwargs:  # forward(*args): one entry per positional input
+        shapes = tuple(dyn_args)
+    else:
+        raise TypeError(f"cannot export {type(module).__name__}.forward(*args, **kwargs) with keyword inputs")
+    with torch.no_grad():
+        return torch.export.export(module, args, kwargs, dynamic_shapes=shapes, strict=strict)
+
+
+def _lower(program: nn.Module, spec: dict) -> torch.fx.GraphModule:
+    """torchao's ``lower_pt2e_quantized_to_x86`` with a dynamic batch (plus inductor's view→reshape step,
+    without which linears on 3-D inputs, e.g. every ViT linear, stay FP32): the graph runs oneDNN int8 ops."""
+    from torch._export.utils import _is_cia_op
+    from torch._inductor.constant_folding import constant_fold
+    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
+    from torch._inductor.fx_passes.post_grad import view_to_reshape
+
+    args, kwargs = _example_from_spec(spec)
+    decomp = torch.export.default_decompositions()
+    for op in list(decomp):
+        if not _is_cia_op(op):  # post-autograd graph: keep prim ops, as torchao does
+            del decomp[op]
+    # ... but spell GELU out as inductor does: the qlinear+GELU(+quant) fusion patterns match its erf form.
+    decomp.update(torch._decomp.get_decompositions([torch.ops.aten.gelu]))
+    with torch.inference_mode(False), torch.no_grad():
+        gm = _export(program, args, kwargs, spec).run_decompositions(decomp).module()
+        _transpose_as_permute(gm)
+        view_to_reshape(gm)  # the qlinear patterns for >2-D inputs match reshape, as in inductor's freeze()
+        freezing_passes(gm, pytree.tree_leaves((args, kwargs)))
+        constant_fold(gm)
+        _native_quantize(gm)
+    return gm
+
+
+def _quantize_uint8(x: torch.Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int, dtype):
+    """``quantized_decomposed.quantize_per_tensor`` to uint8 with ATen's vectorised quantize kernel."""
+    with warnings.catch_warnings():  # quint8 tensors are deprecated, but ATen's kernel is the fast one here
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8).int_repr()  # keeps the memory format
+    return q.clamp_(quant_min, quant_max) if (quant_min, quant_max) != (0, 255) else q
+
+
+def _native_quantize(gm: torch.fx.GraphModule) -> None:
+    """Run the stand-alone activation quantizations (e.g. LayerNorm → quant before a ViT linear) natively.
+
+    Inductor would fuse them into generated code; run eagerly, the decomposed op is five elementwise passes
+    (mul, round, add, clamp, cast) and took 62% of ViT-S's INT8 forward on this CPU.
+    """
+    target = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    for node in gm.graph.find_nodes(op="call_function", target=target):
+        _, scale, zero_point, *_rest = node.args
+        if node.args[-1] == torch.uint8 and isinstance(scale, float) and isinstance(zero_point, int):
+            node.target = _quantize_uint8
+    gm.recompile()
+
+
+def _transpose_as_permute(gm: torch.fx.GraphModule) -> None:
+    """aten.t → aten.permute([1, 0]) so the qlinear fusion pattern matches (as torchao's lowering does)."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.target == torch.ops.aten.t.default:
+            with graph.inserting_before(node):
+                perm = graph.call_function(torch.ops.aten.permute.default, args=(node.args[0], [1, 0]))
+            node.replace_all_uses_with(perm)
+            graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+
+
+def _module_path(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return node.name
+    path = list(stack.values())[-1][0]
+    return path[len("L['self']."):] if path.startswith("L['self'].") else path
+
+
+def _weight_table(program: torch.fx.GraphModule) -> dict[str, dict]:
+    """``{module name: how to dequantize its weight}`` for every conv/linear whose weight is int8 codes."""
+    table: dict[str, dict] = {}
+    for node in program.graph.nodes:
+        op = getattr(node.target, "_overloadpacket", None)
+        if node.op != "call_function" or op is None or op.__name__ not in _WEIGHTED_OPS or len(node.args) < 2:
+            continue
+        deq = node.args[1]
+        if not isinstance(deq, torch.fx.Node) or getattr(deq.target, "namespace", None) != _QD:
+            continue
+        if deq.target._overloadpacket.__name__ not in _WEIGHT_DEQUANT:
+            continue
+        if not isinstance(deq.args[0], torch.fx.Node) or deq.args[0].op != "get_attr":
+            continue
+        args = [("attr", a.target) if isinstance(a, torch.fx.Node) else ("const", a) for a in deq.args]
+        if any(isinstance(a, torch.fx.Node) and a.op != "get_attr" for a in deq.args):
+            continue
+        name, i = _module_path(node), 1
+        while name in table:
+            name, i = f"{_module_path(node)}:{i}", i + 1
+        table[name] = dict(op=str(deq.target._overloadpacket.__name__), overload=deq.target._overloadname,
+                           args=args, kwargs=dict(deq.kwargs))
+    return table
+
+
+def _resolve(root: nn.Module, target: str):
+    *path, leaf = target.split(".")
+    mod = root
+    for p in path:
+        mod = getattr(mod, p)
+    return mod, leaf
+
+
+def _tidy(program: torch.fx.GraphModule) -> None:
+    """Drop FP32 tensors the quantized graph no longer reads; make the int8 constants buffers (→ state_dict)."""
+    for node in list(program.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            program.graph.erase_node(node)  # export's input-shape guard: unpicklable; the lowered graph keeps its own
+    used = {n.target for n in program.graph.nodes if n.op == "get_attr"}
+    for name, _ in [*program.named_parameters(), *program.named_buffers()]:
+        if name not in used:
+            mod, leaf = _resolve(program, name)
+            delattr(mod, leaf)
+    owned = {n for n, _ in program.named_parameters()} | {n for n, _ in program.named_buffers()}
+    for target in used - owned:
+        mod, leaf = _resolve(program, target)
+        value = getattr(mod, leaf)
+        if torch.is_tensor(value):
+            delattr(mod, leaf)
+            mod.register_buffer(leaf, value)
+    program.delete_all_unused_submodules()
+    program.recompile()
+
+
+def _as_program(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Tidy a converted graph into a plain, deep-copyable GraphModule."""
+    _tidy(graph)
+    program = torch.fx.GraphModule(graph, graph.graph, class_name="QuantizedProgram")
+    program._tracer_cls = None
+    return program
+
+
+def _program_to_bytes(program: torch.fx.GraphModule, spec: dict) -> bytes:
+    import io
+
+    args, kwargs = _example_from_spec(spec)
+    buf = io.BytesIO()
+    torch.export.save(_export(program, args, kwargs, spec), buf)
+    return buf.getvalue()
+
+
+def _program_from_bytes(archive: bytes) -> torch.fx.GraphModule:
+    import io
+
+    import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops the archive uses)
+
+    return _as_program(torch.export.load(io.BytesIO(archive)).module())
+
+
+class Int8Model(nn.Module):
+    """A statically quantized model running real INT8 oneDNN kernels on CPU.
+
+    ``program`` (a submodule, so ``state_dict`` holds its int8 weights, qparams and remaining FP32 tensors) is
+    the quantized reference graph (dequant → FP32 op → quant); the forward runs its oneDNN lowering, built at
+    conversion and rebuilt lazily after unpickling/deepcopy (prepacked oneDNN weights cannot be pickled).
+    """
+
+    def __init__(self, program: torch.fx.GraphModule, spec: dict, layers: dict[str, dict]):
+        super().__init__()
+        self.program = program
+        self.fairq_input_spec = spec
+        self.fairq_int8_layers = layers
+        self.__dict__["_lowered"] = None
+
+    def lower(self) -> torch.fx.GraphModule:
+        """The oneDNN graph (built on first use)."""
+        if self.__dict__.get("_lowered") is None:
+            self.__dict__["_lowered"] = _lower(self.program, self.fairq_input_spec)
+        return self.__dict__["_lowered"]
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad():  # inference only: the oneDNN graph must not record autograd (it also refuses to)
+            return self.lower()(*args, **kwargs)
+
+    def reference_forward(self, *args, **kwargs):
+        """The same quantized computation in FP32 ops (dequant → op → quant): what the int8 kernels must match."""
+        with torch.no_grad():
+            return self.program(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        # Exported graphs refuse train()/eval(); this model is inference-only, so only the flags change.
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def __getstate__(self):
+        # Pickling a GraphModule re-traces its code, which would bake the int8 weights' dequantization into FP32
+        # constants; the program travels as a torch.export archive instead (graph + int8 tensors, exactly).
+        state = {k: v for k, v in self.__dict__.items() if k != "_lowered"}
+        state["_modules"] = {k: v for k, v in self._modules.items() if k != "program"}
+        # as a uint8 tensor: torch.save writes tensors raw, while protocol-2 pickling inflates bytes ~1.3x
+        archive = _program_to_bytes(self.program, self.fairq_input_spec)
+        state["_program_archive"] = torch.frombuffer(bytearray(archive), dtype=torch.uint8)
+        return state
+
+    def __setstate__(self, state):
+        archive = state.pop("_program_archive").numpy().tobytes()
+        super().__setstate__(state)
+        self.__dict__["_lowered"] = None
+        self.program = _program_from_bytes(archive)
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "_lowered"}, memo))
+        new.__dict__["_lowered"] = None
+        return new
+
+    def extra_repr(self) -> str:
+        return f"int8 layers={len(self.fairq_int8_layers)}, engine={ENGINE_STATIC}"
+
+
+def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module:
+    """Static INT8 PTQ: a new model (the input is untouched) running oneDNN int8 conv/linear kernels on CPU.
+
+    ``config``: read by duck typing — ``per_channel``, ``observer``, ``percentile``, ``skip_modules``,
+    ``calibration_batches``. ``calibration_data``: batches as
+    :func:`fairq.compression.data.iter_model_inputs` accepts; the first fixes the non-batch input shape.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    _check_cpu(model)
+    _warn_unsupported(config)
+    if calibration_data is None:
+        raise ValueError("static INT8 quantization needs calibration_data (an iterable of input batches)")
+    batches = list(iter_model_inputs(calibration_data, limit=getattr(config, "calibration_batches", None)))
+    if not batches:
+        raise ValueError("calibration data yielded no batches")
+    work = copy.deepcopy(model).eval()
+    args, kwargs = _at_least_two(*batches[0])
+    spec = _spec_of(args, kwargs)
+    errors = []
+    # Non-strict export first (fast, traces HF models); its graphs lack the per-call ``source_fn_stack`` that the
+    # quantizer groups ops by, which breaks on a module called twice (torchvision's ResNet reuses ``self.relu``):
+    # dynamo's strict export records it.
+    for strict in (False, True):
+        try:
+            prepared = prepare_pt2e(_export(work, args, kwargs, spec, strict=strict).module(), _quantizer(config, work))
+            break
+        except Exception as err:  # noqa: BLE001 - reported below if both tracers fail
+            errors.append(f"{'strict' if strict else 'non-strict'} export: {type(err).__name__}: {err}")
+    else:
+        raise RuntimeError(f"could not trace and annotate {type(model).__name__} for INT8 conversion; "
+                           + " | ".join(e[:500] for e in errors))
+    with torch.no_grad():
+        for a, k in tqdm(batches, desc="INT8 calibration", leave=False):
+            prepared(*a, **k)
+    program = convert_pt2e(prepared)
+    layers = _weight_table(program)
+    if not layers:
+        raise RuntimeError(f"no conv/linear layer of {type(model).__name__} was quantized to INT8")
+    out = Int8Model(_as_program(program), spec, layers)
+    out.lower()  # build the oneDNN graph now, so failures surface at conversion time
+    out.fairq_name = getattr(model, "fairq_name", None)
+    return _tag(out.eval(), ENGINE_STATIC, (0, int8_ranges()[0]))
+
+
+# ---------------------------------------------------------------- dynamic INT8 (torch.ao, fbgemm)
+def convert_dynamic_int8(model: nn.Module, config) -> nn.Module:
+    """Dynamic INT8 ``nn.Linear`` layers (int8 weights, each batch's activations quantized at run time).
+
+    ``config``: ``per_channel`` and ``skip_modules`` are read by duck typing. Returns a new model.
+    """
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    _check_cpu(model)
+    _warn_unsupported(config)
+    patterns = tuple(getattr(config, "skip_modules", ()) or ())
+    qconfig = per_channel_dynamic_qconfig if getattr(config, "per_channel", True) else default_dynamic_qconfig
+    work = copy.deepcopy(model).eval()
+    names = [n for n, m in work.named_modules() if type(m) is nn.Linear and not _skipped(n, patterns)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantize dynamically "
+                         f"(skip_modules={patterns})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao eager quantization: see module docstring
+        warnings.filterwarnings("ignore", "torch.quantize_per", UserWarning)  # its quint8 tensors, likewise
+        out = quantize_dynamic(work, {n: qconfig for n in names}, dtype=torch.qint8, inplace=False)
+    return _tag(out, ENGINE_DYNAMIC, (0, 127))  # fbgemm's dynamic linear always uses reduce_range
+
+
+# ---------------------------------------------------------------- weight audit
+def _dequant(program: nn.Module, entry: dict) -> torch.Tensor:
+    op = getattr(getattr(torch.ops, _QD), entry["op"])
+    op = getattr(op, entry["overload"])
+    args = [_fetch(program, v) if kind == "attr" else v for kind, v in entry["args"]]
+    return op(*args, **entry["kwargs"])
+
+
+def _fetch(root: nn.Module, target: str):
+    mod, leaf = _resolve(root, target)
+    return getattr(mod, leaf)
+
+
+def int8_effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{layer name: float weight}`` dequantized from the int8 codes the INT8 model computes with.
+
+    Static models: the conv/linear weights as quantized (BatchNorm already folded in). Dynamic models: every
+    ``DynamicQuantizedLinear``'s weight.
+    """
+    from torch.ao.nn.quantized import dynamic as nnqd
+
+    out: dict[str, torch.Tensor] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, Int8Model):
+            prefix = f"{name}." if name else ""
+            with torch.no_grad():
+                for layer, entry in mod.fairq_int8_layers.items():
+                    out[prefix + layer] = _dequant(mod.program, entry).detach().clone()
+        elif isinstance(mod, nnqd.Linear):
+            out[name] = mod.weight().dequantize()
+    if not out:
+        raise ValueError(f"{type(model).__name__} holds no real INT8 layers (was it converted by fairq's int8 backend?)")
+    return out
