@@ -10,16 +10,20 @@ timm ResNet-50, random init, batch 32 at 224 px; ``benchmarks/bench_int8.py`` re
 * torchao PT2E then torchao's x86 lowering (``torchao.quantization.pt2e.lowering.lower_pt2e_quantized_to_x86``:
   inductor's freezing passes rewrite every dequant → conv/linear → quant pattern into one oneDNN int8 op,
   ``onednn.qconv_pointwise`` / ``onednn.qlinear_pointwise``; no code generation, the graph runs eagerly):
-  4.0x, ~30 s. **Chosen.** torchao's function re-exports with the example's batch size baked in, so
-  :func:`_lower` is the same three steps (decompose, freezing passes, constant folding) with a dynamic batch.
+  **chosen** — ResNet-50 3.5-3.9x and ViT-S/16 1.6-1.7x FP32 eager, 12-25 s to convert, 0.25x the size.
+  :func:`_lower` is torchao's function with a dynamic batch (torchao's bakes the example's batch size in), plus
+  three steps it lacks for eager use: view → reshape and an erf-form GELU (as inductor's ``freeze()`` does; else
+  no ViT linear matches the int8 patterns) and ATen's quantize kernel for stand-alone activation quantization
+  (the decomposed op took 62% of ViT-S's time). Without those ViT-S ran 0.83x.
 
 Dynamic INT8: torch.ao ``quantize_dynamic`` (fbgemm ``quantized::linear_dynamic``) ran 1.38x FP32 on a 4-layer
 BERT-base (batch 8 x 128 tokens); torchao's ``quantize_(Int8DynamicActivationInt8WeightConfig())`` ran 18x
 *slower* than FP32 in eager mode on this CPU (no eager int8 CPU kernel), and ``quantize_dynamic`` needs no
-tracing, so it works on any module tree (HF BERT included). Note: fbgemm's dynamic linear quantizes each
-batch's input with ``reduce_range`` (a 7-bit range, to avoid int16 overflow of AVX2's ``vpmaddubsw``).
+tracing, so it works on any module tree (HF BERT included).
 
 Schemes: weights int8 per-channel symmetric (axis 0), activations uint8 per-tensor affine — what oneDNN runs.
+On CPUs without VNNI the activations use codes 0..127 (see :func:`int8_ranges`; fbgemm's dynamic linear does the
+same), recorded as ``fairq_act_qrange`` on the returned model.
 """
 from __future__ import annotations
 
@@ -128,9 +132,21 @@ def int8_ranges() -> tuple[int, int, int]:
     return (255 if has_vnni() else 127), -128, 127
 
 
+def _per_tensor_weight_observer():
+    """Per-channel observer that gives every channel the whole tensor's range (per-tensor weights)."""
+    from torchao.quantization.pt2e import PerChannelMinMaxObserver
+
+    class _SharedRange(PerChannelMinMaxObserver):
+        def calculate_qparams(self):
+            lo, hi = self.min_val.min().expand_as(self.min_val), self.max_val.max().expand_as(self.max_val)
+            return self._calculate_qparams(lo, hi)
+
+    return _SharedRange
+
+
 def _quantizer(config, model: nn.Module):
     """X86InductorQuantizer: uint8 per-tensor affine activations, int8 symmetric weights, skips honoured."""
-    from torchao.quantization.pt2e import MinMaxObserver, PerChannelMinMaxObserver
+    from torchao.quantization.pt2e import PerChannelMinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
@@ -140,11 +156,13 @@ def _quantizer(config, model: nn.Module):
     act = QuantizationSpec(dtype=torch.uint8, quant_min=0, quant_max=act_qmax, qscheme=torch.per_tensor_affine,
                            observer_or_fake_quant_ctr=act_cls.with_args(**eps))
     if getattr(config, "per_channel", True):
-        weight = QuantizationSpec(dtype=torch.int8, quant_min=w_qmin, quant_max=w_qmax, qscheme=torch.per_channel_symmetric,
-                                  ch_axis=0, observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(**eps))
-    else:
-        weight = QuantizationSpec(dtype=torch.int8, quant_min=w_qmin, quant_max=w_qmax, qscheme=torch.per_tensor_symmetric,
-                                  observer_or_fake_quant_ctr=MinMaxObserver.with_args(**eps))
+        weight = QuantizationSpec(dtype=torch.int8, quant_min=w_qmin, quant_max=w_qmax,
+                                  qscheme=torch.per_channel_symmetric, ch_axis=0,
+                                  observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(**eps))
+    else:  # one scale per tensor, written per channel: oneDNN's int8 ops take per-channel weight scales only
+        weight = QuantizationSpec(dtype=torch.int8, quant_min=w_qmin, quant_max=w_qmax,
+                                  qscheme=torch.per_channel_symmetric, ch_axis=0,
+                                  observer_or_fake_quant_ctr=_per_tensor_weight_observer().with_args(**eps))
     quantizer = X86InductorQuantizer().set_global(QuantizationConfig(act, act, weight, None))
     patterns = tuple(getattr(config, "skip_modules", ()) or ())
     for name, _ in model.named_modules():
@@ -418,6 +436,15 @@ class Int8Model(nn.Module):
         return f"int8 layers={len(self.fairq_int8_layers)}, engine={ENGINE_STATIC}"
 
 
+def _check_lowered(qmodel: Int8Model) -> None:
+    """Warn when some quantized layers found no oneDNN int8 op (they would run FP32 on dequantized weights)."""
+    n_int8 = sum(1 for n in qmodel.lower().graph.nodes
+                 if n.op == "call_function" and str(n.target).startswith(("onednn.qconv", "onednn.qlinear")))
+    if n_int8 < len(qmodel.fairq_int8_layers):
+        warnings.warn(f"only {n_int8} of {len(qmodel.fairq_int8_layers)} quantized layers run oneDNN int8 kernels; "
+                      "the rest compute in FP32 on their dequantized int8 weights")
+
+
 def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module:
     """Static INT8 PTQ: a new model (the input is untouched) running oneDNN int8 conv/linear kernels on CPU.
 
@@ -458,7 +485,7 @@ def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module
     if not layers:
         raise RuntimeError(f"no conv/linear layer of {type(model).__name__} was quantized to INT8")
     out = Int8Model(_as_program(program), spec, layers)
-    out.lower()  # build the oneDNN graph now, so failures surface at conversion time
+    _check_lowered(out)  # builds the oneDNN graph now, so failures surface at conversion time
     out.fairq_name = getattr(model, "fairq_name", None)
     return _tag(out.eval(), ENGINE_STATIC, (0, int8_ranges()[0]))
 
@@ -518,5 +545,6 @@ def int8_effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
         elif isinstance(mod, nnqd.Linear):
             out[name] = mod.weight().dequantize()
     if not out:
-        raise ValueError(f"{type(model).__name__} holds no real INT8 layers (was it converted by fairq's int8 backend?)")
+        raise ValueError(f"{type(model).__name__} holds no real INT8 layers "
+                         "(was it converted by fairq's int8 backend?)")
     return out
