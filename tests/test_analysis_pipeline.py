@@ -170,6 +170,23 @@ def test_findings_follow_the_injected_effects(analysed):
     assert set(res["findings"]["verdict"]) <= {"supported", "not supported", "inconclusive"}
 
 
+def test_mitigation_is_compared_with_ptq_of_the_same_options(tmp_path):
+    """Balanced calibration with a percentile observer is judged against natural calibration with that observer."""
+    out = make_store(tmp_path, n=400)
+    metrics = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    extra = []
+    for cell, method in (("ptq4_s0", "ptq_static"), ("bac4_s0", "bias_aware_calibration")):
+        row = metrics[metrics["cell"] == cell].iloc[0].copy()
+        row["cell"], row["variant"] = f"{cell}_pct", "observer=percentile"
+        extra.append(row)
+    pd.concat([metrics, pd.DataFrame(extra)]).to_csv(out / "metrics.csv", index=False)
+    res = run_analysis(out, n_bootstrap=50, progress=False, figures=False, report=False)
+    mit = res["findings"][res["findings"]["finding"] == "mitigation_vs_ptq"]
+    refs = dict(zip(mit["config"], mit["reference"]))
+    assert refs["bias_aware_calibration w4a8 observer=percentile"] == "ptq_static w4a8 observer=percentile"
+    assert refs["bias_aware_calibration w4a8 calibration=balanced"] == "ptq_static w4a8"
+
+
 def test_seeds_are_aggregated_and_tested_in_pairs(tmp_path):
     out = make_store(tmp_path, n=600, seeds=(0, 1), with_mitigation=False)
     res = run_analysis(out, n_bootstrap=100, progress=False, figures=False, report=False)

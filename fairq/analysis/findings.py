@@ -8,7 +8,8 @@ Claims (only generated when the cells they need exist; seeds are averaged and st
 - ``fewer_bits`` — per method/variant with several weight widths: *the lowest width loses more (worst-group)
   accuracy than the highest*: ``metric(low) − metric(high)`` on the same samples; hypothesis: < 0.
 - ``mitigation_vs_ptq`` — per mitigation configuration with a plain PTQ cell at the same weight/activation bits
-  (``ptq_static``, else ``ptq_dynamic``): *it reduces the DP gap / the EO gap / raises worst-group accuracy vs
+  (``ptq_static``, else ``ptq_dynamic``; the one with the same options, e.g. ``observer=percentile``, when it
+  exists, else the default one): *it reduces the DP gap / the EO gap / raises worst-group accuracy vs
   plain PTQ*: ``metric(mitigated) − metric(ptq)``; hypotheses < 0, < 0, > 0.
 - ``flips_uncertain`` — per compressed configuration: *flips concentrate on samples the baseline is unsure of*:
   flip rate in the high minus the low uncertainty bin (pooled over seeds; score test and Newcombe interval of
@@ -207,8 +208,11 @@ def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group
         for method in ("ptq_static", "ptq_dynamic"):
             cand = m[sel & (m["method"].to_numpy() == method)]
             if not cand.empty:
+                # The natural control of a mitigation run with non-default options (e.g. balanced calibration
+                # with a percentile observer) is plain PTQ with the same options; else the default PTQ cell.
+                same = cand[cand["variant"] == frame["variant"].iloc[0]]
                 plain = cand[cand["variant"] == ""]
-                cand = plain if not plain.empty else cand
+                cand = same if not same.empty else (plain if not plain.empty else cand)
                 ref = cand[cand["config"] == cand["config"].iloc[0]]
                 break
         if ref is None:
