@@ -352,3 +352,41 @@ def test_real_int8_agrees_with_simulated_int8():
     agree = (_outputs(real, evals).argmax(1) == _outputs(sim, evals).argmax(1)).float().mean()
     assert agree >= 0.99
     assert model_size(real)[0] < 0.5 * model_size(model)[0]
+
+
+def test_timm_same_padding_convs_are_quantized_like_the_rest(caplog):
+    """tf_* EfficientNets put their stem and strided depthwise convs in timm's Conv2dSame; INT-k covers them."""
+    from fairq.compression import QATConfig, convert_qat, prepare_qat
+    from fairq.compression.fakequant import FakeQuantConv2d
+    from fairq.compression.qat import _to_float, qat_layers
+
+    torch.manual_seed(0)
+    model = create_model("tf_efficientnet_lite0", num_classes=CLASSES, pretrained=False).eval()
+    same = {n for n, m in model.named_modules() if type(m).__name__ == "Conv2dSame"}
+    assert len(same) == 5
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    x = torch.randn(2, 3, 37, 42)  # odd / even sizes: the 'same' padding depends on the input
+    with caplog.at_level("WARNING"):
+        q4 = quantize(model, PTQConfig(weight_bits=4, act_bits=8, backend="simulated"), [x])
+    assert "left in full precision" not in caplog.text
+    assert layer_bits(q4) == {n: 4 for n in layers}
+    assert _assert_levels(q4) == len(layers)
+    assert all(q4.get_submodule(n).same_pad for n in same)
+    # 8-bit weights, FP32 activations: the same function as the float model (padding included).
+    q8 = quantize(model, PTQConfig(weight_bits=8, act_bits=None, backend="simulated"))
+    with torch.no_grad():
+        ref, out = model(x), q8(x)
+    assert torch.allclose(out, ref, atol=0.05 * ref.abs().max().item())
+
+    # QAT keeps the run-time padding while training and through both conversions.
+    import copy
+    qat = prepare_qat(copy.deepcopy(model), QATConfig(weight_bits=4, backend="simulated"), calibration_data=[x])
+    assert all(qat_layers(qat)[n].same_pad for n in same)
+    qat.eval()
+    with torch.no_grad():
+        trained = qat(x)
+    assert type(_to_float(qat_layers(qat)["conv_stem"])).__name__ == "Conv2dSame"
+    converted = convert_qat(qat, QATConfig(weight_bits=4, backend="simulated"))
+    assert isinstance(converted.conv_stem, FakeQuantConv2d) and converted.conv_stem.same_pad
+    with torch.no_grad():
+        assert converted(x).shape == trained.shape

@@ -266,3 +266,22 @@ def test_real_int8_agrees_with_simulated_int8_on_99_percent(cnn):
         real_pred, sim_pred = cnn.q(cnn.x).argmax(1), sim(cnn.x).argmax(1)
     agree = (real_pred == sim_pred).float().mean().item()
     assert agree >= 0.99, f"real INT8 agrees with simulated INT8 on only {agree:.1%}"
+
+
+def test_every_conv_of_a_tf_efficientnet_runs_int8_and_leftovers_are_named():
+    """timm's Conv2dSame (stem + strided depthwise convs of tf_* EfficientNets) is quantized like any conv; a
+    conv the quantizer cannot see is named in a warning instead of silently staying FP32."""
+    torch.manual_seed(0)
+    model = create_model("tf_efficientnet_lite0", num_classes=2, pretrained=False).eval()
+    x = torch.randn(2, 3, 48, 48)
+    q = int8.convert_static_int8(model, PTQConfig(), [x])
+    convs = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert set(int8.int8_effective_weights(q)) == convs  # conv_stem and blocks.*.0.conv_dw included
+
+    class OddConv(nn.Conv2d):  # its own forward: the quantizer does not annotate it
+        def forward(self, x):
+            return nn.functional.conv2d(x, self.weight * 1.0, self.bias, self.stride, self.padding)
+
+    net = nn.Sequential(OddConv(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)).eval()
+    with pytest.warns(UserWarning, match=r"1 conv/linear layer\(s\) stay FP32.*: 0"):
+        int8.convert_static_int8(net, PTQConfig(), [torch.randn(2, 3, 16, 16)])

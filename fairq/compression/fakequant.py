@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.ao.quantization.utils import determine_qparams
 
+from .modules import is_same_pad_conv, same_pad
 from .observers import act_spec, qrange, weight_observer
 
 
@@ -166,9 +167,15 @@ class FakeQuantConv2d(FakeQuantLayer):
         super().__init__(qweight, mod.bias, **kw)
         for attr in self._CONV_ATTRS:
             setattr(self, attr, getattr(mod, attr))
+        # timm Conv2dSame (or a QAT layer made from one): pad at run time, as the float layer did.
+        self.same_pad = bool(getattr(mod, "same_pad", False) or is_same_pad_conv(mod))
 
     def _shape_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        pad = ", padding=same (run time)" if self.same_pad else ""
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}{pad}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.Conv2d._conv_forward(self, self.quantize_input(x), self._weight_deq, self.bias)
+        x = self.quantize_input(x)
+        if self.same_pad:
+            x = same_pad(self, x)
+        return nn.Conv2d._conv_forward(self, x, self._weight_deq, self.bias)

@@ -445,6 +445,37 @@ def _check_lowered(qmodel: Int8Model) -> None:
                       "the rest compute in FP32 on their dequantized int8 weights")
 
 
+def _same_pad_convs_as_conv2d(gm: torch.fx.GraphModule) -> None:
+    """Let the quantizer see timm ``Conv2dSame`` convs (run-time pad, then a plain conv) as ``nn.Conv2d``.
+
+    A non-strict export has no ``source_fn_stack``; torch then groups ops by the innermost ``nn_module_stack``
+    class *name*, which matches ``torch.nn.modules.conv.Conv2d`` exactly and so missed the tf_* EfficientNets'
+    stem and strided depthwise convs (left FP32). Only the class recorded for their ``aten.conv2d`` changes.
+    """
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target != torch.ops.aten.conv2d.default:
+            continue
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key = list(stack)[-1]
+        path, cls = stack[key]
+        name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+        if name.startswith("timm.") and name.endswith(".Conv2dSame"):
+            stack[key] = (path, "torch.nn.modules.conv.Conv2d" if isinstance(cls, str) else nn.Conv2d)
+
+
+def _warn_float_layers(model: nn.Module, layers: dict, config) -> None:
+    """Name the float model's conv/linear layers that did not become int8 (other than skipped ones)."""
+    patterns = tuple(getattr(config, "skip_modules", ()) or ())
+    quantized = {name.split(":")[0] for name in layers}
+    left = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n
+            and n not in quantized and not _skipped(n, patterns)]
+    if left:
+        warnings.warn(f"{len(left)} conv/linear layer(s) stay FP32 in the INT8 model (the quantizer did not "
+                      f"annotate them): {', '.join(left[:10])}{' …' if len(left) > 10 else ''}", stacklevel=3)
+
+
 def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module:
     """Static INT8 PTQ: a new model (the input is untouched) running oneDNN int8 conv/linear kernels on CPU.
 
@@ -470,7 +501,9 @@ def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module
     # dynamo's strict export records it.
     for strict in (False, True):
         try:
-            prepared = prepare_pt2e(_export(work, args, kwargs, spec, strict=strict).module(), _quantizer(config, work))
+            graph = _export(work, args, kwargs, spec, strict=strict).module()
+            _same_pad_convs_as_conv2d(graph)
+            prepared = prepare_pt2e(graph, _quantizer(config, work))
             break
         except Exception as err:  # noqa: BLE001 - reported below if both tracers fail
             errors.append(f"{'strict' if strict else 'non-strict'} export: {type(err).__name__}: {err}")
@@ -484,6 +517,7 @@ def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module
     layers = _weight_table(program)
     if not layers:
         raise RuntimeError(f"no conv/linear layer of {type(model).__name__} was quantized to INT8")
+    _warn_float_layers(work, layers, config)
     out = Int8Model(_as_program(program), spec, layers)
     _check_lowered(out)  # builds the oneDNN graph now, so failures surface at conversion time
     out.fairq_name = getattr(model, "fairq_name", None)

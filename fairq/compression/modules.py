@@ -5,6 +5,7 @@ import fnmatch
 import logging
 from typing import Iterable
 
+import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -19,15 +20,37 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(p, pat) for pat in patterns for p in prefixes)
 
 
+def is_same_pad_conv(mod: nn.Module) -> bool:
+    """timm's ``Conv2dSame`` (TF 'SAME' padding computed from the input size at run time, then a plain conv).
+
+    The ``tf_*`` EfficientNets use it for the stem and every strided depthwise conv, so a quantizer that skipped
+    it would leave those layers in FP32 (tf_efficientnet_lite0: 5 layers, the stem included).
+    """
+    cls = type(mod)
+    if cls.__name__ != "Conv2dSame" or not cls.__module__.startswith("timm."):
+        return False
+    from timm.layers import Conv2dSame
+
+    return isinstance(mod, Conv2dSame)
+
+
+def same_pad(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pad ``x`` as ``Conv2dSame`` does before its convolution (timm's own ``pad_same``)."""
+    from timm.layers.padding import pad_same
+
+    return pad_same(x, mod.kernel_size, mod.stride, mod.dilation)
+
+
 def is_quantizable(mod: nn.Module, types=(nn.Linear, nn.Conv2d)) -> bool:
     """A Conv2d/Linear (or subclass) whose forward is the plain one, so swapping it keeps the maths.
 
-    Subclasses with their own forward (e.g. timm's ``Conv2dSame`` with run-time 'same' padding, or
-    already-quantized layers) are left alone.
+    timm's ``Conv2dSame`` counts too: its forward is a plain conv after run-time padding, which the quantized
+    layers reproduce (their ``same_pad`` flag). Other subclasses with their own forward (or already-quantized
+    layers) are left alone, and :func:`quantizable_layers` names them in a warning.
     """
     for base in types:
         if isinstance(mod, base):
-            return type(mod).forward is _PLAIN_FORWARDS[base]
+            return type(mod).forward is _PLAIN_FORWARDS[base] or (base is nn.Conv2d and is_same_pad_conv(mod))
     return False
 
 

@@ -23,7 +23,7 @@ from .backend import load_int8, resolve_backend, tag_model
 from .config import PTQConfig, QATConfig
 from .data import iter_labelled_batches, logits_of, model_device, run_calibration
 from .fakequant import FakeQuantLayer, quantize_weight
-from .modules import quantizable_layers, set_layer
+from .modules import is_same_pad_conv, quantizable_layers, same_pad, set_layer
 from .observers import act_spec, weight_observer
 from .registry import register_method
 
@@ -53,10 +53,15 @@ class QATLinear(_QATInput, nnqat.Linear):
 
 
 class QATConv2d(_QATInput, nnqat.Conv2d):
-    """torch.ao QAT Conv2d with a fake-quantized input."""
+    """torch.ao QAT Conv2d with a fake-quantized input (and timm's run-time 'same' padding when ``same_pad``)."""
+
+    same_pad = False
 
     def forward(self, x):
-        return super().forward(self._quantize_input(x))
+        x = self._quantize_input(x)
+        if self.same_pad:
+            x = same_pad(self, x)
+        return super().forward(x)
 
 
 def _qconfig(config: QATConfig) -> QConfig:
@@ -73,6 +78,7 @@ def _to_qat(mod: nn.Module, qconfig: QConfig, with_act: bool) -> nn.Module:
     if isinstance(mod, nn.Conv2d):
         new = QATConv2d(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
                         dilation=mod.dilation, groups=mod.groups, padding_mode=mod.padding_mode, **kw)
+        new.same_pad = is_same_pad_conv(mod)
     else:
         new = QATLinear(mod.in_features, mod.out_features, **kw)
     new.weight = mod.weight  # keep the trained parameters (and any optimizer state keyed on them)
@@ -120,9 +126,14 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration_data=None) -> n
 def _to_float(mod: nn.Module) -> nn.Module:
     """A plain float layer carrying the QAT layer's trained weights."""
     if isinstance(mod, QATConv2d):
-        new = nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
-                        dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None,
-                        padding_mode=mod.padding_mode, device=mod.weight.device, dtype=mod.weight.dtype)
+        kw = dict(stride=mod.stride, padding=mod.padding, dilation=mod.dilation, groups=mod.groups,
+                  bias=mod.bias is not None, device=mod.weight.device, dtype=mod.weight.dtype)
+        if mod.same_pad:
+            from timm.layers import Conv2dSame
+
+            new = Conv2dSame(mod.in_channels, mod.out_channels, mod.kernel_size, **kw)
+        else:
+            new = nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, padding_mode=mod.padding_mode, **kw)
     else:
         new = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None,
                         device=mod.weight.device, dtype=mod.weight.dtype)
