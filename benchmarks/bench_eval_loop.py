@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,8 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import create_datamodule  # noqa: E402
-from fairq.evaluate import predict_frame  # noqa: E402
 from fairq.models import create_model  # noqa: E402
+
+from _timing import forward_and_loop_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -48,19 +48,7 @@ def main() -> None:
     print(f"{'model':<24}{'loop img/s':>12}{'forward img/s':>15}{'ratio':>8}")
     for name in args.models:
         model = create_model(name, num_classes=dm.num_classes, pretrained=False).eval()
-        with torch.inference_mode():
-            model(batches[0])  # warm-up
-        t_fwd, t_loop = float("inf"), float("inf")
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                for x in batches:
-                    model(x).softmax(-1)
-            t_fwd = min(t_fwd, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            predict_frame(model, dm.test_dataloader(), sensitive_names=dm.sensitive_names,
-                          sensitive_levels=dm.sensitive_levels, progress=False)
-            t_loop = min(t_loop, time.perf_counter() - t0)
+        t_fwd, t_loop = forward_and_loop_seconds(model, batches, dm, args.repeats)
         print(f"{name:<24}{n / t_loop:>12.1f}{n / t_fwd:>15.1f}{t_fwd / t_loop:>8.3f}")
 
 
