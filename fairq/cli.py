@@ -129,8 +129,26 @@ def _trainer_kwargs(raw: dict) -> dict:
     return {k: v for k, v in raw.items() if k in defaults and v != defaults[k]}
 
 
+class _DropAdverts(logging.Filter):
+    """Lightning's "💡 Tip: try installing litlogger/litmodels" lines, printed for every Trainer, carry no result."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _quiet_third_party() -> None:
+    """Silence third-party noise that repeats per cell and says nothing about the run (never fairq's own logs)."""
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropAdverts())
+    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, once per batch transfer.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_third_party()
     parser, cfg, name = parse_args(argv)
     ctx = make_context(parser, cfg, name)
     ctx.store.path("config.yaml").write_text(parser.dump(cfg))
