@@ -292,3 +292,12 @@ def test_multiclass_target_and_dynamic_act_bits(tmp_path):
     overall = flips[flips["group"] == "all"].iloc[0]
     assert overall["flips"] == (comp != base).sum() and np.isnan(overall["flip_rate_low"])
     assert overall["wrong_to_wrong"] == ((comp != base) & (base != y) & (comp != y)).sum()
+
+
+def test_config_labels_keep_fractional_average_widths():
+    from fairq.analysis.load import config_label
+
+    row = {"method": "mixed_precision", "weight_bits": 4.991, "act_bits": 8.0, "variant": ""}
+    assert config_label(row) == "mixed_precision w4.99a8"
+    assert config_label({**row, "method": "ptq_static", "weight_bits": "4.0"}) == "ptq_static w4a8"
+    assert config_label({**row, "act_bits": float("nan")}) == "mixed_precision w4.99"

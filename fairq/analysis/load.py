@@ -56,13 +56,15 @@ def config_label(row) -> str:
 
 
 def _fmt_bits(v) -> str:
-    """``8`` / ``8.0`` → ``"8"``; missing (None, NaN, "") → ``""``."""
+    """``8`` / ``8.0`` → ``"8"``; a mixed-precision average ``4.991`` → ``"4.99"`` (never truncated to a width the
+    model does not have); missing (None, NaN, "") → ``""``."""
     if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip().lower() in ("", "nan", "none"):
         return ""
     try:
-        return str(int(float(v)))
+        f = float(v)
     except (TypeError, ValueError):
         return str(v)
+    return str(int(f)) if f.is_integer() else f"{f:.3g}"
 
 
 @dataclass
