@@ -3,7 +3,9 @@
 Loads each baseline checkpoint of a fairq output folder (its ``config.yaml`` rebuilds the data), quantizes it
 twice with the same calibration batches — ``PTQConfig(8, 8, backend="int8")`` (oneDNN kernels) and
 ``backend="simulated"`` (fake-quant) — and prints the share of test samples on which the two predictions agree,
-overall and per intersectional group, plus each model's accuracy. Issue 3 asks for ≥ 99%.
+overall, per intersectional group and among samples the FP32 model is sure of, plus each model's accuracy and
+how often each disagrees with FP32 (a model with many near-tie predictions flips those under any perturbation).
+Issue 3 asks for ≥ 99%.
 
     python benchmarks/int8_agreement.py --output_dir outputs/default
     python benchmarks/int8_agreement.py --output_dir runs/utkface --calibration_samples 256
@@ -34,7 +36,8 @@ def main() -> None:
     for model_name in ctx.models:
         baseline = ctx.load_baseline(model_name)
         calib = list(dm.calibration_dataloader(args.calibration_samples, seed=ctx.seed))
-        frames = {}
+        frames = {"fp32": predict_frame(baseline, dm.test_dataloader(), sensitive_names=dm.sensitive_names,
+                                        sensitive_levels=dm.sensitive_levels, desc=f"{model_name} fp32")}
         for backend in ("int8", "simulated"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -47,6 +50,14 @@ def main() -> None:
         print(f"{model_name} on {dm.dataset_name} test (n={len(real)}): real INT8 and simulated INT8 agree on "
               f"{same.mean():.2%} of samples; accuracy real {(real['y_pred'] == real['y_true']).mean():.4f}, "
               f"simulated {(sim['y_pred'] == sim['y_true']).mean():.4f}")
+        fp = frames["fp32"]
+        print(f"  for scale: FP32 vs real INT8 agree on {(fp['y_pred'] == real['y_pred']).mean():.2%}, "
+              f"FP32 vs simulated INT8 on {(fp['y_pred'] == sim['y_pred']).mean():.2%}")
+        conf = fp[[c for c in fp.columns if c.startswith("prob_")]].max(axis=1)
+        for lo in (0.6, 0.75, 0.9):
+            sure = conf >= lo
+            print(f"  where the FP32 model's top probability ≥ {lo} ({sure.mean():.1%} of samples): "
+                  f"real and simulated agree on {same[sure].mean():.2%}")
         groups = real[list(dm.sensitive_names)].astype(str).agg(", ".join, axis=1)
         per_group = same.groupby(groups).agg(["mean", "size"]).sort_values("mean")
         print("  lowest per-group agreement:", "; ".join(f"{g} {r['mean']:.1%} (n={int(r['size'])})"
