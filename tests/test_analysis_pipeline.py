@@ -301,3 +301,13 @@ def test_config_labels_keep_fractional_average_widths():
     assert config_label(row) == "mixed_precision w4.99a8"
     assert config_label({**row, "method": "ptq_static", "weight_bits": "4.0"}) == "ptq_static w4a8"
     assert config_label({**row, "act_bits": float("nan")}) == "mixed_precision w4.99"
+
+
+def test_fewer_bits_compares_real_int8_with_simulated_int4(tmp_path):
+    out = make_store(tmp_path, n=400, with_mitigation=False)
+    metrics = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    metrics["backend"] = metrics["cell"].map({"ptq8_s0": "int8", "ptq4_s0": "simulated"}).fillna("fp32")
+    metrics.to_csv(out / "metrics.csv", index=False)
+    res = run_analysis(out, n_bootstrap=50, progress=False, figures=False, report=False)
+    fewer = res["findings"][res["findings"]["finding"] == "fewer_bits"]
+    assert set(zip(fewer["config"], fewer["reference"])) == {("ptq_static w4a8", "ptq_static w8a8")}

@@ -5,7 +5,8 @@ Claims (only generated when the cells they need exist; seeds are averaged and st
 - ``worst_vs_best`` — per compressed configuration: *it lowers the accuracy of the worst baseline group more
   than that of the best* (groups = intersectional, eligible ones, ranked by the baseline's accuracy averaged over
   seeds). Estimate ``Δacc(worst) − Δacc(best)``, Δ = compressed − baseline; hypothesis: < 0.
-- ``fewer_bits`` — per method/variant with several weight widths: *the lowest width loses more (worst-group)
+- ``fewer_bits`` — per method/variant with several weight widths (across backends: real INT8 vs simulated INT4
+  is the usual pair): *the lowest width loses more (worst-group)
   accuracy than the highest*: ``metric(low) − metric(high)`` on the same samples; hypothesis: < 0.
 - ``mitigation_vs_ptq`` — per mitigation configuration with a plain PTQ cell at the same weight/activation bits
   (``ptq_static``, else ``ptq_dynamic``; the one with the same options, e.g. ``observer=percentile``, when it
@@ -165,7 +166,9 @@ def _fewer_bits(store, m, *, n_bootstrap, n_permutations, seed, min_group_size, 
     rows = []
     comp = m[(m["method"] != "baseline")].copy()
     comp["_wb"] = pd.to_numeric(comp["weight_bits"], errors="coerce")
-    keys = ["dataset", "model", "target", "method", "variant", "backend"]
+    # Widths are compared across backends: 8-bit PTQ runs real INT8 kernels while 4-bit is simulated, and that
+    # pair is the comparison a user asks for. One backend per width is kept when a width has several.
+    keys = ["dataset", "model", "target", "method", "variant"]
     for key, frame in comp.groupby(keys, sort=False):
         widths = sorted(frame["_wb"].dropna().unique())
         if len(widths) < 2:
@@ -178,6 +181,7 @@ def _fewer_bits(store, m, *, n_bootstrap, n_permutations, seed, min_group_size, 
         else:
             lo_f = lo_f[lo_f["act_bits"] == lo_f["act_bits"].iloc[0]]
             hi_f = hi_f[hi_f["act_bits"] == hi_f["act_bits"].iloc[0]]
+        lo_f, hi_f = lo_f[lo_f["backend"] == lo_f["backend"].iloc[0]], hi_f[hi_f["backend"] == hi_f["backend"].iloc[0]]
         for metric in ("accuracy", "worst_group_accuracy"):
             res = _paired_claim(store, _by_seed(hi_f), _by_seed(lo_f), metric, n_bootstrap=n_bootstrap,
                                 n_permutations=n_permutations, seed=seed, min_group_size=min_group_size,
