@@ -28,6 +28,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output_dir", required=True, help="a fairq output folder with baseline checkpoints")
     ap.add_argument("--calibration_samples", type=int, default=256)
+    ap.add_argument("--seed_spread", action="store_true",
+                    help="also calibrate each backend on a second draw: how much INT8 PTQ varies with its own data")
     args = ap.parse_args()
     out = Path(args.output_dir)
     parser, cfg, name = parse_args(["--config", str(out / "config.yaml"), "--output_dir", str(out)])
@@ -35,15 +37,22 @@ def main() -> None:
     dm = ctx.data()
     for model_name in ctx.models:
         baseline = ctx.load_baseline(model_name)
-        calib = list(dm.calibration_dataloader(args.calibration_samples, seed=ctx.seed))
-        frames = {"fp32": predict_frame(baseline, dm.test_dataloader(), sensitive_names=dm.sensitive_names,
-                                        sensitive_levels=dm.sensitive_levels, desc=f"{model_name} fp32")}
-        for backend in ("int8", "simulated"):
+        def predict(model, desc):
+            return predict_frame(model, dm.test_dataloader(), sensitive_names=dm.sensitive_names,
+                                 sensitive_levels=dm.sensitive_levels, desc=f"{model_name} {desc}")
+
+        def int8_pred(backend, seed):
+            calib = list(dm.calibration_dataloader(args.calibration_samples, seed=seed))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 q = quantize(baseline, PTQConfig(weight_bits=8, act_bits=8, backend=backend), calib)
-            frames[backend] = predict_frame(q, dm.test_dataloader(), sensitive_names=dm.sensitive_names,
-                                            sensitive_levels=dm.sensitive_levels, desc=f"{model_name} {backend}")
+            return predict(q, f"{backend} (calibration seed {seed})")
+
+        frames = {"fp32": predict(baseline, "fp32")}
+        for backend in ("int8", "simulated"):
+            frames[backend] = int8_pred(backend, ctx.seed)
+            if args.seed_spread:  # the same quantizer calibrated on a second, differently seeded draw
+                frames[f"{backend}_2"] = int8_pred(backend, ctx.seed + 1)
         real, sim = frames["int8"], frames["simulated"]
         assert (real["sample_id"] == sim["sample_id"]).all()
         same = real["y_pred"] == sim["y_pred"]
@@ -53,6 +62,11 @@ def main() -> None:
         fp = frames["fp32"]
         print(f"  for scale: FP32 vs real INT8 agree on {(fp['y_pred'] == real['y_pred']).mean():.2%}, "
               f"FP32 vs simulated INT8 on {(fp['y_pred'] == sim['y_pred']).mean():.2%}")
+        if args.seed_spread:
+            for backend, first in (("int8", real), ("simulated", sim)):
+                again = frames[f"{backend}_2"]["y_pred"]
+                print(f"  {backend} calibrated on two different draws agrees with itself on "
+                      f"{(first['y_pred'] == again).mean():.2%}")
         conf = fp[[c for c in fp.columns if c.startswith("prob_")]].max(axis=1)
         for lo in (0.6, 0.75, 0.9):
             sure = conf >= lo
