@@ -91,6 +91,9 @@ class RunContext:
             **metrics, "size_mb": size_mb, "size_kind": size_kind, "latency_ms": lat["latency_ms"],
             "latency_batch_size": lat["batch_size"], "eval_seconds": round(eval_s, 3), **(extra or {}),
         }
+        qrange = getattr(model, "fairq_act_qrange", None)
+        if qrange is not None:  # real INT8 kernels: the activation codes they use (0..127 on CPUs without VNNI)
+            row["int8_act_range"] = f"{qrange[0]}..{qrange[1]}"
         self.store.add_cell(row, frame)
         log.info("%s: accuracy %.4f, worst-group %.4f, DP diff %.4f, EO diff %.4f, %.2f MB (%s), %.1f ms",
                  cell, row["accuracy"], row["worst_group_accuracy"], row["demographic_parity_difference"],
