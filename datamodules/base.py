@@ -56,6 +56,10 @@ class FaceDataModule(L.LightningDataModule):
         Skip and count unreadable or missing images instead of failing on the first one.
     max_samples_per_split
         Keep at most this many samples per split (seeded draw) for tiny runs.
+
+    Dataset subclasses declare only their own parameters and defaults and forward the loader options above as
+    ``**kwargs``; jsonargparse follows ``super().__init__(**kwargs)`` to this signature, so the CLI and
+    ``--print_config`` still list every one of them.
     """
 
     dataset_name: ClassVar[str] = "face"

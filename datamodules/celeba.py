@@ -44,20 +44,12 @@ class CelebADataModule(FaceDataModule):
         target: str = "Smiling",
         sensitive: Sequence[str] = ("Male", "Young"),
         image_size: int = 128,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        balanced_sampler: bool = False,
-        skip_bad_images: bool = False,
-        max_samples_per_split: int | None = None,
         download: bool = False,
+        **kwargs,  # FaceDataModule loader options: batch_size, eval_batch_size, num_workers, seed, cache_dir, …
     ):
         self.download = download
         super().__init__(
-            root, target, sensitive, image_size, batch_size, eval_batch_size, num_workers, seed, cache_dir,
-            balanced_sampler, skip_bad_images, max_samples_per_split,
+            root, target, sensitive, image_size, **kwargs,
         )
 
     def _label_spaces(self):

@@ -39,15 +39,8 @@ class FairFaceDataModule(FaceDataModule):
         target: str = "gender",
         sensitive: Sequence[str] = ("race", "age"),
         image_size: int = 128,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        balanced_sampler: bool = False,
-        skip_bad_images: bool = False,
-        max_samples_per_split: int | None = None,
         val_fraction: float = 0.1,
+        **kwargs,  # FaceDataModule loader options: batch_size, eval_batch_size, num_workers, seed, cache_dir, …
     ):
         if not 0.0 < val_fraction < 1.0:
             raise DataFormatError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -56,8 +49,7 @@ class FairFaceDataModule(FaceDataModule):
             if name not in LEVELS:
                 raise DataFormatError(f"unknown FairFace attribute {name!r}; available: {', '.join(LEVELS)}")
         super().__init__(
-            root, target, sensitive, image_size, batch_size, eval_batch_size, num_workers, seed, cache_dir,
-            balanced_sampler, skip_bad_images, max_samples_per_split,
+            root, target, sensitive, image_size, **kwargs,
         )
 
     def _label_spaces(self):

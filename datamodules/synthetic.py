@@ -188,28 +188,21 @@ class SyntheticDataModule(CelebADataModule):
         target: str = "Smiling",
         sensitive: Sequence[str] = ("Male", "Young"),
         image_size: int = 64,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
         seed: int = 0,
-        cache_dir: str | None = None,
-        balanced_sampler: bool = False,
-        skip_bad_images: bool = False,
-        max_samples_per_split: int | None = None,
         n_samples: int = 4000,
         group_proportions: Sequence[float] = (0.06, 0.40, 0.20, 0.34),
         positive_rates: Sequence[float] = (0.30, 0.65, 0.35, 0.50),
         signal_strength: Sequence[float] = (0.25, 1.0, 1.0, 1.0),
         noise_std: float = 0.10,
         split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
+        **kwargs,  # FaceDataModule loader options: batch_size, eval_batch_size, num_workers, seed, cache_dir, …
     ):
         self.generation = synthetic_parameters(
             n_samples, image_size, group_proportions, positive_rates, signal_strength, noise_std,
             split_fractions, seed,
         )
         super().__init__(
-            root, target, sensitive, image_size, batch_size, eval_batch_size, num_workers, seed, cache_dir,
-            balanced_sampler, skip_bad_images, max_samples_per_split, download=False,
+            root, target, sensitive, image_size, seed=seed, download=False, **kwargs,
         )
 
     @property

@@ -64,16 +64,9 @@ class UTKFaceDataModule(FaceDataModule):
         target: str = "gender",
         sensitive: Sequence[str] = ("race", "age_bin"),
         image_size: int = 128,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        balanced_sampler: bool = False,
-        skip_bad_images: bool = False,
-        max_samples_per_split: int | None = None,
         age_bin_edges: Sequence[int] = (20, 40, 60),
         split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
+        **kwargs,  # FaceDataModule loader options: batch_size, eval_batch_size, num_workers, seed, cache_dir, …
     ):
         edges = [int(e) for e in age_bin_edges]
         if not edges or edges[0] <= 0 or any(b <= a for a, b in zip(edges, edges[1:])):
@@ -84,8 +77,7 @@ class UTKFaceDataModule(FaceDataModule):
             if name not in self.ATTRIBUTES:
                 raise DataFormatError(f"unknown UTKFace attribute {name!r}; available: {', '.join(self.ATTRIBUTES)}")
         super().__init__(
-            root, target, sensitive, image_size, batch_size, eval_batch_size, num_workers, seed, cache_dir,
-            balanced_sampler, skip_bad_images, max_samples_per_split,
+            root, target, sensitive, image_size, **kwargs,
         )
 
     def _levels(self, attribute: str) -> list[str]:
