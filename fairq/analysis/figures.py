@@ -109,6 +109,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG and free it."""
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+    return path
+
+
 def _heatmaps(data, fig_dir: Path) -> list[Path]:
     plt = _plt()
     paths = []
@@ -135,10 +142,7 @@ def _heatmaps(data, fig_dir: Path) -> list[Path]:
             ax.set_title(LABELS[metric], fontsize=10)
             fig.colorbar(im, ax=ax, shrink=0.9)
         fig.suptitle(f"{ds}: method × model (mean over seeds, intersectional groups)")
-        path = fig_dir / f"{slug('heatmaps', ds)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, fig_dir / f"{slug('heatmaps', ds)}.png"))
     return paths
 
 
@@ -164,10 +168,7 @@ def _group_bars(data, fig_dir: Path) -> list[Path]:
         ax.set_ylim(max(0.0, lo - 0.05), 1.0)
         ax.set_title(f"{ds} / {model}: per-group accuracy (seed {f['seed'].iloc[0]})")
         ax.legend(fontsize=7, ncol=2)
-        path = fig_dir / f"{slug('group_accuracy', ds, model)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, fig_dir / f"{slug('group_accuracy', ds, model)}.png"))
     return paths
 
 
@@ -187,10 +188,7 @@ def _flip_bins(data, fig_dir: Path) -> list[Path]:
         ax.set_ylabel("flip rate vs baseline")
         ax.set_title(f"{ds}: flips by baseline uncertainty")
         ax.legend(fontsize=7)
-        path = fig_dir / f"{slug('flips_uncertainty', ds)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, fig_dir / f"{slug('flips_uncertainty', ds)}.png"))
     return paths
 
 
@@ -211,10 +209,7 @@ def _pareto(data, fig_dir: Path) -> list[Path]:
             ax.set_ylabel("accuracy")
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{ds}: Pareto frontier over (accuracy ↑, EO gap ↓, size ↓)")
-        path = fig_dir / f"{slug('pareto', ds)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, fig_dir / f"{slug('pareto', ds)}.png"))
     return paths
 
 
