@@ -29,8 +29,6 @@ MITIG = "--mitigation=" + json.dumps(SECTION)
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("run")
     mp = pytest.MonkeyPatch()
     mp.setenv("FAIRQ_CACHE", str(tmp_path_factory.mktemp("cache")))
@@ -39,7 +37,6 @@ def run_dir(tmp_path_factory):
     assert main(["--phase", "mitigation", *base, MITIG]) == 0
     yield out
     mp.undo()
-    torch.set_num_threads(before)
 
 
 def _rows(run_dir):

@@ -3,7 +3,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from fairq.cli import main
 
@@ -19,7 +18,6 @@ QUANT = ('--quantization={"calibration_samples": 64, "methods": [{"method": "ptq
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("run")
     mp = pytest.MonkeyPatch()
     mp.setenv("FAIRQ_CACHE", str(tmp_path_factory.mktemp("cache")))
