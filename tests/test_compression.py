@@ -328,15 +328,6 @@ def test_int8_dispatch_contract(monkeypatch):
     assert stub.calls == [("static", "PTQConfig", True), ("dynamic", "DynamicConfig"), ("static", "PTQConfig", True)]
 
 
-def test_int8_missing_backend_auto_falls_back_and_explicit_fails(monkeypatch):
-    monkeypatch.setattr("fairq.compression.backend.load_int8", lambda: None)
-    model, calib = nn.Sequential(nn.Linear(4, 2)), [torch.randn(3, 4)]
-    with pytest.warns(UserWarning, match="not available"):
-        assert apply_quantization(model, "ptq_static", 8, calib).fairq_backend == "simulated"
-    with pytest.raises(ImportError):
-        apply_quantization(model, "ptq_static", 8, calib, backend="int8")
-
-
 def test_real_int8_agrees_with_simulated_int8():
     torch.manual_seed(0)
     model = create_model("tiny_cnn", num_classes=CLASSES).eval()

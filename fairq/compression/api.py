@@ -51,10 +51,7 @@ def effective_weights(qmodel: nn.Module) -> dict[str, torch.Tensor]:
     fake-quantized weights for QAT-prepared layers, the stored weights of FP32 Conv2d/Linear layers; real INT8
     models report through ``int8_effective_weights``."""
     if getattr(qmodel, "fairq_backend", None) == "int8":
-        backend = load_int8()
-        if backend is None:
-            raise ImportError("this is a real INT8 model but fairq/compression/int8.py is not available")
-        return backend.int8_effective_weights(qmodel)
+        return load_int8().int8_effective_weights(qmodel)
     qat = qat_layers(qmodel)
     out = {}
     for name, mod in qmodel.named_modules():

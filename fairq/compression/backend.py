@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import warnings
 from types import ModuleType
 
 from torch import nn
@@ -12,41 +11,29 @@ from .data import model_device
 TAGS = ("fairq_method", "fairq_weight_bits", "fairq_act_bits", "fairq_backend")
 
 
-def load_int8() -> ModuleType | None:
-    """``fairq.compression.int8`` (real INT8 conversion), or None when that backend is not installed."""
-    try:
-        return importlib.import_module("fairq.compression.int8")
-    except ModuleNotFoundError as err:
-        if err.name == "fairq.compression.int8":
-            return None
-        raise
+def load_int8() -> ModuleType:
+    """``fairq.compression.int8`` (real INT8 conversion), imported on first use: it pulls in torchao's PT2E
+    stack, which simulated INT-k work never needs."""
+    return importlib.import_module("fairq.compression.int8")
 
 
 def resolve_backend(requested: str, int8_capable: bool, model: nn.Module) -> str:
     """``"int8"`` or ``"simulated"`` for a ``backend`` setting ("auto", "int8", "simulated").
 
-    ``auto`` picks real INT8 when the widths allow it (``int8_capable``), the model is on CPU and the INT8
-    backend is present (else it warns and simulates); ``int8`` insists and raises a clear error otherwise.
+    ``auto`` picks real INT8 when the widths allow it (``int8_capable``) and the model is on CPU (the INT8
+    kernels are CPU ones; a CUDA model is simulated); ``int8`` insists and raises a clear error otherwise.
     """
     if requested == "simulated" or (requested == "auto" and not int8_capable):
         return "simulated"
     on_cpu = model_device(model).type == "cpu"
-    available = load_int8() is not None
     if requested == "int8":
         if not int8_capable:
             raise ValueError("backend='int8' needs 8-bit weights and activations")
         if not on_cpu:
             raise ValueError(f"real INT8 kernels run on CPU; the model is on {model_device(model)} "
                              "(move it with .cpu() or use backend='simulated')")
-        if not available:
-            raise ImportError("backend='int8' requested but fairq/compression/int8.py is not available")
         return "int8"
-    if not on_cpu:
-        return "simulated"
-    if not available:
-        warnings.warn("real INT8 backend (fairq.compression.int8) not available: simulating INT8 instead")
-        return "simulated"
-    return "int8"
+    return "int8" if on_cpu else "simulated"
 
 
 def tag_model(model: nn.Module, *, weight_bits, act_bits, backend: str) -> nn.Module:
