@@ -230,10 +230,21 @@ class FaceDataModule(L.LightningDataModule):
         return np.stack(cols, axis=1).astype(np.int64)
 
     def group_ids(self, split: str) -> np.ndarray:
-        """One integer per sample identifying its intersectional group (mixed-radix over the sensitive codes)."""
-        codes = self.sensitive_codes(split)
+        """One integer per sample identifying its intersectional group (mixed radix over the sensitive codes,
+        :func:`fairq.metrics.intersectional_group_ids`)."""
+        from fairq.metrics import intersectional_group_ids
+
         sizes = [len(self.sensitive_levels[a]) for a in self.sensitive_names]
-        return np.ravel_multi_index(tuple(codes.T), sizes).astype(np.int64)
+        return intersectional_group_ids(torch.from_numpy(self.sensitive_codes(split)), sizes).numpy()
+
+    @property
+    def task(self):
+        """How this datamodule's batches are read (:class:`fairq.batches.ClassificationTask`): the ``image`` key is
+        the model input; ``sensitive`` columns are :attr:`sensitive_names` with :attr:`sensitive_levels`."""
+        from fairq.batches import ClassificationTask
+
+        return ClassificationTask(input_keys=("image",), sensitive_names=tuple(self.sensitive_names),
+                                  sensitive_levels={a: list(self.sensitive_levels[a]) for a in self.sensitive_names})
 
     def group_names(self, split: str) -> list[str]:
         """Readable intersectional group label per sample, e.g. ``race=White,age_bin=20-39``."""

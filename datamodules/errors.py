@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fairq.errors import UserError
+
 #: Official download pages, quoted in "missing data" errors.
 DATASET_URLS: dict[str, str] = {
     "celeba": "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
@@ -11,5 +13,5 @@ DATASET_URLS: dict[str, str] = {
 }
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """Raised when a dataset's files are missing, malformed or do not match the requested attributes."""

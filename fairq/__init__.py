@@ -9,7 +9,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "apply_quantization": "fairq.mitigation",  # fairq.compression's, with the mitigation methods registered
+    "apply_quantization": "fairq.methods",  # fairq.compression's, with every shipped method registered
     "compute_fairness_metrics": "fairq.api",
     "compare_quantization_methods": "fairq.api",
     "FairnessAwareQuantizer": "fairq.mitigation",

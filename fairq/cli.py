@@ -22,7 +22,9 @@ import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from datamodules import FaceDataModule
+from fairq.errors import UserError
 from fairq.phases import PHASES
+from fairq.sections import AnalysisSection, MitigationSection, QuantizationSection
 from fairq.store import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +70,11 @@ def build_parser() -> ArgumentParser:
     parser.add_class_arguments(L.Trainer, "trainer", skip=_TRAINER_SKIP, instantiate=False)
     parser.add_class_arguments(OptimConfig, "optim")
     parser.add_class_arguments(EvaluationConfig, "evaluation")
-    for section in ("quantization", "mitigation", "analysis"):
-        parser.add_argument(f"--{section}", type=dict, default={}, help=f"settings of the {section} phase")
+    parser.add_class_arguments(QuantizationSection, "quantization")
+    parser.add_class_arguments(MitigationSection, "mitigation")
+    parser.add_class_arguments(AnalysisSection, "analysis")
+    parser.add_argument("--debug", type=bool, default=False,
+                        help="show the Python traceback of user errors too (also: FAIRQ_DEBUG=1)")
     # One seed for training, splits and sampling.
     parser.link_arguments("seed", "data.init_args.seed")
     return parser
@@ -118,7 +123,7 @@ def make_context(parser: ArgumentParser, cfg: Namespace, name: str):
     return RunContext(store=store, datamodule=init.data, models=list(cfg.models), seed=cfg.seed,
                       pretrained=cfg.pretrained, trainer=_trainer_kwargs(cfg.trainer.as_dict()),
                       optim=cfg.optim.as_dict(), evaluation=cfg.evaluation.as_dict(),
-                      sections={s: dict(cfg.get(s) or {}) for s in ("quantization", "mitigation", "analysis")})
+                      sections={s: cfg[s].as_dict() for s in ("quantization", "mitigation", "analysis")})
 
 
 def _trainer_kwargs(raw: dict) -> dict:
@@ -147,15 +152,35 @@ def _quiet_third_party() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the phases; a :class:`fairq.errors.UserError` prints its message alone and returns 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("FAIRQ_DEBUG", "") not in ("", "0") or any(
+        a in ("--debug", "--debug=true", "--debug=True") for a in argv)
+    try:
+        return _main(argv)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"fairq: error: {err}", file=sys.stderr)
+        return 2
+
+
+def validate_sections(cfg: Namespace) -> None:
+    """Plan every method entry now (seconds, nothing loaded): a typo fails before any data or model is touched."""
+    from fairq.sections import plan_run
+
+    plan_run({s: cfg[s].as_dict() for s in ("quantization", "mitigation")})
+
+
+def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_third_party()
     parser, cfg, name = parse_args(argv)
+    validate_sections(cfg)
     ctx = make_context(parser, cfg, name)
     ctx.store.path("config.yaml").write_text(parser.dump(cfg))
     ctx.store.write_json("environment.json", environment_info())
     phases = PHASES if cfg.phase == "all" else (cfg.phase,)
-    from fairq.phases.context import MissingPhaseError
-
     for phase in phases:
         module = _phase_module(phase)
         if module is None:
@@ -163,11 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         log.info("=== phase %s → %s", phase, ctx.store.root)
-        try:
-            module.run(ctx)
-        except MissingPhaseError as err:
-            log.error("%s", err)
-            return 2
+        module.run(ctx)
         log.info("=== phase %s done in %.1f s", phase, time.perf_counter() - t0)
     return 0
 

@@ -5,41 +5,41 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from fairq.batches import ClassificationTask, predict
 
 
-@torch.inference_mode()
-def predict_frame(model: nn.Module, loader: Iterable[Mapping], *, sensitive_names: Sequence[str],
-                  sensitive_levels: Mapping[str, Sequence[str]], progress: bool = True,
+def predict_frame(model: nn.Module, loader: Iterable, *, task: ClassificationTask | None = None,
+                  sensitive_names: Sequence[str] | None = None,
+                  sensitive_levels: Mapping[str, Sequence[str]] | None = None, progress: bool = True,
                   desc: str = "evaluate") -> pd.DataFrame:
-    """Run ``model`` over fairq dict batches and return one row per sample.
+    """Run ``model`` over ``loader`` (read by ``task``, :func:`fairq.batches.predict`) and return one row per sample.
 
     Columns: ``sample_id, y_true, y_pred, prob_0..prob_{C-1}`` (``prob`` = ``prob_1`` when binary) and one string
-    column per sensitive attribute — the ``predictions/<cell>.parquet`` contract.
+    column per sensitive attribute — the ``predictions/<cell>.parquet`` contract. Attribute names and level
+    labels come from ``task`` (a datamodule's ``.task``) unless given here.
     """
-    if hasattr(model, "eval"):
-        model.eval()
-    ids, ys, probs, sens = [], [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        logits = model(batch["image"])
-        logits = logits.logits if hasattr(logits, "logits") else logits
-        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
-        ys.append(batch["target"].cpu())
-        sens.append(batch["sensitive"].cpu())
-        ids.extend(str(s) for s in batch["sample_id"])
-    p = torch.cat(probs).numpy()
-    frame = pd.DataFrame({"sample_id": ids, "y_true": torch.cat(ys).numpy().astype(np.int64),
-                          "y_pred": p.argmax(1).astype(np.int64)})
-    for c in range(p.shape[1]):
-        frame[f"prob_{c}"] = p[:, c]
-    if p.shape[1] == 2:
-        frame["prob"] = p[:, 1]
-    codes = torch.cat(sens).numpy()
-    for j, name in enumerate(sensitive_names):
-        levels = np.asarray(sensitive_levels[name], dtype=object)
-        frame[name] = levels[codes[:, j]]
+    task = task or ClassificationTask()
+    names = list(sensitive_names if sensitive_names is not None else task.sensitive_names)
+    levels = dict(task.sensitive_levels)
+    levels.update(sensitive_levels or {})
+    p = predict(model, loader, task, progress=progress, desc=desc)
+    frame = pd.DataFrame({"sample_id": p.sample_ids, "y_true": p.target, "y_pred": p.pred})
+    for c in range(p.prob.shape[1]):
+        frame[f"prob_{c}"] = p.prob[:, c]
+    if p.prob.shape[1] == 2:
+        frame["prob"] = p.prob[:, 1]
+    if names:
+        if p.sensitive is None or p.sensitive.shape[1] != len(names):
+            got = 0 if p.sensitive is None else p.sensitive.shape[1]
+            raise ValueError(f"the batches carry {got} sensitive column(s); expected {len(names)} ({names})")
+        for j, name in enumerate(names):
+            labels = levels.get(name)
+            if labels is None:  # no level labels known: the codes themselves
+                labels = [str(i) for i in range(int(p.sensitive[:, j].max()) + 1)]
+            labels = np.asarray(labels, dtype=object)
+            frame[name] = labels[p.sensitive[:, j]]
     return frame
 
 

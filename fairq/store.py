@@ -60,6 +60,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """``frame.to_csv(path, index=False)``, atomically."""
+    atomic_write_text(path, frame.to_csv(index=False))
+    return Path(path)
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -67,11 +73,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 class RunStore:
-    """One run's output directory (see the module docstring for the layout)."""
+    """One run's output directory (see the module docstring for the layout).
 
-    def __init__(self, root: str | os.PathLike):
+    ``RunStore(root)`` creates the folder (a run writing into it); ``RunStore(root, create=False)`` only reads an
+    existing one (analysis), so a mistyped path is an error rather than a new empty folder.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, create: bool = True):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
 
     # --- paths -------------------------------------------------------------------------------------------
     @property
@@ -89,10 +100,12 @@ class RunStore:
         return self.path("checkpoints", f"{safe}__{tag}__s{seed}.pt")
 
     # --- metrics rows ------------------------------------------------------------------------------------
-    def metrics(self) -> pd.DataFrame:
+    def metrics(self, *, text_columns=()) -> pd.DataFrame:
+        """``metrics.csv`` (empty with the identity columns when absent); ``text_columns`` are read as strings."""
         if not self.metrics_path.exists():
             return pd.DataFrame(columns=list(IDENTITY_COLUMNS))
-        return pd.read_csv(self.metrics_path, keep_default_na=False, na_values=[""])
+        return pd.read_csv(self.metrics_path, keep_default_na=False, na_values=[""],
+                           dtype={c: str for c in text_columns} or None)
 
     def has_cell(self, cell: str) -> bool:
         df = self.metrics()
@@ -123,11 +136,26 @@ class RunStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def predictions(self, cell: str) -> pd.DataFrame:
-        path = self.root / "predictions" / f"{cell}.parquet"
-        if not path.exists():
+    def predictions(self, cell: str, rel: str | None = None) -> pd.DataFrame:
+        """The per-sample predictions of ``cell`` (at ``rel``, its metrics row's ``predictions`` path, if given)."""
+        path = self.root / (rel if rel else Path("predictions") / f"{cell}.parquet")
+        if not path.is_file():
             raise FileNotFoundError(f"no predictions for cell {cell!r} at {path}")
         return pd.read_parquet(path)
+
+    def write_csv(self, name: str, frame: pd.DataFrame) -> Path:
+        """Write a table (e.g. ``tables/deltas.csv``) atomically."""
+        return atomic_write_csv(self.root / name, frame)
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.root / name
+        atomic_write_text(path, text)
+        return path
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        path = self.root / name
+        atomic_write_bytes(path, data)
+        return path
 
     # --- side files --------------------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> Path:

@@ -75,7 +75,7 @@ def make_store(out: Path, *, n: int = 1600, seeds=(0,), with_mitigation: bool = 
             repair = breaks & worst & (rng.random(n) < 0.8)
             _write_cell(out, rows, frame(np.where(repair, base, pred4)), cell=f"bac4_s{seed}",
                         method="bias_aware_calibration", variant="calibration=balanced", weight_bits=4,
-                        act_bits=8, seed=seed, size_mb=0.5)
+                        act_bits=8, seed=seed, size_mb=0.5, reference_method="ptq_static")
     pd.DataFrame(rows).to_csv(out / "metrics.csv", index=False)
     return out
 

@@ -15,8 +15,10 @@ from torch import nn
 
 from fairq.compression import (
     METHODS, DynamicConfig, MixedPrecisionConfig, PTQConfig, apply_quantization, effective_weights,
-    layer_bits, measure_latency, model_size, model_size_mb, quantize, register_method,
+    layer_bits, measure_latency, model_size, model_size_mb, quantize, register_method, compress, make_config,
+    MethodInputs, MethodResult,
 )
+from fairq.compression.registry import method_of
 from fairq.compression.data import iter_model_inputs, logits_of
 from fairq.models import create_model
 
@@ -29,7 +31,7 @@ def _image_data(seed):
     x = [torch.randn(N, 3, 32, 32, generator=g) for _ in range(2)]
     y = [torch.randint(0, CLASSES, (N,), generator=g) for _ in range(2)]
     calib = x  # a list of tensors: an iterable of batches
-    val = [{"image": xi, "target": yi, "sensitive": torch.zeros(N), "sample_id": torch.arange(N)}
+    val = [{"image": xi, "target": yi, "sensitive": torch.zeros(N, dtype=torch.long), "sample_id": torch.arange(N)}
            for xi, yi in zip(x, y)]  # fairq datamodule batches
     train = list(zip(x, y))  # (x, y) tuples
     return calib, val, train
@@ -103,12 +105,16 @@ def test_every_method_on_every_tiny_model(zoo, method, bits):
     if "epochs" in fields:
         options["lr"] = 1e-3
     fp_before = {k: v.clone() for k, v in zoo.model.state_dict().items()}
-    q = apply_quantization(zoo.model, method, bits, zoo.calib, train_loader=zoo.train, val_data=zoo.val, **options)
+    result = compress(zoo.model, make_config(method, bits, **options),
+                      MethodInputs(calibration=zoo.calib, train_loader=zoo.train, validation=zoo.val))
+    q = result.model
 
     assert q is not zoo.model
     assert all(torch.equal(v, zoo.model.state_dict()[k]) for k, v in fp_before.items()), "input model mutated"
-    assert q.fairq_method == method and q.fairq_backend in {"int8", "simulated"}
-    assert q.fairq_weight_bits is not None and q.fairq_act_bits in {None, 2, 3, 4, 5, 6, 7, 8}
+    assert method_of(make_config(method, bits, **options)).name == method and result.backend in {"int8", "simulated"}
+    assert result.weight_bits is not None and result.act_bits in {None, 2, 3, 4, 5, 6, 7, 8}
+    assert (result.weight_bits, result.act_bits, result.backend) == (
+        q.fairq_weight_bits, q.fairq_act_bits, q.fairq_backend)
     fp, out = _outputs(zoo.model, zoo.calib), _outputs(q, zoo.calib)
     assert out.shape == fp.shape and torch.isfinite(out).all()
     assert (out - fp).abs().max() > 0, "quantized outputs identical to FP32"
@@ -262,22 +268,22 @@ def test_register_method_plugs_into_quantize_and_rejects_duplicates():
         def from_bit_width(cls, bit_width, **options):
             return cls(**options)
 
-    def handler(model, config, calibration_data=None, **ctx):
-        model.half()
-        model.fairq_weight_bits, model.fairq_act_bits, model.fairq_backend = 16, 16, "simulated"
-        return model
+    def handler(model, config, inputs):
+        return MethodResult(model.half(), weight_bits=16, act_bits=16, backend="simulated", record={"half": True})
 
     register_method("_test_half", HalfConfig, handler)
     try:
         q = apply_quantization(nn.Linear(2, 2), "_test_half", 16)
-        assert q.fairq_method == "_test_half" and q.weight.dtype == torch.float16
+        assert q.weight.dtype == torch.float16
+        result = compress(nn.Linear(2, 2), HalfConfig())
+        assert (result.weight_bits, result.backend, result.record) == (16, "simulated", {"half": True})
         with pytest.raises(ValueError, match="twice"):
             register_method("_test_half", HalfConfig, handler)
     finally:
         from fairq.compression import registry
 
-        METHODS.pop("_test_half")
-        registry._HANDLERS.pop(HalfConfig)
+        registry.unregister_method("_test_half")
+    assert "_test_half" not in METHODS
 
 
 def test_simulated_state_dict_round_trip():

@@ -9,6 +9,7 @@ from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
 
 from fairq.compression import (
     MixedPrecisionConfig, QATConfig, convert_qat, effective_weights, layer_bits, model_size, prepare_qat, quantize,
+    compress, MethodInputs,
 )
 from fairq.compression.data import iter_labelled_batches, iter_model_inputs
 from fairq.compression.fakequant import dynamic_fake_quant, quantize_weight
@@ -168,7 +169,7 @@ def test_qat_calls_train_fn_between_prepare_and_convert():
     q = quantize(_toy(), QATConfig(weight_bits=4, backend="simulated"), [torch.randn(4, 3, 8, 8)],
                  train_fn=train_fn)
     assert "QATConv2d" in seen["layers"] and seen["training"]
-    assert q.fairq_method == "qat" and "FakeQuantConv2d" in [type(m).__name__ for m in q.modules()]
+    assert "FakeQuantConv2d" in [type(m).__name__ for m in q.modules()]
 
 
 # ---------------------------------------------------------------- mixed precision
@@ -199,12 +200,18 @@ def _mp_setup():
     return model, val
 
 
+def _with_plan(model, cfg, calib, val):
+    """(quantized model, mixed-precision plan) — the plan is part of the method's result, not of the model."""
+    result = compress(model, cfg, MethodInputs(calibration=calib, validation=val))
+    assert result.artifacts[0].folder == "plans" and result.artifacts[0].content == result.info["plan"].to_dict()
+    return result.model, result.info["plan"]
+
+
 @pytest.mark.parametrize("sensitivity", ["loss", "accuracy", "kl"])
 def test_mixed_precision_respects_avg_bits_budget_and_keeps_classifier(sensitivity):
     model, val = _mp_setup()
     cfg = MixedPrecisionConfig(budget_avg_bits=5.0, keep_fp32=("4",), sensitivity=sensitivity)
-    q = quantize(model, cfg, [v[0] for v in val], val_data=val)
-    plan = q.fairq_plan
+    q, plan = _with_plan(model, cfg, [v[0] for v in val], val)
     assert plan.avg_bits <= 5.0 and q.fairq_weight_bits == pytest.approx(plan.avg_bits, abs=1e-3)
     assert plan.bits["4"] is None and layer_bits(q)["4"] is None
     assert {n: b for n, b in layer_bits(q).items()} == plan.bits
@@ -223,8 +230,8 @@ def test_mixed_precision_mb_budget_and_explicit_plan():
     model, val = _mp_setup()
     fp_mb = model_size(model)[0]
     budget = 0.25 * fp_mb
-    q = quantize(model, MixedPrecisionConfig(budget_mb=budget, keep_fp32=()), [val[0][0]], val_data=val)
-    assert model_size(q) == (pytest.approx(q.fairq_plan.size_mb), "packed_estimate")
+    q, plan = _with_plan(model, MixedPrecisionConfig(budget_mb=budget, keep_fp32=()), [val[0][0]], val)
+    assert model_size(q) == (pytest.approx(plan.size_mb), "packed_estimate")
     assert model_size(q)[0] <= budget
     plan = {"0": 2, "2": 8}
     q = quantize(model, MixedPrecisionConfig(plan=plan, act_bits=None))
@@ -237,6 +244,7 @@ def test_mixed_precision_mb_budget_and_explicit_plan():
 
 def test_keep_first_layer_policy():
     model, val = _mp_setup()
-    q = quantize(model, MixedPrecisionConfig(budget_avg_bits=12, keep_first=True, keep_fp32=("4",), act_bits=None), val_data=val)
-    rows = {r["layer"]: r for r in q.fairq_plan.rows}
+    _, plan = _with_plan(model, MixedPrecisionConfig(budget_avg_bits=12, keep_first=True, keep_fp32=("4",),
+                                                     act_bits=None), None, val)
+    rows = {r["layer"]: r for r in plan.rows}
     assert rows["0"]["policy"] == "first" and rows["0"]["bits"] is None and rows["4"]["policy"] == "keep_fp32"

@@ -12,16 +12,23 @@ import torch
 from torch import nn
 
 import fairq.mitigation as mit
-from fairq.compression import METHODS, PTQConfig, apply_quantization, effective_weights, layer_bits, quantize
+from fairq.batches import predict
+from fairq.compression import (
+    METHODS, MethodInputs, PTQConfig, compress, effective_weights, layer_bits, make_config, quantize,
+)
 from fairq.compression.sensitivity import layer_sensitivity
 from fairq.metrics import fairness_metrics
 from fairq.mitigation import (
     BiasAwareCalibrationConfig, ConstraintNotMetWarning, FairnessAwareQuantizer, FairnessFinetuneConfig,
     SensitiveLayerPreservationConfig, balanced_draw, group_gap_penalty, group_layer_sensitivity,
 )
-from fairq.mitigation.batches import predict
 from fairq.models import create_model
 
+
+
+def _run(model, config, calib=None, **inputs):
+    """The method's full result (model, record, artifacts, info) — what a run stores."""
+    return compress(model, config, MethodInputs.from_kwargs(calib, **inputs))
 
 
 def _batches(x, y, s, bs=32):
@@ -68,8 +75,8 @@ def leaky():
 def _score_gap(model, batches):
     """Max − min over groups of the mean positive-class probability (the DP quantity on scores)."""
     p = predict(model, batches)
-    a = p["sensitive"][:, 0]
-    means = [p["prob"][a == g, 1].mean().item() for g in (0, 1)]
+    a = p.sensitive[:, 0]
+    means = [p.prob[a == g, 1].mean().item() for g in (0, 1)]
     return max(means) - min(means)
 
 
@@ -107,8 +114,9 @@ def test_balanced_draw_with_missed_minority_moves_minmax_activation_qparams(bits
     pool = _batches(x, y, s)
     common = dict(weight_bits=bits, act_bits=8, observer="minmax", backend="simulated")
     q_nat = quantize(model, PTQConfig(**common), natural)
-    q_bal = quantize(model, BiasAwareCalibrationConfig(**common, calibration_samples=64), pool)
-    assert set(q_bal.fairq_calibration["drawn_groups"].values()) == {21, 22}  # 64 over 3 groups present
+    r_bal = _run(model, BiasAwareCalibrationConfig(**common, calibration_samples=64), pool)
+    q_bal = r_bal.model
+    assert set(r_bal.info["calibration"]["drawn_groups"].values()) == {21, 22}  # 64 over 3 groups present
     assert float(q_bal[1].act_scale) > 3 * float(q_nat[1].act_scale)  # the 5x minority inputs now count
     assert not torch.equal(q_bal[3].act_scale, q_nat[3].act_scale)
     out_nat, out_bal = q_nat(x[:16]), q_bal(x[:16])
@@ -125,8 +133,9 @@ def test_reweighting_the_same_samples_moves_distribution_observers_but_not_minma
     for obs in ("minmax", observer):
         common = dict(weight_bits=4, act_bits=4, observer=obs, percentile=99.0, backend="simulated")
         q_nat = quantize(model, PTQConfig(**common), natural)
-        q_bal = quantize(model, BiasAwareCalibrationConfig(**common), natural)  # redrawn from the same 64
-        assert q_bal.fairq_calibration["unique_samples"] < 64  # the minority's 4 samples drawn repeatedly
+        r_bal = _run(model, BiasAwareCalibrationConfig(**common), natural)  # redrawn from the same 64
+        q_bal = r_bal.model
+        assert r_bal.record["calibration_unique"] == r_bal.info["calibration"]["unique_samples"] < 64  # the minority's 4 samples drawn repeatedly
         scales[obs] = (float(q_nat[1].act_scale), float(q_bal[1].act_scale),
                        int(q_nat[1].act_zero_point), int(q_bal[1].act_zero_point))
     assert scales["minmax"][0] == scales["minmax"][1]  # same samples, same range: the documented no-op
@@ -138,8 +147,11 @@ def test_bias_aware_needs_sensitive_codes():
     with pytest.raises(ValueError, match="sensitive"):
         quantize(_mlp(), BiasAwareCalibrationConfig(weight_bits=4, backend="simulated"),
                  [{"image": torch.rand(4, 3, 4, 4), "target": torch.zeros(4, dtype=torch.long)}])
-    with pytest.raises(TypeError, match="tuples"):
+    with pytest.raises(ValueError, match="no sensitive codes.*tuples"):
         quantize(_mlp(), BiasAwareCalibrationConfig(weight_bits=4, backend="simulated"), [torch.rand(4, 3, 4, 4)])
+    with pytest.raises(ValueError, match="integer level codes"):
+        quantize(_mlp(), BiasAwareCalibrationConfig(weight_bits=4, backend="simulated"),
+                 [{"image": torch.rand(4, 3, 4, 4), "sensitive": torch.zeros(4)}])
 
 
 # ---------------------------------------------------------------- penalties
@@ -194,13 +206,15 @@ def test_fairness_finetune_with_lambda_narrows_the_gap_and_trains_through_fake_q
     common = dict(weight_bits=4, act_bits=8, backend="simulated", epochs=5, max_steps=40, lr=1e-2)
     calib = leaky["batches"][:2]
     ptq = quantize(leaky["model"], PTQConfig(weight_bits=4, act_bits=8, backend="simulated"), calib)
-    out = {lam: quantize(leaky["model"], FairnessFinetuneConfig(**common, lam=lam), calib,
+    results = {lam: _run(leaky["model"], FairnessFinetuneConfig(**common, lam=lam), calib,
                          train_loader=leaky["batches"]) for lam in (0.0, 20.0)}
+    out = {lam: r.model for lam, r in results.items()}
     gaps = {lam: _score_gap(q, leaky["batches"]) for lam, q in out.items()}
     assert _score_gap(ptq, leaky["batches"]) > 0.3  # the leaky model has a real gap to narrow
     assert gaps[20.0] < 0.5 * gaps[0.0], gaps
-    for q in out.values():
-        assert q.fairq_finetune["steps"] == 40 and q.fairq_backend == "simulated"
+    for r in results.values():
+        q = r.model
+        assert r.record["finetune_steps"] == r.info["finetune"]["steps"] == 40 and r.backend == "simulated"
         assert all(b == 4 for b in layer_bits(q).values())
         w, w_ptq = effective_weights(q), effective_weights(ptq)
         assert any(not torch.equal(w[k], w_ptq[k]) for k in w)  # gradients reached the weights (STE)
@@ -240,20 +254,21 @@ def test_group_sensitivity_is_the_mixed_precision_sensitivity_per_group(leaky):
 @pytest.mark.parametrize("score", ["worst_group", "disparity"])
 def test_preservation_keeps_the_top_layer_under_the_budget(leaky, score):
     cfg = dict(weight_bits=2, act_bits=8, min_group_size=5, val_batches=None, score=score)
-    q = quantize(leaky["model"], SensitiveLayerPreservationConfig(**cfg, budget_avg_bits=32.0, max_layers=1),
-                 leaky["batches"][:2], val_data=leaky["batches"])
-    plan = q.fairq_plan
+    res = _run(leaky["model"], SensitiveLayerPreservationConfig(**cfg, budget_avg_bits=32.0, max_layers=1),
+               leaky["batches"][:2], val_data=leaky["batches"])
+    q, plan = res.model, res.info["plan"]
     scores = {r["layer"]: r["sensitivity"][2] for r in plan.rows}
     top = max(scores, key=scores.get)
-    assert q.fairq_preserved == [top] and plan.to_dict()["preserved"] == [top]
+    assert res.record["preserved_layers"] == top and plan.to_dict()["preserved"] == [top]
+    assert res.weight_bits == 2 and res.record["avg_weight_bits"] == plan.avg_bits > 2
     assert layer_bits(q) == {n: (None if n == top else 2) for n in scores}
     for r in plan.rows:
         want = r["worst_group_change"] - (r["overall_change"] if score == "disparity" else 0.0)
         assert r["sensitivity"][2] == pytest.approx(want)
     # a budget of exactly the base width leaves no room: nothing preserved, every layer at 2 bits
-    q0 = quantize(leaky["model"], SensitiveLayerPreservationConfig(**cfg, budget_avg_bits=2.0), leaky["batches"][:2],
-                  val_data=leaky["batches"])
-    assert q0.fairq_preserved == [] and set(layer_bits(q0).values()) == {2}
+    r0 = _run(leaky["model"], SensitiveLayerPreservationConfig(**cfg, budget_avg_bits=2.0), leaky["batches"][:2],
+              val_data=leaky["batches"])
+    assert r0.record["preserved_layers"] == "" and set(layer_bits(r0.model).values()) == {2}
 
 
 def test_preservation_respects_an_intermediate_budget(leaky):
@@ -261,9 +276,9 @@ def test_preservation_respects_an_intermediate_budget(leaky):
     small = min(params, key=params.get)  # 16*2 = 32 params: FP32 fits a budget the big layer does not
     budget = (sum(params.values()) * 4 + params[small] * 28 + 1) / sum(params.values())
     cfg = SensitiveLayerPreservationConfig(weight_bits=4, min_group_size=5, budget_avg_bits=budget)
-    q = quantize(leaky["model"], cfg, leaky["batches"][:2], val_data=leaky["batches"])
-    assert q.fairq_plan.avg_bits <= budget
-    assert set(q.fairq_preserved) <= {small}
+    res = _run(leaky["model"], cfg, leaky["batches"][:2], val_data=leaky["batches"])
+    assert res.info["plan"].avg_bits <= budget
+    assert set(res.info["plan"].extra["preserved"]) <= {small}
     with pytest.raises(ValueError, match="keep_bits"):
         SensitiveLayerPreservationConfig(weight_bits=8, keep_bits=4)
     with pytest.raises(ValueError, match="val_data"):
@@ -273,15 +288,15 @@ def test_preservation_respects_an_intermediate_budget(leaky):
 # ---------------------------------------------------------------- fairness-aware quantizer
 def _dp_of(model, batches):
     p = predict(model, batches)
-    s = p["sensitive"].numpy()
-    return fairness_metrics(p["target"].numpy(), p["pred"].numpy(), {"a": s[:, 0], "b": s[:, 1]})
+    s = p.sensitive
+    return fairness_metrics(p.target, p.pred, {"a": s[:, 0], "b": s[:, 1]})
 
 
 def test_fairness_aware_quantizer_says_plainly_when_nothing_meets_the_constraint(leaky):
     faq = FairnessAwareQuantizer(bit_width=4, max_dp_gap=0.0, fairness_finetune={"max_steps": 3, "lr": 1e-3})
     with pytest.warns(ConstraintNotMetWarning, match="no option met"):
         q = faq.quantize(leaky["model"], leaky["batches"][:2], leaky["batches"], train_data=leaky["batches"])
-    assert faq.constraint_met is False and q.fairq_mitigation["constraint_met"] is False
+    assert faq.constraint_met is False and faq.report()["constraint_met"] is False
     assert [r["method"] for r in faq.history] == [m for m, _ in mit.fairness_aware.DEFAULT_OPTIONS]
     assert not any(r["accepted"] for r in faq.history) and all(r["dp_gap"] > 0 for r in faq.history)
     again = _dp_of(q, leaky["batches"])  # the reported gap is the returned model's, recomputed independently
@@ -296,7 +311,8 @@ def test_fairness_aware_quantizer_stops_at_the_first_option_that_meets_it(leaky)
         warnings.simplefilter("error", ConstraintNotMetWarning)
         q = faq.quantize(leaky["model"], leaky["batches"][:2], leaky["batches"])
     assert faq.constraint_met is True and len(faq.history) == 1 and faq.history[0]["accepted"]
-    assert q.fairq_method == "ptq_static" and faq.final_eo_gap <= 1.0
+    assert faq.chosen["method"] == "ptq_static" and faq.final_eo_gap <= 1.0
+    assert any(type(m).__name__ == "FakeQuantLinear" for m in q.modules())
 
 
 def test_fairness_aware_quantizer_records_skipped_options_and_validates(leaky):
@@ -367,9 +383,10 @@ def test_every_mitigation_on_every_tiny_model(tiny, method, bits):
     options = dict(OPTIONS[method])
     if "backend" in {f.name for f in dataclasses.fields(METHODS[method])}:
         options["backend"] = "simulated"
-    q = apply_quantization(model, method, bits, data, train_loader=data, val_data=data, **options)
+    res = _run(model, make_config(method, bits, **options), data, train_loader=data, val_data=data)
+    q = res.model
     assert q is not model and all(torch.equal(v, model.state_dict()[k]) for k, v in fp_before.items())
-    assert q.fairq_method == method and q.fairq_weight_bits == bits and q.fairq_act_bits == 8
+    assert (res.weight_bits, res.act_bits) == (bits, 8)
     with torch.no_grad():
         fp, out = model(data[0]["image"]), q(data[0]["image"])
     assert out.shape == fp.shape and torch.isfinite(out).all() and (out - fp).abs().max() > 0
@@ -377,4 +394,6 @@ def test_every_mitigation_on_every_tiny_model(tiny, method, bits):
               for n, w in effective_weights(q).items() if layer_bits(q)[n] is not None}
     assert levels and all(v <= 2 ** bits for v in levels.values())
     if method == "fairness_aware_quantizer":  # a constraint any option meets: the cheapest is taken
-        assert q.fairq_mitigation["constraint_met"] and len(q.fairq_mitigation["history"]) == 1
+        report = res.info["report"]
+        assert report["constraint_met"] and len(report["history"]) == 1 and res.record["constraint_met"]
+        assert res.artifacts[0].column == "mitigation_record" and res.artifacts[0].content == report

@@ -113,21 +113,36 @@ def test_balanced_draw_follows_the_datamodule_seed_policy(run_dir, tmp_path):
         assert np.array_equal(balanced_draw(torch.as_tensor(dm.sensitive_codes("train")), 40, seed), want)
 
 
-def test_expand_sweeps_lambda_and_restricts_bits():
-    from fairq.phases.mitigation import expand, variant
+def _plan(methods, bits=None, quantization=None):
+    from fairq.sections import plan_run
 
-    out = expand({"method": "fairness_finetune", "lam": [0, 0.5], "fairness": "eo"}, [4, 8])
-    assert [(c.weight_bits, c.lam) for _, c in out] == [(4, 0.0), (4, 0.5), (8, 0.0), (8, 0.5)]
-    assert variant(out[1][1]) == "lambda=0.5_fairness=eo"
-    assert [c.weight_bits for _, c in expand({"method": "sensitive_layer_preservation", "bits": 8}, [4, 8])] == [8]
-    with pytest.raises(ValueError, match="unknown mitigation method"):
-        expand({"method": "magic"}, [4])
-    with pytest.raises(ValueError, match="constraint"):
-        expand({"method": "fairness_aware_quantizer"}, [4])
+    sections = {"mitigation": {"bits": bits, "methods": methods}}
+    if quantization is not None:
+        sections["quantization"] = {"methods": quantization}
+    return plan_run(sections)["mitigation"]
 
 
-def test_mitigation_without_baseline_names_the_phase_to_run(tmp_path, caplog, monkeypatch):
+def test_sweeps_lambda_restricts_bits_and_defaults_to_the_reference_widths():
+    out = _plan([{"method": "fairness_finetune", "lam": [0, 0.5], "fairness": "eo"}], bits=[4, 8])
+    assert [(p.config.weight_bits, p.config.lam) for p in out] == [(4, 0.0), (4, 0.5), (8, 0.0), (8, 0.5)]
+    assert out[1].config.variant() == "lambda=0.5_fairness=eo" and out[1].entry == "mitigation.methods[0]"
+    assert [p.config.weight_bits for p in _plan([{"method": "sensitive_layer_preservation", "bits": 8}],
+                                                 bits=[4, 8])] == [8]
+    # no bits anywhere: the widths the reference method (ptq_static) runs at in the quantization section
+    ref = [{"method": "ptq_static", "bits": 3}, {"method": "ptq_dynamic", "bits": 8}, {"method": "ptq_static",
+                                                                                        "bits": 6}]
+    assert [p.config.weight_bits for p in _plan([{"method": "bias_aware_calibration"}], quantization=ref)] == [3, 6]
+    # a list for a tuple-valued field is a value, not a sweep
+    faq = _plan([{"method": "fairness_aware_quantizer", "max_dp_gap": 0.1, "finetune_lams": [1.0, 2.0]}], bits=[4])
+    assert len(faq) == 1 and faq[0].config.finetune_lams == (1.0, 2.0)
+    with pytest.raises(ValueError, match=r"mitigation.methods\[0\]: unknown method 'magic'"):
+        _plan([{"method": "magic"}], bits=[4])
+    with pytest.raises(ValueError, match=r"mitigation.methods\[1\] \(fairness_aware_quantizer\).*constraint"):
+        _plan([{"method": "ptq_static"}, {"method": "fairness_aware_quantizer"}], bits=[4])
+
+
+def test_mitigation_without_baseline_names_the_phase_to_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
-    caplog.set_level("ERROR", logger="fairq")
     assert main(["--phase", "mitigation", "--output_dir", str(tmp_path / "empty"), *TINY, MITIG]) == 2
-    assert "--phase baseline" in caplog.text
+    err = capsys.readouterr().err
+    assert "--phase baseline" in err and "Traceback" not in err

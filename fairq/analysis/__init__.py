@@ -115,9 +115,7 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
     if not exemplars.empty:
         csvs["exemplar_samples"] = exemplars[exemplars["exemplar"]]
     for name, frame in csvs.items():
-        path = tdir / f"{name}.csv"
-        frame.to_csv(path, index=False)
-        tables[name] = path
+        tables[name] = store.write_csv(f"tables/{name}.csv", frame)
     for name, frame, caption in (("overview", overview_table(deltas), "Headline metrics with 95% CIs and deltas vs "
                                   "the baseline (BH-adjusted p)"),
                                  ("flips", flips_overview(flips), "Prediction flips vs the baseline"),

@@ -110,9 +110,15 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    """Write ``fig`` as PNG and free it."""
-    fig.savefig(path, dpi=100)
+    """Write ``fig`` as PNG (atomically) and free it."""
+    import io
+
+    from fairq.store import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

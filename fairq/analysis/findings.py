@@ -38,7 +38,7 @@ from fairq.metrics import DEFAULT_MIN_GROUP_SIZE, group_rates, scalar_metrics_fr
 
 from .deltas import derive_seed, seed_joints
 from .flips import UNCERTAINTY_BINS
-from .load import CONFIG_COLUMNS, MITIGATION_METHODS, Store
+from .load import CONFIG_COLUMNS, Store, is_mitigation
 from .pairs import Paired, align, encode_scope, scopes
 from .stats import paired_comparison
 
@@ -204,23 +204,20 @@ _MITIGATION_CLAIMS = (("demographic_parity_difference", "< 0", "reduces the demo
 def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group_size, confidence):
     rows = []
     keys = ["dataset", "model", "target", "weight_bits", "act_bits"]
-    for cfg, frame in m[m["method"].isin(MITIGATION_METHODS)].groupby(list(CONFIG_COLUMNS), sort=False):
+    for cfg, frame in m[is_mitigation(m)].groupby(list(CONFIG_COLUMNS), sort=False):
         sel = np.ones(len(m), dtype=bool)
         for k in keys:
             sel &= m[k].to_numpy() == frame[k].iloc[0]
-        ref = None
-        for method in ("ptq_static", "ptq_dynamic"):
-            cand = m[sel & (m["method"].to_numpy() == method)]
-            if not cand.empty:
-                # The natural control of a mitigation run with non-default options (e.g. balanced calibration
-                # with a percentile observer) is plain PTQ with the same options; else the default PTQ cell.
-                same = cand[cand["variant"] == frame["variant"].iloc[0]]
-                plain = cand[cand["variant"] == ""]
-                cand = same if not same.empty else (plain if not plain.empty else cand)
-                ref = cand[cand["config"] == cand["config"].iloc[0]]
-                break
-        if ref is None:
+        # The plain method a mitigation is judged against is recorded with its cells (``reference_method``).
+        cand = m[sel & (m["method"].to_numpy() == frame["reference_method"].iloc[0])]
+        if cand.empty:
             continue
+        # The natural control of a mitigation run with non-default options (e.g. balanced calibration with a
+        # percentile observer) is plain PTQ with the same options; else the default PTQ cell.
+        same = cand[cand["variant"] == frame["variant"].iloc[0]]
+        plain = cand[cand["variant"] == ""]
+        cand = same if not same.empty else (plain if not plain.empty else cand)
+        ref = cand[cand["config"] == cand["config"].iloc[0]]
         for metric, hyp, verb in _MITIGATION_CLAIMS:
             res = _paired_claim(store, _by_seed(ref), _by_seed(frame), metric, n_bootstrap=n_bootstrap,
                                 n_permutations=n_permutations, seed=seed, min_group_size=min_group_size,

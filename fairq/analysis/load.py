@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["ID_COLUMNS", "MITIGATION_METHODS", "Cell", "Store", "load_store", "store_from_frames", "make_cell",
-           "phase_for_method", "config_label"]
+from fairq.store import RunStore
+
+__all__ = ["ID_COLUMNS", "Cell", "Store", "load_store", "store_from_frames", "make_cell", "phase_of",
+           "is_mitigation", "config_label"]
 
 #: Columns identifying a cell in every analysis table (those missing from metrics.csv are filled with "").
 ID_COLUMNS = ("cell", "dataset", "model", "target", "method", "variant", "weight_bits", "act_bits", "backend",
@@ -25,17 +27,22 @@ ID_COLUMNS = ("cell", "dataset", "model", "target", "method", "variant", "weight
 CONFIG_COLUMNS = ("dataset", "model", "target", "method", "variant", "weight_bits", "act_bits", "backend")
 #: Baseline pairing key: a cell's baseline is the ``method == "baseline"`` row with the same values.
 PAIR_COLUMNS = ("dataset", "model", "target", "seed")
-MITIGATION_METHODS = ("bias_aware_calibration", "fairness_finetune", "sensitive_layer_preservation",
-                      "fairness_aware_quantizer")
 _REQUIRED = ("cell", "dataset", "model", "method", "seed", "predictions")
 _PRED_REQUIRED = ("sample_id", "y_true", "y_pred")
 
 
-def phase_for_method(method: str) -> str:
-    """The ``--phase`` that produces cells of ``method``."""
-    if method == "baseline":
-        return "baseline"
-    return "mitigation" if method in MITIGATION_METHODS else "quantization"
+def phase_of(row) -> str:
+    """The ``--phase`` that wrote a cell (its ``phase`` column; older stores lack it)."""
+    phase = str(row.get("phase", "") or "")
+    if phase and phase != "nan":
+        return phase
+    return "baseline" if row.get("method") == "baseline" else "quantization / mitigation"
+
+
+def is_mitigation(metrics: pd.DataFrame) -> pd.Series:
+    """Cells whose method names a plain reference method to be judged against (its ``reference_method``)."""
+    ref = metrics["reference_method"] if "reference_method" in metrics.columns else pd.Series("", metrics.index)
+    return ref.fillna("").astype(str).ne("")
 
 
 def config_label(row) -> str:
@@ -97,6 +104,12 @@ class Store:
     output_dir: Path
     metrics: pd.DataFrame
     cells: dict[str, Cell]
+    run: RunStore | None = None  # the output folder (None for an in-memory store)
+
+    def write_csv(self, name: str, frame: pd.DataFrame) -> Path:
+        """Write a table into the output folder atomically (through :class:`fairq.store.RunStore`)."""
+        run = self.run or RunStore(self.output_dir)
+        return run.write_csv(name, frame)
 
     def baseline_of(self, cell_id: str) -> str | None:
         """Cell id of the baseline paired with ``cell_id`` (same dataset, model, target, seed), or None."""
@@ -117,16 +130,17 @@ class Store:
         return str((same_backend if not same_backend.empty else pref).index[0])
 
 
-def _read_metrics(output_dir: Path) -> pd.DataFrame:
-    path = output_dir / "metrics.csv"
+_TEXT = ("cell", "variant", "backend", "target", "dataset", "model", "method", "sensitive_attributes",
+         "predictions", "phase", "family", "reference_method")
+
+
+def _read_metrics(run: RunStore) -> pd.DataFrame:
+    path, output_dir = run.metrics_path, run.root
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: analysis reads the evaluated cells from it. Run `python main.py --phase baseline "
             f"--output_dir {output_dir}` (and the quantization / mitigation phases) first.")
-    metrics = pd.read_csv(path, dtype={"cell": str, "variant": str, "backend": str, "target": str,
-                                       "dataset": str, "model": str, "method": str,
-                                       "sensitive_attributes": str, "predictions": str},
-                          keep_default_na=True)
+    metrics = run.metrics(text_columns=_TEXT)
     missing = [c for c in _REQUIRED if c not in metrics.columns]
     if missing:
         raise ValueError(f"{path} lacks the columns {missing}; the store contract needs at least {list(_REQUIRED)} "
@@ -136,7 +150,9 @@ def _read_metrics(output_dir: Path) -> pd.DataFrame:
     for col in ID_COLUMNS + ("sensitive_attributes",):
         if col not in metrics.columns:
             metrics[col] = ""
-    for col in ("variant", "backend", "target", "sensitive_attributes"):
+    for col in _TEXT:
+        if col not in metrics.columns:
+            metrics[col] = ""
         metrics[col] = metrics[col].fillna("").astype(str)
     dup = metrics["cell"][metrics["cell"].duplicated()].unique()
     if len(dup):
@@ -154,15 +170,15 @@ def _prob_columns(frame: pd.DataFrame) -> list[str]:
     return sorted(cols, key=lambda c: int(c[5:]))
 
 
-def _read_cell(output_dir: Path, row: pd.Series) -> Cell:
+def _read_cell(run: RunStore, row: pd.Series) -> Cell:
     rel = str(row["predictions"])
-    path = output_dir / rel
+    path = run.root / rel
     if not rel or rel == "nan" or not path.is_file():
-        phase = phase_for_method(str(row["method"]))
+        phase = phase_of(row)
         raise FileNotFoundError(
             f"predictions of cell {row['cell']!r} not found at {path} (metrics.csv column 'predictions' = {rel!r}). "
-            f"Rerun `python main.py --phase {phase} --output_dir {output_dir}`, which writes them.")
-    return make_cell(row, pd.read_parquet(path), source=str(path))
+            f"Rerun `python main.py --phase {phase} --output_dir {run.root}`, which writes them.")
+    return make_cell(row, run.predictions(str(row["cell"]), rel), source=str(path))
 
 
 def make_cell(row: pd.Series, frame: pd.DataFrame, *, source: str = "predictions") -> Cell:
@@ -210,7 +226,9 @@ def store_from_frames(rows: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> St
     for col in ID_COLUMNS + ("sensitive_attributes",):
         if col not in metrics.columns:
             metrics[col] = ""
-    for col in ("variant", "backend", "target", "sensitive_attributes"):
+    for col in _TEXT:
+        if col not in metrics.columns:
+            metrics[col] = ""
         metrics[col] = metrics[col].fillna("").astype(str)
     metrics = _finish_metrics(metrics.set_index("cell", drop=False))
     metrics.index.name = None
@@ -229,12 +247,13 @@ def load_store(output_dir: str | Path, *, progress: bool = False) -> Store:
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
-    metrics = _finish_metrics(_read_metrics(output_dir))
+    run = RunStore(output_dir, create=False)
+    metrics = _finish_metrics(_read_metrics(run))
     cells = {}
     for cid, row in tqdm(metrics.iterrows(), total=len(metrics), desc="analysis: reading predictions",
                          disable=not progress):
-        cells[cid] = _read_cell(output_dir, row)
-    store = Store(output_dir=output_dir, metrics=metrics, cells=cells)
+        cells[cid] = _read_cell(run, row)
+    store = Store(output_dir=output_dir, metrics=metrics, cells=cells, run=run)
     orphans = [c for c in metrics.index if metrics.at[c, "method"] != "baseline" and store.baseline_of(c) is None]
     if orphans:
         warnings.warn(f"{len(orphans)} cell(s) have no baseline with the same dataset, model, target and seed "

@@ -177,5 +177,7 @@ def write_report(path: Path, *, deltas: pd.DataFrame, flips: pd.DataFrame, findi
               _table(deltas, max_rows=2000), "</details>"]
     doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fairq analysis report</title>"
            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
-    path.write_text(doc, encoding="utf-8")
-    return path
+    from fairq.store import atomic_write_text
+
+    atomic_write_text(path, doc)
+    return Path(path)

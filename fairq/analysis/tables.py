@@ -90,5 +90,7 @@ def write_latex(frame: pd.DataFrame, path: Path, caption: str) -> Path:
     tex = styler.to_latex(hrules=True, caption=caption.replace("_", r"\_"), position_float="centering")
     for uni, latex in _UNICODE.items():  # keep the .tex pdflatex-safe
         tex = tex.replace(uni, latex)
-    path.write_text(tex)
+    from fairq.store import atomic_write_text
+
+    atomic_write_text(path, tex)
     return path

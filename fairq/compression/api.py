@@ -8,42 +8,48 @@ import torch
 from torch import nn
 
 from . import dynamic, mixed_precision, ptq, qat  # noqa: F401  (each registers its method)
-from .backend import TAGS, load_int8
+from .backend import load_int8
 from .fakequant import FakeQuantLayer
 from .qat import qat_layers
-from .registry import lookup, make_config
-
-#: keyword arguments of ``apply_quantization`` that are run context (passed to the handler), not config fields.
-CONTEXT_KEYS = {"train_fn", "train_loader", "val_data"}
+from .registry import MethodInputs, MethodResult, make_config, method_of
 
 
-def quantize(model: nn.Module, config, calibration_data=None, **ctx) -> nn.Module:
+def compress(model: nn.Module, config, inputs: MethodInputs | None = None) -> MethodResult:
+    """Run the registered method of ``config`` on a deep copy of ``model``; the engine's one entry point.
+
+    ``inputs``: what the run provides (:class:`~fairq.compression.registry.MethodInputs`). Returns the handler's
+    :class:`~fairq.compression.registry.MethodResult` (model, widths, backend, record, artifacts).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compress expects an nn.Module, got {type(model).__name__}")
+    method = method_of(config)
+    result = method.handler(copy.deepcopy(model), config, inputs or MethodInputs())
+    if not isinstance(result, MethodResult):
+        raise TypeError(f"the handler of {method.name!r} returned {type(result).__name__}, not a MethodResult")
+    return result
+
+
+def quantize(model: nn.Module, config, calibration_data=None, **inputs) -> nn.Module:
     """Return a quantized deep copy of ``model`` per ``config`` (a registered config, e.g. ``PTQConfig``).
 
     ``calibration_data``: any iterable of batches (see :func:`fairq.compression.data.iter_model_inputs`).
-    ``ctx``: what a method needs beyond that — ``val_data`` (mixed precision), ``train_fn`` / ``train_loader``
-    (QAT). The result carries ``fairq_method``, ``fairq_weight_bits``, ``fairq_act_bits``, ``fairq_backend``.
+    ``inputs``: what a method needs beyond that — ``val_data`` (mixed precision), ``train_fn`` / ``train_loader``
+    (QAT), … (the fields of :class:`~fairq.compression.registry.MethodInputs`). :func:`compress` also returns the
+    method's record and artifacts.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"quantize expects an nn.Module, got {type(model).__name__}")
-    name, handler = lookup(config)
-    out = handler(copy.deepcopy(model), config, calibration_data, **ctx)
-    out.fairq_method = name
-    out.fairq_config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
-    missing = [t for t in TAGS if not hasattr(out, t)]
-    if missing:
-        raise RuntimeError(f"handler for {name!r} did not set {missing} on the model")
-    return out
+    return compress(model, config, MethodInputs.from_kwargs(calibration_data, **inputs)).model
 
 
 def apply_quantization(model: nn.Module, method: str, bit_width=None, calibration_data=None, **options) -> nn.Module:
-    """``quantize(model, make_config(method, bit_width, **fields), calibration_data, **ctx)``.
+    """``quantize(model, make_config(method, bit_width, **fields), calibration_data, **inputs)``.
 
     ``bit_width`` fills the method's bits field (weights; for ``mixed_precision`` the average-bits budget).
-    ``options`` are config fields, except ``train_fn``/``train_loader``/``val_data`` which go to the handler.
+    ``options`` are config fields, except run inputs (``train_fn``, ``train_loader``, ``val_data``, … — the
+    :class:`~fairq.compression.registry.MethodInputs` names), which go to the handler.
     """
-    ctx = {k: options.pop(k) for k in list(options) if k in CONTEXT_KEYS}
-    return quantize(model, make_config(method, bit_width, **options), calibration_data, **ctx)
+    names = {f.name for f in dataclasses.fields(MethodInputs)} | set(MethodInputs.ALIASES)
+    inputs = {k: options.pop(k) for k in list(options) if k in names}
+    return quantize(model, make_config(method, bit_width, **options), calibration_data, **inputs)
 
 
 def effective_weights(qmodel: nn.Module) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ directly: ``PTQConfig(**yaml_dict)`` (YAML lists become tuples here).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,10 +46,15 @@ def _check_positive(name: str, value, allow_none: bool = False, integer: bool = 
 
 
 class _Config:
-    """Shared helpers: ``bit_width`` → field mapping and dict round-trip."""
+    """Shared helpers of every method config: ``bit_width`` → field mapping, dict round-trip, the cell's variant
+    tag and the control cells a method is compared with."""
 
     #: the field that ``apply_quantization(..., bit_width)`` fills.
     bits_field: ClassVar[str] = "weight_bits"
+    #: fields that are run context (set per run, e.g. a seed), never part of a cell's identity.
+    run_fields: ClassVar[tuple[str, ...]] = ()
+    #: the plain method a mitigation is judged against in analysis ("" = none); recorded with every cell.
+    reference_method: ClassVar[str] = ""
 
     @classmethod
     def from_bit_width(cls, bit_width, **options):
@@ -56,7 +62,9 @@ class _Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
-            raise TypeError(f"{cls.__name__} has no option(s) {unknown}; valid: {sorted(names)}")
+            hints = [f"{u!r} (did you mean {', '.join(map(repr, c))}?)" if (c := difflib.get_close_matches(
+                u, names, n=2, cutoff=0.6)) else repr(u) for u in unknown]
+            raise TypeError(f"{cls.__name__} has no option(s) {', '.join(hints)}; valid: {sorted(names)}")
         if bit_width is not None and cls.bits_field not in options:
             options[cls.bits_field] = bit_width
         return cls(**options)
@@ -64,6 +72,42 @@ class _Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain-typed fields (tuples as lists) for YAML/JSON."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def bits(self):
+        """The value of :attr:`bits_field` (weight bits, or a mixed-precision budget)."""
+        return getattr(self, self.bits_field)
+
+    def variant(self) -> str:
+        """The cell's variant tag: ``key=value`` for every field that differs from its default (the bits field,
+        explicit plans and :attr:`run_fields` excluded), so two settings of one method and width are two cells."""
+        return variant_of(self, skip=self.run_fields)
+
+    def controls(self) -> list["_Config"]:
+        """Configs of the control cells this setting is compared with (stored alongside it); none by default."""
+        return []
+
+    def check(self) -> None:
+        """Checks beyond the fields' own (run before any work; raise ``ValueError`` naming the problem)."""
+
+
+def variant_of(config, skip=()) -> str:
+    """``key=value`` pairs of the config fields that differ from the defaults (bit fields and ``skip`` excluded)."""
+    skip = {getattr(type(config), "bits_field", ""), "plan", *skip}
+    parts = []
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        value = getattr(config, f.name)
+        if f.name in skip or value == default:
+            continue
+        value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        parts.append(f"{f.name}={value}")
+    return "_".join(parts)
 
 
 @dataclass

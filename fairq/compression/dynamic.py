@@ -5,11 +5,11 @@ from torch import nn
 
 from .backend import load_int8, resolve_backend, tag_model
 from .config import DynamicConfig
-from .registry import register_method
+from .registry import MethodInputs, MethodResult, register_method
 from .simulate import quantize_layers, uniform_layer_bits
 
 
-def quantize_dynamic(model: nn.Module, config: DynamicConfig, calibration_data=None, **ctx) -> nn.Module:
+def quantize_dynamic(model: nn.Module, config: DynamicConfig) -> nn.Module:
     """Quantize the Linear layers of ``model`` (in place); no calibration data is needed."""
     model.eval()
     backend = resolve_backend(config.backend, config.bits == 8, model)
@@ -24,4 +24,8 @@ def quantize_dynamic(model: nn.Module, config: DynamicConfig, calibration_data=N
     return tag_model(model, weight_bits=config.bits, act_bits=config.act_bits, backend="simulated")
 
 
-register_method("ptq_dynamic", DynamicConfig, quantize_dynamic)
+def handle_dynamic(model: nn.Module, config: DynamicConfig, inputs: MethodInputs) -> MethodResult:
+    return MethodResult(quantize_dynamic(model, config))
+
+
+register_method("ptq_dynamic", DynamicConfig, handle_dynamic)

@@ -88,16 +88,17 @@ def _set_mode(model: nn.Module, training: bool) -> None:
         pass
 
 
-def measure_latency(model: nn.Module, example_input, *, warmup: int = 3, repeats: int = 10) -> dict:
+def measure_latency(model: nn.Module, example_input, *, warmup: int = 3, repeats: int = 10, task=None) -> dict:
     """Median wall time (ms) of ``repeats`` forward passes after ``warmup`` under ``torch.inference_mode``.
 
-    ``example_input``: one batch in any form :func:`~fairq.compression.data.iter_model_inputs` accepts.
+    ``example_input``: one batch in any form :func:`~fairq.compression.data.iter_model_inputs` accepts (read with
+    ``task`` when given).
     Returns ``dict(latency_ms, batch_size, repeats, threads, device)``; the model is timed in eval mode.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be ≥ 1, got {repeats}")
     device = model_device(model)
-    args, kwargs = next(iter_model_inputs(example_input, limit=1, device=device))
+    args, kwargs = next(iter_model_inputs(example_input, limit=1, device=device, task=task))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     was_training = model.training
     _set_mode(model, False)

@@ -6,6 +6,7 @@ the budget holds; then widen layers again, most useful first, while the budget s
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,11 +17,13 @@ from .backend import tag_model
 from .config import MixedPrecisionConfig
 from .measure import MB, packed_weight_bytes, state_bytes
 from .modules import matches, quantizable_layers
-from .registry import register_method
+from .registry import Artifact, MethodInputs, MethodResult, register_method
 from .sensitivity import layer_sensitivity
 from .simulate import quantize_layers
 
 FP32_BITS = 32
+
+log = logging.getLogger(__name__)
 
 
 def _width(b: int | None) -> int:
@@ -187,11 +190,11 @@ def plan_mixed_precision(model: nn.Module, config: MixedPrecisionConfig, data=No
                               act_bits=config.act_bits)
 
 
-def quantize_mixed(model: nn.Module, config: MixedPrecisionConfig, calibration_data=None, *, val_data=None,
-                   **ctx) -> nn.Module:
+def quantize_mixed(model: nn.Module, config: MixedPrecisionConfig, calibration_data=None, *,
+                   val_data=None) -> tuple[nn.Module, MixedPrecisionPlan]:
     """Plan (sensitivity on ``val_data``; ``kl`` may use ``calibration_data``), then quantize each layer to its
-    bits with ``act_bits`` inputs calibrated on ``calibration_data`` (or ``val_data``). ``model.fairq_plan``
-    holds the plan; ``fairq_weight_bits`` is the parameter-weighted average weight width."""
+    bits with ``act_bits`` inputs calibrated on ``calibration_data`` (or ``val_data``). Returns the model (its
+    ``fairq_weight_bits`` is the parameter-weighted average weight width) and the plan."""
     model.eval()
     data = val_data if val_data is not None or config.sensitivity != "kl" else calibration_data
     plan = plan_mixed_precision(model, config, data)
@@ -201,8 +204,15 @@ def quantize_mixed(model: nn.Module, config: MixedPrecisionConfig, calibration_d
                         act_bits=config.act_bits, act_mode="static", observer=config.observer,
                         calibration_data=calibration_data if calibration_data is not None else val_data,
                         calibration_batches=config.calibration_batches)
-    model.fairq_plan = plan
-    return tag_model(model, weight_bits=round(plan.avg_bits, 3), act_bits=config.act_bits, backend="simulated")
+    return tag_model(model, weight_bits=round(plan.avg_bits, 3), act_bits=config.act_bits, backend="simulated"), plan
 
 
-register_method("mixed_precision", MixedPrecisionConfig, quantize_mixed)
+def handle_mixed(model: nn.Module, config: MixedPrecisionConfig, inputs: MethodInputs) -> MethodResult:
+    """The plan goes to ``plans/<cell>.json`` (its path in the ``plan`` column) and ``info["plan"]``."""
+    model, plan = quantize_mixed(model, config, inputs.calibration, val_data=inputs.validation)
+    log.info("mixed-precision plan:\n%s", plan)
+    return MethodResult(model, record={"avg_weight_bits": plan.avg_bits},
+                        artifacts=[Artifact("plans", plan.to_dict(), column="plan")], info={"plan": plan})
+
+
+register_method("mixed_precision", MixedPrecisionConfig, handle_mixed, needs={"calibration", "validation"})

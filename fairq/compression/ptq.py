@@ -5,11 +5,11 @@ from torch import nn
 
 from .backend import load_int8, resolve_backend, tag_model
 from .config import PTQConfig
-from .registry import register_method
+from .registry import MethodInputs, MethodResult, register_method
 from .simulate import quantize_layers, uniform_layer_bits
 
 
-def quantize_ptq(model: nn.Module, config: PTQConfig, calibration_data=None, **ctx) -> nn.Module:
+def quantize_ptq(model: nn.Module, config: PTQConfig, calibration_data=None) -> nn.Module:
     """Quantize ``model`` (modified in place) per ``config``; see :class:`PTQConfig`."""
     model.eval()
     capable = config.weight_bits == 8 and config.act_bits == 8
@@ -29,4 +29,8 @@ def quantize_ptq(model: nn.Module, config: PTQConfig, calibration_data=None, **c
     return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated")
 
 
-register_method("ptq_static", PTQConfig, quantize_ptq)
+def handle_ptq(model: nn.Module, config: PTQConfig, inputs: MethodInputs) -> MethodResult:
+    return MethodResult(quantize_ptq(model, config, inputs.calibration))
+
+
+register_method("ptq_static", PTQConfig, handle_ptq, needs={"calibration"})

@@ -25,7 +25,7 @@ from .data import iter_labelled_batches, logits_of, model_device, run_calibratio
 from .fakequant import FakeQuantLayer, quantize_weight
 from .modules import is_same_pad_conv, quantizable_layers, same_pad, set_layer
 from .observers import act_spec, weight_observer
-from .registry import register_method
+from .registry import MethodInputs, MethodResult, register_method
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +208,9 @@ def train_briefly(model: nn.Module, train_loader, *, epochs: int = 1, lr: float 
 
 
 def quantize_qat(model: nn.Module, config: QATConfig, calibration_data=None, *,
-                 train_fn: Callable[[nn.Module], object] | None = None, train_loader=None, **ctx) -> nn.Module:
-    """prepare → train → convert. Training: ``train_fn(model)`` if given (the phase passes a Lightning-based
-    one; it trains the model in place or returns it), else the built-in loop over ``train_loader``; with neither,
-    a clear error."""
+                 train_fn: Callable[[nn.Module], object] | None = None, train_loader=None) -> nn.Module:
+    """prepare → train → convert. Training: ``train_fn(model)`` if given (it trains the model in place or returns
+    it), else the built-in loop over ``train_loader``; with neither, a clear error."""
     if train_fn is None and train_loader is None:
         raise ValueError("QAT needs training: pass train_fn=callable(model) or train_loader=<batches with targets>")
     prepare_qat(model, config, calibration_data)
@@ -223,4 +222,31 @@ def quantize_qat(model: nn.Module, config: QATConfig, calibration_data=None, *,
     return convert_qat(model, config, calibration_data)
 
 
-register_method("qat", QATConfig, quantize_qat)
+def _lightning_train_fn(config: QATConfig, inputs: MethodInputs):
+    """Fine-tune with fairq's Lightning module on the run's datamodule and trainer factory."""
+    from fairq.lit import fit
+
+    def train(model):
+        overrides = {"max_epochs": int(config.epochs)}
+        if config.max_steps:
+            overrides["max_steps"] = int(config.max_steps)
+        fit(model, inputs.make_trainer, datamodule=inputs.datamodule, lr=config.lr,
+            weight_decay=inputs.optim.get("weight_decay", 0.0), **overrides)
+        return model
+
+    return train
+
+
+def handle_qat(model: nn.Module, config: QATConfig, inputs: MethodInputs) -> MethodResult:
+    """Training: ``inputs.train_fn``; else a Lightning fit when the run gives a datamodule and a trainer factory;
+    else the minimal loop over ``inputs.train_loader``."""
+    train_fn = inputs.train_fn
+    if train_fn is None and inputs.make_trainer is not None and inputs.datamodule is not None:
+        train_fn = _lightning_train_fn(config, inputs)
+    train_loader = inputs.train_loader
+    if train_fn is None and train_loader is None and inputs.datamodule is not None:
+        train_loader = inputs.datamodule.train_dataloader()
+    return MethodResult(quantize_qat(model, config, inputs.calibration, train_fn=train_fn, train_loader=train_loader))
+
+
+register_method("qat", QATConfig, handle_qat, needs={"calibration", "training"})

@@ -1,54 +1,198 @@
-"""Method registry: method name → config class, and config class → handler (the transform).
+"""The method contract and registry: method name → config class + handler + what it needs from a run.
 
-Later techniques plug in with :func:`register_method`; the entry point :func:`fairq.compression.quantize`
-and the registry-generated tests pick them up without further changes.
+Every compression technique — quantization, mitigation, and whatever comes next — is
+
+* a config dataclass (``fairq.compression.config._Config`` subclass, validated in ``__post_init__``),
+* a handler ``handler(model, config, inputs: MethodInputs) -> MethodResult`` that gets a private deep copy of the
+  model and returns the compressed model with its record (``metrics.csv`` columns) and artifacts (JSON files),
+* one :func:`register_method` call in its own module, declaring what the handler ``needs`` from a run.
+
+A phase reads a config section, builds exactly the declared inputs (:data:`NEEDS`) and stores the result; it knows
+no method by name. Methods are discovered through :mod:`fairq.methods`, the one place that imports the modules
+that register them (this package never imports the layers above it).
+
+Adding a method: write ``my_method.py`` with ``MyConfig(_Config)`` and ``def handle(model, config, inputs)``,
+call ``register_method("my_method", MyConfig, handle, needs={"calibration"})``, and list the module in
+:data:`fairq.methods.METHOD_MODULES` (or import it before the run); the registry-generated tests pick it up.
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
+#: What a handler may declare it needs; the phase builds exactly these from the run's datamodule:
+#: ``calibration`` — a natural (uniform) draw of training samples; ``balanced_calibration`` — the same number drawn
+#: equally per intersectional group; ``validation`` — the validation loader; ``training`` — the training loader,
+#: the datamodule and a Lightning trainer factory.
+NEEDS = ("calibration", "balanced_calibration", "validation", "training")
+
+
+@dataclass
+class MethodInputs:
+    """What a run hands a handler (only the fields its method declared are filled by a phase).
+
+    ``calibration`` / ``balanced_calibration`` / ``validation`` / ``train_loader``: iterables of batches (any form
+    :func:`fairq.batches.split_batch` reads); ``datamodule``: the run's datamodule; ``make_trainer(**overrides)``:
+    a Lightning Trainer with the run's logger and callbacks; ``train_fn(model)``: a custom training function
+    (library use); ``optim``: the run's optimiser settings (``weight_decay``, …); ``attribute_names``: names of the
+    ``sensitive`` columns; ``seed``: the run's seed.
+    """
+
+    calibration: Any = None
+    balanced_calibration: Any = None
+    validation: Any = None
+    train_loader: Any = None
+    datamodule: Any = None
+    make_trainer: Callable[..., Any] | None = None
+    train_fn: Callable[[nn.Module], Any] | None = None
+    optim: Mapping[str, Any] = field(default_factory=dict)
+    attribute_names: Sequence[str] | None = None
+    seed: int = 0
+
+    #: keyword names of :func:`fairq.compression.quantize` / ``apply_quantization`` → field names.
+    ALIASES = {"calibration_data": "calibration", "balanced_calibration_data": "balanced_calibration",
+               "val_data": "validation", "validation_data": "validation", "train_data": "train_loader"}
+
+    @classmethod
+    def from_kwargs(cls, calibration_data=None, **kwargs) -> "MethodInputs":
+        """Inputs from the keyword names of the functional API (``val_data=…``, ``train_loader=…``, …)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        out = {"calibration": calibration_data}
+        for key, value in kwargs.items():
+            name = cls.ALIASES.get(key, key)
+            if name not in names:
+                valid = sorted(names | set(cls.ALIASES))
+                raise TypeError(f"unknown run input {key!r}{_did_you_mean(key, valid)}; valid: {valid}")
+            out[name] = value
+        return cls(**out)
+
+    def replace(self, **changes) -> "MethodInputs":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Artifact:
+    """A JSON side record of a cell, written by the phase to ``<folder>/<cell>.json``; with ``column`` set, that
+    relative path also goes into the cell's ``metrics.csv`` row under ``column``."""
+
+    folder: str
+    content: Any
+    column: str | None = None
+
+
+@dataclass
+class MethodResult:
+    """What a handler returns: the compressed model, what it computes with, and what the run records.
+
+    ``weight_bits`` / ``act_bits`` / ``backend``: the widths and backend of the cell (default: the model's tags,
+    see :func:`fairq.compression.backend.tag_model`); ``record``: extra ``metrics.csv`` columns; ``artifacts``:
+    side files; ``info``: anything else for library callers (e.g. a mixed-precision plan object).
+    """
+
+    model: nn.Module
+    weight_bits: float | None = None
+    act_bits: int | None = None
+    backend: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[Artifact] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"MethodResult.model must be an nn.Module, got {type(self.model).__name__}")
+        if self.weight_bits is None:
+            self.weight_bits = getattr(self.model, "fairq_weight_bits", None)
+        if self.act_bits is None:
+            self.act_bits = getattr(self.model, "fairq_act_bits", None)
+        if self.backend is None:
+            self.backend = getattr(self.model, "fairq_backend", None)
+        missing = [k for k in ("weight_bits", "backend") if getattr(self, k) is None]
+        if missing:
+            raise RuntimeError(f"a handler returned no {missing}: tag the model (tag_model) or fill them in")
+
+
+Handler = Callable[[nn.Module, Any, MethodInputs], MethodResult]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registered technique."""
+
+    name: str
+    config_cls: type
+    handler: Handler
+    needs: frozenset[str]
+    family: str
+
+
 #: method name → config class (e.g. ``"ptq_static"`` → ``PTQConfig``).
 METHODS: dict[str, type] = {}
-_HANDLERS: dict[type, tuple[str, Callable[..., nn.Module]]] = {}
+_REGISTRY: dict[str, Method] = {}
+_BY_CONFIG: dict[type, Method] = {}
 
-Handler = Callable[..., nn.Module]
 
+def register_method(name: str, config_cls: type, handler: Handler, *, needs: Iterable[str] = (),
+                    family: str = "quantization") -> Method:
+    """Register ``handler(model, config, inputs) -> MethodResult`` for ``config_cls`` under ``name``.
 
-def register_method(name: str, config_cls: type, handler: Handler) -> None:
-    """Register ``handler(model, config, calibration_data, **ctx) -> model`` for ``config_cls`` under ``name``.
-
-    The handler gets a private deep copy it may modify in place, and must return the quantized model with the
-    attributes ``fairq_weight_bits``, ``fairq_act_bits`` and ``fairq_backend`` set (``quantize`` adds
-    ``fairq_method``). Unknown ``ctx`` keys must be ignored.
+    ``needs``: what the handler uses from a run (a subset of :data:`NEEDS`); ``family``: a free label recorded with
+    every cell (``quantization``, ``mitigation``, …). The handler gets a private deep copy of the model.
     """
+    needs = frozenset(needs)
+    unknown = needs - set(NEEDS)
+    if unknown:
+        raise ValueError(f"method {name!r} declares unknown needs {sorted(unknown)}; known: {NEEDS}")
     if name in METHODS:
         raise ValueError(f"compression method {name!r} registered twice")
-    if config_cls in _HANDLERS:
-        raise ValueError(f"{config_cls.__name__} already handles method {_HANDLERS[config_cls][0]!r}; "
+    if config_cls in _BY_CONFIG:
+        raise ValueError(f"{config_cls.__name__} already handles method {_BY_CONFIG[config_cls].name!r}; "
                          "give each method its own config class (a subclass is fine)")
+    method = Method(name, config_cls, handler, needs, family)
     METHODS[name] = config_cls
-    _HANDLERS[config_cls] = (name, handler)
+    _REGISTRY[name] = method
+    _BY_CONFIG[config_cls] = method
+    return method
+
+
+def unregister_method(name: str) -> None:
+    """Remove ``name`` (tests registering a method of their own clean up with this)."""
+    method = _REGISTRY.pop(name)
+    METHODS.pop(name, None)
+    _BY_CONFIG.pop(method.config_cls, None)
+
+
+def method_of(config) -> Method:
+    """The registered method of a config instance; subclasses fall back to their registered parents."""
+    for cls in type(config).__mro__:
+        if cls in _BY_CONFIG:
+            return _BY_CONFIG[cls]
+    raise TypeError(f"no compression handler for {type(config).__name__}; registered configs: "
+                    f"{', '.join(c.__name__ for c in _BY_CONFIG)}")
 
 
 def lookup(config) -> tuple[str, Handler]:
-    """(method name, handler) for a config instance; subclasses fall back to their registered parents."""
-    for cls in type(config).__mro__:
-        if cls in _HANDLERS:
-            return _HANDLERS[cls]
-    raise TypeError(f"no compression handler for {type(config).__name__}; registered configs: "
-                    f"{', '.join(c.__name__ for c in _HANDLERS)}")
+    """(method name, handler) for a config instance."""
+    m = method_of(config)
+    return m.name, m.handler
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; unknown names raise, offering close matches."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown compression method {name!r}{_did_you_mean(name, _REGISTRY)}; registered: "
+                         f"{', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
 
 
 def make_config(method: str, bit_width=None, **options):
     """Config for a registered ``method`` name, ``bit_width`` filling the config's bits field."""
-    if method not in METHODS:
-        # The mitigation methods register themselves from fairq.mitigation, a layer above this one; load it on
-        # demand so apply_quantization(model, "bias_aware_calibration", ...) works without a prior import.
-        import importlib
+    return get_method(method).config_cls.from_bit_width(bit_width, **options)
 
-        importlib.import_module("fairq.mitigation")
-    if method not in METHODS:
-        raise ValueError(f"unknown compression method {method!r}; registered: {', '.join(sorted(METHODS))}")
-    return METHODS[method].from_bit_width(bit_width, **options)
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""

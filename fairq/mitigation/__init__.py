@@ -20,8 +20,10 @@ from .fairness_aware import (  # noqa: I001  (registers last: its ladder names t
     ConstraintNotMetWarning, FairnessAwareQuantizer, FairnessAwareQuantizerConfig,
 )
 
-MITIGATION_METHODS = ("bias_aware_calibration", "fairness_finetune", "sensitive_layer_preservation",
-                      "fairness_aware_quantizer")
+from fairq.compression.registry import _REGISTRY  # noqa: E402
+
+#: the registered methods of the ``mitigation`` family (read from the registry, not listed by hand).
+MITIGATION_METHODS = tuple(name for name, m in _REGISTRY.items() if m.family == "mitigation")
 
 __all__ = [
     "apply_quantization",    "BiasAwareCalibrationConfig", "FairnessFinetuneConfig", "SensitiveLayerPreservationConfig",

@@ -13,15 +13,18 @@ n, balanced=True)``), which is used as is.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from torch import nn
 
 from fairq.compression.config import PTQConfig, _check_positive
 from fairq.compression.ptq import quantize_ptq
-from fairq.compression.registry import register_method
+from fairq.compression.registry import Artifact, MethodInputs, MethodResult, register_method
 
 from .batches import gather, group_ids, pool_size, take
 
@@ -37,6 +40,9 @@ class BiasAwareCalibrationConfig(PTQConfig):
     the calibration batches fed to the observers.
     """
 
+    run_fields: ClassVar[tuple[str, ...]] = ("seed",)
+    reference_method: ClassVar[str] = "ptq_static"
+
     calibration_samples: int | None = None
     seed: int = 0
     pool_batches: int | None = None
@@ -47,6 +53,11 @@ class BiasAwareCalibrationConfig(PTQConfig):
         _check_positive("calibration_samples", self.calibration_samples, allow_none=True, integer=True)
         _check_positive("pool_batches", self.pool_batches, allow_none=True, integer=True)
         _check_positive("batch_size", self.batch_size, integer=True)
+
+    def controls(self) -> list[PTQConfig]:
+        """The plain ``ptq_static`` setting with the same fields: only the calibration draw differs."""
+        names = {f.name for f in dataclasses.fields(PTQConfig)}
+        return [PTQConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})]
 
 
 def balanced_draw(sensitive, n: int, seed: int = 0) -> np.ndarray:
@@ -72,23 +83,36 @@ def group_counts(sensitive, index=None) -> dict[str, int]:
     return {",".join(map(str, r.tolist())): int(c) for r, c in zip(rows, counts)}
 
 
-def quantize_bias_aware(model: nn.Module, config: BiasAwareCalibrationConfig, calibration_data=None,
-                        **ctx) -> nn.Module:
+def quantize_bias_aware(model: nn.Module, config: BiasAwareCalibrationConfig, calibration_data=None, *,
+                        seed: int | None = None) -> tuple[nn.Module, dict]:
     """Static PTQ (:func:`~fairq.compression.ptq.quantize_ptq`) calibrated on a group-balanced draw from
-    ``calibration_data``; ``model.fairq_calibration`` records the pool's and the draw's group counts."""
+    ``calibration_data``; returns the model and a record of the pool's and the draw's group counts."""
     pool = gather(calibration_data, config.pool_batches)
     n = config.calibration_samples or pool_size(pool)
-    index = balanced_draw(pool["sensitive"], n, config.seed)
-    record = {"n": int(len(index)), "unique_samples": int(len(np.unique(index))), "seed": config.seed,
+    seed = config.seed if seed is None else seed
+    index = balanced_draw(pool["sensitive"], n, seed)
+    record = {"n": int(len(index)), "unique_samples": int(len(np.unique(index))), "seed": seed,
               "pool_groups": group_counts(pool["sensitive"]), "drawn_groups": group_counts(pool["sensitive"], index)}
     if record["unique_samples"] < record["n"]:
         log.warning("bias-aware calibration: %d of %d draws repeat a sample (a group is smaller than its quota; "
                     "give a larger pool)", record["n"] - record["unique_samples"], record["n"])
     log.info("bias-aware calibration on %d samples, per group %s", record["n"], record["drawn_groups"])
     batches = take(pool, index, config.batch_size)
-    qmodel = quantize_ptq(model, config, batches, **ctx)
-    qmodel.fairq_calibration = record
-    return qmodel
+    return quantize_ptq(model, config, batches), record
 
 
-register_method("bias_aware_calibration", BiasAwareCalibrationConfig, quantize_bias_aware)
+def handle_bias_aware(model: nn.Module, config: BiasAwareCalibrationConfig, inputs: MethodInputs) -> MethodResult:
+    """A run's ``balanced_calibration`` draw (the datamodule's own balanced draw, with the run's seed) is used as
+    is; without one, the draw is taken from ``calibration`` (the pool) with ``config.seed``."""
+    if inputs.balanced_calibration is not None:
+        config = dataclasses.replace(config, calibration_samples=None)
+        qmodel, record = quantize_bias_aware(model, config, inputs.balanced_calibration, seed=inputs.seed)
+    else:
+        qmodel, record = quantize_bias_aware(model, config, inputs.calibration)
+    return MethodResult(qmodel, record={"calibration_groups": json.dumps(record["drawn_groups"], sort_keys=True),
+                                        "calibration_unique": record["unique_samples"]},
+                        artifacts=[Artifact("mitigation", {"calibration": record})], info={"calibration": record})
+
+
+register_method("bias_aware_calibration", BiasAwareCalibrationConfig, handle_bias_aware,
+                needs={"balanced_calibration"}, family="mitigation")

@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from torch import nn
 
-from fairq.compression.api import quantize
+from fairq.compression.api import compress
 from fairq.compression.backend import tag_model
 from fairq.compression.config import _check_bits, _Config
-from fairq.compression.registry import METHODS, make_config, register_method
+from fairq.compression.registry import METHODS, Artifact, MethodInputs, MethodResult, make_config, register_method
 
 from .batches import fairness_of
 
@@ -169,7 +170,7 @@ class FairnessAwareQuantizer:
         return worst <= 0, worst
 
     def quantize(self, model: nn.Module, calibration_data, validation_data, train_data=None, *,
-                 balanced_calibration_data=None, **ctx) -> nn.Module:
+                 balanced_calibration_data=None, **inputs) -> nn.Module:
         """Return the first option's quantized model whose validation gaps meet the constraint (see class doc).
 
         ``calibration_data``: batches with ``sensitive`` codes (bias-aware calibration redraws from it);
@@ -177,8 +178,11 @@ class FairnessAwareQuantizer:
         ``sensitive`` for fine-tuning options (skipped, and recorded as such, without it);
         ``balanced_calibration_data``: an already group-balanced calibration set for the bias-aware options
         (e.g. ``FaceDataModule.calibration_dataloader(n, balanced=True)``; default: redrawn from
-        ``calibration_data``). ``ctx`` goes to every method (e.g. ``make_trainer``).
+        ``calibration_data``). ``inputs``: further run inputs for every method (e.g. ``make_trainer``,
+        ``datamodule``; the :class:`~fairq.compression.registry.MethodInputs` fields).
         """
+        base = MethodInputs.from_kwargs(calibration_data, validation=validation_data, train_loader=train_data,
+                                        **inputs)
         if not isinstance(model, nn.Module):
             raise TypeError(f"quantize expects an nn.Module, got {type(model).__name__}")
         self.history, best = [], None
@@ -195,11 +199,8 @@ class FairnessAwareQuantizer:
                 continue
             t0 = time.perf_counter()
             try:
-                calib = calibration_data
-                if method == "bias_aware_calibration" and balanced_calibration_data is not None:
-                    calib = balanced_calibration_data
-                qmodel = quantize(model, config, calib, val_data=validation_data,
-                                  train_loader=train_data, **ctx)
+                # each option reads what it needs; the balanced draw only where an option asks for one
+                qmodel = compress(model, config, base.replace(balanced_calibration=balanced_calibration_data)).model
             except (ValueError, TypeError, KeyError) as err:  # an option that cannot run here is recorded, not fatal
                 rec.update(error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - t0)
                 self.history.append(rec)
@@ -231,7 +232,6 @@ class FairnessAwareQuantizer:
                     if "dp_gap" in r else f"{r['method']}: {r.get('skipped') or r.get('error')}" for r in self.history)
                 + f"); returning the closest, {rec['method']} (constraint_met=False)", ConstraintNotMetWarning,
                 stacklevel=2)
-        qmodel.fairq_mitigation = self.report()
         return qmodel
 
     def _constraint_text(self) -> str:
@@ -263,6 +263,8 @@ class FairnessAwareQuantizerConfig(_Config):
     ``min_group_size``, ``max_accuracy_drop``: see :class:`FairnessAwareQuantizer`.
     """
 
+    reference_method: ClassVar[str] = "ptq_static"
+
     weight_bits: int = 4
     act_bits: int | None = 8
     max_dp_gap: float | None = None
@@ -287,6 +289,10 @@ class FairnessAwareQuantizerConfig(_Config):
         if self.sensitive_columns is not None:
             self.sensitive_columns = tuple(int(c) for c in self.sensitive_columns)
 
+    def check(self) -> None:
+        """Fail now when the quantizer could not run (no constraint given)."""
+        self.quantizer()
+
     def ladder(self) -> list[tuple[str, dict]]:
         out = []
         for m in self.methods:
@@ -306,19 +312,26 @@ class FairnessAwareQuantizerConfig(_Config):
                                       max_accuracy_drop=self.max_accuracy_drop)
 
 
-def quantize_fairness_aware(model: nn.Module, config: FairnessAwareQuantizerConfig, calibration_data=None, *,
-                            val_data=None, train_loader=None, attribute_names=None, **ctx) -> nn.Module:
-    """Run :class:`FairnessAwareQuantizer`; ``model.fairq_mitigation`` holds its report (history included).
-
-    ``attribute_names``: names of the ``sensitive`` columns, recorded in the report."""
-    if val_data is None:
+def handle_fairness_aware(model: nn.Module, config: FairnessAwareQuantizerConfig, inputs: MethodInputs
+                          ) -> MethodResult:
+    """Run :class:`FairnessAwareQuantizer` on the run's validation split; its report (history included) goes to
+    ``mitigation/<cell>.json`` and the chosen option and validation gaps into the row."""
+    if inputs.validation is None:
         raise ValueError("fairness_aware_quantizer needs val_data (labelled batches with sensitive codes) to check "
                          "the constraint on")
-    faq = config.quantizer(attribute_names)
-    qmodel = faq.quantize(model, calibration_data, val_data, train_data=train_loader, **ctx)
-    qmodel.fairq_mitigation["chosen_method"] = faq.chosen["method"]
-    return tag_model(qmodel, weight_bits=config.weight_bits, act_bits=config.act_bits,
-                     backend=getattr(qmodel, "fairq_backend", "simulated"))
+    faq = config.quantizer(inputs.attribute_names)
+    rest = {k: getattr(inputs, k) for k in ("datamodule", "make_trainer", "optim", "attribute_names", "seed")}
+    qmodel = faq.quantize(model, inputs.calibration, inputs.validation, train_data=inputs.train_loader,
+                          balanced_calibration_data=inputs.balanced_calibration, **rest)
+    report = {**faq.report(), "chosen_method": faq.chosen["method"]}
+    qmodel = tag_model(qmodel, weight_bits=config.weight_bits, act_bits=config.act_bits,
+                       backend=getattr(qmodel, "fairq_backend", "simulated"))
+    return MethodResult(qmodel, record={
+        "constraint_met": report["constraint_met"], "chosen_method": report["chosen"]["method"],
+        "chosen_options": json.dumps(report["chosen"]["options"], sort_keys=True, default=str),
+        "val_dp_gap": report["final_dp_gap"], "val_eo_gap": report["final_eo_gap"]},
+        artifacts=[Artifact("mitigation", report, column="mitigation_record")], info={"report": report})
 
 
-register_method("fairness_aware_quantizer", FairnessAwareQuantizerConfig, quantize_fairness_aware)
+register_method("fairness_aware_quantizer", FairnessAwareQuantizerConfig, handle_fairness_aware,
+                needs={"calibration", "balanced_calibration", "validation", "training"}, family="mitigation")

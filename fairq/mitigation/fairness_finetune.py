@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 from torch import nn
-from torch.utils.data import DataLoader
 
-from fairq.compression.config import QATConfig, _check_choice, _check_positive
-from fairq.compression.data import model_device
+from fairq.batches import model_device
+from fairq.compression.config import QATConfig, _check_choice, _check_positive, variant_of
 from fairq.compression.qat import convert_qat, prepare_qat
-from fairq.compression.registry import register_method
+from fairq.compression.registry import Artifact, MethodInputs, MethodResult, register_method
 
 from .penalties import KINDS, make_penalty
 
@@ -35,6 +34,8 @@ class FairnessFinetuneConfig(QATConfig):
     ``epochs``/``max_steps``/``lr`` size the fine-tune (``max_steps`` stops early).
     """
 
+    reference_method: ClassVar[str] = "ptq_static"
+
     fairness: str = "dp"
     lam: float = 1.0
     min_group_count: int = 2
@@ -49,71 +50,62 @@ class FairnessFinetuneConfig(QATConfig):
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
 
-
-def _default_trainer(model: nn.Module, **overrides):
-    import lightning as L
-
-    device = model_device(model)
-    kwargs = dict(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False,
-                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                  num_sanity_val_steps=0, limit_val_batches=0)
-    return L.Trainer(**{**kwargs, **overrides})
-
-
-def _as_loader(batches) -> DataLoader:
-    """A DataLoader as is; any other iterable of ready-made batches wrapped so Lightning sees one loader (a bare
-    list would be read as a list of loaders)."""
-    if isinstance(batches, DataLoader):
-        return batches
-    return DataLoader(list(batches), batch_size=None, shuffle=False)
+    def variant(self) -> str:
+        """``lambda=…`` first (the sweep's axis), then the other non-default fields."""
+        rest = variant_of(self, skip=("lam", *self.run_fields))
+        return "_".join(p for p in (f"lambda={self.lam:g}", rest) if p)
 
 
 def finetune_with_penalty(model: nn.Module, config: FairnessFinetuneConfig, train_loader=None, *,
-                          datamodule=None, make_trainer: Callable[..., object] | None = None) -> nn.Module:
-    """Fine-tune ``model`` in place with :class:`fairq.lit.FairClassifier` (CE + λ·penalty) on ``train_loader``
-    or a ``datamodule``'s training batches.
+                          datamodule=None, make_trainer: Callable[..., object] | None = None) -> dict:
+    """Fine-tune ``model`` in place with :func:`fairq.lit.fit` (CE + λ·penalty) on ``train_loader`` or a
+    ``datamodule``'s training batches; returns the fine-tune's stats (steps, last logged losses).
 
-    ``make_trainer(**overrides)`` builds the Lightning Trainer (the phase passes one with fairq's logger and
-    callbacks, which read the datamodule); default: a quiet Trainer on the model's device.
+    ``make_trainer(**overrides)`` builds the Lightning Trainer (a run passes one with fairq's logger and
+    callbacks); default: a quiet Trainer on the model's device. Validation and checkpoints are off.
     """
-    from fairq.lit import FairClassifier
+    from fairq.lit import fit, quiet_trainer
 
-    module = FairClassifier(model, lr=config.lr, weight_decay=config.weight_decay,
-                            penalty=make_penalty(config.fairness, config.min_group_count), penalty_weight=config.lam)
-    overrides = {"max_epochs": config.epochs, "max_steps": config.max_steps or -1}
-    trainer = make_trainer(**overrides) if make_trainer is not None else _default_trainer(model, **overrides)
-    if datamodule is not None:
-        trainer.fit(module, datamodule=datamodule)
-    else:
-        trainer.fit(module, train_dataloaders=_as_loader(train_loader))
-    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    model.fairq_finetune = {"steps": int(trainer.global_step), **logged}
-    return model
+    if make_trainer is None:
+        def make_trainer(**overrides):
+            return quiet_trainer(model_device(model).type, **overrides)
+
+    return fit(model, make_trainer, datamodule=datamodule, train_loader=train_loader, lr=config.lr,
+               weight_decay=config.weight_decay, penalty=make_penalty(config.fairness, config.min_group_count),
+               penalty_weight=config.lam, enable_checkpointing=False, limit_val_batches=0,
+               max_epochs=config.epochs, max_steps=config.max_steps or -1)
 
 
 def quantize_fairness_finetune(model: nn.Module, config: FairnessFinetuneConfig, calibration_data=None, *,
-                               train_loader=None, datamodule=None, make_trainer=None, **ctx) -> nn.Module:
-    """prepare (PTQ start) → fine-tune with the penalty → convert; see the module docstring.
+                               train_loader=None, datamodule=None, make_trainer=None) -> tuple[nn.Module, dict]:
+    """prepare (PTQ start) → fine-tune with the penalty → convert; see the module docstring. Returns the model and
+    the fine-tune's stats.
 
     Training data: ``train_loader`` (fairq batches ``image, target, sensitive``: the penalty needs the sensitive
-    codes) or a ``datamodule`` (its ``train_dataloader``; its validation runs unless the trainer disables it).
+    codes) or a ``datamodule`` (its ``train_dataloader``).
     """
-    if ctx.get("train_fn") is not None:
-        raise ValueError("fairness_finetune trains with its own penalty (fairq.lit.FairClassifier): pass "
-                         "train_loader (and optionally make_trainer), not train_fn")
     if train_loader is None and datamodule is None:
         raise ValueError("fairness_finetune needs train_loader=<fairq batches with image, target, sensitive> "
                          "or a datamodule")
     if calibration_data is None and config.act_bits is not None:
         raise ValueError("fairness_finetune starts from static PTQ: pass calibration_data (or act_bits=None)")
     prepare_qat(model, config, calibration_data)
-    finetune_with_penalty(model, config, train_loader, datamodule=datamodule, make_trainer=make_trainer)
-    stats = model.fairq_finetune
+    stats = finetune_with_penalty(model, config, train_loader, datamodule=datamodule, make_trainer=make_trainer)
     log.info("fairness fine-tune (%s, λ=%g): %d steps, %s", config.fairness, config.lam, stats["steps"],
              {k: round(v, 4) for k, v in stats.items() if k != "steps"})
-    qmodel = convert_qat(model, config, calibration_data)
-    qmodel.fairq_finetune = stats
-    return qmodel
+    return convert_qat(model, config, calibration_data), stats
 
 
-register_method("fairness_finetune", FairnessFinetuneConfig, quantize_fairness_finetune)
+def handle_fairness_finetune(model: nn.Module, config: FairnessFinetuneConfig, inputs: MethodInputs) -> MethodResult:
+    if inputs.train_fn is not None:
+        raise ValueError("fairness_finetune trains with its own penalty (fairq.lit.FairClassifier): pass "
+                         "train_loader (and optionally make_trainer), not train_fn")
+    qmodel, stats = quantize_fairness_finetune(model, config, inputs.calibration, train_loader=inputs.train_loader,
+                                               datamodule=inputs.datamodule, make_trainer=inputs.make_trainer)
+    return MethodResult(qmodel, record={"lambda": config.lam, "penalty": config.fairness,
+                                        "finetune_steps": stats["steps"]},
+                        artifacts=[Artifact("mitigation", {"finetune": stats})], info={"finetune": stats})
+
+
+register_method("fairness_finetune", FairnessFinetuneConfig, handle_fairness_finetune,
+                needs={"calibration", "training"}, family="mitigation")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ from fairq.compression.config import OBSERVERS, _check_bits, _check_choice, _che
 from fairq.compression.measure import model_size
 from fairq.compression.mixed_precision import FP32_BITS, MixedPrecisionPlan, allocate_bits
 from fairq.compression.modules import quantizable_layers
-from fairq.compression.registry import register_method
+from fairq.compression.registry import Artifact, MethodInputs, MethodResult, register_method
 from fairq.compression.sensitivity import layer_sensitivity
 from fairq.compression.simulate import quantize_layers
 
@@ -47,6 +48,8 @@ class SensitiveLayerPreservationConfig(_Config):
     ``accuracy``; ``score``: ``worst_group`` or ``disparity`` (module docstring); ``val_batches``: validation
     batches read; ``min_group_size``: smallest group (validation samples) measured.
     """
+
+    reference_method: ClassVar[str] = "ptq_static"
 
     weight_bits: int = 4
     act_bits: int | None = 8
@@ -169,9 +172,9 @@ def plan_preservation(model: nn.Module, config: SensitiveLayerPreservationConfig
 
 
 def quantize_preserving(model: nn.Module, config: SensitiveLayerPreservationConfig, calibration_data=None, *,
-                        val_data=None, **ctx) -> nn.Module:
+                        val_data=None) -> tuple[nn.Module, MixedPrecisionPlan]:
     """Plan on ``val_data``, then quantize every layer to its width with ``act_bits`` inputs calibrated on
-    ``calibration_data``. ``model.fairq_plan`` holds the plan (``extra["preserved"]``: the kept layers)."""
+    ``calibration_data``. Returns the model and the plan (``plan.extra["preserved"]``: the kept layers)."""
     plan = plan_preservation(model, config, val_data)
     layer_bits = {n: b for n, b in plan.bits.items() if b is not None}
     quantize_layers(model, layer_bits, per_channel=config.per_channel, symmetric=config.symmetric,
@@ -179,11 +182,21 @@ def quantize_preserving(model: nn.Module, config: SensitiveLayerPreservationConf
                     calibration_data=calibration_data if calibration_data is not None else val_data,
                     calibration_batches=config.calibration_batches)
     plan.size_mb = model_size(model)[0]
-    model.fairq_plan = plan
-    model.fairq_preserved = list(plan.extra["preserved"])
-    log.info("sensitive-layer preservation kept %s at %s (avg %.2f weight bits ≤ %.2f)", model.fairq_preserved,
+    log.info("sensitive-layer preservation kept %s at %s (avg %.2f weight bits ≤ %.2f)", plan.extra["preserved"],
              "fp32" if config.keep_bits is None else f"{config.keep_bits} bits", plan.avg_bits, config.budget)
-    return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated")
+    return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated"), plan
 
 
-register_method("sensitive_layer_preservation", SensitiveLayerPreservationConfig, quantize_preserving)
+def handle_preserving(model: nn.Module, config: SensitiveLayerPreservationConfig, inputs: MethodInputs
+                      ) -> MethodResult:
+    """The cell keeps the nominal ``weight_bits`` of the plain PTQ cell it mitigates; the real average is
+    ``avg_weight_bits``. The plan goes to ``plans/<cell>.json``."""
+    qmodel, plan = quantize_preserving(model, config, inputs.calibration, val_data=inputs.validation)
+    log.info("sensitive-layer preservation plan:\n%s", plan)
+    return MethodResult(qmodel, record={"avg_weight_bits": plan.avg_bits,
+                                        "preserved_layers": ";".join(plan.extra["preserved"])},
+                        artifacts=[Artifact("plans", plan.to_dict(), column="plan")], info={"plan": plan})
+
+
+register_method("sensitive_layer_preservation", SensitiveLayerPreservationConfig, handle_preserving,
+                needs={"calibration", "validation"}, family="mitigation")

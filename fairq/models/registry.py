@@ -66,10 +66,12 @@ def _hub_offline():
 
 
 def _unknown(name: str) -> ValueError:
+    from fairq.errors import UnknownModelError
+
     pool = list(_REGISTRY) + list(_timm().list_models()) + [TORCHVISION_PREFIX + n for n in _tv_models()]
     close = difflib.get_close_matches(name, pool, n=5, cutoff=0.5)
     hint = f" Close matches: {', '.join(close)}." if close else ""
-    return ValueError(
+    return UnknownModelError(
         f"Unknown model {name!r}: not a fairq model ({', '.join(list_models())}), a timm name or a torchvision "
         f"name (prefix {TORCHVISION_PREFIX!r} to force torchvision).{hint}"
     )

@@ -1,9 +1,11 @@
 """Analysis phase: reads only the output directory (never trains or evaluates) and writes tables, figures, report."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from fairq.analysis import run_analysis
+from fairq.sections import AnalysisSection, section_of
 
 from .context import MissingPhaseError, RunContext
 
@@ -11,9 +13,10 @@ log = logging.getLogger("fairq")
 
 
 def run(ctx: RunContext) -> dict:
-    section = dict(ctx.sections.get("analysis") or {})
-    section.setdefault("seed", ctx.seed)
-    section.setdefault("progress", bool(ctx.evaluation.get("progress", True)))
+    section = dataclasses.asdict(section_of(ctx.sections.get("analysis"), AnalysisSection))
+    if section["seed"] is None:
+        section["seed"] = ctx.seed
+    section["progress"] = bool(ctx.evaluation.get("progress", True))
     try:
         out = run_analysis(ctx.store.root, **section)
     except FileNotFoundError as err:

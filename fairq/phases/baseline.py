@@ -45,5 +45,6 @@ def run(ctx: RunContext) -> list[dict]:
         model = train_baseline(ctx, model_name)
         model.fairq_backend = "fp32"
         rows.append(ctx.evaluate_cell(model, model_name=model_name, method="baseline", weight_bits=32, act_bits=32,
-                                      extra={"pretrained": getattr(model, "fairq_pretrained", None) or ""}))
+                                      extra={"pretrained": getattr(model, "fairq_pretrained", None) or "",
+                                             "phase": "baseline", "family": "baseline"}))
     return rows

@@ -13,13 +13,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from callbacks import FairnessMonitor
+from fairq.errors import UserError
 from fairq.evaluate import frame_metrics, predict_frame
 from fairq.store import RunStore, cell_id
 
 log = logging.getLogger("fairq")
 
 
-class MissingPhaseError(RuntimeError):
+class MissingPhaseError(UserError, RuntimeError):
     """A phase needs results that an earlier phase writes."""
 
 
@@ -75,13 +76,12 @@ class RunContext:
         cell = cell or cell_id(self.dataset, model_name, method, weight_bits, act_bits, self.seed, variant)
         progress = bool(self.evaluation.get("progress", True))
         t0 = time.perf_counter()
-        frame = predict_frame(model, dm.test_dataloader(), sensitive_names=dm.sensitive_names,
-                              sensitive_levels=dm.sensitive_levels, progress=progress, desc=cell)
+        frame = predict_frame(model, dm.test_dataloader(), task=dm.task, progress=progress, desc=cell)
         eval_s = time.perf_counter() - t0
         metrics = frame_metrics(frame, dm.sensitive_names)
         size_mb, size_kind = model_size(model)
         example = next(iter(dm.split_dataloader("test", batch_size=int(self.evaluation.get("latency_batch_size", 32)))))
-        lat = measure_latency(model, example["image"], repeats=int(self.evaluation.get("latency_repeats", 10)))
+        lat = measure_latency(model, example, task=dm.task, repeats=int(self.evaluation.get("latency_repeats", 10)))
         row = {
             "cell": cell, "dataset": self.dataset, "model": model_name, "method": method, "variant": variant,
             "weight_bits": weight_bits, "act_bits": 32 if act_bits is None and method == "baseline" else act_bits,

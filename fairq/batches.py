@@ -1,0 +1,211 @@
+"""The modality seam: how a batch becomes model inputs, targets, sample ids and sensitive codes, and how a model's
+outputs become per-sample predictions. The one batch splitter and the one predict loop of the code base.
+
+A *task* describes a datamodule's batches. :class:`ClassificationTask` covers dict batches (fairq's image batches
+``{"image", "target", "sensitive", "sample_id"}``, Hugging Face keyword batches with ``labels``) as well as
+tensors and ``(input, target[, sensitive])`` tuples; a datamodule hands its own instance out as ``.task`` (naming
+its input keys and sensitive attributes), and a later modality (text) adds a task of its own here without
+touching the phases. Everything above ``datamodules/`` reads batches through :func:`split_batch`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+#: dict keys that are labels or metadata, never model inputs.
+TARGET_KEYS = ("target", "targets", "labels", "label")
+META_KEYS = frozenset({*TARGET_KEYS, "sensitive", "sample_id"})
+
+
+@dataclass
+class Batch:
+    """One batch split into what the model gets (``args``/``kwargs``) and what scoring needs."""
+
+    args: tuple
+    kwargs: dict
+    target: torch.Tensor | None = None
+    sensitive: torch.Tensor | None = None  # [B, n_attributes] integer level codes
+    sample_ids: list[str] | None = None
+
+    def __len__(self) -> int:
+        for x in (self.target, self.sensitive, *self.args, *self.kwargs.values()):
+            if torch.is_tensor(x) and x.ndim:
+                return int(x.shape[0])
+        return len(self.sample_ids or ())
+
+    def to(self, device) -> "Batch":
+        """Model inputs (and the target) moved to ``device``; metadata stays where it is."""
+        if device is None:
+            return self
+        return Batch(_to(self.args, device), _to(self.kwargs, device), _to(self.target, device), self.sensitive,
+                     self.sample_ids)
+
+    def call(self, model: nn.Module):
+        return model(*self.args, **self.kwargs)
+
+
+def _to(x, device):
+    if torch.is_tensor(x):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+def _codes(sensitive) -> torch.Tensor | None:
+    if sensitive is None:
+        return None
+    s = torch.as_tensor(sensitive)
+    if s.is_floating_point():
+        raise ValueError("'sensitive' must hold integer level codes, got floats")
+    return s.reshape(len(s), -1).long()
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    """How batches of one datamodule are read, and what its sensitive codes mean.
+
+    ``input_keys``: the dict keys that are model inputs (default: every key that is not a label or metadata
+    key). One input goes to the model positionally (``model(image)``), several as keywords (``model(input_ids=…,
+    attention_mask=…)``, the Hugging Face convention). ``sensitive_names`` / ``sensitive_levels`` name the
+    columns of ``batch["sensitive"]`` and their level labels in code order.
+    """
+
+    input_keys: tuple[str, ...] | None = None
+    sensitive_names: tuple[str, ...] = ()
+    sensitive_levels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def split(self, batch) -> Batch:
+        """One batch → :class:`Batch`; see :func:`split_batch` for the accepted forms."""
+        if torch.is_tensor(batch):
+            return Batch((batch,), {})
+        if isinstance(batch, (tuple, list)):
+            if not batch:
+                raise ValueError("empty tuple/list batch: expected (input, target[, sensitive])")
+            third = batch[2] if len(batch) > 2 else None  # sensitive codes when integer; anything else is ignored
+            sens = _codes(third) if torch.is_tensor(third) and not third.is_floating_point() else None
+            return Batch((batch[0],), {}, batch[1] if len(batch) > 1 else None, sens)
+        if isinstance(batch, Mapping):
+            target = next((batch[k] for k in TARGET_KEYS if k in batch), None)
+            keys = list(self.input_keys) if self.input_keys else [k for k in batch if k not in META_KEYS]
+            missing = [k for k in keys if k not in batch]
+            if missing or not keys:
+                raise ValueError(f"dict batch has no model inputs {missing or ''} (keys: {sorted(batch)}); expected "
+                                 "e.g. 'image', or keyword inputs such as input_ids/attention_mask")
+            ids = batch.get("sample_id")
+            ids = None if ids is None else [str(s) for s in (ids.tolist() if torch.is_tensor(ids) else ids)]
+            sens = _codes(batch.get("sensitive"))
+            if len(keys) == 1:
+                return Batch((batch[keys[0]],), {}, target, sens, ids)
+            return Batch((), {k: batch[k] for k in keys}, target, sens, ids)
+        raise TypeError(f"unsupported batch type {type(batch).__name__}: expected a tensor, a tuple/list whose first "
+                        "item is the input, or a dict")
+
+    def probabilities(self, output) -> torch.Tensor:
+        """Per-sample class probabilities ``[B, C]`` of a model output (softmax of the logits)."""
+        return torch.softmax(logits_of(output).float(), dim=-1)
+
+    def level_labels(self, name: str, max_codes: int = 4096) -> list[str]:
+        """Level labels of attribute ``name`` in code order (the codes themselves when none were given)."""
+        levels = self.sensitive_levels.get(name)
+        return [str(v) for v in levels] if levels is not None else [str(i) for i in range(max_codes)]
+
+
+#: the task of batches that come without one (user loaders): every non-metadata key is an input.
+GENERIC = ClassificationTask()
+
+
+def split_batch(batch, task: ClassificationTask | None = None) -> Batch:
+    """One batch → :class:`Batch` (the one place fairq reads a batch).
+
+    Accepted: a tensor (the input); a tuple/list ``(input, target[, sensitive])``; a dict holding model inputs
+    (``task.input_keys``, or every key that is not ``target/targets/labels/label/sensitive/sample_id``) next to
+    an optional target, ``sensitive`` codes ``[B]`` or ``[B, n_attributes]`` and ``sample_id``.
+    """
+    return (task or GENERIC).split(batch)
+
+
+def as_batches(data) -> Iterable:
+    """A tensor or a dict is one batch; anything else iterable is a sequence of batches."""
+    if data is None:
+        raise ValueError("data is required here but got None")
+    if torch.is_tensor(data) or isinstance(data, Mapping):
+        return [data]
+    if not hasattr(data, "__iter__"):
+        raise TypeError(f"data must be a tensor, a dict or an iterable of batches, got {type(data).__name__}")
+    return data
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a stateless model)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def logits_of(output) -> torch.Tensor:
+    """The logits tensor of a model output (plain tensor, HF ``ModelOutput`` or a tuple)."""
+    if torch.is_tensor(output):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)) and output and torch.is_tensor(output[0]):
+        return output[0]
+    raise TypeError(f"cannot find logits in model output of type {type(output).__name__}")
+
+
+@dataclass
+class Predictions:
+    """Per-sample results of :func:`predict`: ids, targets, class probabilities and sensitive codes."""
+
+    sample_ids: list[str]
+    target: np.ndarray          # [N] int64
+    prob: np.ndarray            # [N, C] float
+    sensitive: np.ndarray | None  # [N, n_attributes] int64 codes, or None when the batches carry none
+
+    @property
+    def pred(self) -> np.ndarray:
+        return self.prob.argmax(1).astype(np.int64)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, data, task: ClassificationTask | None = None, *, limit: int | None = None,
+            progress: bool = False, desc: str = "evaluate", need_target: bool = True) -> Predictions:
+    """Run ``model`` over (at most ``limit``) batches of ``data``; the one predict loop of fairq.
+
+    Batches without sample ids get running indices (``"0"``, ``"1"``, …) as ids.
+    """
+    from tqdm.auto import tqdm
+
+    task = task or GENERIC
+    if hasattr(model, "eval"):
+        model.eval()
+    device = model_device(model) if isinstance(model, nn.Module) else None
+    ids, ys, probs, sens = [], [], [], []
+    offset = 0
+    for i, raw in enumerate(tqdm(islice(as_batches(data), limit), desc=desc, disable=not progress, leave=False)):
+        b = task.split(raw).to(device)
+        if b.target is None and need_target:
+            raise ValueError(f"batch {i} has no target ('target'/'labels', or the second item of a tuple)")
+        p = task.probabilities(b.call(model)).cpu()
+        probs.append(p)
+        if b.target is not None:
+            ys.append(torch.as_tensor(b.target).cpu().long().reshape(-1))
+        if b.sensitive is not None:
+            sens.append(b.sensitive.cpu())
+        ids.extend(b.sample_ids if b.sample_ids is not None else [str(j) for j in range(offset, offset + len(p))])
+        offset += len(p)
+    if not probs:
+        raise ValueError("the data yielded no batches")
+    if sens and len(sens) != len(probs):
+        raise ValueError("some batches carry 'sensitive' codes and others do not")
+    prob = torch.cat(probs).numpy()
+    target = torch.cat(ys).numpy().astype(np.int64) if ys else np.full(len(prob), -1, dtype=np.int64)
+    return Predictions(ids, target, prob, torch.cat(sens).numpy().astype(np.int64) if sens else None)

@@ -1,0 +1,32 @@
+"""The one place that discovers compression methods: importing it registers every method fairq ships.
+
+Each technique registers itself from its own module (``register_method`` in
+:mod:`fairq.compression.registry`); this module only imports those modules, so the library layers never import
+the layers above them (``fairq.compression`` knows nothing of ``fairq.mitigation``). A method of your own
+registers the same way: import its module before the run (or add it to :data:`METHOD_MODULES`).
+"""
+from __future__ import annotations
+
+import importlib
+
+from fairq.compression.registry import METHODS, get_method, make_config, register_method  # noqa: F401
+
+#: modules whose import registers methods, in registration order.
+METHOD_MODULES = ("fairq.compression", "fairq.mitigation")
+
+
+def load_methods() -> dict[str, type]:
+    """Import every method module (idempotent); returns the registry ``{name: config class}``."""
+    for name in METHOD_MODULES:
+        importlib.import_module(name)
+    return METHODS
+
+
+load_methods()
+
+
+def apply_quantization(model, method: str, bit_width=None, calibration_data=None, **options):
+    """:func:`fairq.compression.apply_quantization` with every shipped method registered (mitigations too)."""
+    from fairq.compression import apply_quantization as apply
+
+    return apply(model, method, bit_width, calibration_data, **options)

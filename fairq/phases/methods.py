@@ -1,0 +1,95 @@
+"""The one phase loop behind ``quantization`` and ``mitigation``: every baseline × every planned method setting of
+a config section → one stored cell (plus the control cells a setting asks for).
+
+The loop knows no method by name. For each setting it builds the inputs the method declared it needs
+(:data:`fairq.compression.registry.NEEDS`: natural or group-balanced calibration draws, the validation split, the
+training split with a Lightning trainer factory), runs :func:`fairq.compression.compress` and stores the
+:class:`~fairq.compression.registry.MethodResult`: per-sample predictions and the metrics row (the result's record
+columns, its artifacts' paths, the config as JSON, the phase, the method's family and reference method).
+Resumable: cells already in ``metrics.csv`` are skipped before any work.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+from fairq.compression import compress
+from fairq.compression.registry import MethodInputs, method_of
+from fairq.sections import MitigationSection, QuantizationSection, plan_run, section_of
+
+from .context import RunContext
+
+log = logging.getLogger("fairq")
+
+
+class _ModelCells:
+    """Runs and stores the cells of one model (loads its baseline once, on first need)."""
+
+    def __init__(self, ctx: RunContext, phase: str, model_name: str, n_calib: int):
+        self.ctx, self.phase, self.model_name, self.n_calib = ctx, phase, model_name, n_calib
+        self._baseline = None
+        self.rows: list[dict] = []
+
+    @property
+    def baseline(self):
+        if self._baseline is None:
+            self._baseline = self.ctx.load_baseline(self.model_name)
+        return self._baseline
+
+    def inputs(self, needs, cell: str) -> MethodInputs:
+        """Exactly what the method declared, built from the run's datamodule."""
+        ctx, dm = self.ctx, self.ctx.data()
+        kw = {"seed": ctx.seed, "attribute_names": list(dm.sensitive_names), "optim": dict(ctx.optim)}
+        if "calibration" in needs:
+            kw["calibration"] = dm.calibration_dataloader(self.n_calib, balanced=False, seed=ctx.seed)
+        if "balanced_calibration" in needs:
+            kw["balanced_calibration"] = dm.calibration_dataloader(self.n_calib, balanced=True, seed=ctx.seed)
+        if "validation" in needs:
+            kw["validation"] = dm.val_dataloader()
+        if "training" in needs:
+            run_name = f"{self.model_name.replace('/', '-')}_{cell.split('__', 2)[2]}"
+            kw.update(train_loader=dm.train_dataloader(), datamodule=dm,
+                      make_trainer=lambda **overrides: ctx.make_trainer(run_name, **overrides))
+        return MethodInputs(**kw)
+
+    def run(self, config, *, control: bool = False) -> None:
+        method = method_of(config)
+        for c in config.controls():
+            self.run(c, control=True)
+        cell = self.ctx.cell(self.model_name, method.name, config.bits, getattr(config, "act_bits", None),
+                             config.variant())
+        if self.ctx.store.has_cell(cell):
+            log.info("%s: %s already done, skipping", self.phase, cell)
+            return
+        log.info("%s: %s%s (%s)", self.phase, "control " if control else "", cell, config)
+        torch.manual_seed(self.ctx.seed)
+        result = compress(self.baseline, config, self.inputs(method.needs, cell))
+        extra = dict(result.record)
+        for art in result.artifacts:
+            rel = f"{art.folder}/{cell}.json"
+            self.ctx.store.write_json(rel, art.content)
+            if art.column:
+                extra[art.column] = rel
+        extra.update(config=json.dumps(config.to_dict(), sort_keys=True, default=str), phase=self.phase,
+                     family=method.family, reference_method=type(config).reference_method)
+        self.rows.append(self.ctx.evaluate_cell(result.model, model_name=self.model_name, method=method.name,
+                                                weight_bits=result.weight_bits, act_bits=result.act_bits,
+                                                variant=config.variant(), extra=extra, cell=cell))
+
+
+def run_section(ctx: RunContext, phase: str) -> list[dict]:
+    """Run every planned setting of the ``phase`` config section on every configured model."""
+    planned = plan_run(ctx.sections)[phase]  # validated at startup too; bad entries fail before any work
+    quant = section_of(ctx.sections.get("quantization"), QuantizationSection)
+    n_calib = quant.calibration_samples
+    if phase == "mitigation":
+        n_calib = section_of(ctx.sections.get("mitigation"), MitigationSection).calibration_samples or n_calib
+    rows = []
+    for model_name in ctx.models:
+        cells = _ModelCells(ctx, phase, model_name, int(n_calib))
+        for p in planned:
+            cells.run(p.config)
+        rows += cells.rows
+    return rows

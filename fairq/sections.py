@@ -1,0 +1,182 @@
+"""Typed config sections (``quantization``, ``mitigation``, ``analysis``) and the planner that turns a section's
+method entries into cells — validated at startup, before any data is loaded or model built.
+
+A method entry is ``{method: NAME, bits: B, **fields of NAME's config dataclass}``:
+
+* ``bits`` (alias ``bit_width``) fills the config's bits field; a list of widths is one cell per width;
+* any other field given as a list where the config expects a single value (e.g. ``lam: [0.0, 5.0]``) is a sweep:
+  one cell per value (widths outer, sweeps inner);
+* a mitigation entry without ``bits`` runs at the section's ``bits``, else at the widths its reference method
+  (``config.reference_method``, e.g. ``ptq_static``) runs at in the ``quantization`` section, else at 4 and 8.
+
+Every problem (unknown method, unknown field, a bad width, a constraint that cannot run) is a
+:class:`fairq.errors.ConfigError` naming the entry (``mitigation.methods[2]``) and offering close matches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from fairq.errors import ConfigError
+
+#: widths of an entry that names none, when nothing else says (the study's INT4 / INT8 pair).
+FALLBACK_BITS = (4, 8)
+
+_QUANTIZATION = (
+    {"method": "ptq_static", "bits": 8},
+    {"method": "ptq_static", "bits": 4},
+    {"method": "ptq_dynamic", "bits": 8},
+    {"method": "qat", "bits": 8, "epochs": 1},
+    {"method": "qat", "bits": 4, "epochs": 1},
+    {"method": "mixed_precision", "bits": 4},
+)
+_MITIGATION = (
+    {"method": "bias_aware_calibration"},
+    {"method": "fairness_finetune", "lam": [1.0], "max_steps": 20},
+    {"method": "sensitive_layer_preservation"},
+)
+
+
+@dataclass
+class QuantizationSection:
+    """The ``quantization`` phase: every entry of ``methods`` on every baseline (one cell per entry and sweep value).
+
+    ``calibration_samples``: size of the natural (uniform) calibration draw from the training split (a method
+    that asks for a group-balanced draw gets the same number, equally per intersectional group).
+    """
+
+    calibration_samples: int = 256
+    methods: list[dict] = field(default_factory=lambda: [dict(e) for e in _QUANTIZATION])
+
+
+@dataclass
+class MitigationSection:
+    """The ``mitigation`` phase: like ``quantization``; ``bits`` are the default widths of its entries (see the
+    module doc), ``calibration_samples`` defaults to the quantization section's."""
+
+    bits: Optional[list[int]] = None
+    calibration_samples: Optional[int] = None
+    methods: list[dict] = field(default_factory=lambda: [dict(e) for e in _MITIGATION])
+
+
+@dataclass
+class AnalysisSection:
+    """The ``analysis`` phase (:func:`fairq.analysis.run_analysis`); ``seed`` defaults to the run's ``--seed``."""
+
+    n_bootstrap: int = 1000
+    n_permutations: Optional[int] = None
+    alpha: float = 0.05
+    margin: float = 0.01
+    min_group_size: int = 20
+    figures: bool = True
+    report: bool = True
+    seed: Optional[int] = None
+
+
+#: config key → section type, in phase order.
+SECTIONS = {"quantization": QuantizationSection, "mitigation": MitigationSection}
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """One configured method setting of a section: its registered name, its config and where it came from."""
+
+    method: str
+    config: Any
+    entry: str  # e.g. "mitigation.methods[2]"
+    family: str
+
+
+def section_of(value, cls):
+    """A section dataclass from a parsed value (a dataclass, a jsonargparse Namespace or a dict)."""
+    if isinstance(value, cls):
+        return value
+    if value is None:
+        return cls()
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown key(s) {unknown}; valid: {sorted(names)}")
+    return cls(**dict(value))
+
+
+def _scalar_fields(config_cls) -> set[str]:
+    """Fields whose default is a single value, so a list given for them is a sweep."""
+    out = set()
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if not isinstance(default, (list, tuple, dict, set)):
+            out.add(f.name)
+    return out
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def plan_section(name: str, section, *, default_bits=None) -> list[PlannedCell]:
+    """Expand a section's ``methods`` into :class:`PlannedCell`s, validating every entry.
+
+    ``default_bits(method) -> list | None``: widths of an entry without ``bits`` (``None``: the config's default).
+    """
+    from fairq.compression.registry import _did_you_mean, get_method
+    from fairq.methods import load_methods
+
+    registry = load_methods()
+    out = []
+    for i, raw in enumerate(section.methods or []):
+        where = f"{name}.methods[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping {{method: NAME, bits: B, ...}}, got {raw!r}")
+        entry = dict(raw)
+        method = entry.pop("method", None)
+        if method is None:
+            raise ConfigError(f"{where}: no 'method' in {raw}; registered methods: {', '.join(sorted(registry))}")
+        if method not in registry:
+            raise ConfigError(f"{where}: unknown method {method!r}{_did_you_mean(method, registry)}; registered: "
+                              f"{', '.join(sorted(registry))}")
+        spec = get_method(method)
+        bits = entry.pop("bits", entry.pop("bit_width", None))
+        widths = _as_list(bits) if bits is not None else (default_bits(method) if default_bits else None) or [None]
+        scalar = _scalar_fields(spec.config_cls)
+        sweeps = {k: v for k, v in entry.items() if isinstance(v, (list, tuple)) and k in scalar}
+        fixed = {k: v for k, v in entry.items() if k not in sweeps}
+        keys = list(sweeps)
+        for b in widths:
+            for values in itertools.product(*(sweeps[k] for k in keys)):
+                options = {**fixed, **dict(zip(keys, values))}
+                try:
+                    config = spec.config_cls.from_bit_width(b, **options)
+                    config.check()
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(f"{where} ({method}): {err}") from None
+                out.append(PlannedCell(method, config, where, spec.family))
+    return out
+
+
+def plan_run(sections: dict) -> dict[str, list[PlannedCell]]:
+    """Plan the ``quantization`` and ``mitigation`` sections of a run (raises :class:`ConfigError` on any problem)."""
+    quant = section_of(sections.get("quantization"), QuantizationSection)
+    mitig = section_of(sections.get("mitigation"), MitigationSection)
+    planned = {"quantization": plan_section("quantization", quant)}
+    ref_widths: dict[str, list] = {}
+    for cell in planned["quantization"]:
+        ref_widths.setdefault(cell.method, [])
+        if cell.config.bits not in ref_widths[cell.method]:
+            ref_widths[cell.method].append(cell.config.bits)
+
+    def mitigation_bits(method: str):
+        if mitig.bits:
+            return list(mitig.bits)
+        from fairq.compression.registry import get_method
+
+        ref = get_method(method).config_cls.reference_method
+        return sorted(int(b) for b in ref_widths.get(ref, [])) or list(FALLBACK_BITS)
+
+    planned["mitigation"] = plan_section("mitigation", mitig, default_bits=mitigation_bits)
+    return planned

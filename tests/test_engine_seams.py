@@ -1,0 +1,207 @@
+"""The engine's seams: a method registered in this file alone runs through the phases and analysis; the library
+layers import nothing above them; config typos fail at startup; batches are read in one place."""
+import ast
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from fairq.batches import ClassificationTask, predict, split_batch
+from fairq.cli import main
+from fairq.compression import MethodResult, register_method
+from fairq.compression.backend import tag_model
+from fairq.compression.config import _Config
+from fairq.compression.modules import quantizable_layers
+from fairq.compression.registry import Artifact, unregister_method
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--data.init_args.n_samples", "400", "--data.init_args.image_size", "32", "--data.init_args.batch_size", "32",
+    "--data.init_args.eval_batch_size", "32", "--models", "[tiny_cnn]", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+    "--evaluation.latency_repeats", "2", "--evaluation.progress", "false",
+    "--analysis.n_bootstrap", "50", "--analysis.figures", "false",
+]
+
+
+# ------------------------------------------------------------------------------------ a method of this file only
+@dataclasses.dataclass
+class SignConfig(_Config):
+    """Toy method: every Conv/Linear weight becomes ``scale · sign(w)`` per output channel (1 bit)."""
+
+    weight_bits: int = 1
+    shrink: float = 1.0
+
+
+def _sign_handler(model: nn.Module, config: SignConfig, inputs) -> MethodResult:
+    seen = sum(1 for _ in inputs.validation)  # declared need: the phase must have built it
+    with torch.no_grad():
+        for mod in quantizable_layers(model).values():
+            w = mod.weight
+            scale = w.abs().flatten(1).mean(1).view(-1, *([1] * (w.ndim - 1)))
+            w.copy_(config.shrink * scale * torch.sign(w))
+    tag_model(model, weight_bits=1, act_bits=None, backend="simulated")
+    return MethodResult(model, record={"toy_val_batches": seen},
+                        artifacts=[Artifact("toy", {"shrink": config.shrink, "val_batches": seen}, column="toy")])
+
+
+@pytest.fixture
+def sign_method():
+    register_method("_sign", SignConfig, _sign_handler, needs={"validation"}, family="toy")
+    yield "_sign"
+    unregister_method("_sign")
+
+
+def test_a_method_registered_in_a_test_runs_through_the_phases_and_analysis(sign_method, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["--output_dir", str(out), *TINY,
+            "--quantization.methods", json.dumps([{"method": "_sign"}, {"method": "_sign", "shrink": [0.5]}])]
+    assert main(["--phase", "baseline", *args]) == 0
+    assert main(["--phase", "quantization", *args]) == 0
+    m = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    toy = m[m["method"] == "_sign"].set_index("variant")
+    assert sorted(toy.index) == ["", "shrink=0.5"]
+    assert set(toy["family"]) == {"toy"} and set(toy["phase"]) == {"quantization"}
+    assert set(toy["weight_bits"].astype(int)) == {1}
+    dm_val_batches = math.ceil(json.loads((out / "data.json").read_text())["counts"]["val"]["n"] / 32)
+    assert set(toy["toy_val_batches"].astype(float)) == {dm_val_batches}
+    for cell, rel in zip(toy["cell"], toy["toy"]):
+        assert rel == f"toy/{cell}.json" and json.loads((out / rel).read_text())["val_batches"] == dm_val_batches
+    assert main(["--phase", "analysis", *args]) == 0
+    deltas = pd.read_csv(out / "tables" / "deltas.csv")
+    toy_deltas = deltas[(deltas["method"] == "_sign") & (deltas["metric"] == "accuracy") & (deltas["group"] == "all")]
+    assert len(toy_deltas) >= 2 and toy_deltas["delta"].notna().all()
+
+
+# ------------------------------------------------------------------------------------ layering
+def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
+    """Every fairq/datamodules/callbacks module imported anywhere in a file (top level or inside functions);
+    ``from pkg import submodule`` counts as an import of the submodule only."""
+    tree = ast.parse(path.read_text())
+    pkg = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = pkg.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            subs = {f"{base}.{a.name}" for a in node.names}
+            out |= (subs & modules) or {base}
+            if subs - modules:
+                out.add(base)
+    return {m for m in out if m.split(".")[0] in ("fairq", "datamodules", "callbacks")}
+
+
+def _module_graph() -> dict[str, set[str]]:
+    files = {}
+    for top in ("fairq", "datamodules", "callbacks"):
+        for path in (ROOT / top).rglob("*.py"):
+            rel = path.relative_to(ROOT).with_suffix("")
+            parts = list(rel.parts[:-1]) if rel.name == "__init__" else list(rel.parts)
+            files[".".join(parts)] = path
+    names = set(files)
+    return {mod: {m for m in _imports(path, mod, names) if m in files and m != mod} for mod, path in files.items()}
+
+
+def test_compression_and_metrics_never_import_the_layers_above_them():
+    graph = _module_graph()
+    upper = ("fairq.mitigation", "fairq.phases", "fairq.analysis", "fairq.cli", "fairq.api", "fairq.methods",
+             "fairq.sections", "datamodules", "callbacks")
+    for low in ("fairq.compression", "fairq.metrics", "fairq.batches", "fairq.store"):
+        for mod, deps in graph.items():
+            if mod == low or mod.startswith(low + "."):
+                bad = [d for d in deps if d.startswith(upper)]
+                assert not bad, f"{mod} imports {bad}"
+    code = ("import sys, fairq.compression; bad = [m for m in sys.modules if m.startswith('fairq.mitigation')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _module_graph()
+    state: dict[str, int] = {}
+
+    def visit(mod, stack):
+        state[mod] = 1
+        for dep in graph[mod]:
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep):] + [dep]
+                pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+            if dep not in state:
+                visit(dep, stack + [dep])
+        state[mod] = 2
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [mod])
+
+
+# ------------------------------------------------------------------------------------ startup validation
+@pytest.mark.parametrize("entry, expected", [
+    ({"method": "ptq_statc", "bits": 4}, "did you mean 'ptq_static'"),
+    ({"method": "ptq_static", "bits": 4, "obsever": "mse"}, "did you mean 'observer'"),
+    ({"method": "ptq_static", "bits": 9}, "weight_bits must be an int in 2..8"),
+])
+def test_a_bad_method_entry_fails_in_seconds_before_any_data_or_model(entry, expected, tmp_path, capsys):
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    code = main(["--phase", "all", "--output_dir", str(out), *TINY, "--data.init_args.cache_dir",
+                 str(tmp_path / "cache"), "--quantization.methods", json.dumps([{"method": "ptq_static"}, entry])])
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert code == 2 and elapsed < 5, elapsed
+    assert "quantization.methods[1]" in err and expected in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists() and not (out / "data.json").exists()  # nothing loaded or generated
+
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
+    from fairq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean"):
+        main(["--phase", "all", "--debug", "true", "--output_dir", str(tmp_path), *TINY,
+              "--mitigation.methods", '[{"method": "bias_awre_calibration"}]'])
+
+
+# ------------------------------------------------------------------------------------ the modality seam
+def test_one_splitter_reads_every_batch_form():
+    x, y, s = torch.randn(4, 3), torch.tensor([0, 1, 1, 0]), torch.tensor([[0, 1], [1, 1], [0, 0], [1, 0]])
+    image = split_batch({"image": x, "target": y, "sensitive": s, "sample_id": ["a", "b", "c", "d"]})
+    assert image.args[0] is x and image.kwargs == {} and image.target is y and image.sample_ids == ["a", "b", "c", "d"]
+    assert torch.equal(image.sensitive, s)
+    hf = split_batch({"input_ids": x.long(), "attention_mask": x.long(), "labels": y})
+    assert hf.args == () and set(hf.kwargs) == {"input_ids", "attention_mask"} and hf.target is y
+    tup = split_batch((x, y, s[:, 0]))
+    assert tup.args[0] is x and tup.sensitive.shape == (4, 1)
+    # a task names its inputs: other keys (metadata of a dataset) are not fed to the model
+    task = ClassificationTask(input_keys=("pixels",))
+    b = split_batch({"pixels": x, "path": ["p"] * 4, "target": y}, task)
+    assert b.args[0] is x and b.kwargs == {}
+
+
+def test_predict_fills_running_ids_and_keeps_sensitive_codes():
+    model = nn.Linear(3, 2)
+    batches = [(torch.randn(5, 3), torch.zeros(5, dtype=torch.long), torch.ones(5, 2, dtype=torch.long))] * 2
+    p = predict(model, batches)
+    assert p.sample_ids == [str(i) for i in range(10)] and p.prob.shape == (10, 2)
+    assert p.sensitive.shape == (10, 2) and (p.pred == p.prob.argmax(1)).all()
+
+
+def test_nothing_above_datamodules_indexes_image_batches():
+    offenders = []
+    for top in ("fairq", "callbacks"):
+        for path in (ROOT / top).rglob("*.py"):
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if '["image"]' in line and not line.lstrip().startswith(("#", '"', "'")) and "``" not in line:
+                    offenders.append(f"{path.relative_to(ROOT)}:{i}")
+    assert not offenders, offenders
