@@ -62,7 +62,7 @@ def main() -> None:
                            eval_batch_size=args.batch_size, max_samples_per_split=args.max_samples)
     dm.prepare_data()
     dm.setup("test")
-    batches = [b["image"] for b in dm.test_dataloader()]
+    batches = [dm.task.split(b).args[0] for b in dm.test_dataloader()]  # the model inputs of each batch
     n = sum(len(b) for b in batches)
 
     # One decode pass over the test split's source files (the benchmark reads the datamodule's file index).

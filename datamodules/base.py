@@ -266,7 +266,7 @@ class FaceDataModule(L.LightningDataModule):
         cls = BatchedImageDataset if batched else CachedImageDataset
         return cls(
             self._cache.path, f["_row"].to_numpy(), f["target"].to_numpy(), self.sensitive_codes(split),
-            f["sample_id"].tolist(), hflip=augment,
+            f["sample_id"].tolist(), hflip=augment, task=self.task,
         )
 
     def _loader(self, dataset, batch_size: int, *, shuffle: bool = False, sampler=None) -> DataLoader:

@@ -28,6 +28,9 @@ class CachedImageDataset(Dataset):
         Stable id per item.
     hflip
         Random horizontal flip with probability 0.5 (training augmentation).
+    task
+        The datamodule's :class:`fairq.batches.ClassificationTask` (names of the sensitive columns and their
+        levels), so a loader over this dataset describes itself.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class CachedImageDataset(Dataset):
         sensitive: np.ndarray,
         sample_ids: Sequence[str],
         hflip: bool = False,
+        task=None,
     ):
         self.cache_path = Path(cache_path)
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -45,6 +49,7 @@ class CachedImageDataset(Dataset):
         self.sensitive = torch.tensor(np.asarray(sensitive, dtype=np.int64).reshape(len(self.rows), -1))
         self.sample_ids = list(sample_ids)
         self.hflip = hflip
+        self.task = task  # how batches of this dataset are read (fairq.batches.ClassificationTask): self-describing
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255.0)
         self._pixels: np.ndarray | None = None

@@ -15,85 +15,86 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fairq.batches import ClassificationTask
+
 __all__ = ["compute_fairness_metrics", "compare_quantization_methods", "QuantizationComparison"]
 
 _HEADLINE = ("accuracy", "worst_group_accuracy", "demographic_parity_difference", "equalized_odds_difference")
 
+#: The Beyond-Naive-Quantization study's metric names → fairq's (the same numbers; fairq's names are the documented
+#: ones and the only keys a result lists).
+METRIC_ALIASES = {
+    "demographic_parity": "demographic_parity_difference",
+    "equalized_odds": "equalized_odds_difference",
+    "equal_opportunity": "equal_opportunity_difference",
+    "predictive_equality": "predictive_equality_difference",
+    "worst_group_acc": "worst_group_accuracy",
+}
+
+
+class FairnessResult(dict):
+    """The dict :func:`compute_fairness_metrics` returns; the study's names (:data:`METRIC_ALIASES`) read the same
+    numbers as fairq's (``r["demographic_parity"] is r["demographic_parity_difference"]``) without being listed."""
+
+    def __missing__(self, key):
+        if key in METRIC_ALIASES:
+            return self[METRIC_ALIASES[key]]
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
 
 # ------------------------------------------------------------------------------------------------ inputs
-def _resolve(loader, sensitive_attr, sensitive_names, sensitive_levels):
-    """``(loader, names of the batch's sensitive columns, levels, attributes to score)``.
+def task_of(loader):
+    """The :class:`fairq.batches.ClassificationTask` a loader or datamodule describes itself with, or None.
 
-    A datamodule (anything with ``test_dataloader`` and ``sensitive_names``) supplies its test loader, names and
-    levels. Otherwise ``sensitive_names`` gives the column order of ``batch["sensitive"]`` (a single column may be
-    named by ``sensitive_attr`` alone); levels default to the integer codes.
+    A fairq datamodule has ``.task``; its loaders' datasets carry the same task (``loader.dataset.task``, through
+    a ``Subset`` too), so a loader made by a fairq datamodule says which attribute each sensitive column is.
     """
-    if hasattr(loader, "test_dataloader") and hasattr(loader, "sensitive_names"):
-        dm = loader
-        if sensitive_names is None:
-            sensitive_names = list(dm.sensitive_names)
-        if sensitive_levels is None:
-            sensitive_levels = getattr(dm, "sensitive_levels", None)
-        loader = dm.test_dataloader()
+    for obj in (loader, getattr(loader, "dataset", None), getattr(getattr(loader, "dataset", None), "dataset", None)):
+        task = getattr(obj, "task", None) if obj is not None else None
+        if task is not None:
+            return task
+    return None
+
+
+def _resolve(loader, sensitive_attr, sensitive_names, sensitive_levels):
+    """``(loader, task, attributes to score)``.
+
+    A datamodule (anything with ``test_dataloader`` and ``task``) supplies its test loader; a loader made by a fairq
+    datamodule describes itself (:func:`task_of`). Otherwise ``sensitive_names`` gives the column order of
+    ``batch["sensitive"]`` (a single column may be named by ``sensitive_attr`` alone); levels default to the codes.
+    """
+    if hasattr(loader, "test_dataloader") and hasattr(loader, "task"):
+        loader = loader.test_dataloader()
+    task = task_of(loader)
     wanted = [sensitive_attr] if isinstance(sensitive_attr, str) else (list(sensitive_attr) if sensitive_attr
                                                                         else None)
-    if sensitive_names is None:
+    names = list(sensitive_names) if sensitive_names is not None else (
+        list(task.sensitive_names) if task is not None and task.sensitive_names else None)
+    if names is None:
         if wanted is None or len(wanted) != 1:
-            raise ValueError("name the columns of batch['sensitive']: pass sensitive_names=[...] (in column order) "
-                             "or a fairq datamodule instead of a loader")
-        sensitive_names = wanted
-    sensitive_names = list(sensitive_names)
-    unknown = [a for a in (wanted or []) if a not in sensitive_names]
+            raise ValueError("name the columns of batch['sensitive']: pass sensitive_names=[...] (in column order), "
+                             "a loader made by a fairq datamodule, or the datamodule itself")
+        names = wanted
+    levels = dict(task.sensitive_levels) if task is not None else {}
+    levels.update(sensitive_levels or {})
+    unknown = [a for a in (wanted or []) if a not in names]
     if unknown:
-        raise ValueError(f"sensitive attribute(s) {unknown} not among the batch's columns {sensitive_names}")
-    return loader, sensitive_names, sensitive_levels, (wanted or sensitive_names)
+        raise ValueError(f"sensitive attribute(s) {unknown} not among the batch's columns {names}")
+    task = ClassificationTask(input_keys=task.input_keys if task is not None else None,
+                              sensitive_names=tuple(names), sensitive_levels=levels)
+    return loader, task, (wanted or names)
 
 
-class _DictBatches:
-    """Re-iterable view of a loader as fairq dict batches (``image, target, sensitive, sample_id``).
-
-    Tuple/list batches are read as ``(input, target, sensitive)``; missing sample ids become running indices.
-    """
-
-    def __init__(self, loader: Iterable):
-        self.loader = loader
-
-    def __iter__(self):
-        offset = 0
-        for batch in self.loader:
-            if isinstance(batch, Mapping):
-                batch = dict(batch)
-            elif isinstance(batch, (tuple, list)) and len(batch) >= 3:
-                batch = {"image": batch[0], "target": batch[1], "sensitive": batch[2]}
-            else:
-                raise ValueError("batches must be fairq dicts {'image', 'target', 'sensitive', 'sample_id'} or "
-                                 f"(input, target, sensitive) tuples; got {type(batch).__name__}")
-            missing = [k for k in ("image", "target", "sensitive") if k not in batch]
-            if missing:
-                raise ValueError(f"batch lacks {missing}; expected keys image, target, sensitive[, sample_id]")
-            n = len(batch["target"])
-            if batch["sensitive"].ndim == 1:
-                batch["sensitive"] = batch["sensitive"].reshape(-1, 1)
-            if "sample_id" not in batch:
-                batch["sample_id"] = [str(i) for i in range(offset, offset + n)]
-            offset += n
-            yield batch
-
-
-def _levels(sensitive_names, sensitive_levels, max_codes: int = 4096):
-    """Level labels per attribute; the integer codes as strings when none are given."""
-    levels = dict(sensitive_levels or {})
-    for a in sensitive_names:
-        if a not in levels:
-            levels[a] = [str(i) for i in range(max_codes)]
-    return levels
-
-
-def _predict(model, batches, names, levels, progress, desc) -> pd.DataFrame:
+def _predict(model, loader, task, progress, desc) -> pd.DataFrame:
     from fairq.evaluate import predict_frame
 
-    return predict_frame(model, batches, sensitive_names=names, sensitive_levels=levels, progress=progress,
-                         desc=desc)
+    return predict_frame(model, loader, task=task, progress=progress, desc=desc)
 
 
 # ------------------------------------------------------------------------------------------------ one model
@@ -125,16 +126,20 @@ def compute_fairness_metrics(model, loader, sensitive_attr: str | Sequence[str] 
 
     Returns
     -------
-    dict
-        The scalar metrics, ``per_group`` (DataFrame), ``predictions`` (the per-sample frame) and, with
-        ``n_bootstrap``, ``ci``.
+    FairnessResult (a dict)
+        The scalar metrics, ``model_size_mb`` (bytes ``torch.save`` writes, :func:`fairq.compression.model_size_mb`),
+        ``per_group`` (DataFrame), ``predictions`` (the per-sample frame) and, with ``n_bootstrap``, ``ci``. The
+        study's names (``demographic_parity``, ``equalized_odds``, …: :data:`METRIC_ALIASES`) read the same numbers.
     """
+    from fairq.compression import model_size_mb
     from fairq.metrics import DEFAULT_MIN_GROUP_SIZE, bootstrap_ci, fairness_metrics
 
-    loader, names, levels, attrs = _resolve(loader, sensitive_attr, sensitive_names, sensitive_levels)
-    frame = _predict(model, _DictBatches(loader), names, _levels(names, levels), progress, "evaluate")
+    loader, task, attrs = _resolve(loader, sensitive_attr, sensitive_names, sensitive_levels)
+    frame = _predict(model, loader, task, progress, "evaluate")
     mgs = DEFAULT_MIN_GROUP_SIZE if min_group_size is None else min_group_size
-    out = fairness_metrics(frame["y_true"], frame["y_pred"], frame[attrs], pos_label=pos_label, min_group_size=mgs)
+    out = FairnessResult(fairness_metrics(frame["y_true"], frame["y_pred"], frame[attrs], pos_label=pos_label,
+                                          min_group_size=mgs))
+    out["model_size_mb"] = model_size_mb(model)
     out["predictions"] = frame
     if n_bootstrap:
         out["ci"] = bootstrap_ci(frame["y_true"], frame["y_pred"], frame[attrs], n_resamples=n_bootstrap, seed=seed,
@@ -221,6 +226,9 @@ class QuantizationComparison:
 
 def _method_specs(methods, bit_width) -> list[tuple[str, object]]:
     """Normalise ``methods`` to ``[(label, spec)]``; spec = nn.Module or kwargs of ``apply_quantization``."""
+    from fairq.compression.registry import ALIASES
+    from fairq.methods import METHODS
+
     if isinstance(methods, (str, tuple)):
         methods = [methods]
     items = list(methods.items()) if isinstance(methods, Mapping) else [(None, m) for m in methods]
@@ -240,7 +248,10 @@ def _method_specs(methods, bit_width) -> list[tuple[str, object]]:
         if label is None:
             if not isinstance(spec, Mapping):
                 raise ValueError("give models in a dict {label: model} so they have names")
-            label = f"{spec['method']}_int{spec['bit_width']}" if spec.get("bit_width") else spec["method"]
+            if spec["method"] in ALIASES and spec["method"] not in METHODS:  # a study alias names itself
+                label = spec["method"]
+            else:
+                label = f"{spec['method']}_int{spec['bit_width']}" if spec.get("bit_width") else spec["method"]
         out.append((str(label), spec))
     labels = [lab for lab, _ in out]
     dup = {lab for lab in labels if labels.count(lab) > 1}
@@ -249,8 +260,30 @@ def _method_specs(methods, bit_width) -> list[tuple[str, object]]:
     return out
 
 
+_WHAT = {"calibration": ("calibration_data", "calibration batches, e.g. dm.calibration_dataloader(256)"),
+         "balanced_calibration": ("calibration_data", "calibration batches with sensitive codes to draw a "
+                                  "group-balanced set from, e.g. dm.train_dataloader()"),
+         "training": ("train_loader", "training batches, e.g. dm.train_dataloader()"),
+         "validation": ("validation_data", "validation batches with sensitive codes, e.g. dm.val_dataloader()")}
+
+
+def _check_inputs(specs, **given) -> None:
+    """Name the argument a method needs before any work, e.g. QAT without ``train_loader``."""
+    from fairq.compression.registry import get_method, resolve_alias
+
+    for label, spec in specs:
+        if not isinstance(spec, Mapping):
+            continue
+        needs = get_method(resolve_alias(spec["method"])[0]).needs
+        for need, (arg, what) in _WHAT.items():
+            if need in needs and given[arg] is None:
+                raise ValueError(f"{label!r} needs {what}: pass {arg}=... to compare_quantization_methods "
+                                 "(calibration is never taken from the test set)")
+
+
 def compare_quantization_methods(model, methods, test_loader, sensitive_attrs: str | Sequence[str] | None = None, *,
-                                 calibration_data=None, bit_width: int = 8,
+                                 calibration_data=None, train_loader=None, validation_data=None,
+                                 bit_width: int = 8,
                                  sensitive_names: Sequence[str] | None = None,
                                  sensitive_levels: Mapping[str, Sequence[str]] | None = None,
                                  n_bootstrap: int = 1000, seed: int = 0, min_group_size: int | None = None,
@@ -271,6 +304,9 @@ def compare_quantization_methods(model, methods, test_loader, sensitive_attrs: s
         Attributes to group by (several = intersectional plus each alone). Default: all.
     calibration_data : iterable, optional
         Calibration batches for the methods that need them (static PTQ); never taken from the test set.
+    train_loader, validation_data : iterable, optional
+        Training batches (QAT, fairness fine-tuning) and validation batches (mixed precision, preservation) for the
+        methods that declare they need them; a method whose data is missing is a clear error before any work.
     bit_width : int, default 8
         Bits of the entries given by method name only.
     n_bootstrap : int
@@ -285,24 +321,25 @@ def compare_quantization_methods(model, methods, test_loader, sensitive_attrs: s
     from fairq.analysis.flips import compute_flips
     from fairq.analysis.load import store_from_frames
     from fairq.analysis.stats import benjamini_hochberg
-    from fairq.compression import apply_quantization, model_size_mb
+    from fairq.compression import model_size_mb
+    from fairq.methods import apply_quantization
     from fairq.metrics import DEFAULT_MIN_GROUP_SIZE
 
     specs = _method_specs(methods, bit_width)
-    loader, names, levels, attrs = _resolve(test_loader, sensitive_attrs, sensitive_names, sensitive_levels)
-    batches = _DictBatches(loader)
-    lv = _levels(names, levels)
-    frames = {"baseline": _predict(model, batches, names, lv, progress, "baseline")}
+    _check_inputs(specs, calibration_data=calibration_data, train_loader=train_loader, validation_data=validation_data)
+    loader, task, attrs = _resolve(test_loader, sensitive_attrs, sensitive_names, sensitive_levels)
+    frames = {"baseline": _predict(model, loader, task, progress, "baseline")}
     models, sizes = {}, {"baseline": model_size_mb(model)}
     for label, spec in specs:
         if isinstance(spec, Mapping):
             opts = {k: v for k, v in spec.items() if k not in ("method", "bit_width")}
-            qmodel = apply_quantization(model, spec["method"], spec["bit_width"], calibration_data, **opts)
+            qmodel = apply_quantization(model, spec["method"], spec["bit_width"], calibration_data,
+                                        train_loader=train_loader, val_data=validation_data, **opts)
         else:
             qmodel = spec
         models[label] = qmodel
         sizes[label] = model_size_mb(qmodel)
-        frames[label] = _predict(qmodel, batches, names, lv, progress, label)
+        frames[label] = _predict(qmodel, loader, task, progress, label)
     keep = ["sample_id", "y_true", "y_pred", *[c for c in frames["baseline"].columns if c.startswith("prob")], *attrs]
     frames = {k: f[[c for c in keep if c in f.columns]] for k, f in frames.items()}
     num_classes = sum(c.startswith("prob_") for c in frames["baseline"].columns) or None

@@ -159,6 +159,13 @@ def plan_section(name: str, section, *, default_bits=None) -> list[PlannedCell]:
     return out
 
 
+def calibration_samples(sections: dict, name: str) -> int:
+    """Calibration draw size of section ``name`` (a section without its own takes the quantization section's)."""
+    quant = section_of(sections.get("quantization"), QuantizationSection).calibration_samples
+    own = section_of(sections.get(name), SECTIONS[name]).calibration_samples
+    return int(own or quant)
+
+
 def plan_run(sections: dict) -> dict[str, list[PlannedCell]]:
     """Plan the ``quantization`` and ``mitigation`` sections of a run (raises :class:`ConfigError` on any problem)."""
     quant = section_of(sections.get("quantization"), QuantizationSection)

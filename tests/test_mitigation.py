@@ -322,8 +322,10 @@ def test_fairness_aware_quantizer_records_skipped_options_and_validates(leaky):
     assert faq.history[0]["skipped"] == "no train_data given" and faq.chosen["method"] == "ptq_static"
     with pytest.raises(ValueError, match="constraint"):
         FairnessAwareQuantizer(4)
+    # names resolve against the data's own names; plain batches name nothing, so that is an error at quantize time
     with pytest.raises(ValueError, match="attribute_names"):
-        FairnessAwareQuantizer(4, max_dp_gap=0.1, sensitive_attributes=["race"])
+        FairnessAwareQuantizer(4, max_dp_gap=0.1, sensitive_attributes=["race"]).quantize(
+            leaky["model"], leaky["batches"][:2], leaky["batches"])
     with pytest.raises(ValueError, match="unknown quantization method"):
         FairnessAwareQuantizer(4, max_dp_gap=0.1, options=[("magic", {})])
     named = FairnessAwareQuantizer(4, max_dp_gap=0.1, sensitive_attributes=["b"], attribute_names=["a", "b"])

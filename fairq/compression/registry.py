@@ -188,8 +188,30 @@ def get_method(name: str) -> Method:
     return _REGISTRY[name]
 
 
+#: The Beyond-Naive-Quantization study's method spellings → (fairq method, bits or None = the caller's). One table,
+#: read only by :func:`resolve_alias`; the README lists it. Aliases are names, never a second code path.
+ALIASES: dict[str, tuple[str, int | None]] = {
+    "PTQ": ("ptq_static", None), "PTQ_INT8": ("ptq_static", 8), "PTQ_INT4": ("ptq_static", 4),
+    "PTQ_INT2": ("ptq_static", 2), "QAT": ("qat", None), "QAT_INT8": ("qat", 8), "QAT_INT4": ("qat", 4),
+    "DYNAMIC": ("ptq_dynamic", None), "DYNAMIC_INT8": ("ptq_dynamic", 8), "MIXED_PRECISION": ("mixed_precision", None),
+    "bias_aware": ("bias_aware_calibration", 8), "BIAS_AWARE": ("bias_aware_calibration", 8),
+    "fairness_constrained": ("fairness_finetune", None), "sensitive_preservation": ("sensitive_layer_preservation",
+                                                                                     None),
+}
+
+
+def resolve_alias(method: str, bit_width=None) -> tuple[str, int | None]:
+    """``(registered name, bits)`` for a method name or a study alias (an alias's own width wins)."""
+    if method in _REGISTRY or method not in ALIASES:
+        return method, bit_width
+    name, bits = ALIASES[method]
+    return name, bits if bits is not None else bit_width
+
+
 def make_config(method: str, bit_width=None, **options):
-    """Config for a registered ``method`` name, ``bit_width`` filling the config's bits field."""
+    """Config for a registered ``method`` name (or a study alias, :data:`ALIASES`), ``bit_width`` filling the
+    config's bits field."""
+    method, bit_width = resolve_alias(method, bit_width)
     return get_method(method).config_cls.from_bit_width(bit_width, **options)
 
 

@@ -45,6 +45,32 @@ DEFAULT_OPTIONS: tuple[tuple[str, dict], ...] = (
 _NEEDS_TRAINING = {"fairness_finetune", "qat"}
 
 
+def _are_names(attrs) -> bool:
+    if attrs is None:
+        return False
+    attrs = [attrs] if isinstance(attrs, (str, int)) else list(attrs)
+    return any(isinstance(a, str) for a in attrs)
+
+
+def holdout_split(data, share: float = 0.25, seed: int = 0, batch_size: int = 64) -> tuple[list, list]:
+    """(rest, held-out) batches: a seeded ``share`` of the samples of ``data`` set aside (stratified by nothing:
+    a uniform draw), both as lists of batches in the pool layout of :mod:`fairq.mitigation.batches`."""
+    import numpy as np
+
+    from .batches import gather, pool_size, take
+
+    if not 0 < share < 1:
+        raise ValueError(f"holdout share must be in (0, 1), got {share!r}")
+    pool = gather(data)
+    n = pool_size(pool)
+    n_out = int(round(share * n))
+    if n_out < 1 or n - n_out < 1:
+        raise ValueError(f"{n} calibration samples are too few to hold out {share:.0%} for validation; "
+                         "pass validation_data")
+    order = np.random.default_rng(seed).permutation(n)
+    return take(pool, np.sort(order[n_out:]), batch_size), take(pool, np.sort(order[:n_out]), batch_size)
+
+
 class ConstraintNotMetWarning(UserWarning):
     """No option of a :class:`FairnessAwareQuantizer` met its fairness constraint on the validation data."""
 
@@ -113,7 +139,11 @@ class FairnessAwareQuantizer:
         self.bit_width, self.act_bits = bit_width, act_bits
         self.max_dp_gap, self.max_eo_gap = max_dp_gap, max_eo_gap
         self.max_accuracy_drop, self.reference_accuracy = max_accuracy_drop, math.nan
-        self.columns, self.names = self._resolve(sensitive_attributes, attribute_names)
+        self.sensitive_attributes = sensitive_attributes
+        # names may be resolved later, from the data itself (a loader made by a fairq datamodule describes itself)
+        self.columns, self.names = (self._resolve(sensitive_attributes, attribute_names)
+                                    if attribute_names is not None or not _are_names(sensitive_attributes)
+                                    else (None, None))
         self.options = [(str(m), dict(o or {})) for m, o in (options if options is not None else DEFAULT_OPTIONS)]
         if not self.options:
             raise ValueError("options must name at least one quantization method")
@@ -130,7 +160,7 @@ class FairnessAwareQuantizer:
         self.chosen: dict[str, Any] | None = None
 
     @staticmethod
-    def _resolve(attrs, names):
+    def _resolve(attrs, names):  # -> (column indices or None = all, names or None)
         if attrs is None:
             return None, (list(names) if names is not None else None)
         attrs = [attrs] if isinstance(attrs, (str, int)) else list(attrs)
@@ -169,8 +199,9 @@ class FairnessAwareQuantizer:
         worst = max(excess)
         return worst <= 0, worst
 
-    def quantize(self, model: nn.Module, calibration_data, validation_data, train_data=None, *,
-                 balanced_calibration_data=None, **inputs) -> nn.Module:
+    def quantize(self, model: nn.Module, calibration_data=None, validation_data=None, train_data=None, *,
+                 balanced_calibration_data=None, fairness_constraint: bool | float = True, holdout: float = 0.25,
+                 calibration_loader=None, **inputs) -> nn.Module:
         """Return the first option's quantized model whose validation gaps meet the constraint (see class doc).
 
         ``calibration_data``: batches with ``sensitive`` codes (bias-aware calibration redraws from it);
@@ -180,7 +211,33 @@ class FairnessAwareQuantizer:
         (e.g. ``FaceDataModule.calibration_dataloader(n, balanced=True)``; default: redrawn from
         ``calibration_data``). ``inputs``: further run inputs for every method (e.g. ``make_trainer``,
         ``datamodule``; the :class:`~fairq.compression.registry.MethodInputs` fields).
+
+        Without ``validation_data``, a seeded ``holdout`` share of the calibration samples (default 25 %, seed 0,
+        :func:`holdout_split`) is set aside to check the constraint on, and the rest calibrates — said in the log.
+        ``fairness_constraint``: ``True`` checks the constraints given at construction; a number replaces
+        ``max_dp_gap`` (the Beyond-Naive-Quantization study's spelling); ``calibration_loader`` is an alias of
+        ``calibration_data``. Sensitive attributes given by name are resolved against the data's own names when
+        the loader comes from a fairq datamodule.
         """
+        calibration_data = calibration_data if calibration_data is not None else calibration_loader
+        if calibration_data is None:
+            raise ValueError("FairnessAwareQuantizer.quantize needs calibration_data (batches with sensitive codes)")
+        if fairness_constraint is not True and fairness_constraint is not False:
+            _check_gap("fairness_constraint", fairness_constraint)
+            self.max_dp_gap = float(fairness_constraint)
+        if self.names is None and _are_names(self.sensitive_attributes):
+            from fairq.api import task_of
+
+            task = task_of(calibration_data) or task_of(validation_data)
+            if task is None or not task.sensitive_names:
+                raise ValueError(f"sensitive_attributes {self.sensitive_attributes} are names: give attribute_names "
+                                 "(the order of the batches' 'sensitive' columns) or a loader made by a fairq "
+                                 "datamodule, which names its columns")
+            self.columns, self.names = self._resolve(self.sensitive_attributes, task.sensitive_names)
+        if validation_data is None:
+            calibration_data, validation_data = holdout_split(calibration_data, holdout)
+            log.info("fairness-aware quantizer: no validation_data given; checking the constraint on a held-out "
+                     "%.0f%% of the calibration samples (seed 0), calibrating on the rest", 100 * holdout)
         base = MethodInputs.from_kwargs(calibration_data, validation=validation_data, train_loader=train_data,
                                         **inputs)
         if not isinstance(model, nn.Module):

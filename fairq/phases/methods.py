@@ -17,7 +17,7 @@ import torch
 
 from fairq.compression import compress
 from fairq.compression.registry import MethodInputs, method_of
-from fairq.sections import MitigationSection, QuantizationSection, plan_run, section_of
+from fairq.sections import calibration_samples, plan_run
 
 from .context import RunContext
 
@@ -82,10 +82,7 @@ class _ModelCells:
 def run_section(ctx: RunContext, phase: str) -> list[dict]:
     """Run every planned setting of the ``phase`` config section on every configured model."""
     planned = plan_run(ctx.sections)[phase]  # validated at startup too; bad entries fail before any work
-    quant = section_of(ctx.sections.get("quantization"), QuantizationSection)
-    n_calib = quant.calibration_samples
-    if phase == "mitigation":
-        n_calib = section_of(ctx.sections.get("mitigation"), MitigationSection).calibration_samples or n_calib
+    n_calib = calibration_samples(ctx.sections, phase)
     rows = []
     for model_name in ctx.models:
         cells = _ModelCells(ctx, phase, model_name, int(n_calib))
