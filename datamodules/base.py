@@ -47,7 +47,9 @@ class FaceDataModule(L.LightningDataModule):
     num_workers
         DataLoader workers (also used to decode images when the cache is built).
     seed
-        Seed of every random choice made here (splits, subsamples, shuffling, balanced draws).
+        The data seed: splits, subsamples and generated data (fixed across a run's training seeds, so every seed is
+        evaluated on the same samples). Shuffling and the balanced sampler follow :attr:`sampling_seed`, which a
+        run sets to its training seed (``--seed``).
     cache_dir
         Where decoded images (and generated data) are kept; default ``$FAIRQ_CACHE`` or ``~/.cache/fairq``.
     balanced_sampler
@@ -102,6 +104,7 @@ class FaceDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.seed = int(seed)
+        self.sampling_seed = int(seed)  # shuffling and balanced sampling: a run sets its training seed here
         self.cache_dir = str(image_cache.default_cache_dir(cache_dir))
         self.balanced_sampler = balanced_sampler
         self.skip_bad_images = skip_bad_images
@@ -270,7 +273,7 @@ class FaceDataModule(L.LightningDataModule):
         )
 
     def _loader(self, dataset, batch_size: int, *, shuffle: bool = False, sampler=None) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        generator = torch.Generator().manual_seed(self.sampling_seed) if shuffle else None
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, collate_fn=collate_batch,
@@ -284,7 +287,7 @@ class FaceDataModule(L.LightningDataModule):
         ds = self.dataset(split, augment=augment, batched=True)
         bs = batch_size or (self.batch_size if split == "train" else self.eval_batch_size)
         if balanced:
-            return self._loader(ds, bs, sampler=GroupBalancedSampler(self.group_ids(split), seed=self.seed))
+            return self._loader(ds, bs, sampler=GroupBalancedSampler(self.group_ids(split), seed=self.sampling_seed))
         return self._loader(ds, bs, shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:

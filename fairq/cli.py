@@ -61,7 +61,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--phase", type=str, default="all", choices=[*PHASES, "all"], help="phase to run")
     parser.add_argument("--output_dir", type=Optional[str], default=None,
                         help="results folder (default: outputs/<config name>)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of training, splits and sampling")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed (initialisation, shuffling, calibration draws); the data seed is "
+                             "data.init_args.seed, fixed across training seeds")
+    parser.add_argument("--seeds", type=Optional[list[int]], default=None,
+                        help="several training seeds: every phase but analysis runs once per seed into the same "
+                             "output folder, and analysis reports means with CIs across seeds × samples")
     parser.add_argument("--models", type=list[str], default=["tiny_cnn"],
                         help="model names: fairq registry, timm or torchvision (tv/NAME)")
     parser.add_argument("--pretrained", type=Optional[bool], default=None,
@@ -75,8 +80,6 @@ def build_parser() -> ArgumentParser:
     parser.add_class_arguments(AnalysisSection, "analysis")
     parser.add_argument("--debug", type=bool, default=False,
                         help="show the Python traceback of user errors too (also: FAIRQ_DEBUG=1)")
-    # One seed for training, splits and sampling.
-    parser.link_arguments("seed", "data.init_args.seed")
     return parser
 
 
@@ -120,6 +123,7 @@ def make_context(parser: ArgumentParser, cfg: Namespace, name: str):
     output_dir = cfg.output_dir or str(Path("outputs") / name)
     store = RunStore(output_dir)
     init = parser.instantiate(cfg)
+    init.data.sampling_seed = int(cfg.seed)
     return RunContext(store=store, datamodule=init.data, models=list(cfg.models), seed=cfg.seed,
                       pretrained=cfg.pretrained, trainer=_trainer_kwargs(cfg.trainer.as_dict()),
                       optim=cfg.optim.as_dict(), evaluation=cfg.evaluation.as_dict(),
@@ -181,15 +185,19 @@ def _main(argv: list[str]) -> int:
     ctx.store.path("config.yaml").write_text(parser.dump(cfg))
     ctx.store.write_json("environment.json", environment_info())
     phases = PHASES if cfg.phase == "all" else (cfg.phase,)
+    seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
     for phase in phases:
         module = _phase_module(phase)
         if module is None:
             log.warning("phase %s is not implemented yet; skipping", phase)
             continue
-        t0 = time.perf_counter()
-        log.info("=== phase %s → %s", phase, ctx.store.root)
-        module.run(ctx)
-        log.info("=== phase %s done in %.1f s", phase, time.perf_counter() - t0)
+        # analysis reads every seed's cells at once; the other phases run once per training seed
+        for seed in ([seeds[0]] if phase == "analysis" else seeds):
+            ctx.use_seed(seed)
+            t0 = time.perf_counter()
+            log.info("=== phase %s%s → %s", phase, f" (seed {seed})" if len(seeds) > 1 else "", ctx.store.root)
+            module.run(ctx)
+            log.info("=== phase %s done in %.1f s", phase, time.perf_counter() - t0)
     return 0
 
 

@@ -14,5 +14,11 @@ class ConfigError(UserError, ValueError):
     """A config section or method entry is invalid (names the entry and offers close matches)."""
 
 
+class InfeasibleError(ValueError):
+    """A method cannot run on this model or data as configured (a budget below what any allocation reaches, no
+    validation group large enough, no layer to quantize). The fairness-aware quantizer records such an option as
+    infeasible and moves on; any other exception is a bug and propagates."""
+
+
 class UnknownModelError(UserError, ValueError):
     """A model name is neither fairq's, timm's nor torchvision's."""

@@ -311,3 +311,22 @@ def test_fewer_bits_compares_real_int8_with_simulated_int4(tmp_path):
     res = run_analysis(out, n_bootstrap=50, progress=False, figures=False, report=False)
     fewer = res["findings"][res["findings"]["finding"] == "fewer_bits"]
     assert set(zip(fewer["config"], fewer["reference"])) == {("ptq_static w4a8", "ptq_static w8a8")}
+
+
+def test_a_mitigation_is_judged_against_plain_ptq_on_its_own_backend(tmp_path):
+    """A simulated mitigation is never judged against real INT8 kernels; with a simulated control stored next to
+    the real one, that control is the reference, and every claim names the backends."""
+    out = make_store(tmp_path, n=400)
+    m = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    m["backend"] = np.where(m["method"] == "bias_aware_calibration", "simulated",
+                            np.where(m["method"] == "ptq_static", "int8", "fp32"))
+    m.to_csv(out / "metrics.csv", index=False)
+    res = run_analysis(out, n_bootstrap=50, progress=False, figures=False, report=False)
+    assert (res["findings"]["finding"] == "mitigation_vs_ptq").sum() == 0  # only a real-INT8 PTQ cell: no claim
+    control = m[m["cell"] == "ptq4_s0"].iloc[0].copy()
+    control["cell"], control["variant"], control["backend"] = "ptq4_sim_s0", "backend=simulated", "simulated"
+    pd.concat([m, pd.DataFrame([control])]).to_csv(out / "metrics.csv", index=False)
+    res = run_analysis(out, n_bootstrap=50, progress=False, figures=False, report=False)
+    mit = res["findings"][res["findings"]["finding"] == "mitigation_vs_ptq"]
+    assert len(mit) and set(mit["reference"]) == {"ptq_static w4a8 backend=simulated"}
+    assert mit["claim"].str.contains(r"\[simulated\] .* vs ptq_static w4a8 backend=simulated \[simulated\]").all()

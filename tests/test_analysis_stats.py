@@ -10,7 +10,8 @@ from scipy import stats as sps
 
 from fairq.analysis.findings import verdict
 from fairq.analysis.pareto import pareto_mask
-from fairq.analysis.stats import (benjamini_hochberg, cohens_h, joint_counts, mcnemar_test, paired_comparison,
+from fairq.analysis.stats import (SharedSamples, benjamini_hochberg, cohens_h, joint_counts, mcnemar_test,
+                                  paired_comparison,
                                   permutation_p, permute_joint)
 from fairq.metrics import scalar_metrics_from_counts
 
@@ -150,8 +151,50 @@ def test_paired_comparison_seeds_average_and_pair():
     expected = (np.mean(b == y) - np.mean(a == y))
     assert one["estimate"][0] == pytest.approx(expected)
     assert one["ci_low"][0] <= expected <= one["ci_high"][0]
-    # Averaging two independent resamples of the same data narrows the interval.
-    assert (two["ci_high"] - two["ci_low"])[0] < (one["ci_high"] - one["ci_low"])[0]
+
+
+def _shared(n_seeds, g, y, a, b):
+    """The same predictions as ``n_seeds`` seeds on one test set (what a run with a fixed data seed stores)."""
+    cells = np.tile(((g * 2 + y) * 2 + a) * 2 + b, (n_seeds, 1))
+    return SharedSamples(cells, g, (2, 2, 2, 2))
+
+
+def test_duplicated_seeds_on_one_test_set_do_not_narrow_the_interval():
+    """The same counts as 1 / 2 / 4 / 8 "seeds" on one test set carry one test set's noise: same CI width, same p
+    (independent per-seed resampling gave widths 0.042 / 0.028 / 0.020 / 0.014 — confidence from nothing)."""
+    rng = np.random.default_rng(1)
+    n = 400
+    g, y = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
+    a = np.where(rng.random(n) < 0.8, y, 1 - y)
+    b = np.where(rng.random(n) < 0.1, 1 - a, a)
+    one = paired_comparison([joint_counts(y, a, b, g, 2, 2)], _acc_delta, n_bootstrap=2000, n_permutations=2000,
+                            seed=0)
+    width1 = (one["ci_high"] - one["ci_low"])[0]
+    for k in (2, 4, 8):
+        res = paired_comparison(_shared(k, g, y, a, b), _acc_delta, n_bootstrap=2000, n_permutations=2000, seed=0)
+        assert res["estimate"][0] == pytest.approx(one["estimate"][0])
+        assert (res["ci_high"] - res["ci_low"])[0] == pytest.approx(width1, rel=0.15), k
+        assert res["p_value"][0] == pytest.approx(one["p_value"][0], abs=0.05), k
+    # the independent-resampling path for seeds on one test set is the bug: it does narrow
+    narrowed = paired_comparison([joint_counts(y, a, b, g, 2, 2)] * 8, _acc_delta, n_bootstrap=2000,
+                                 n_permutations=10, seed=0)
+    assert (narrowed["ci_high"] - narrowed["ci_low"])[0] < 0.6 * width1
+
+
+def test_shared_seeds_that_differ_add_their_spread_to_the_interval():
+    """Seeds that disagree (different training runs on one test set) widen the CI beyond one seed's."""
+    rng = np.random.default_rng(2)
+    n = 400
+    g, y = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
+    a = np.where(rng.random(n) < 0.8, y, 1 - y)
+    seeds = [np.where(rng.random(n) < flip, 1 - a, a) for flip in (0.02, 0.25)]  # very different seeds
+    cells = np.stack([((g * 2 + y) * 2 + a) * 2 + b for b in seeds])
+    both = paired_comparison(SharedSamples(cells, g, (2, 2, 2, 2)), _acc_delta, n_bootstrap=2000, seed=0,
+                             permutation=False)
+    singles = [paired_comparison([joint_counts(y, a, b, g, 2, 2)], _acc_delta, n_bootstrap=2000, seed=0,
+                                 permutation=False) for b in seeds]
+    assert both["estimate"][0] == pytest.approx(np.mean([s["estimate"][0] for s in singles]))
+    assert (both["ci_high"] - both["ci_low"])[0] > max((s["ci_high"] - s["ci_low"])[0] for s in singles)
 
 
 # ------------------------------------------------------------------------------------------------ rules

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fairq.cli import DEFAULT_CONFIG, build_parser, parse_args
+from fairq.cli import DEFAULT_CONFIG, build_parser, make_context, parse_args
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -16,12 +16,15 @@ def test_default_and_named_configs_are_shipped():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_parses_and_instantiates(config, tmp_path):
     parser, cfg, name = parse_args(["--config", str(config), "--data.root", str(tmp_path), "--seed", "3",
+                                    "--output_dir", str(tmp_path / "out"),
                                     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5"])
     assert name == config.stem
     assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches == 5
     init = parser.instantiate(cfg)
     dm = init.data
-    assert dm.seed == 3  # --seed drives the data split too
+    assert dm.seed == 0  # --seed is the training seed; the data seed stays fixed unless data.init_args.seed is set
+    ctx = make_context(parser, cfg, name)
+    assert ctx.seed == 3 and ctx.datamodule.sampling_seed == 3 and ctx.datamodule.seed == 0
     assert dm.num_classes >= 2 and dm.sensitive_names
     if "default" not in config.name:
         assert Path(dm.root) == tmp_path

@@ -116,22 +116,23 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
         csvs["exemplar_samples"] = exemplars[exemplars["exemplar"]]
     for name, frame in csvs.items():
         tables[name] = store.write_csv(f"tables/{name}.csv", frame)
-    for name, frame, caption in (("overview", overview_table(deltas), "Headline metrics with 95% CIs and deltas vs "
+    level = f"{conf * 100:g}%"
+    for name, frame, caption in (("overview", overview_table(deltas), f"Headline metrics with {level} CIs and deltas vs "
                                   "the baseline (BH-adjusted p)"),
                                  ("flips", flips_overview(flips), "Prediction flips vs the baseline"),
-                                 ("findings", findings_overview(findings), "Findings decided by rule")):
+                                 ("findings", findings_overview(findings, level), "Findings decided by rule")):
         tables[f"{name}_tex"] = write_latex(frame, tdir / f"{name}.tex", caption)
     fig_paths = []
     if figures:
         from .figures import write_figures
 
-        fig_paths = write_figures(deltas, flips, pareto, out / "figures")
+        fig_paths = write_figures(deltas, flips, pareto, out / "figures", level)
     report_path = None
     if report:
         from .report import write_report
 
         meta = {"output_dir": out, "n_cells": len(store.cells), "n_bootstrap": n_bootstrap, "n_permutations": n_perm,
-                "seed": seed, "alpha": alpha, "n_tests": n_tests}
+                "seed": seed, "alpha": alpha, "margin": margin, "n_tests": n_tests}
         report_path = write_report(out / "report.html", deltas=deltas, flips=flips, findings=findings,
                                    pareto=pareto, makeup=makeup, meta=meta)
     return {"tables": tables, "figures": fig_paths, "report": report_path, "findings": findings, "deltas": deltas,

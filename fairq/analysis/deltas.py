@@ -34,7 +34,7 @@ from .pairs import (PROPORTION_METRICS, Paired, align, class_list, delta_vector,
 from .stats import cohens_h, joint_counts, mcnemar_test, paired_comparison, permutation_p
 
 __all__ = ["TESTED_METRICS", "PERMUTATION_METRICS", "cell_deltas", "compute_deltas", "summarize_seeds",
-           "derive_seed", "seed_joints"]
+           "derive_seed", "seed_joints", "seed_samples", "check_same_samples"]
 
 #: Metrics whose delta gets a paired test (per the analysis issue): accuracy (McNemar, overall and per group)
 #: and the permutation-tested scalars below.
@@ -164,6 +164,55 @@ def compute_deltas(store: Store, *, n_bootstrap: int = 1000, n_permutations: int
     return out[_DELTA_COLUMNS], pairs
 
 
+def check_same_samples(pairs: Sequence[Paired]) -> None:
+    """Sample ids shared across seeds must mean the same sample (same label, same sensitive attributes):
+    otherwise a join across seeds would pool unrelated samples (e.g. a dataset regenerated per seed)."""
+    if len(pairs) < 2:
+        return
+    ref = pd.DataFrame({"sample_id": pairs[0].sample_id, "y": pairs[0].y_true}).join(
+        pairs[0].sensitive.reset_index(drop=True)).set_index("sample_id")
+    for p in pairs[1:]:
+        other = pd.DataFrame({"sample_id": p.sample_id, "y": p.y_true}).join(
+            p.sensitive.reset_index(drop=True)).set_index("sample_id")
+        common = ref.index.intersection(other.index)
+        if not len(common):
+            continue
+        a, b = ref.loc[common], other.loc[common, ref.columns]
+        bad = (a.astype(str) != b.astype(str)).any(axis=1)
+        if bad.any():
+            ids = list(common[bad.to_numpy()][:5])
+            raise ValueError(f"{int(bad.sum())} of {len(common)} sample ids shared by two seeds carry different labels "
+                             f"or sensitive attributes (e.g. {ids}): the seeds were not evaluated on the same samples. "
+                             "Keep the data seed fixed across training seeds (data.init_args.seed).")
+
+
+def seed_samples(pairs: Sequence[Paired], scope: tuple[str, ...]):
+    """What :func:`paired_comparison` resamples for several seeds, decided from the sample ids.
+
+    One seed, or seeds on disjoint test sets: ``(per-seed joint counts, group labels)``, resampled independently.
+    Seeds sharing samples (the usual case: one test split, several training seeds): ``(SharedSamples, labels)``,
+    resampled jointly so their shared test-set noise is not averaged away. Shared ids must mean the same sample.
+    """
+    from .stats import SharedSamples
+
+    ids = [np.asarray(p.sample_id, dtype=str) for p in pairs]
+    shared = len(pairs) > 1 and any(np.intersect1d(ids[i], ids[j]).size for i in range(len(ids))
+                                    for j in range(i + 1, len(ids)))
+    if not shared:
+        return seed_joints(pairs, scope)
+    check_same_samples(pairs)
+    union, first = np.unique(np.concatenate(ids), return_index=True)
+    sens = pd.concat([p.sensitive[list(scope)] for p in pairs], ignore_index=True).iloc[first]
+    y = np.concatenate([p.y_true for p in pairs])[first]
+    gid, groups = encode_groups(sens.reset_index(drop=True))
+    c = len(pairs[0].classes)
+    cells = np.full((len(pairs), len(union)), -1, dtype=np.int64)
+    for s, p in enumerate(pairs):
+        pos = np.searchsorted(union, ids[s])
+        cells[s, pos] = ((gid[pos] * c + y[pos]) * c + p.y_base) * c + p.y_pred
+    return SharedSamples(cells, gid, (len(groups), c, c, c)), group_labels(groups)
+
+
 def seed_joints(pairs: Sequence[Paired], scope: tuple[str, ...]) -> tuple[list[np.ndarray], list[str]]:
     """Joint counts per seed over one group table shared by all seeds (so group g means the same everywhere)."""
     sens = pd.concat([p.sensitive[list(scope)] for p in pairs], ignore_index=True)
@@ -212,7 +261,7 @@ def summarize_seeds(deltas: pd.DataFrame, pairs: dict[str, Paired], *, n_bootstr
         attrs = list(ps[0].sensitive.columns)
         for scope in scopes(attrs):
             sname = scope_name(scope)
-            joints, labels = seed_joints(ps, scope)
+            joints, labels = seed_samples(ps, scope)
             res = paired_comparison(joints, delta_vector(ps[0].pos_index, min_group_size),
                                     n_bootstrap=n_bootstrap, n_permutations=n_permutations, confidence=confidence,
                                     seed=derive_seed(seed, *cfg, sname, "seeds"))

@@ -152,7 +152,7 @@ def _heatmaps(data, fig_dir: Path) -> list[Path]:
     return paths
 
 
-def _group_bars(data, fig_dir: Path) -> list[Path]:
+def _group_bars(data, fig_dir: Path, level: str = "95%") -> list[Path]:
     plt = _plt()
     paths = []
     for (ds, model), f in data.items():
@@ -169,7 +169,7 @@ def _group_bars(data, fig_dir: Path) -> list[Path]:
             ax.bar(x + (k - (len(configs) - 1) / 2) * width, v, width, yerr=np.nan_to_num(err), capsize=2,
                    label=cfg)
         ax.set_xticks(x, groups, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("accuracy (95% bootstrap CI)")
+        ax.set_ylabel(f"accuracy ({level} bootstrap CI)")
         lo = np.nanmin(f["value_ci_low"].to_numpy(float)) if len(f) else 0.0
         ax.set_ylim(max(0.0, lo - 0.05), 1.0)
         ax.set_title(f"{ds} / {model}: per-group accuracy (seed {f['seed'].iloc[0]})")
@@ -205,22 +205,28 @@ def _pareto(data, fig_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
         for ax, xcol, xlabel in ((axes[0], "cost_value", LABELS[PARETO_OBJECTIVES[2]]),
                                  (axes[1], "gap_value", LABELS[PARETO_OBJECTIVES[1]])):
-            on = f["on_frontier"].to_numpy(bool)
-            ax.scatter(f[xcol][~on], f["accuracy_value"][~on], c="0.6", label="dominated")
-            ax.scatter(f[xcol][on], f["accuracy_value"][on], c="C3", marker="*", s=120, label="Pareto frontier")
+            for k, (kind, part) in enumerate(f.groupby("cost_kind", sort=False)):  # one frontier per kind
+                on = part["on_frontier"].to_numpy(bool)
+                marker = "os^D"[k % 4]
+                ax.scatter(part[xcol][~on], part["accuracy_value"][~on], c="0.6", marker=marker,
+                           label=f"{kind}: dominated")
+                ax.scatter(part[xcol][on], part["accuracy_value"][on], c=f"C{3 + k}", marker=marker, s=90,
+                           edgecolors="k", label=f"{kind}: Pareto frontier")
             for _, r in f.iterrows():
                 ax.annotate(f"{r['model']} · {r['config']}", (r[xcol], r["accuracy_value"]), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("accuracy")
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"{ds}: Pareto frontier over (accuracy ↑, EO gap ↓, size ↓)")
+        fig.suptitle(f"{ds}: Pareto frontiers over (accuracy ↑, EO gap ↓, size ↓), one per size kind "
+                     "(serialized bytes vs packed k-bit estimate)")
         paths.append(_save(fig, fig_dir / f"{slug('pareto', ds)}.png"))
     return paths
 
 
-def write_figures(deltas: pd.DataFrame, flips: pd.DataFrame, pareto: pd.DataFrame, fig_dir: Path) -> list[Path]:
-    """Write every static figure under ``fig_dir``; returns their paths."""
+def write_figures(deltas: pd.DataFrame, flips: pd.DataFrame, pareto: pd.DataFrame, fig_dir: Path,
+                  level: str = "95%") -> list[Path]:
+    """Write every static figure under ``fig_dir`` (CIs labelled at ``level``); returns their paths."""
     fig_dir.mkdir(parents=True, exist_ok=True)
-    return (_heatmaps(heatmap_data(deltas), fig_dir) + _group_bars(group_accuracy_data(deltas), fig_dir)
+    return (_heatmaps(heatmap_data(deltas), fig_dir) + _group_bars(group_accuracy_data(deltas), fig_dir, level)
             + _flip_bins(flip_bin_data(flips), fig_dir) + _pareto(pareto_plot_data(pareto), fig_dir))

@@ -36,11 +36,11 @@ import pandas as pd
 
 from fairq.metrics import DEFAULT_MIN_GROUP_SIZE, group_rates, scalar_metrics_from_counts
 
-from .deltas import derive_seed, seed_joints
+from .deltas import derive_seed, seed_samples
 from .flips import UNCERTAINTY_BINS
 from .load import CONFIG_COLUMNS, Store, is_mitigation
 from .pairs import Paired, align, encode_scope, scopes
-from .stats import paired_comparison
+from .stats import SharedSamples, paired_comparison
 
 __all__ = ["EQUIVALENCE_MARGIN", "verdict", "compute_findings", "apply_rules", "FINDING_COLUMNS"]
 
@@ -86,14 +86,22 @@ def _configs(store: Store) -> pd.DataFrame:
 def _worst_best(pairs: list[Paired], min_group_size: int) -> tuple[list[np.ndarray], list[str], int, int] | None:
     """Intersectional joints per seed plus the worst and best eligible groups by mean baseline accuracy."""
     attrs = list(pairs[0].sensitive.columns)
-    joints, labels = seed_joints(pairs, scopes(attrs)[0])
-    base = np.stack([j.sum(axis=-1) for j in joints])                      # [S, G, C, C]
+    joints, labels = seed_samples(pairs, scopes(attrs)[0])
+    per_seed = joints.joints() if isinstance(joints, SharedSamples) else np.stack(joints)
+    base = per_seed.sum(axis=-1)                                           # [S, G, C, C]
     r = group_rates(base, pairs[0].pos_index)
     eligible = (r["n"] >= min_group_size).all(axis=0)
     if eligible.sum() < 2:
         return None
     acc = np.where(eligible, r["accuracy"].mean(axis=0), np.nan)
     return joints, labels, int(np.nanargmin(acc)), int(np.nanargmax(acc))
+
+
+def _tag(frame: pd.DataFrame) -> str:
+    """A cell configuration as claims name it: its label and, always, its backend (real INT8 kernels and a
+    simulation of the same width are different models)."""
+    backend = str(frame["backend"].iloc[0] or "")
+    return f"{frame['config'].iloc[0]} [{backend}]" if backend else str(frame["config"].iloc[0])
 
 
 def _row(**kw) -> dict:
@@ -122,7 +130,7 @@ def _paired_claim(store, a_cells: dict, b_cells: dict, metric: str, *, n_bootstr
     if not seeds:
         return None
     pairs = _comparison_joints(store, [a_cells[s] for s in seeds], [b_cells[s] for s in seeds])
-    joints, _ = seed_joints(pairs, scopes(list(pairs[0].sensitive.columns))[0])
+    joints, _ = seed_samples(pairs, scopes(list(pairs[0].sensitive.columns))[0])
     res = paired_comparison(joints, _scalar_stat(metric, pairs[0].pos_index, min_group_size),
                             n_bootstrap=n_bootstrap, n_permutations=n_permutations, confidence=confidence,
                             seed=derive_seed(seed, *tag))
@@ -154,7 +162,7 @@ def _worst_vs_best(store, m, pairs, *, n_bootstrap, n_permutations, seed, min_gr
         rows.append(_row(
             finding="worst_vs_best", dataset=cfg[0], model=cfg[1], target=cfg[2], config=config,
             reference="baseline",
-            claim=f"{config} lowers the accuracy of the worst baseline group ({labels[w]}) more than that of "
+            claim=f"{_tag(frame)} lowers the accuracy of the worst baseline group ({labels[w]}) more than that of "
                   f"the best ({labels[b]})",
             statistic="Δacc(worst group) − Δacc(best group)", hypothesis="< 0", test="permutation",
             estimate=res["estimate"][0], ci_low=res["ci_low"][0], ci_high=res["ci_high"][0],
@@ -191,7 +199,7 @@ def _fewer_bits(store, m, *, n_bootstrap, n_permutations, seed, min_group_size, 
             lo_c, hi_c = lo_f["config"].iloc[0], hi_f["config"].iloc[0]
             what = "accuracy" if metric == "accuracy" else "worst-group accuracy"
             rows.append(_row(finding="fewer_bits", dataset=key[0], model=key[1], target=key[2], config=lo_c,
-                             reference=hi_c, claim=f"{lo_c} has lower {what} than {hi_c}",
+                             reference=hi_c, claim=f"{_tag(lo_f)} has lower {what} than {_tag(hi_f)}",
                              statistic=f"{metric}(low bits) − {metric}(high bits)", hypothesis="< 0", **res))
     return rows
 
@@ -208,14 +216,18 @@ def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group
         sel = np.ones(len(m), dtype=bool)
         for k in keys:
             sel &= m[k].to_numpy() == frame[k].iloc[0]
-        # The plain method a mitigation is judged against is recorded with its cells (``reference_method``).
-        cand = m[sel & (m["method"].to_numpy() == frame["reference_method"].iloc[0])]
+        # The plain method a mitigation is judged against is recorded with its cells (``reference_method``), and
+        # it must run on the same backend: a simulated mitigation is never judged against real INT8 kernels.
+        backend = frame["backend"].iloc[0]
+        cand = m[sel & (m["method"].to_numpy() == frame["reference_method"].iloc[0])
+                 & (m["backend"].to_numpy() == backend)]
         if cand.empty:
             continue
         # The natural control of a mitigation run with non-default options (e.g. balanced calibration with a
-        # percentile observer) is plain PTQ with the same options; else the default PTQ cell.
+        # percentile observer) is plain PTQ with the same options; else the default PTQ cell (or its
+        # backend-pinned twin, the control a simulated mitigation stores next to real INT8 PTQ).
         same = cand[cand["variant"] == frame["variant"].iloc[0]]
-        plain = cand[cand["variant"] == ""]
+        plain = cand[cand["variant"].isin(["", f"backend={backend}"])]
         cand = same if not same.empty else (plain if not plain.empty else cand)
         ref = cand[cand["config"] == cand["config"].iloc[0]]
         for metric, hyp, verb in _MITIGATION_CLAIMS:
@@ -226,7 +238,7 @@ def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group
                 continue
             config, rconf = frame["config"].iloc[0], ref["config"].iloc[0]
             rows.append(_row(finding="mitigation_vs_ptq", dataset=cfg[0], model=cfg[1], target=cfg[2],
-                             config=config, reference=rconf, claim=f"{config} {verb} vs {rconf}",
+                             config=config, reference=rconf, claim=f"{_tag(frame)} {verb} vs {_tag(ref)}",
                              statistic=f"{metric}(mitigated) − {metric}(plain PTQ)", hypothesis=hyp, **res))
     return rows
 
@@ -258,7 +270,7 @@ def _flips_uncertain(m, flips: pd.DataFrame, confidence: float):
         config = frame["config"].iloc[0]
         rows.append(_row(finding="flips_uncertain", dataset=cfg[0], model=cfg[1], target=cfg[2], config=config,
                          reference="baseline",
-                         claim=f"{config} flips baseline predictions more often where the baseline is uncertain "
+                         claim=f"{_tag(frame)} flips baseline predictions more often where the baseline is uncertain "
                                f"(high vs low normalized entropy)",
                          statistic=f"flip rate ({UNCERTAINTY_BINS[-1]}) − flip rate ({UNCERTAINTY_BINS[0]})",
                          hypothesis="> 0", estimate=est, ci_low=float(lo), ci_high=float(hi), p_value=p,

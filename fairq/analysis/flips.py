@@ -113,6 +113,22 @@ def compute_flips(store: Store, pairs: dict[str, Paired]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _check_same_meaning(cells, common: np.ndarray) -> None:
+    """Votes pooled across cells (and seeds) must be about the same samples: a shared id has one label and one set
+    of sensitive attributes everywhere (a dataset regenerated per seed would reuse ids for other images)."""
+    ref = cells[0]
+    cols = ["y_true", *ref.sensitive]
+    want = ref.frame.iloc[np.searchsorted(ref.ids, common)][cols].astype(str).to_numpy()
+    for c in cells[1:]:
+        got = c.frame.iloc[np.searchsorted(c.ids, common)][cols].astype(str).to_numpy()
+        bad = (got != want).any(axis=1)
+        if bad.any():
+            raise ValueError(f"cells {ref.id!r} and {c.id!r} give {int(bad.sum())} of {len(common)} shared sample ids "
+                             f"different labels or sensitive attributes (e.g. {list(common[bad][:3])}): they were not "
+                             "evaluated on the same samples. Keep the data seed fixed across training seeds "
+                             "(data.init_args.seed).")
+
+
 def compression_exemplars(store: Store) -> pd.DataFrame:
     """Per model (dataset, model, target): every common test sample with its baseline and compressed modal labels.
 
@@ -134,6 +150,7 @@ def compression_exemplars(store: Store) -> pd.DataFrame:
             common = np.intersect1d(common, c.ids, assume_unique=True)
         if len(common) == 0:
             continue
+        _check_same_meaning(cells, common)
 
         def votes(ids):
             v = np.zeros((len(common), len(classes)), dtype=np.int64)

@@ -50,7 +50,10 @@ def config_label(row) -> str:
     if row["method"] == "baseline":
         label = "baseline"
     else:
-        wb, ab = _fmt_bits(row.get("weight_bits", "")), _fmt_bits(row.get("act_bits", ""))
+        # a model with preserved or mixed widths is labelled with its measured average width, not the nominal one
+        avg = row.get("_avg_weight_bits", row.get("avg_weight_bits", ""))
+        wb = _fmt_bits(avg) if _fmt_bits(avg) else _fmt_bits(row.get("weight_bits", ""))
+        ab = _fmt_bits(row.get("act_bits", ""))
         bits = (f" w{wb}" + (f"a{ab}" if ab else "")) if wb else ""  # no act bits: e.g. dynamic activations
         label = f"{row['method']}{bits}"
     variant = str(row.get("variant", "") or "")
@@ -216,6 +219,9 @@ def _finish_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     key = ["dataset", "model", "method", "weight_bits", "act_bits", "variant"]
     metrics["_backend_varies"] = metrics[key].astype(str).join(metrics["backend"]).groupby(key)["backend"] \
         .transform("nunique").to_numpy() > 1
+    if "avg_weight_bits" in metrics.columns:  # one label per configuration: the mean measured width over seeds
+        avg = pd.to_numeric(metrics["avg_weight_bits"], errors="coerce")
+        metrics["_avg_weight_bits"] = avg.groupby([metrics[k].astype(str) for k in key]).transform("mean").round(2)
     metrics["config"] = [config_label(r) for _, r in metrics.iterrows()]
     return metrics
 

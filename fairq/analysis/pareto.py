@@ -4,6 +4,11 @@ Point estimates come from ``metrics.csv`` (mean over seeds per configuration). A
 frontier when no other configuration of the same dataset and target is at least as good on all three
 objectives and strictly better on one (accuracy up; gap, size, latency down). The non-dominated filter is a
 few lines of numpy for a handful of points, so no extra dependency is used for it.
+
+Costs of different kinds never share a frontier (``cost_kind``): sizes are ``serialized`` (bytes ``torch.save``
+wrote) or ``packed_estimate`` (the bytes a simulated k-bit model's codes and scales would take); latencies are
+``kernels`` (the model as it runs: FP32, real INT8) or ``simulation`` (a simulated INT-k cell times its fake-quant
+FP32 simulation, not k-bit inference). Each kind gets its own frontier.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ __all__ = ["ACCURACY_OBJECTIVES", "GAP_OBJECTIVES", "COST_OBJECTIVES", "pareto_m
 ACCURACY_OBJECTIVES = ("accuracy", "worst_group_accuracy")
 GAP_OBJECTIVES = ("equalized_odds_difference", "demographic_parity_difference")
 COST_OBJECTIVES = ("size_mb", "latency_ms")
+#: the column saying what kind of number each cost is; a frontier never mixes kinds.
+KIND_OF = {"size_mb": "size_kind", "latency_ms": "latency_kind"}
 
 
 def pareto_mask(values: np.ndarray, maximize: list[bool]) -> np.ndarray:
@@ -44,19 +51,26 @@ def compute_pareto(metrics: pd.DataFrame) -> pd.DataFrame:
     keys = list(CONFIG_COLUMNS) + ["config"]
     for c in keys:
         m[c] = m[c].astype(str)
-    conf = m.groupby(keys, sort=False).agg(n_seeds=("seed", "nunique"),
+    m["size_kind"] = m["size_kind"].astype(str) if "size_kind" in m.columns else "serialized"
+    m["latency_kind"] = np.where(m["backend"].astype(str).eq("simulated"), "simulation", "kernels")
+    conf = m.groupby(keys, sort=False).agg(n_seeds=("seed", "nunique"), size_kind=("size_kind", "first"),
+                                           latency_kind=("latency_kind", "first"),
                                            **{c: (c, "mean") for c in cols}).reset_index()
     out = []
     for (ds, target), frame in conf.groupby(["dataset", "target"], sort=False):
         for acc, gap, cost in itertools.product(ACCURACY_OBJECTIVES, GAP_OBJECTIVES, COST_OBJECTIVES):
             if not {acc, gap, cost} <= set(cols):
                 continue
-            vals = frame[[acc, gap, cost]].to_numpy(dtype=float)
-            rows = frame[keys + ["n_seeds"]].copy()
-            rows["accuracy_metric"], rows["gap_metric"], rows["cost_metric"] = acc, gap, cost
-            rows["accuracy_value"], rows["gap_value"], rows["cost_value"] = vals[:, 0], vals[:, 1], vals[:, 2]
-            rows["on_frontier"] = pareto_mask(vals, [True, False, False])
-            out.append(rows)
+            kind_col = KIND_OF[cost]
+            for kind, part in frame.groupby(kind_col, sort=False):
+                vals = part[[acc, gap, cost]].to_numpy(dtype=float)
+                rows = part[keys + ["n_seeds"]].copy()
+                rows["accuracy_metric"], rows["gap_metric"], rows["cost_metric"] = acc, gap, cost
+                rows["cost_kind"] = kind
+                rows["accuracy_value"], rows["gap_value"], rows["cost_value"] = vals[:, 0], vals[:, 1], vals[:, 2]
+                rows["on_frontier"] = pareto_mask(vals, [True, False, False])
+                out.append(rows)
     if not out:
-        return pd.DataFrame(columns=keys + ["accuracy_metric", "gap_metric", "cost_metric", "on_frontier"])
+        return pd.DataFrame(columns=keys + ["accuracy_metric", "gap_metric", "cost_metric", "cost_kind",
+                                            "on_frontier"])
     return pd.concat(out, ignore_index=True)

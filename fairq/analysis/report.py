@@ -80,7 +80,7 @@ def _heatmap_figs(deltas):
     return figs
 
 
-def _group_figs(deltas):
+def _group_figs(deltas, level: str = "95%"):
     import plotly.graph_objects as go
 
     figs = []
@@ -94,7 +94,7 @@ def _group_figs(deltas):
                                               arrayminus=(h["value"] - h["value_ci_low"]).to_numpy(float)),
                                  hovertemplate="%{x}<br>accuracy %{y:.4f}<br>n %{customdata[0]}<extra>" + cfg
                                                + "</extra>"))
-        fig.update_layout(barmode="group", title=f"{ds} / {model}: per-group accuracy with 95% CI "
+        fig.update_layout(barmode="group", title=f"{ds} / {model}: per-group accuracy with {level} CI "
                                                  f"(seed {f['seed'].iloc[0]})",
                           yaxis_title="accuracy", height=480)
         figs.append(fig)
@@ -128,17 +128,22 @@ def _pareto_figs(pareto):
                             subplot_titles=[LABELS[PARETO_OBJECTIVES[2]], LABELS[PARETO_OBJECTIVES[1]]])
         text = (f["model"].astype(str) + " · " + f["config"].astype(str)).tolist()
         for col, xcol in ((1, "cost_value"), (2, "gap_value")):
-            for on, name, color in ((False, "dominated", "#999"), (True, "Pareto frontier", "#d62728")):
-                h = f[f["on_frontier"] == on]
-                fig.add_trace(go.Scatter(x=h[xcol], y=h["accuracy_value"], mode="markers", name=name,
-                                         marker=dict(color=color, size=12 if on else 9,
-                                                     symbol="star" if on else "circle"),
-                                         text=[t for t, o in zip(text, f["on_frontier"]) if o == on],
-                                         hovertemplate="%{text}<br>x %{x:.4g}<br>accuracy %{y:.4f}<extra></extra>",
-                                         showlegend=col == 1),
-                              row=1, col=col)
+            for k, kind in enumerate(f["cost_kind"].unique()):  # one frontier per size kind, never mixed
+                symbol = ("circle", "square", "triangle-up", "diamond")[k % 4]
+                for on, name, color in ((False, "dominated", "#999"), (True, "Pareto frontier", "#d62728")):
+                    sel = (f["on_frontier"] == on) & (f["cost_kind"] == kind)
+                    h = f[sel]
+                    fig.add_trace(go.Scatter(x=h[xcol], y=h["accuracy_value"], mode="markers",
+                                             name=f"{kind}: {name}",
+                                             marker=dict(color=color, size=12 if on else 9, symbol=symbol),
+                                             text=[t for t, o in zip(text, sel) if o],
+                                             hovertemplate="%{text}<br>x %{x:.4g}<br>accuracy %{y:.4f}"
+                                                           "<extra></extra>",
+                                             showlegend=col == 1),
+                                  row=1, col=col)
         fig.update_yaxes(title_text="accuracy", row=1, col=1)
-        fig.update_layout(title=f"{ds}: Pareto frontier over (accuracy ↑, EO gap ↓, size ↓)", height=460)
+        fig.update_layout(title=f"{ds}: Pareto frontiers over (accuracy ↑, EO gap ↓, size ↓), one per size kind",
+                          height=460)
         figs.append(fig)
     return figs
 
@@ -146,17 +151,19 @@ def _pareto_figs(pareto):
 def write_report(path: Path, *, deltas: pd.DataFrame, flips: pd.DataFrame, findings: pd.DataFrame,
                  pareto: pd.DataFrame, makeup: pd.DataFrame, meta: dict) -> Path:
     """Write the interactive report; the first figure carries the inlined plotly.js, the others reuse it."""
-    sections = [("Heatmaps", _heatmap_figs(deltas)), ("Per-group accuracy", _group_figs(deltas)),
+    alpha, margin = float(meta.get("alpha", 0.05)), float(meta.get("margin", 0.01))
+    level = f"{(1 - alpha) * 100:g}%"
+    sections = [("Heatmaps", _heatmap_figs(deltas)), ("Per-group accuracy", _group_figs(deltas, level)),
                 ("Flips by baseline uncertainty", _flip_figs(flips)), ("Pareto frontier", _pareto_figs(pareto))]
     first = True
     parts = [f"<h1>fairq analysis report</h1><p class='note'>{html.escape(str(meta.get('output_dir', '')))} · "
              f"{meta.get('n_cells', 0)} cells · {meta.get('n_bootstrap')} bootstrap resamples, "
              f"{meta.get('n_permutations')} permutations, seed {meta.get('seed')}, alpha {meta.get('alpha')} · "
              f"p-values Benjamini–Hochberg adjusted across all {meta.get('n_tests', 0)} tests of the run.</p>",
-             "<h2>Findings</h2><p class='note'>Rule: supported if the BH-adjusted p &lt; alpha and the 95% CI is "
-             "entirely on the hypothesised side of 0; not supported if it is significant the other way or the CI lies "
-             "within ±1 percentage point; inconclusive otherwise.</p>",
-             _table(findings_overview(findings), verdict_col="verdict"),
+             f"<h2>Findings</h2><p class='note'>Rule: supported if the BH-adjusted p &lt; {alpha:g} and the "
+             f"{level} CI is entirely on the hypothesised side of 0; not supported if it is significant the other way "
+             f"or the CI lies within ±{margin * 100:g} percentage point(s); inconclusive otherwise.</p>",
+             _table(findings_overview(findings, level), verdict_col="verdict"),
              "<h2>Overview (intersectional groups)</h2>", _table(overview_table(deltas))]
     for title, figs in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")

@@ -13,6 +13,12 @@ package's own function of counts.
   of ``O(n)``, exactly the same distribution as swapping sample by sample. Written here because no library
   offers a paired permutation test over arbitrary group-fairness statistics (scipy.stats.permutation_test
   would re-evaluate per sample and per resample, ~1000x slower here).
+- Several seeds (:class:`SharedSamples`): when seeds are evaluated on the same test samples (decided from the
+  sample ids), their test-set noise is shared, so each bootstrap draw resamples the samples *once* for all seeds
+  (and the seeds themselves with replacement), and each permutation swaps a sample's A/B predictions in every
+  seed at once. Resampling each seed independently would average that shared noise away: the same counts passed
+  as 8 "seeds" would give an interval √8 times too narrow. Seeds on disjoint test sets are resampled
+  independently.
 - McNemar: statsmodels (exact binomial when there are few discordant pairs).
 - Benjamini–Hochberg: statsmodels ``multipletests(method="fdr_bh")``.
 """
@@ -25,7 +31,7 @@ import numpy as np
 
 from fairq.metrics import resample_group_counts
 
-__all__ = ["joint_counts", "mcnemar_test", "cohens_h", "benjamini_hochberg", "permute_joint", "bootstrap_draws",
+__all__ = ["SharedSamples", "joint_counts", "mcnemar_test", "cohens_h", "benjamini_hochberg", "permute_joint", "bootstrap_draws",
            "permutation_draws", "permutation_p", "percentile_ci", "paired_comparison", "EXACT_MCNEMAR_BELOW"]
 
 #: McNemar uses the exact binomial test when the discordant count is below this, else chi² with continuity
@@ -40,6 +46,65 @@ def joint_counts(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, gro
     c = int(num_classes)
     flat = ((np.asarray(group_ids) * c + np.asarray(y_true)) * c + np.asarray(pred_a)) * c + np.asarray(pred_b)
     return np.bincount(flat.astype(np.int64), minlength=n_groups * c ** 3).reshape(n_groups, c, c, c)
+
+
+class SharedSamples:
+    """Paired predictions of S seeds on overlapping test samples, kept per sample (as *patterns*).
+
+    A sample's pattern is its stratum (group) and, per seed, its joint cell ``(group, y_true, a, b)`` (``-1`` when
+    that seed did not see the sample). Samples with one pattern are interchangeable, so resampling or swapping
+    works on pattern counts: ``O(patterns)`` per draw, not ``O(n)``.
+
+    Parameters
+    ----------
+    cells : int array [S, n]
+        Flat index into ``shape`` = ``(G, C, C, C)`` of each sample's ``(group, y_true, pred_a, pred_b)`` per
+        seed, or -1 where the seed lacks the sample.
+    strata : int array [n]
+        Resampling stratum of each sample (its group).
+    shape : tuple
+        ``(G, C, C, C)``.
+    """
+
+    def __init__(self, cells: np.ndarray, strata: np.ndarray, shape: tuple[int, ...]):
+        cells = np.asarray(cells, dtype=np.int64)
+        self.shape, self.n_seeds = tuple(int(s) for s in shape), cells.shape[0]
+        g, c = self.shape[0], self.shape[1]
+        keys = np.vstack([np.asarray(strata, dtype=np.int64)[None], cells])
+        patterns, self.count = np.unique(keys.T, axis=0, return_counts=True)
+        self.strata = patterns[:, 0]
+        cell = patterns[:, 1:].T                                                  # [S, P]
+        grp, rest = np.divmod(np.where(cell < 0, 0, cell), c ** 3)
+        t, ab = np.divmod(rest, c * c)
+        a, b = np.divmod(ab, c)
+        swapped = ((grp * c + t) * c + b) * c + a
+        n_cells = g * c ** 3
+        self._onehot = np.zeros((self.n_seeds, len(self.count), n_cells))
+        self._onehot_swapped = np.zeros_like(self._onehot)
+        for s in range(self.n_seeds):
+            present = cell[s] >= 0
+            idx = np.nonzero(present)[0]
+            self._onehot[s, idx, cell[s, present]] = 1.0
+            self._onehot_swapped[s, idx, swapped[s, present]] = 1.0
+
+    def joints(self, counts: np.ndarray | None = None, swapped: np.ndarray | None = None) -> np.ndarray:
+        """``[..., S, G, C, C, C]`` joint counts for pattern ``counts`` ``[..., P]`` (default: the observed ones),
+        of which ``swapped`` ``[..., P]`` have A and B exchanged."""
+        counts = self.count if counts is None else counts
+        kept = counts if swapped is None else counts - swapped
+        out = np.einsum("...p,spk->...sk", kept.astype(float), self._onehot)
+        if swapped is not None:
+            out += np.einsum("...p,spk->...sk", swapped.astype(float), self._onehot_swapped)
+        return np.rint(out).astype(np.int64).reshape(out.shape[:-1] + self.shape)
+
+    def resample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``[n, P]`` pattern counts of stratified bootstrap resamples (each stratum keeps its size)."""
+        out = np.zeros((int(n), len(self.count)), dtype=np.int64)
+        for s in np.unique(self.strata):
+            sel = np.nonzero(self.strata == s)[0]
+            c = self.count[sel]
+            out[:, sel] = rng.multinomial(int(c.sum()), c / c.sum(), size=int(n))
+        return out
 
 
 def mcnemar_test(only_a_correct: int, only_b_correct: int) -> tuple[float, int, str]:
@@ -151,17 +216,44 @@ def permutation_p(joints: Sequence[np.ndarray], statistic, observed: np.ndarray,
     return _two_sided_p(np.asarray(observed, dtype=float), null)
 
 
-def paired_comparison(joints: Sequence[np.ndarray], statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
+def _shared_comparison(samples: SharedSamples, statistic, *, n_bootstrap, n_permutations, rng, confidence,
+                       permutation) -> dict[str, np.ndarray]:
+    """:func:`paired_comparison` for seeds on shared samples: one resample of the samples for every seed, the
+    seeds resampled with replacement, one swap per sample in every seed (see the module docstring)."""
+    s = samples.n_seeds
+    per_seed = _stat(statistic, samples.joints())                                  # [S, K]
+    observed = per_seed.mean(axis=0)
+    boots = []
+    for b in _chunks(int(n_bootstrap), s * samples._onehot.shape[1] * samples._onehot.shape[2]):
+        stats = _stat(statistic, samples.joints(samples.resample(b, rng)))           # [b, S, K]
+        weights = rng.multinomial(s, np.full(s, 1.0 / s), size=b) / s                # seeds resampled
+        drawn_nan = (np.isnan(stats) & (weights[..., None] > 0)).any(axis=1)
+        mean = np.einsum("bs,bsk->bk", weights, np.nan_to_num(stats))
+        boots.append(np.where(drawn_nan, np.nan, mean))
+    boot = np.concatenate(boots, axis=0)
+    lo, hi, valid = percentile_ci(boot, confidence)
+    p = np.full(observed.shape, np.nan)
+    if permutation:
+        nulls = []
+        for b in _chunks(int(n_permutations), s * samples._onehot.shape[1] * samples._onehot.shape[2]):
+            k = rng.binomial(np.broadcast_to(samples.count, (b, len(samples.count))), 0.5)
+            nulls.append(_stat(statistic, samples.joints(np.broadcast_to(samples.count, k.shape), k)).mean(axis=1))
+        p = _two_sided_p(observed, np.concatenate(nulls, axis=0))
+    return {"estimate": observed, "ci_low": lo, "ci_high": hi, "p_value": p, "n_valid": valid}
+
+
+def paired_comparison(joints, statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
                       n_bootstrap: int = 1000, n_permutations: int = 1000, seed=0, confidence: float = 0.95,
                       permutation: bool = True) -> dict[str, np.ndarray]:
     """Estimate, stratified-bootstrap CI and paired-permutation p of a statistic of two paired prediction vectors.
 
     Parameters
     ----------
-    joints : list of ``[G, C, C, C]`` arrays
-        One per seed (each seed's A and B are paired on that seed's samples). The estimate is the mean of the
-        per-seed statistics; bootstrap and permutation draws are made within each seed and averaged the same way,
-        so the pairing is respected.
+    joints : :class:`SharedSamples`, or a list of ``[G, C, C, C]`` arrays
+        Seeds evaluated on shared test samples (:class:`SharedSamples`, built from the sample ids by
+        :func:`fairq.analysis.deltas.seed_samples`): resampled and permuted jointly. A list of joint arrays is one
+        per seed on its *own* samples (disjoint test sets, or a single seed): draws are made within each seed and
+        averaged. Either way the estimate is the mean of the per-seed statistics.
     statistic : callable ``(counts_a, counts_b) -> array [..., K]``
         Maps the two marginal confusion counts ``[..., G, C, C]`` (leading batch axes) to K statistics. For the
         permutation p-value it must be antisymmetric (``stat(b, a) == -stat(a, b)``, e.g. ``metric(b) −
@@ -177,6 +269,9 @@ def paired_comparison(joints: Sequence[np.ndarray], statistic: Callable[[np.ndar
     dict with arrays of shape [K]: ``estimate, ci_low, ci_high, p_value, n_valid``.
     """
     rng = np.random.default_rng(seed)
+    if isinstance(joints, SharedSamples):
+        return _shared_comparison(joints, statistic, n_bootstrap=n_bootstrap, n_permutations=n_permutations,
+                                  rng=rng, confidence=confidence, permutation=permutation)
     joints = [np.asarray(j, dtype=np.int64) for j in joints]
     if not joints:
         raise ValueError("paired_comparison needs at least one joint count array")

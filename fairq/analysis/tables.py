@@ -68,14 +68,14 @@ def flips_overview(flips: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def findings_overview(findings: pd.DataFrame) -> pd.DataFrame:
+def findings_overview(findings: pd.DataFrame, level: str = "95%") -> pd.DataFrame:
     """Findings as readable strings: claim, estimate [CI], adjusted p, verdict."""
     if findings.empty:
-        return pd.DataFrame(columns=["claim", "estimate [95% CI]", "p (BH)", "verdict"])
+        return pd.DataFrame(columns=["claim", f"estimate [{level} CI]", "p (BH)", "verdict"])
     return pd.DataFrame({
         "dataset": findings["dataset"], "model": findings["model"], "claim": findings["claim"],
         "statistic": findings["statistic"], "H1": findings["hypothesis"],
-        "estimate [95% CI]": [f"{e:+.3f} {_ci(lo, hi)}" if not pd.isna(e) else "" for e, lo, hi in
+        f"estimate [{level} CI]": [f"{e:+.3f} {_ci(lo, hi)}" if not pd.isna(e) else "" for e, lo, hi in
                               zip(findings["estimate"], findings["ci_low"], findings["ci_high"])],
         "p (BH)": [_p(v) for v in findings["p_adjusted"]], "verdict": findings["verdict"]})
 

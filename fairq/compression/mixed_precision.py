@@ -13,6 +13,8 @@ from typing import Callable
 
 from torch import nn
 
+from fairq.errors import InfeasibleError
+
 from .backend import tag_model
 from .config import MixedPrecisionConfig
 from .measure import MB, packed_weight_bytes, state_bytes
@@ -117,7 +119,7 @@ def allocate_bits(sensitivity: dict[str, dict[int, float]], candidates, cost: Ca
 
     floor = total({n: levels[-1] for n in sensitivity})
     if floor > budget * (1 + 1e-9):
-        raise ValueError(f"budget {budget:g} is infeasible: even every searched layer at {levels[-1]} bits "
+        raise InfeasibleError(f"budget {budget:g} is infeasible: even every searched layer at {levels[-1]} bits "
                          f"costs {floor:.4g} (FP32-kept layers included); raise the budget or allow fewer bits")
     while total(alloc) > budget * (1 + 1e-9):
         now, best = total(alloc), None
@@ -153,7 +155,7 @@ def plan_mixed_precision(model: nn.Module, config: MixedPrecisionConfig, data=No
     """Measure sensitivities on ``data`` (unless ``config.plan`` is given) and allocate bits."""
     layers = quantizable_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no Conv2d/Linear layers for mixed precision")
+        raise InfeasibleError(f"{type(model).__name__} has no Conv2d/Linear layers for mixed precision")
     explicit = config.plan or {}  # an explicit plan overrides the first/last-layer policy for the layers it names
     policy = {n: "keep_fp32" for n in layers if matches(n, config.keep_fp32) and n not in explicit}
     if config.keep_first and next(iter(layers)) not in explicit:

@@ -65,6 +65,10 @@ def quantizable_layers(model: nn.Module, skip: Iterable[str] = (), types=(nn.Lin
             found[name] = mod
         elif isinstance(mod, types) and not hasattr(mod, "weight_codes") and not hasattr(mod, "weight_fake_quant"):
             odd.append(f"{name} ({type(mod).__name__})")
+        if isinstance(mod, nn.MultiheadAttention) and mod.in_proj_weight is not None and nn.Linear in types:
+            # torchvision ViTs: the fused q/k/v projection is a bare Parameter used by F.multi_head_attention_forward,
+            # not a Linear a layer swap can reach; say so rather than report the model as fully quantized
+            odd.append(f"{name}.in_proj_weight (nn.MultiheadAttention's fused q/k/v projection)")
     if odd:
         log.warning("left in full precision (custom forward): %s", ", ".join(odd))
     return found

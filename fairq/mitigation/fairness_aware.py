@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Sequence
 from torch import nn
 
 from fairq.compression.api import compress
+from fairq.errors import InfeasibleError
 from fairq.compression.backend import tag_model
 from fairq.compression.config import _check_bits, _Config
 from fairq.compression.registry import METHODS, Artifact, MethodInputs, MethodResult, make_config, register_method
@@ -258,7 +259,7 @@ class FairnessAwareQuantizer:
             try:
                 # each option reads what it needs; the balanced draw only where an option asks for one
                 qmodel = compress(model, config, base.replace(balanced_calibration=balanced_calibration_data)).model
-            except (ValueError, TypeError, KeyError) as err:  # an option that cannot run here is recorded, not fatal
+            except InfeasibleError as err:  # an option that cannot run here is recorded, not fatal; bugs propagate
                 rec.update(error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - t0)
                 self.history.append(rec)
                 log.warning("fairness-aware quantizer: %s failed: %s", method, err)

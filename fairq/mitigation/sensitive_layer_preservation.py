@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fairq.compression.backend import tag_model
+from fairq.errors import InfeasibleError
 from fairq.compression.config import OBSERVERS, _check_bits, _check_choice, _check_positive, _Config
 from fairq.compression.measure import model_size
 from fairq.compression.mixed_precision import FP32_BITS, MixedPrecisionPlan, allocate_bits
@@ -65,6 +66,16 @@ class SensitiveLayerPreservationConfig(_Config):
     observer: str = "minmax"
     calibration_batches: int | None = 32
 
+    def controls(self) -> list:
+        """A simulated plain-PTQ cell at the same widths when plain ``ptq_static`` would run real INT8 kernels
+        (W8A8): preservation always simulates, and a mitigation is judged against its own backend."""
+        from fairq.compression.config import PTQConfig
+
+        if (self.weight_bits, self.act_bits) != (8, 8):
+            return []
+        return [PTQConfig(weight_bits=8, act_bits=8, per_channel=self.per_channel, symmetric=self.symmetric,
+                          observer=self.observer, backend="simulated")]
+
     def __post_init__(self):
         _check_bits("weight_bits", self.weight_bits)
         _check_bits("act_bits", self.act_bits, allow_none=True)
@@ -102,7 +113,7 @@ def group_layer_sensitivity(model: nn.Module, layers: dict[str, nn.Module], bits
     counts = torch.bincount(ids, minlength=len(rows))
     kept = [g for g in range(len(rows)) if counts[g] >= min_group_size]
     if not kept:
-        raise ValueError(f"no group has ≥ {min_group_size} validation samples (sizes {counts.tolist()}); "
+        raise InfeasibleError(f"no group has ≥ {min_group_size} validation samples (sizes {counts.tolist()}); "
                          "give more validation batches or lower min_group_size")
     skipped = [rows[g].tolist() for g in range(len(rows)) if g not in kept]
     if skipped:
@@ -150,7 +161,7 @@ def plan_preservation(model: nn.Module, config: SensitiveLayerPreservationConfig
     model.eval()
     layers = quantizable_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no Conv2d/Linear layers to quantize")
+        raise InfeasibleError(f"{type(model).__name__} has no Conv2d/Linear layers to quantize")
     sens = group_layer_sensitivity(model, layers, config.weight_bits, val_data, metric=config.sensitivity,
                                    limit=config.val_batches, min_group_size=config.min_group_size,
                                    per_channel=config.per_channel, symmetric=config.symmetric)

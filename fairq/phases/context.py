@@ -39,6 +39,13 @@ class RunContext:
     sections: dict = field(default_factory=dict)  # per-phase config sections (quantization, mitigation, …)
     _data_ready: bool = False
 
+    def use_seed(self, seed: int) -> None:
+        """Make ``seed`` the training seed of what follows (cells, checkpoints, calibration draws, shuffling); the
+        data seed stays the datamodule's own, so every training seed sees the same samples."""
+        self.seed = int(seed)
+        if hasattr(self.datamodule, "sampling_seed"):
+            self.datamodule.sampling_seed = int(seed)
+
     # --- data --------------------------------------------------------------------------------------------
     def data(self):
         """The datamodule, prepared and set up once; its split description is saved as ``data.json``."""
