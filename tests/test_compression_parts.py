@@ -11,7 +11,7 @@ from fairq.compression import (
     MixedPrecisionConfig, QATConfig, convert_qat, effective_weights, layer_bits, model_size, prepare_qat, quantize,
 )
 from fairq.compression.data import iter_labelled_batches, iter_model_inputs
-from fairq.compression.fakequant import dynamic_fake_quant, quantize_weight
+from fairq.compression.fakequant import FakeQuantLinear, dynamic_fake_quant, quantize_weight, quantize_with
 from fairq.compression.mixed_precision import allocate_bits
 from fairq.compression.observers import KBitHistogramObserver, act_observer, qrange
 
@@ -76,6 +76,43 @@ def test_minmax_is_torch_ao_unchanged():
     ours, ref = act_observer("minmax", 5), MinMaxObserver(dtype=torch.quint8, quant_min=0, quant_max=31)
     ours(x), ref(x)
     assert [float(t) for t in ours.calculate_qparams()] == [float(t) for t in ref.calculate_qparams()]
+
+
+# Written out by hand from the definition (two's complement: -2^(k-1) .. 2^(k-1)-1; unsigned: 0 .. 2^k-1), so a
+# range narrowed or widened by one level fails here rather than passing every test that compares with qrange().
+K_BIT_RANGES = {
+    2: ((-2, 1), (0, 3)),
+    3: ((-4, 3), (0, 7)),
+    4: ((-8, 7), (0, 15)),
+    5: ((-16, 15), (0, 31)),
+    6: ((-32, 31), (0, 63)),
+    7: ((-64, 63), (0, 127)),
+    8: ((-128, 127), (0, 255)),
+}
+
+
+@pytest.mark.parametrize("bits", sorted(K_BIT_RANGES))
+def test_qrange_is_the_k_bit_range(bits):
+    signed, unsigned = K_BIT_RANGES[bits]
+    assert qrange(bits, signed=True) == signed
+    assert qrange(bits, signed=False) == unsigned
+
+
+@pytest.mark.parametrize("bits", sorted(K_BIT_RANGES))
+def test_ramp_wider_than_the_range_uses_exactly_2k_codes(bits):
+    """A ramp over [-300, 300] at scale 1, zero point 0 saturates both ends: every level is hit, no more."""
+    (smin, smax), (umin, umax) = K_BIT_RANGES[bits]
+    ramp = torch.arange(-300.0, 300.25, 0.25)
+    codes = quantize_with(ramp, bits, torch.tensor(1.0), torch.tensor(0)).codes
+    assert torch.unique(codes).numel() == 2**bits
+    assert (int(codes.min()), int(codes.max())) == (smin, smax)
+    # Activations (affine → unsigned codes) go through the static input fake-quant of a simulated layer.
+    lin = nn.Linear(ramp.numel(), 1)
+    layer = FakeQuantLinear(lin, quantize_weight(lin.weight, bits), per_channel=True, symmetric=True,
+                            act_bits=bits, act_mode="static", act_qparams=(torch.tensor(1.0), torch.tensor(0)))
+    acts = layer.quantize_input(ramp)
+    assert torch.unique(acts).numel() == 2**bits
+    assert (float(acts.min()), float(acts.max())) == (umin, umax)
 
 
 # ---------------------------------------------------------------- fake-quant maths
