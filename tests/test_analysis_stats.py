@@ -108,6 +108,21 @@ def test_permutation_test_detects_a_real_gap_change():
     assert permutation_p([joint], _dp_delta, np.atleast_1d(obs), 499, rng)[0] < 0.01
 
 
+def test_permutation_test_detects_a_real_negative_effect():
+    """B closes a DP gap that A has: the delta is negative and the two-sided p must be small (an upper-tail-only
+    p would be ~1 here)."""
+    rng = np.random.default_rng(6)
+    n = 600
+    g = rng.integers(0, 2, size=n)
+    y = rng.integers(0, 2, size=n)
+    b = (rng.random(n) < 0.5).astype(int)
+    a = np.where((g == 1) & (rng.random(n) < 0.4), 1, b)  # A selects group 1 much more often; B does not
+    joint = joint_counts(y, a, b, g, 2, 2)
+    obs = _dp_delta(joint.sum(-1), joint.sum(-2))[0]
+    assert obs < -0.1
+    assert permutation_p([joint], _dp_delta, np.atleast_1d(obs), 499, rng)[0] < 0.01
+
+
 # ------------------------------------------------------------------------------------------------ CI coverage
 def _acc_delta(a, b):
     acc = lambda c: np.trace(c.sum(axis=-3), axis1=-2, axis2=-1) / c.sum(axis=(-1, -2, -3))  # noqa: E731
