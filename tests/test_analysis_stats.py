@@ -11,7 +11,7 @@ from scipy import stats as sps
 from fairq.analysis.findings import verdict
 from fairq.analysis.pareto import pareto_mask
 from fairq.analysis.stats import (benjamini_hochberg, cohens_h, joint_counts, mcnemar_test, paired_comparison,
-                                  permutation_p, permute_joint)
+                                  percentile_ci, permutation_p, permute_joint)
 from fairq.metrics import scalar_metrics_from_counts
 
 
@@ -121,6 +121,22 @@ def test_permutation_test_detects_a_real_negative_effect():
     obs = _dp_delta(joint.sum(-1), joint.sum(-2))[0]
     assert obs < -0.1
     assert permutation_p([joint], _dp_delta, np.atleast_1d(obs), 499, rng)[0] < 0.01
+
+
+# ------------------------------------------------------------------------------------------------ percentiles
+def test_percentile_ci_pins_the_levels_on_known_draws():
+    """Draws 0..1000: the q-th percentile (linear interpolation) is 10·q exactly, so a 95% interval is (25, 975)
+    and an 80% one (100, 900). NaN draws are left out, and a column without valid draws gives NaN."""
+    draws = np.arange(1001.0)
+    lo, hi, valid = percentile_ci(draws[:, None], 0.95)
+    assert (lo[0], hi[0], valid[0]) == (pytest.approx(25.0, abs=1e-9), pytest.approx(975.0, abs=1e-9), 1001)
+    lo, hi, _ = percentile_ci(draws[:, None], 0.80)
+    assert (lo[0], hi[0]) == (pytest.approx(100.0, abs=1e-9), pytest.approx(900.0, abs=1e-9))
+    table = np.stack([np.concatenate([draws, [np.nan] * 7]), np.full(1008, np.nan)], axis=1)
+    lo, hi, valid = percentile_ci(table, 0.95)
+    assert (lo[0], hi[0]) == (pytest.approx(25.0, abs=1e-9), pytest.approx(975.0, abs=1e-9))
+    assert np.isnan(lo[1]) and np.isnan(hi[1])
+    assert valid.tolist() == [1001, 0]
 
 
 # ------------------------------------------------------------------------------------------------ CI coverage
