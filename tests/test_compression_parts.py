@@ -13,7 +13,9 @@ from fairq.compression import (
 from fairq.compression.data import iter_labelled_batches, iter_model_inputs
 from fairq.compression.fakequant import FakeQuantLinear, dynamic_fake_quant, quantize_weight, quantize_with
 from fairq.compression.mixed_precision import allocate_bits
-from fairq.compression.observers import KBitHistogramObserver, act_observer, qrange
+from fairq.compression.observers import (
+    KBitHistogramObserver, MSEObserver, PercentileObserver, act_observer, act_spec, qrange, weight_observer, weight_spec,
+)
 
 
 
@@ -113,6 +115,92 @@ def test_ramp_wider_than_the_range_uses_exactly_2k_codes(bits):
     acts = layer.quantize_input(ramp)
     assert torch.unique(acts).numel() == 2**bits
     assert (float(acts.min()), float(acts.max())) == (umin, umax)
+
+
+def test_specs_name_the_torch_ao_scheme_and_range():
+    """Symmetric activations get signed codes (qint8, symmetric scheme); affine ones unsigned (quint8)."""
+    assert act_spec(4, True) == dict(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=-8, quant_max=7)
+    assert act_spec(4, False) == dict(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=15)
+    expected = {(True, True): torch.per_channel_symmetric, (True, False): torch.per_channel_affine,
+                (False, True): torch.per_tensor_symmetric, (False, False): torch.per_tensor_affine}
+    for (per_channel, symmetric), qscheme in expected.items():
+        assert weight_spec(3, per_channel, symmetric) == dict(dtype=torch.qint8, qscheme=qscheme, quant_min=-4,
+                                                              quant_max=3)
+    for kind in ("minmax", "histogram", "percentile", "mse"):
+        obs = act_observer(kind, 4, symmetric=True)
+        assert (obs.quant_min, obs.quant_max, obs.qscheme) == (-8, 7, torch.per_tensor_symmetric), kind
+        assert (act_observer(kind, 4).quant_min, act_observer(kind, 4).quant_max) == (0, 15), kind
+    assert KBitHistogramObserver(dtype=torch.qint8, quant_min=-8, quant_max=7).dst_nbins == 16
+    assert KBitHistogramObserver(64, dtype=torch.quint8, quant_min=0, quant_max=15).bins == 64  # torch.ao's args
+    with pytest.raises(ValueError, match="unknown observer 'kl'"):
+        act_observer("kl", 4)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_weight_observer_min_max_over_all_batches_unless_moving(per_channel):
+    """The plain observer keeps the range of everything seen; ``moving=True`` (constant 1) only the last batch's."""
+    big, small = torch.full((2, 3), 8.0), torch.full((2, 3), 2.0)
+    big[:, 0], small[:, 0] = -8.0, -2.0
+    for moving, expected_absmax in ((False, 8.0), (True, 2.0)):
+        cls, spec = weight_observer(4, per_channel, symmetric=True, moving=moving)
+        obs = cls(**spec)
+        obs(big), obs(small)
+        scale, _ = obs.calculate_qparams()
+        # symmetric signed 4-bit: scale = max|w| / ((qmax - qmin) / 2) = max|w| / 7.5
+        assert torch.allclose(scale, torch.full_like(scale, expected_absmax / 7.5)), (moving, scale)
+        assert scale.numel() == (2 if per_channel else 1)
+    cls, spec = weight_observer(4, per_channel, symmetric=True)  # default: not moving
+    obs = cls(**spec)
+    obs(big), obs(small)
+    assert torch.allclose(obs.calculate_qparams()[0], torch.tensor(8.0 / 7.5))
+
+
+def _two_sided(n=50000, seed=0):
+    """Normal values on both sides of 0, plus one outlier on each side (min + max far from 0)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * 2.0
+    x[0], x[1] = -40.0, 60.0
+    return x
+
+
+def test_percentile_clips_both_tails_at_the_quantiles():
+    x = _two_sided()
+    bin_width = 100.0 / 2048
+    for p in (99.0, 99.9):
+        obs = PercentileObserver(percentile=p, dtype=torch.quint8, quant_min=0, quant_max=255)
+        obs(x)
+        scale, zp = (float(t) for t in obs.calculate_qparams())
+        lo, hi = -scale * zp, scale * (255 - zp)  # ends of the representable range
+        assert lo == pytest.approx(float(torch.quantile(x, 1 - p / 100)), abs=bin_width + scale), p
+        assert hi == pytest.approx(float(torch.quantile(x, p / 100)), abs=bin_width + scale), p
+    # default 99.99 %: the two outliers (0.002 % each) are clipped; at 100 % the range is min-max
+    for obs in (PercentileObserver(dtype=torch.quint8, quant_min=0, quant_max=15), act_observer("percentile", 4)):
+        obs(x)
+        scale = float(obs.calculate_qparams()[0])
+        ref = float(torch.quantile(x, 0.9999) - torch.quantile(x, 0.0001)) / 15
+        assert scale == pytest.approx(ref, abs=3 * bin_width / 15)  # each end within a bin or so
+    full = PercentileObserver(percentile=100.0, dtype=torch.quint8, quant_min=0, quant_max=15)
+    full(x)
+    assert float(full.calculate_qparams()[0]) == pytest.approx(100.0 / 15, rel=1e-5)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_mse_observer_picks_the_best_clipping_on_the_grid(bits):
+    """Reference: the quantization MSE of the data itself for every clipping range alpha·[min, max] on the
+    observer's own grid, computed with torch's fake-quantize; the observer's choice is (near) the best one."""
+    x = _two_sided(20000)
+    qmin, qmax = qrange(bits, signed=False)
+    obs = MSEObserver(dtype=torch.quint8, quant_min=qmin, quant_max=qmax)
+    obs(x)
+    scale, zp = obs.calculate_qparams()
+    chosen = _qmse(x, scale, zp, qmin, qmax)
+    errs = []
+    for alpha in torch.linspace(0.05, 1.0, 100).tolist():
+        ref = MinMaxObserver(dtype=torch.quint8, quant_min=qmin, quant_max=qmax)
+        ref(torch.tensor([-40.0 * alpha, 60.0 * alpha]))
+        errs.append(_qmse(x, *ref.calculate_qparams(), qmin, qmax))
+    assert chosen <= min(errs) * 1.02, (chosen, min(errs))
+    assert chosen < errs[-1] / 2  # clipping the two outliers pays off a lot at these widths
 
 
 # ---------------------------------------------------------------- fake-quant maths
