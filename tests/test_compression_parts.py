@@ -11,7 +11,9 @@ from fairq.compression import (
     MixedPrecisionConfig, QATConfig, convert_qat, effective_weights, layer_bits, model_size, prepare_qat, quantize,
 )
 from fairq.compression.data import iter_labelled_batches, iter_model_inputs
-from fairq.compression.fakequant import FakeQuantLinear, dynamic_fake_quant, quantize_weight, quantize_with
+from fairq.compression.fakequant import (
+    FakeQuantLayer, FakeQuantLinear, dynamic_fake_quant, quantize_weight, quantize_with,
+)
 from fairq.compression.mixed_precision import allocate_bits
 from fairq.compression.observers import (
     KBitHistogramObserver, MSEObserver, PercentileObserver, act_observer, act_spec, qrange, weight_observer, weight_spec,
@@ -222,6 +224,31 @@ def test_dynamic_fake_quant_uses_each_batch_range():
         assert torch.unique(q).numel() <= 16
         step = float(x.max() - x.min()) / 15
         assert (q - x).abs().max() <= step / 2 + 1e-4 * step
+
+
+def test_dynamic_fake_quant_symmetric_uses_signed_codes_around_zero():
+    """Symmetric: zero point 0 and scale max|x| / 7.5 at 4 bits, so every output is an integer multiple of it."""
+    x = torch.linspace(-3.2, 5.0, 411)
+    q = dynamic_fake_quant(x, 4, symmetric=True)
+    step = 5.0 / 7.5
+    codes = q / step
+    assert torch.allclose(codes, codes.round(), atol=1e-5)
+    assert (int(codes.round().min()), int(codes.round().max())) == (-5, 7)  # -3.2 / step = -4.8
+    assert (q - x).abs().max() <= step / 2 + 1e-5
+    assert torch.unique(q).numel() == 13
+
+
+def test_extra_repr_names_bits_granularity_scheme_and_activations():
+    torch.manual_seed(0)
+    lin = FakeQuantLayer.from_float(nn.Linear(4, 3), 4, act_bits=8, act_mode="dynamic")
+    assert lin.extra_repr() == "in_features=4, out_features=3, weight_bits=4 (per_channel, symmetric), act_bits=8 (dynamic)"
+    conv = nn.Conv2d(3, 5, 3, stride=2)
+    fq = FakeQuantLayer.from_float(conv, 2, per_channel=False, symmetric=False)
+    assert fq.extra_repr() == "3, 5, kernel_size=(3, 3), stride=(2, 2), weight_bits=2 (per_tensor, affine), act=fp32"
+    conv.same_pad = True  # as a timm Conv2dSame reports itself
+    fq = FakeQuantLayer.from_float(conv, 2, per_channel=True, symmetric=False)
+    assert fq.extra_repr() == ("3, 5, kernel_size=(3, 3), stride=(2, 2), padding=same (run time), "
+                               "weight_bits=2 (per_channel, affine), act=fp32")
 
 
 # ---------------------------------------------------------------- calibration data forms
