@@ -145,6 +145,25 @@ def _acc_delta(a, b):
     return (acc(b) - acc(a))[..., None]
 
 
+def test_percentile_ci_single_valid_draw_and_paired_comparison_plumbing():
+    lo, hi, valid = percentile_ci(np.array([[np.nan], [4.0], [np.nan]]), 0.95)
+    assert (lo[0], hi[0], valid[0]) == (4.0, 4.0, 1)  # one valid draw is an interval of one point
+    joint = np.zeros((2, 2, 2, 2), dtype=int)
+    joint[:, 0, 0, 0], joint[:, 1, 1, 1], joint[:, 1, 1, 0], joint[:, 0, 1, 1] = 30, 30, 6, 4
+    kw = dict(n_bootstrap=200, permutation=False)
+    res = paired_comparison([joint], _acc_delta, seed=1, confidence=0.8, **kw)
+    assert set(res) == {"estimate", "ci_low", "ci_high", "p_value", "n_valid"}
+    assert np.isnan(res["p_value"]).all() and res["n_valid"].tolist() == [200]
+    wide = paired_comparison([joint], _acc_delta, seed=1, confidence=0.99, **kw)
+    assert wide["ci_low"][0] < res["ci_low"][0] and res["ci_high"][0] < wide["ci_high"][0]  # the level is used
+    again = paired_comparison([joint], _acc_delta, seed=1, confidence=0.8, **kw)
+    other = paired_comparison([joint], _acc_delta, seed=2, confidence=0.8, **kw)
+    assert (again["ci_low"][0], again["ci_high"][0]) == (res["ci_low"][0], res["ci_high"][0])  # seeded
+    assert (other["ci_low"][0], other["ci_high"][0]) != (res["ci_low"][0], res["ci_high"][0])  # by that seed
+    with pytest.raises(ValueError, match="at least one joint count array"):
+        paired_comparison([], _acc_delta)
+
+
 def test_paired_bootstrap_ci_covers_true_delta_at_nominal_rate():
     """Simulated paired predictions with a known accuracy drop: the 95% CI covers it in ~95% of runs."""
     rng = np.random.default_rng(2024)
