@@ -11,8 +11,7 @@ from scipy import stats as sps
 from fairq.analysis.findings import verdict
 from fairq.analysis.pareto import pareto_mask
 from fairq.analysis.stats import (SharedSamples, benjamini_hochberg, cohens_h, joint_counts, mcnemar_test,
-                                  paired_comparison,
-                                  permutation_p, permute_joint)
+                                  paired_comparison, percentile_ci, permutation_p, permute_joint)
 from fairq.metrics import scalar_metrics_from_counts
 
 
@@ -109,10 +108,60 @@ def test_permutation_test_detects_a_real_gap_change():
     assert permutation_p([joint], _dp_delta, np.atleast_1d(obs), 499, rng)[0] < 0.01
 
 
+def test_permutation_test_detects_a_real_negative_effect():
+    """B closes a DP gap that A has: the delta is negative and the two-sided p must be small (an upper-tail-only
+    p would be ~1 here)."""
+    rng = np.random.default_rng(6)
+    n = 600
+    g = rng.integers(0, 2, size=n)
+    y = rng.integers(0, 2, size=n)
+    b = (rng.random(n) < 0.5).astype(int)
+    a = np.where((g == 1) & (rng.random(n) < 0.4), 1, b)  # A selects group 1 much more often; B does not
+    joint = joint_counts(y, a, b, g, 2, 2)
+    obs = _dp_delta(joint.sum(-1), joint.sum(-2))[0]
+    assert obs < -0.1
+    assert permutation_p([joint], _dp_delta, np.atleast_1d(obs), 499, rng)[0] < 0.01
+
+
+# ------------------------------------------------------------------------------------------------ percentiles
+def test_percentile_ci_pins_the_levels_on_known_draws():
+    """Draws 0..1000: the q-th percentile (linear interpolation) is 10·q exactly, so a 95% interval is (25, 975)
+    and an 80% one (100, 900). NaN draws are left out, and a column without valid draws gives NaN."""
+    draws = np.arange(1001.0)
+    lo, hi, valid = percentile_ci(draws[:, None], 0.95)
+    assert (lo[0], hi[0], valid[0]) == (pytest.approx(25.0, abs=1e-9), pytest.approx(975.0, abs=1e-9), 1001)
+    lo, hi, _ = percentile_ci(draws[:, None], 0.80)
+    assert (lo[0], hi[0]) == (pytest.approx(100.0, abs=1e-9), pytest.approx(900.0, abs=1e-9))
+    table = np.stack([np.concatenate([draws, [np.nan] * 7]), np.full(1008, np.nan)], axis=1)
+    lo, hi, valid = percentile_ci(table, 0.95)
+    assert (lo[0], hi[0]) == (pytest.approx(25.0, abs=1e-9), pytest.approx(975.0, abs=1e-9))
+    assert np.isnan(lo[1]) and np.isnan(hi[1])
+    assert valid.tolist() == [1001, 0]
+
+
 # ------------------------------------------------------------------------------------------------ CI coverage
 def _acc_delta(a, b):
     acc = lambda c: np.trace(c.sum(axis=-3), axis1=-2, axis2=-1) / c.sum(axis=(-1, -2, -3))  # noqa: E731
     return (acc(b) - acc(a))[..., None]
+
+
+def test_percentile_ci_single_valid_draw_and_paired_comparison_plumbing():
+    lo, hi, valid = percentile_ci(np.array([[np.nan], [4.0], [np.nan]]), 0.95)
+    assert (lo[0], hi[0], valid[0]) == (4.0, 4.0, 1)  # one valid draw is an interval of one point
+    joint = np.zeros((2, 2, 2, 2), dtype=int)
+    joint[:, 0, 0, 0], joint[:, 1, 1, 1], joint[:, 1, 1, 0], joint[:, 0, 1, 1] = 30, 30, 6, 4
+    kw = dict(n_bootstrap=200, permutation=False)
+    res = paired_comparison([joint], _acc_delta, seed=1, confidence=0.8, **kw)
+    assert set(res) == {"estimate", "ci_low", "ci_high", "p_value", "n_valid"}
+    assert np.isnan(res["p_value"]).all() and res["n_valid"].tolist() == [200]
+    wide = paired_comparison([joint], _acc_delta, seed=1, confidence=0.99, **kw)
+    assert wide["ci_low"][0] < res["ci_low"][0] and res["ci_high"][0] < wide["ci_high"][0]  # the level is used
+    again = paired_comparison([joint], _acc_delta, seed=1, confidence=0.8, **kw)
+    other = paired_comparison([joint], _acc_delta, seed=2, confidence=0.8, **kw)
+    assert (again["ci_low"][0], again["ci_high"][0]) == (res["ci_low"][0], res["ci_high"][0])  # seeded
+    assert (other["ci_low"][0], other["ci_high"][0]) != (res["ci_low"][0], res["ci_high"][0])  # by that seed
+    with pytest.raises(ValueError, match="at least one joint count array"):
+        paired_comparison([], _acc_delta)
 
 
 def test_paired_bootstrap_ci_covers_true_delta_at_nominal_rate():

@@ -12,9 +12,13 @@ from fairq.compression import (
     compress, MethodInputs,
 )
 from fairq.compression.data import iter_labelled_batches, iter_model_inputs
-from fairq.compression.fakequant import dynamic_fake_quant, quantize_weight
+from fairq.compression.fakequant import (
+    FakeQuantLayer, FakeQuantLinear, dynamic_fake_quant, quantize_weight, quantize_with,
+)
 from fairq.compression.mixed_precision import allocate_bits
-from fairq.compression.observers import KBitHistogramObserver, act_observer, qrange
+from fairq.compression.observers import (
+    KBitHistogramObserver, MSEObserver, PercentileObserver, act_observer, act_spec, qrange, weight_observer, weight_spec,
+)
 
 
 
@@ -79,6 +83,129 @@ def test_minmax_is_torch_ao_unchanged():
     assert [float(t) for t in ours.calculate_qparams()] == [float(t) for t in ref.calculate_qparams()]
 
 
+# Written out by hand from the definition (two's complement: -2^(k-1) .. 2^(k-1)-1; unsigned: 0 .. 2^k-1), so a
+# range narrowed or widened by one level fails here rather than passing every test that compares with qrange().
+K_BIT_RANGES = {
+    2: ((-2, 1), (0, 3)),
+    3: ((-4, 3), (0, 7)),
+    4: ((-8, 7), (0, 15)),
+    5: ((-16, 15), (0, 31)),
+    6: ((-32, 31), (0, 63)),
+    7: ((-64, 63), (0, 127)),
+    8: ((-128, 127), (0, 255)),
+}
+
+
+@pytest.mark.parametrize("bits", sorted(K_BIT_RANGES))
+def test_qrange_is_the_k_bit_range(bits):
+    signed, unsigned = K_BIT_RANGES[bits]
+    assert qrange(bits, signed=True) == signed
+    assert qrange(bits, signed=False) == unsigned
+
+
+@pytest.mark.parametrize("bits", sorted(K_BIT_RANGES))
+def test_ramp_wider_than_the_range_uses_exactly_2k_codes(bits):
+    """A ramp over [-300, 300] at scale 1, zero point 0 saturates both ends: every level is hit, no more."""
+    (smin, smax), (umin, umax) = K_BIT_RANGES[bits]
+    ramp = torch.arange(-300.0, 300.25, 0.25)
+    codes = quantize_with(ramp, bits, torch.tensor(1.0), torch.tensor(0)).codes
+    assert torch.unique(codes).numel() == 2**bits
+    assert (int(codes.min()), int(codes.max())) == (smin, smax)
+    # Activations (affine → unsigned codes) go through the static input fake-quant of a simulated layer.
+    lin = nn.Linear(ramp.numel(), 1)
+    layer = FakeQuantLinear(lin, quantize_weight(lin.weight, bits), per_channel=True, symmetric=True,
+                            act_bits=bits, act_mode="static", act_qparams=(torch.tensor(1.0), torch.tensor(0)))
+    acts = layer.quantize_input(ramp)
+    assert torch.unique(acts).numel() == 2**bits
+    assert (float(acts.min()), float(acts.max())) == (umin, umax)
+
+
+def test_specs_name_the_torch_ao_scheme_and_range():
+    """Symmetric activations get signed codes (qint8, symmetric scheme); affine ones unsigned (quint8)."""
+    assert act_spec(4, True) == dict(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=-8, quant_max=7)
+    assert act_spec(4, False) == dict(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=15)
+    expected = {(True, True): torch.per_channel_symmetric, (True, False): torch.per_channel_affine,
+                (False, True): torch.per_tensor_symmetric, (False, False): torch.per_tensor_affine}
+    for (per_channel, symmetric), qscheme in expected.items():
+        assert weight_spec(3, per_channel, symmetric) == dict(dtype=torch.qint8, qscheme=qscheme, quant_min=-4,
+                                                              quant_max=3)
+    for kind in ("minmax", "histogram", "percentile", "mse"):
+        obs = act_observer(kind, 4, symmetric=True)
+        assert (obs.quant_min, obs.quant_max, obs.qscheme) == (-8, 7, torch.per_tensor_symmetric), kind
+        assert (act_observer(kind, 4).quant_min, act_observer(kind, 4).quant_max) == (0, 15), kind
+    assert KBitHistogramObserver(dtype=torch.qint8, quant_min=-8, quant_max=7).dst_nbins == 16
+    assert KBitHistogramObserver(64, dtype=torch.quint8, quant_min=0, quant_max=15).bins == 64  # torch.ao's args
+    with pytest.raises(ValueError, match="unknown observer 'kl'"):
+        act_observer("kl", 4)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_weight_observer_min_max_over_all_batches_unless_moving(per_channel):
+    """The plain observer keeps the range of everything seen; ``moving=True`` (constant 1) only the last batch's."""
+    big, small = torch.full((2, 3), 8.0), torch.full((2, 3), 2.0)
+    big[:, 0], small[:, 0] = -8.0, -2.0
+    for moving, expected_absmax in ((False, 8.0), (True, 2.0)):
+        cls, spec = weight_observer(4, per_channel, symmetric=True, moving=moving)
+        obs = cls(**spec)
+        obs(big), obs(small)
+        scale, _ = obs.calculate_qparams()
+        # symmetric signed 4-bit: scale = max|w| / ((qmax - qmin) / 2) = max|w| / 7.5
+        assert torch.allclose(scale, torch.full_like(scale, expected_absmax / 7.5)), (moving, scale)
+        assert scale.numel() == (2 if per_channel else 1)
+    cls, spec = weight_observer(4, per_channel, symmetric=True)  # default: not moving
+    obs = cls(**spec)
+    obs(big), obs(small)
+    assert torch.allclose(obs.calculate_qparams()[0], torch.tensor(8.0 / 7.5))
+
+
+def _two_sided(n=50000, seed=0):
+    """Normal values on both sides of 0, plus one outlier on each side (min + max far from 0)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * 2.0
+    x[0], x[1] = -40.0, 60.0
+    return x
+
+
+def test_percentile_clips_both_tails_at_the_quantiles():
+    x = _two_sided()
+    bin_width = 100.0 / 2048
+    for p in (99.0, 99.9):
+        obs = PercentileObserver(percentile=p, dtype=torch.quint8, quant_min=0, quant_max=255)
+        obs(x)
+        scale, zp = (float(t) for t in obs.calculate_qparams())
+        lo, hi = -scale * zp, scale * (255 - zp)  # ends of the representable range
+        assert lo == pytest.approx(float(torch.quantile(x, 1 - p / 100)), abs=bin_width + scale), p
+        assert hi == pytest.approx(float(torch.quantile(x, p / 100)), abs=bin_width + scale), p
+    # default 99.99 %: the two outliers (0.002 % each) are clipped; at 100 % the range is min-max
+    for obs in (PercentileObserver(dtype=torch.quint8, quant_min=0, quant_max=15), act_observer("percentile", 4)):
+        obs(x)
+        scale = float(obs.calculate_qparams()[0])
+        ref = float(torch.quantile(x, 0.9999) - torch.quantile(x, 0.0001)) / 15
+        assert scale == pytest.approx(ref, abs=3 * bin_width / 15)  # each end within a bin or so
+    full = PercentileObserver(percentile=100.0, dtype=torch.quint8, quant_min=0, quant_max=15)
+    full(x)
+    assert float(full.calculate_qparams()[0]) == pytest.approx(100.0 / 15, rel=1e-5)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_mse_observer_picks_the_best_clipping_on_the_grid(bits):
+    """Reference: the quantization MSE of the data itself for every clipping range alpha·[min, max] on the
+    observer's own grid, computed with torch's fake-quantize; the observer's choice is (near) the best one."""
+    x = _two_sided(20000)
+    qmin, qmax = qrange(bits, signed=False)
+    obs = MSEObserver(dtype=torch.quint8, quant_min=qmin, quant_max=qmax)
+    obs(x)
+    scale, zp = obs.calculate_qparams()
+    chosen = _qmse(x, scale, zp, qmin, qmax)
+    errs = []
+    for alpha in torch.linspace(0.05, 1.0, 100).tolist():
+        ref = MinMaxObserver(dtype=torch.quint8, quant_min=qmin, quant_max=qmax)
+        ref(torch.tensor([-40.0 * alpha, 60.0 * alpha]))
+        errs.append(_qmse(x, *ref.calculate_qparams(), qmin, qmax))
+    assert chosen <= min(errs) * 1.02, (chosen, min(errs))
+    assert chosen < errs[-1] / 2  # clipping the two outliers pays off a lot at these widths
+
+
 # ---------------------------------------------------------------- fake-quant maths
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_weight_codes_are_k_bit_and_error_bounded(bits):
@@ -98,6 +225,31 @@ def test_dynamic_fake_quant_uses_each_batch_range():
         assert torch.unique(q).numel() <= 16
         step = float(x.max() - x.min()) / 15
         assert (q - x).abs().max() <= step / 2 + 1e-4 * step
+
+
+def test_dynamic_fake_quant_symmetric_uses_signed_codes_around_zero():
+    """Symmetric: zero point 0 and scale max|x| / 7.5 at 4 bits, so every output is an integer multiple of it."""
+    x = torch.linspace(-3.2, 5.0, 411)
+    q = dynamic_fake_quant(x, 4, symmetric=True)
+    step = 5.0 / 7.5
+    codes = q / step
+    assert torch.allclose(codes, codes.round(), atol=1e-5)
+    assert (int(codes.round().min()), int(codes.round().max())) == (-5, 7)  # -3.2 / step = -4.8
+    assert (q - x).abs().max() <= step / 2 + 1e-5
+    assert torch.unique(q).numel() == 13
+
+
+def test_extra_repr_names_bits_granularity_scheme_and_activations():
+    torch.manual_seed(0)
+    lin = FakeQuantLayer.from_float(nn.Linear(4, 3), 4, act_bits=8, act_mode="dynamic")
+    assert lin.extra_repr() == "in_features=4, out_features=3, weight_bits=4 (per_channel, symmetric), act_bits=8 (dynamic)"
+    conv = nn.Conv2d(3, 5, 3, stride=2)
+    fq = FakeQuantLayer.from_float(conv, 2, per_channel=False, symmetric=False)
+    assert fq.extra_repr() == "3, 5, kernel_size=(3, 3), stride=(2, 2), weight_bits=2 (per_tensor, affine), act=fp32"
+    conv.same_pad = True  # as a timm Conv2dSame reports itself
+    fq = FakeQuantLayer.from_float(conv, 2, per_channel=True, symmetric=False)
+    assert fq.extra_repr() == ("3, 5, kernel_size=(3, 3), stride=(2, 2), padding=same (run time), "
+                               "weight_bits=2 (per_channel, affine), act=fp32")
 
 
 # ---------------------------------------------------------------- calibration data forms

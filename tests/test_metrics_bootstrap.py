@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairq.metrics import (SCALAR_METRICS, bootstrap_ci, encode_groups, fairness_metrics, group_confusion,
-                           paired_bootstrap_ci, resample_group_counts)
+from fairq.metrics import (SCALAR_METRICS, bootstrap_ci, bootstrap_ci_from_counts, encode_groups, fairness_metrics,
+                           group_confusion, paired_bootstrap_ci, paired_bootstrap_ci_from_counts,
+                           resample_group_counts)
 
 # Tiny known-truth problem: two groups of fixed size; P(y=1 | g), TPR_g, FPR_g chosen so that every gap is
 # well away from 0 and the max in equalized odds / min in worst-group accuracy is clear.
@@ -120,6 +121,51 @@ def test_ci_covers_truth_at_nominal_rate():
     for cov in (coverage, delta_coverage):
         for k, c in cov.items():
             assert 0.88 <= c < 1.0, (k, c)
+
+
+# Confusion counts [group, y_true, y_pred]: group 1 has a single positive, so its TPR is undefined (NaN) in the
+# ~36 % of resamples that miss it, which takes the NaN-aware path of the interval.
+COUNTS = np.array([[[30, 10], [5, 55]],
+                   [[12, 7], [0, 1]]])
+GROUPS = pd.DataFrame({"g": [0, 1]})
+
+
+def test_interval_is_the_percentile_of_its_own_resamples():
+    """The CI equals np.percentile, at alpha/2 and 1 − alpha/2, of the same resamples' statistics computed here."""
+    n_res, seed, conf = 400, 7, 0.90
+    out = bootstrap_ci_from_counts(COUNTS, GROUPS, n_resamples=n_res, seed=seed, confidence=conf,
+                                   min_group_size=1).set_index(["metric", "group"])
+    draws = resample_group_counts(COUNTS, n_res, np.random.default_rng(seed)).astype(float)  # same generator
+    correct = draws[:, :, 0, 0] + draws[:, :, 1, 1]
+    with np.errstate(invalid="ignore"):
+        tpr = draws[:, :, 1, 1] / draws[:, :, 1, :].sum(axis=-1)
+    expected = {("accuracy", "all"): correct.sum(axis=1) / COUNTS.sum(),
+                ("accuracy", "g=0"): correct[:, 0] / 100, ("accuracy", "g=1"): correct[:, 1] / 20,
+                ("tpr", "g=0"): tpr[:, 0], ("tpr", "g=1"): tpr[:, 1]}
+    assert 0 < np.isnan(tpr[:, 1]).sum() < n_res and not np.isnan(tpr[:, 0]).any()
+    for key, stat in expected.items():
+        lo, hi = np.nanpercentile(stat, [5.0, 95.0])
+        assert out.loc[key, "ci_low"] == pytest.approx(lo, abs=1e-12), key
+        assert out.loc[key, "ci_high"] == pytest.approx(hi, abs=1e-12), key
+        assert out.loc[key, "n_valid"] == (~np.isnan(stat)).sum(), key
+
+
+def test_paired_interval_is_the_percentile_of_its_own_resampled_deltas():
+    # joint [g, y_true, baseline, pred]: the compressed model breaks some of the baseline's correct answers.
+    joint = np.zeros((2, 2, 2, 2), dtype=int)
+    joint[0, 0, 0, 0], joint[0, 0, 0, 1], joint[0, 1, 1, 1], joint[0, 1, 1, 0], joint[0, 1, 0, 0] = 40, 8, 40, 4, 8
+    joint[1, 0, 0, 0], joint[1, 0, 1, 0], joint[1, 1, 1, 1], joint[1, 1, 0, 1] = 20, 5, 20, 5
+    n_res, seed, conf = 300, 3, 0.80
+    out = paired_bootstrap_ci_from_counts(joint, GROUPS, n_resamples=n_res, seed=seed, confidence=conf,
+                                          min_group_size=1).set_index(["metric", "group"])
+    d = resample_group_counts(joint, n_res, np.random.default_rng(seed))
+    base_ok = d[:, :, 0, 0, :].sum(-1) + d[:, :, 1, 1, :].sum(-1)
+    comp_ok = d[:, :, 0, :, 0].sum(-1) + d[:, :, 1, :, 1].sum(-1)
+    delta = (comp_ok - base_ok).sum(axis=1) / joint.sum()
+    lo, hi = np.percentile(delta, [10.0, 90.0])
+    assert out.loc[("accuracy", "all"), "ci_low"] == pytest.approx(lo, abs=1e-12)
+    assert out.loc[("accuracy", "all"), "ci_high"] == pytest.approx(hi, abs=1e-12)
+    assert out.loc[("accuracy", "all"), "delta"] == pytest.approx((80 - 92 + 50 - 40) / 150, abs=1e-12)  # by cell
 
 
 def test_basic_interval_reflects_percentile_around_estimate():

@@ -112,3 +112,47 @@ def test_counts_on_cuda_equal_cpu():
     gpu.update(preds.cuda(), target.cuda(), gid.cuda())
     assert torch.equal(gpu.counts.cpu(), cpu.counts)
     assert gpu.fairness_metrics()["accuracy"] == cpu.fairness_metrics()["accuracy"]
+
+
+def test_ids_and_level_table_edge_cases():
+    assert intersectional_group_ids(torch.tensor([0, 2, 1]), [3]).tolist() == [0, 2, 1]  # one attribute, 1-D
+    # three attributes, last fastest: (1, 2, 3) over levels (2, 3, 4) is 1·12 + 2·4 + 3 = 23
+    assert intersectional_group_ids(torch.tensor([[1, 2, 3], [0, 0, 1]]), [2, 3, 4]).tolist() == [23, 1]
+    with pytest.raises(ValueError, match="integer level codes"):
+        intersectional_group_ids(torch.tensor([[0.0, 1.0]]), [2, 3])
+    table = radix_groups([2, 2])
+    assert list(table.columns) == ["attr_0", "attr_1"] and table.index.name == "group_id"
+    assert radix_groups([2], names=["sex"]).columns.tolist() == ["sex"]
+    with pytest.raises(ValueError, match="one name per attribute"):
+        radix_groups([2, 2], names=["sex"])
+
+
+def test_metric_arguments_and_boundaries():
+    with pytest.raises(ValueError, match="num_groups >= 1"):
+        GroupConfusionMetric(0, 2)
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        GroupConfusionMetric(2, 1)
+    with pytest.raises(ValueError, match="groups has 6 rows but num_groups=2"):
+        GroupConfusionMetric(2, 2, groups=radix_groups([2, 3]))
+    one = GroupConfusionMetric(1, 2)  # a single group is allowed
+    one.update(torch.tensor([1]), torch.tensor([1]), torch.tensor([0]))  # a batch of one sample counts
+    assert one.counts.dtype == torch.long and one.counts.tolist() == [[[0, 0], [0, 1]]]
+    three = GroupConfusionMetric(1, 3)
+    with pytest.raises(ValueError, match=r"float preds must be \[B, 3\] scores .*got shape \(2,\)"):
+        three.update(torch.tensor([0.2, 0.7]), torch.tensor([0, 1]), torch.tensor([0, 0]))
+    m = GroupConfusionMetric(1, 2)
+    with pytest.raises(ValueError, match=r"preds must lie in \[0, 2\)"):
+        m.update(torch.tensor([0, 2]), torch.tensor([0, 1]), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match=r"target must lie in \[0, 2\)"):
+        m.update(torch.tensor([0, 1]), torch.tensor([-1, 1]), torch.tensor([0, 0]))
+
+
+@pytest.mark.parametrize("values, labels", [
+    ([0.0, 1.0, 0.5, 0.49], [0, 1, 1, 0]),  # probabilities, including both ends and the 0.5 threshold
+    ([1.5, 0.2], [1, 1]),                    # outside [0, 1] → logits: sigmoid(0.2) > 0.5
+    ([-0.2, 0.4], [0, 1]),                   # a negative value makes them logits too: sigmoid(0.4) > 0.5
+])
+def test_binary_probabilities_and_logits_threshold(values, labels):
+    m = GroupConfusionMetric(1, 2)
+    m.update(torch.tensor(values), torch.zeros(len(values), dtype=torch.long), torch.zeros(len(values)))
+    assert m.counts[0, 0].tolist() == [labels.count(0), labels.count(1)]
