@@ -38,7 +38,7 @@ class MethodInputs:
     ``calibration`` / ``balanced_calibration`` / ``validation`` / ``train_loader``: iterables of batches (any form
     :func:`fairq.batches.split_batch` reads); ``datamodule``: the run's datamodule; ``make_trainer(**overrides)``:
     a Lightning Trainer with the run's logger and callbacks; ``train_fn(model)``: a custom training function
-    (library use); ``optim``: the run's optimiser settings (``weight_decay``, …); ``attribute_names``: names of the
+    (library use); ``optim``: the run's optimiser settings (``weight_decay``, …); ``sensitive_names``: names of the
     ``sensitive`` columns; ``seed``: the run's seed.
     """
 
@@ -50,7 +50,7 @@ class MethodInputs:
     make_trainer: Callable[..., Any] | None = None
     train_fn: Callable[[nn.Module], Any] | None = None
     optim: Mapping[str, Any] = field(default_factory=dict)
-    attribute_names: Sequence[str] | None = None
+    sensitive_names: Sequence[str] | None = None
     seed: int = 0
 
     #: keyword names of :func:`fairq.compression.quantize` / ``apply_quantization`` → field names.

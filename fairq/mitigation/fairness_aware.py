@@ -377,8 +377,8 @@ def handle_fairness_aware(model: nn.Module, config: FairnessAwareQuantizerConfig
     if inputs.validation is None:
         raise ValueError("fairness_aware_quantizer needs val_data (labelled batches with sensitive codes) to check "
                          "the constraint on")
-    faq = config.quantizer(inputs.attribute_names)
-    rest = {k: getattr(inputs, k) for k in ("datamodule", "make_trainer", "optim", "attribute_names", "seed")}
+    faq = config.quantizer(inputs.sensitive_names)
+    rest = {k: getattr(inputs, k) for k in ("datamodule", "make_trainer", "optim", "sensitive_names", "seed")}
     qmodel = faq.quantize(model, inputs.calibration, inputs.validation, train_data=inputs.train_loader,
                           balanced_calibration_data=inputs.balanced_calibration, **rest)
     report = {**faq.report(), "chosen_method": faq.chosen["method"]}

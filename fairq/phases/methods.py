@@ -41,7 +41,7 @@ class _ModelCells:
     def inputs(self, needs, cell: str) -> MethodInputs:
         """Exactly what the method declared, built from the run's datamodule."""
         ctx, dm = self.ctx, self.ctx.data()
-        kw = {"seed": ctx.seed, "attribute_names": list(dm.sensitive_names), "optim": dict(ctx.optim)}
+        kw = {"seed": ctx.seed, "sensitive_names": list(dm.sensitive_names), "optim": dict(ctx.optim)}
         if "calibration" in needs:
             kw["calibration"] = dm.calibration_dataloader(self.n_calib, balanced=False, seed=ctx.seed)
         if "balanced_calibration" in needs:
