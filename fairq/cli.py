@@ -24,7 +24,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from datamodules import FaceDataModule
 from fairq.errors import UserError
 from fairq.phases import PHASES
-from fairq.sections import AnalysisSection, MitigationSection, QuantizationSection
+from fairq.sections import AnalysisSection, MitigationSection, QuantizationSection, RaySection
 from fairq.store import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,9 @@ def build_parser() -> ArgumentParser:
     parser.add_class_arguments(QuantizationSection, "quantization")
     parser.add_class_arguments(MitigationSection, "mitigation")
     parser.add_class_arguments(AnalysisSection, "analysis")
+    parser.add_argument("--launcher", type=str, default="local", choices=["local", "ray"],
+                        help="where cells run: this process, or one Ray task per cell (see fairq/launch.py)")
+    parser.add_class_arguments(RaySection, "ray")
     parser.add_argument("--debug", type=bool, default=False,
                         help="show the Python traceback of user errors too (also: FAIRQ_DEBUG=1)")
     return parser
@@ -181,23 +184,20 @@ def _main(argv: list[str]) -> int:
     _quiet_third_party()
     parser, cfg, name = parse_args(argv)
     validate_sections(cfg)
+    if cfg.launcher == "ray":
+        from fairq.launch import import_ray
+
+        import_ray()  # a missing Ray is said now, before any work
     ctx = make_context(parser, cfg, name)
-    ctx.store.path("config.yaml").write_text(parser.dump(cfg))
+    config_path = ctx.store.path("config.yaml")
+    config_path.write_text(parser.dump(cfg))
     ctx.store.write_json("environment.json", environment_info())
     phases = PHASES if cfg.phase == "all" else (cfg.phase,)
     seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
-    for phase in phases:
-        module = _phase_module(phase)
-        if module is None:
-            log.warning("phase %s is not implemented yet; skipping", phase)
-            continue
-        # analysis reads every seed's cells at once; the other phases run once per training seed
-        for seed in ([seeds[0]] if phase == "analysis" else seeds):
-            ctx.use_seed(seed)
-            t0 = time.perf_counter()
-            log.info("=== phase %s%s → %s", phase, f" (seed {seed})" if len(seeds) > 1 else "", ctx.store.root)
-            module.run(ctx)
-            log.info("=== phase %s done in %.1f s", phase, time.perf_counter() - t0)
+    from fairq.launch import launch
+
+    launch(cfg.launcher, ctx, phases, seeds, _phase_module, ray_section=RaySection(**cfg.ray.as_dict()),
+           config_path=config_path.resolve())
     return 0
 
 

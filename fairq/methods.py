@@ -8,16 +8,22 @@ registers the same way: import its module before the run (or add it to :data:`ME
 from __future__ import annotations
 
 import importlib
+import os
 
 from fairq.compression.registry import METHODS, get_method, make_config, register_method  # noqa: F401
 
 #: modules whose import registers methods, in registration order.
 METHOD_MODULES = ("fairq.compression", "fairq.mitigation")
+#: environment variable naming extra method modules (comma-separated), e.g. ``FAIRQ_METHOD_MODULES=mypkg.method``:
+#: how a method of your own reaches every process of a run (Ray workers included) without editing fairq.
+ENV_MODULES = "FAIRQ_METHOD_MODULES"
 
 
 def load_methods() -> dict[str, type]:
-    """Import every method module (idempotent); returns the registry ``{name: config class}``."""
-    for name in METHOD_MODULES:
+    """Import every method module (idempotent), the shipped ones and those named in ``$FAIRQ_METHOD_MODULES``;
+    returns the registry ``{name: config class}``."""
+    extra = [m.strip() for m in os.environ.get(ENV_MODULES, "").split(",") if m.strip()]
+    for name in (*METHOD_MODULES, *extra):
         importlib.import_module(name)
     return METHODS
 

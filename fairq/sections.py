@@ -75,6 +75,21 @@ class AnalysisSection:
     seed: Optional[int] = None
 
 
+@dataclass
+class RaySection:
+    """``--launcher ray``: where the Ray cluster is and what each cell asks of it.
+
+    ``address``: a cluster to join (default: ``$RAY_ADDRESS``, else a local Ray on this machine's cores);
+    ``cpus_per_cell`` / ``gpus_per_cell``: each task's resource request (Ray sets its thread count from it);
+    ``max_retries``: how often a task whose worker died is re-run (a re-run replaces, never duplicates, its cell).
+    """
+
+    address: Optional[str] = None
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float = 0.0
+    max_retries: int = 2
+
+
 #: config key → section type, in phase order.
 SECTIONS = {"quantization": QuantizationSection, "mitigation": MitigationSection}
 

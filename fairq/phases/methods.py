@@ -79,6 +79,14 @@ class _ModelCells:
                                                 variant=config.variant(), extra=extra, cell=cell))
 
 
+def run_one(ctx: RunContext, phase: str, model_name: str, index: int) -> list[dict]:
+    """Run the ``index``-th planned setting of section ``phase`` on one model (one task of a distributed sweep)."""
+    planned = plan_run(ctx.sections)[phase]
+    cells = _ModelCells(ctx, phase, model_name, calibration_samples(ctx.sections, phase))
+    cells.run(planned[index].config)
+    return cells.rows
+
+
 def run_section(ctx: RunContext, phase: str) -> list[dict]:
     """Run every planned setting of the ``phase`` config section on every configured model."""
     planned = plan_run(ctx.sections)[phase]  # validated at startup too; bad entries fail before any work
