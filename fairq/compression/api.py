@@ -49,8 +49,8 @@ def apply_quantization(model: nn.Module, method: str, bit_width=None, calibratio
 def effective_weights(qmodel: nn.Module) -> dict[str, torch.Tensor]:
     """``{module name: weight}`` the model actually computes with: dequantized codes for simulated INT-k layers,
     fake-quantized weights for QAT-prepared layers, the stored weights of FP32 Conv2d/Linear layers; real INT8
-    models report through ``int8_effective_weights``."""
-    if getattr(qmodel, "fairq_backend", None) == "int8":
+    models and graph-simulated ones (``simulation="graph"``) report through ``int8_effective_weights``."""
+    if getattr(qmodel, "fairq_backend", None) == "int8" or getattr(qmodel, "fairq_simulation", None) == "graph":
         return load_int8().int8_effective_weights(qmodel)
     qat = qat_layers(qmodel)
     out = {}
@@ -69,6 +69,10 @@ def layer_bits(qmodel: nn.Module) -> dict[str, int | None]:
     """``{module name: weight bits}`` (``None`` = FP32) for the layers :func:`effective_weights` reports."""
     if getattr(qmodel, "fairq_backend", None) == "int8":
         return {name: 8 for name in effective_weights(qmodel)}
+    if getattr(qmodel, "fairq_simulation", None) == "graph":
+        from .graph_sim import program_layer_bits
+
+        return program_layer_bits(qmodel)
     qat_cfg = getattr(qmodel, "fairq_qat_config", None)
     qat = qat_layers(qmodel)
     out = {}

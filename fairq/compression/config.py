@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 OBSERVERS = ("minmax", "percentile", "mse", "histogram")
 BACKENDS = ("auto", "simulated", "int8")
+SIMULATIONS = ("graph", "layer_input")
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -73,6 +74,11 @@ class PTQConfig(_Config):
     ``act_bits=None`` quantizes weights only. ``backend="auto"`` runs real INT8 kernels for W8A8 on CPU and
     simulated (fake-quant) INT-k otherwise. ``skip_modules``: module-name patterns (fnmatch; a pattern also
     covers the module's children) left in FP32. ``calibration_batches`` caps the calibration batches used.
+
+    ``simulation`` (simulated backend only): ``"graph"`` (default) simulates the graph the real INT8 backend
+    deploys, at k bits (BatchNorm folded, tensors quantized where produced, adds/cat quantized; see
+    :mod:`fairq.compression.graph_sim`); ``"layer_input"`` is the older per-layer-input fake-quant (module swap,
+    BatchNorm unfolded), kept as an explicit option — it is not what a deployed model computes.
     """
 
     weight_bits: int = 8
@@ -85,12 +91,14 @@ class PTQConfig(_Config):
     skip_modules: tuple[str, ...] = ()
     act_symmetric: bool = False
     calibration_batches: int | None = 32
+    simulation: str = "graph"
 
     def __post_init__(self):
         _check_bits("weight_bits", self.weight_bits)
         _check_bits("act_bits", self.act_bits, allow_none=True)
         _check_choice("observer", self.observer, OBSERVERS)
         _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("simulation", self.simulation, SIMULATIONS)
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile!r}")
         self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)

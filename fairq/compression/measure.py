@@ -53,7 +53,12 @@ def packed_bytes(model: nn.Module) -> int:
     (biases, activation qparams, FP32 layers, norms, embeddings) at its stored size."""
     quant_keys, total = set(), 0
     for name, mod in model.named_modules():
-        if isinstance(mod, FakeQuantLayer):
+        if hasattr(mod, "packed_weight_entries"):  # graph simulation: the codes live in its program
+            prefix = f"{name}." if name else ""
+            for keys, numel, channels, bits, symmetric in mod.packed_weight_entries():
+                quant_keys |= {prefix + k for k in keys}
+                total += packed_weight_bytes(numel, channels, bits, symmetric)
+        elif isinstance(mod, FakeQuantLayer):
             prefix = f"{name}." if name else ""
             quant_keys |= {prefix + k for k in ("weight_codes", "weight_scale", "weight_zero_point")}
             total += packed_weight_bytes(mod.weight_codes.numel(), mod.weight_scale.numel(), mod.weight_bits,
@@ -64,7 +69,7 @@ def packed_bytes(model: nn.Module) -> int:
 def model_size(model: nn.Module) -> tuple[float, str]:
     """(size in MiB, kind): ``"serialized"`` bytes written by ``torch.save`` for float and real-INT8 models,
     ``"packed_estimate"`` for simulated k-bit models (what the weights would take packed at k bits)."""
-    if any(isinstance(m, FakeQuantLayer) for m in model.modules()):
+    if any(isinstance(m, FakeQuantLayer) or hasattr(m, "packed_weight_entries") for m in model.modules()):
         return packed_bytes(model) / MB, "packed_estimate"
     return serialized_bytes(model) / MB, "serialized"
 

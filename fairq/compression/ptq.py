@@ -1,4 +1,5 @@
-"""Static post-training quantization (``ptq_static``): real INT8 for W8A8 on CPU, simulated INT-k otherwise."""
+"""Static post-training quantization (``ptq_static``): real INT8 for W8A8 on CPU, simulated INT-k otherwise
+(the deployed graph at k bits by default, ``simulation="layer_input"`` for the per-layer-input fake-quant)."""
 from __future__ import annotations
 
 from torch import nn
@@ -19,6 +20,12 @@ def quantize_ptq(model: nn.Module, config: PTQConfig, calibration_data=None, **c
             raise ValueError("static INT8 quantization needs calibration_data")
         model = load_int8().convert_static_int8(model, config, calibration_data)
         return tag_model(model, weight_bits=8, act_bits=8, backend="int8")
+    if config.simulation == "graph":
+        from .graph_sim import convert_static_simulated
+
+        model = convert_static_simulated(model, config, calibration_data)
+        return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated")
+    model.fairq_simulation = "layer_input"
     quantize_layers(
         model, uniform_layer_bits(model, config.weight_bits, config.skip_modules),
         per_channel=config.per_channel, symmetric=config.symmetric, act_bits=config.act_bits,
