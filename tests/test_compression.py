@@ -5,6 +5,7 @@ The method × model tests are generated from ``METHODS``: registering a method a
 import dataclasses
 import io
 import sys
+import time
 import types
 import warnings
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from fairq.compression import (
     METHODS, DynamicConfig, MixedPrecisionConfig, PTQConfig, apply_quantization, effective_weights,
-    layer_bits, measure_latency, model_size, model_size_mb, quantize, register_method,
+    layer_bits, measure_latency, measure_latency_paired, model_size, model_size_mb, quantize, register_method,
 )
 from fairq.compression.data import iter_model_inputs, logits_of
 from fairq.models import create_model
@@ -224,6 +225,29 @@ def test_latency_reports_median_and_batch_size():
     res = measure_latency(model, torch.randn(4, 3, 32, 32), warmup=1, repeats=3)
     assert res["latency_ms"] > 0 and res["batch_size"] == 4 and res["repeats"] == 3
     assert model.training, "measure_latency must restore the training mode"
+
+
+class _Sleeper(nn.Module):
+    """A model whose forward takes a known wall time (sleep: steady whatever the CPU load)."""
+
+    def __init__(self, ms: float):
+        super().__init__()
+        self.ms = ms
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        time.sleep(self.ms / 1000.0)
+        return x
+
+
+def test_paired_latency_alternates_with_the_reference_and_reports_the_ratio():
+    slow, fast = _Sleeper(24.0).eval(), _Sleeper(6.0).train()
+    res = measure_latency_paired(slow, fast, torch.randn(4, 3), warmup=1, repeats=4)
+    assert slow.calls == fast.calls == 5, "each repeat must time one forward of each model"
+    assert 3.0 < res["latency_ratio_vs_fp32"] < 5.0 and res["latency_ms"] >= 24.0
+    assert res["reference_latency_ms"] >= 6.0 and res["batch_size"] == 4 and res["repeats"] == 4
+    assert fast.training and not slow.training, "modes must be restored"
 
 
 # ---------------------------------------------------------------- API contract

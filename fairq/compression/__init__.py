@@ -5,7 +5,7 @@
 """
 from .api import apply_quantization, effective_weights, layer_bits, quantize
 from .config import DynamicConfig, MixedPrecisionConfig, PTQConfig, QATConfig
-from .measure import measure_latency, model_size, model_size_mb
+from .measure import measure_latency, measure_latency_paired, model_size, model_size_mb
 from .mixed_precision import MixedPrecisionPlan
 from .qat import convert_qat, prepare_qat
 from .registry import METHODS, make_config, register_method
@@ -23,6 +23,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "quantize", "apply_quantization", "effective_weights", "layer_bits", "model_size_mb", "model_size",
-    "measure_latency", "PTQConfig", "DynamicConfig", "QATConfig", "MixedPrecisionConfig", "MixedPrecisionPlan",
+    "measure_latency", "measure_latency_paired", "PTQConfig", "DynamicConfig", "QATConfig", "MixedPrecisionConfig",
+    "MixedPrecisionPlan",
     "METHODS", "register_method", "make_config", "prepare_qat", "convert_qat",
 ]

@@ -121,3 +121,47 @@ def measure_latency(model: nn.Module, example_input, *, warmup: int = 3, repeats
         _set_mode(model, was_training)
     return dict(latency_ms=statistics.median(times), batch_size=_batch_size(args, kwargs), repeats=repeats,
                 threads=torch.get_num_threads(), device=str(device))
+
+
+def measure_latency_paired(model: nn.Module, reference: nn.Module, example_input, *, warmup: int = 2,
+                           repeats: int = 10) -> dict:
+    """Latency of ``model`` timed alternately with its FP32 ``reference`` on the same batch, in one process.
+
+    Each repeat times one forward of each (which goes first alternates), so load from other processes on a shared
+    machine hits both alike: the ratio is the median of the per-repeat ratios, steadier than either median.
+    Returns ``dict(latency_ms, reference_latency_ms, latency_ratio_vs_fp32, batch_size, repeats, threads,
+    device)``; both models are timed in eval mode under ``torch.inference_mode``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be ≥ 1, got {repeats}")
+    device = model_device(model)
+    args, kwargs = next(iter_model_inputs(example_input, limit=1, device=device))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    modes = [(m, m.training) for m in (model, reference)]
+
+    def once(m) -> float:
+        start = time.perf_counter()
+        m(*args, **kwargs)
+        sync()
+        return (time.perf_counter() - start) * 1000.0
+
+    times: dict[int, list[float]] = {0: [], 1: []}
+    try:
+        for m, _ in modes:
+            _set_mode(m, False)
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(*args, **kwargs)
+                reference(*args, **kwargs)
+            sync()
+            for i in range(repeats):
+                order = (0, 1) if i % 2 == 0 else (1, 0)
+                for j in order:
+                    times[j].append(once(model if j == 0 else reference))
+    finally:
+        for m, was_training in modes:
+            _set_mode(m, was_training)
+    ratios = [a / b for a, b in zip(times[0], times[1])]
+    return dict(latency_ms=statistics.median(times[0]), reference_latency_ms=statistics.median(times[1]),
+                latency_ratio_vs_fp32=statistics.median(ratios), batch_size=_batch_size(args, kwargs),
+                repeats=repeats, threads=torch.get_num_threads(), device=str(device))

@@ -116,7 +116,8 @@ class _Cells:
         act_bits = getattr(config, "act_bits", None)
         self.rows.append(self.ctx.evaluate_cell(qmodel, model_name=self.model_name, method=method,
                                                 weight_bits=getattr(config, type(config).bits_field),
-                                                act_bits=act_bits, variant=variant(config), extra=extra, cell=cell))
+                                                act_bits=act_bits, variant=variant(config), extra=extra, cell=cell,
+                                                reference=self.baseline))
 
     def run(self, method: str, config) -> None:
         bits = getattr(config, type(config).bits_field)
@@ -145,7 +146,7 @@ class _Cells:
         qmodel = quantize(self.baseline, ptq, self.calibration(balanced=False))
         self.rows.append(self.ctx.evaluate_cell(
             qmodel, model_name=self.model_name, method="ptq_static", weight_bits=ptq.weight_bits,
-            act_bits=ptq.act_bits, variant=variant_of(ptq), cell=cell,
+            act_bits=ptq.act_bits, variant=variant_of(ptq), cell=cell, reference=self.baseline,
             extra={"config": json.dumps(ptq.to_dict(), sort_keys=True, default=str)}))
 
     def _trainer_factory(self, cell: str):

@@ -123,7 +123,7 @@ def run(ctx: RunContext) -> list[dict]:
             rows.append(ctx.evaluate_cell(qmodel, model_name=model_name, method=method,
                                           weight_bits=getattr(qmodel, "fairq_weight_bits", bits),
                                           act_bits=getattr(qmodel, "fairq_act_bits", act_bits),
-                                          variant=variant, extra=extra, cell=cell))
+                                          variant=variant, extra=extra, cell=cell, reference=baseline))
     return rows
 
 
