@@ -13,8 +13,10 @@ range is the one the real kernels of this CPU use (``0..127`` without VNNI, see
 At 8 bits the program is the one real INT8 lowers, so simulated and real INT8 differ only by the kernels'
 integer accumulation and requantization rounding.
 
-The forward runs a copy of that graph with each weight dequantized once (a constant) and each
-quantize → dequantize pair fused into one ``torch.fake_quantize_per_tensor_affine`` (same rounding).
+The forward runs a copy of that graph with each weight dequantized once (a constant), each activation's
+quantize → dequantize pair fused into one fake-quant expression with the same rounding (in place when nothing else
+reads the tensor) and a ReLU/ReLU6 right before it dropped where the fake-quant's clamp implies it
+(:func:`fused_fake_quant_graph`); ``reference_forward`` runs the converted graph itself.
 
 Limits: the model must go through ``torch.export`` (non-strict, then strict) with example inputs — the
 calibration batches — and everything the x86 quantizer does not annotate stays FP32 exactly as in real INT8
@@ -77,9 +79,50 @@ class SimulatedProgram(int8.ProgramModel):
         return out
 
 
+def _fake_quant(x: torch.Tensor, inv_scale: float, scale: float, lo: int, hi: int) -> torch.Tensor:
+    """``quantize_per_tensor`` → ``dequantize_per_tensor`` in one expression: ``clamp(round(x / s), lo, hi) * s``
+    with ``lo, hi = quant_min - zp, quant_max - zp`` (the same float ops and rounding as the decomposed pair)."""
+    return torch.mul(x, inv_scale).round_().clamp_(lo, hi).mul_(scale)
+
+
+def _fake_quant_(x: torch.Tensor, inv_scale: float, scale: float, lo: int, hi: int) -> torch.Tensor:
+    """:func:`_fake_quant` in place, for a tensor nothing else reads (no allocation: memory-bound passes only)."""
+    return x.mul_(inv_scale).round_().clamp_(lo, hi).mul_(scale)
+
+
+_CLAMPS = {"relu": (0.0, float("inf")), "relu_": (0.0, float("inf"))}
+
+
+def _clamp_range(node: torch.fx.Node) -> tuple[float, float] | None:
+    """``(lo, hi)`` of a ReLU / hardtanh (ReLU6) node, else ``None``."""
+    name = getattr(getattr(node.target, "_overloadpacket", None), "__name__", None)
+    if name in _CLAMPS and len(node.args) == 1:
+        return _CLAMPS[name]
+    if name in ("hardtanh", "hardtanh_"):
+        lo = node.args[1] if len(node.args) > 1 else -1.0
+        hi = node.args[2] if len(node.args) > 2 else 1.0
+        return float(lo), float(hi)
+    return None
+
+
+def _owned(node) -> bool:
+    """Whether ``node``'s tensor is a fresh one that only its single user reads (so that user may overwrite it):
+    produced by an op that returns a new tensor, or by an in-place op on such a tensor."""
+    if not isinstance(node, torch.fx.Node) or node.op != "call_function" or len(node.users) != 1:
+        return False
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or len(schema.returns) != 1:
+        return False
+    alias = schema.returns[0].alias_info
+    if alias is None:
+        return True
+    return bool(alias.is_write) and _owned(node.args[0])
+
+
 def fused_fake_quant_graph(program: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """A graph computing ``program`` with dequantized weights as constants and quantize → dequantize pairs
-    fused into ``torch.fake_quantize_per_tensor_affine`` (one pass instead of the decomposed ops' seven)."""
+    """A graph computing ``program`` with less memory traffic: dequantized weights as constants, each activation's
+    quantize → dequantize pairs one fake-quant (in place when nothing else reads the tensor), and a ReLU/ReLU6
+    right before it dropped when the fake-quant's clamp already implies it."""
     qd = _qd()
     graph = copy.deepcopy(program.graph)
     gm = torch.fx.GraphModule(program, graph, class_name="SimulatedRunner")  # shares program's tensors
@@ -107,14 +150,25 @@ def fused_fake_quant_graph(program: torch.fx.GraphModule) -> torch.fx.GraphModul
         x, scale, zero_point, qmin, qmax, _dtype = node.args
         if not (isinstance(scale, float) and isinstance(zero_point, int)):
             continue
-        for user in list(node.users):
-            if user.target == qd.dequantize_per_tensor.default and tuple(user.args[1:5]) == (scale, zero_point,
-                                                                                               qmin, qmax):
-                with graph.inserting_before(user):
-                    fused = graph.call_function(torch.fake_quantize_per_tensor_affine,
-                                                (x, scale, zero_point, qmin, qmax))
-                user.replace_all_uses_with(fused)
-                graph.erase_node(user)
+        users = [u for u in node.users if u.target == qd.dequantize_per_tensor.default
+                 and tuple(u.args[1:5]) == (scale, zero_point, qmin, qmax)]
+        if not users:
+            continue
+        inv, lo, hi = 1.0 / scale, qmin - zero_point, qmax - zero_point
+        clamp = _clamp_range(x) if isinstance(x, torch.fx.Node) and len(x.users) == 1 else None
+        if clamp is not None:  # clamp(round(act(y) / s), lo, hi) == clamp(round(y / s), lo, hi) when act's range
+            codes = torch.round(torch.tensor(clamp, dtype=torch.float32) * inv)  # covers [lo, hi] in codes
+            if codes[0] <= lo and codes[1] >= hi:
+                y = x.args[0]
+                node.replace_input_with(x, y)
+                graph.erase_node(x)
+                x = y
+        fn = _fake_quant_ if _owned(x) and set(x.users) == {node} else _fake_quant
+        with graph.inserting_before(users[0]):
+            fused = graph.call_function(fn, (x, inv, scale, lo, hi))
+        for user in users:
+            user.replace_all_uses_with(fused)
+            graph.erase_node(user)
         if not node.users:
             graph.erase_node(node)
     graph.eliminate_dead_code()
