@@ -105,7 +105,8 @@ def test_balanced_draw_with_missed_minority_moves_minmax_activation_qparams(bits
     model = _mlp()
     natural = _batches(x[16:80], y[16:80], s[16:80])  # a natural draw of 64 that missed the minority
     pool = _batches(x, y, s)
-    common = dict(weight_bits=bits, act_bits=8, observer="minmax", backend="simulated")
+    # the layer-input simulation exposes each layer's input qparams (q[i].act_scale); the draw is what is tested
+    common = dict(weight_bits=bits, act_bits=8, observer="minmax", backend="simulated", simulation="layer_input")
     q_nat = quantize(model, PTQConfig(**common), natural)
     q_bal = quantize(model, BiasAwareCalibrationConfig(**common, calibration_samples=64), pool)
     assert set(q_bal.fairq_calibration["drawn_groups"].values()) == {21, 22}  # 64 over 3 groups present
@@ -123,7 +124,8 @@ def test_reweighting_the_same_samples_moves_distribution_observers_but_not_minma
     model = _mlp()
     scales = {}
     for obs in ("minmax", observer):
-        common = dict(weight_bits=4, act_bits=4, observer=obs, percentile=99.0, backend="simulated")
+        common = dict(weight_bits=4, act_bits=4, observer=obs, percentile=99.0, backend="simulated",
+                      simulation="layer_input")
         q_nat = quantize(model, PTQConfig(**common), natural)
         q_bal = quantize(model, BiasAwareCalibrationConfig(**common), natural)  # redrawn from the same 64
         assert q_bal.fairq_calibration["unique_samples"] < 64  # the minority's 4 samples drawn repeatedly
