@@ -55,7 +55,7 @@ def effective_weights(qmodel: nn.Module) -> dict[str, torch.Tensor]:
     qat = qat_layers(qmodel)
     out = {}
     for name, mod in qmodel.named_modules():
-        if isinstance(mod, FakeQuantLayer):
+        if isinstance(mod, FakeQuantLayer) or hasattr(mod, "packed_weight"):  # simulated / real int4 layers
             out[name] = mod.weight.detach().clone()
         elif name in qat:
             with torch.no_grad():
@@ -77,7 +77,7 @@ def layer_bits(qmodel: nn.Module) -> dict[str, int | None]:
     qat = qat_layers(qmodel)
     out = {}
     for name, mod in qmodel.named_modules():
-        if isinstance(mod, FakeQuantLayer):
+        if isinstance(mod, FakeQuantLayer) or hasattr(mod, "packed_weight"):
             out[name] = mod.weight_bits
         elif name in qat:
             out[name] = qat_cfg.weight_bits if qat_cfg is not None else None

@@ -13,6 +13,10 @@ from .simulate import quantize_layers, uniform_layer_bits
 def quantize_ptq(model: nn.Module, config: PTQConfig, calibration_data=None, **ctx) -> nn.Module:
     """Quantize ``model`` (modified in place) per ``config``; see :class:`PTQConfig`."""
     model.eval()
+    if config.backend == "int4":
+        from .int4 import convert_weight_only_int4
+
+        return tag_model(convert_weight_only_int4(model, config), weight_bits=4, act_bits=None, backend="int4")
     capable = config.weight_bits == 8 and config.act_bits == 8
     backend = resolve_backend(config.backend, capable, model)
     if backend == "int8":

@@ -108,6 +108,8 @@ class RunContext:
             row["latency_ratio_vs_fp32"] = lat["latency_ratio_vs_fp32"]
         if getattr(model, "fairq_simulation", None):  # how a simulated model was built (graph / layer_input)
             row["simulation"] = model.fairq_simulation
+        if hasattr(model, "fairq_simulated_layers"):  # real int4 cells: layers without a kernel, simulated
+            row["simulated_layers"] = ";".join(model.fairq_simulated_layers)
         self.store.add_cell(row, frame)
         log.info("%s: accuracy %.4f, worst-group %.4f, DP diff %.4f, EO diff %.4f, %.2f MB (%s), %.1f ms",
                  cell, row["accuracy"], row["worst_group_accuracy"], row["demographic_parity_difference"],
