@@ -69,12 +69,13 @@ class _Config:
 
 @dataclass
 class PTQConfig(_Config):
-    """Static post-training quantization: k-bit weights, calibrated per-tensor k-bit input activations.
+    """Static post-training quantization: k-bit weights, calibrated per-tensor k-bit activations.
 
     ``act_bits=None`` quantizes weights only. ``backend="auto"`` runs real INT8 kernels for W8A8 on CPU and
     simulated (fake-quant) INT-k otherwise; ``backend="int4"`` (W4, ``act_bits=None``, CPU) runs every
-    ``nn.Linear`` on a real int4 weight-only kernel and simulates the rest (:mod:`fairq.compression.int4`). ``skip_modules``: module-name patterns (fnmatch; a pattern also
-    covers the module's children) left in FP32. ``calibration_batches`` caps the calibration batches used.
+    ``nn.Linear`` on a real int4 weight-only kernel and simulates the rest (:mod:`fairq.compression.int4`).
+    ``skip_modules``: module-name patterns (fnmatch; a pattern also covers the module's children) left in FP32.
+    ``calibration_batches`` caps the calibration batches used.
 
     ``simulation`` (simulated backend only): ``"graph"`` (default) simulates the graph the real INT8 backend
     deploys, at k bits (BatchNorm folded, tensors quantized where produced, adds/cat quantized; see
