@@ -7,6 +7,7 @@ for the datamodule, ``--trainer.*`` for every ``lightning.Trainer`` argument, st
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -196,9 +197,20 @@ def _main(argv: list[str]) -> int:
     seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
     from fairq.launch import launch
 
+    make_ctx = functools.partial(worker_context, str(config_path.resolve()), str(ctx.store.root.resolve()))
     launch(cfg.launcher, ctx, phases, seeds, _phase_module, ray_section=RaySection(**cfg.ray.as_dict()),
-           config_path=config_path.resolve())
+           make_ctx=make_ctx)
     return 0
+
+
+def worker_context(config_path: str, output_dir: str, model: str, seed: int):
+    """A run's context in another process (a Ray worker): the resolved config the driver saved, one model, one
+    training seed."""
+    parser, cfg, name = parse_args(["--config", config_path, "--output_dir", output_dir])
+    ctx = make_context(parser, cfg, name)
+    ctx.models = [model]
+    ctx.use_seed(seed)
+    return ctx
 
 
 def _phase_module(phase: str):

@@ -41,35 +41,24 @@ def run_local(ctx, phases, seeds, phase_module) -> None:
             log.info("=== phase %s done in %.1f s", phase, time.perf_counter() - t0)
 
 
-def _worker_context(config_path: str, output_dir: str, model: str, seed: int):
-    """The run's context inside a worker: the resolved config the driver saved, one model, one training seed."""
-    from fairq.cli import make_context, parse_args
-
-    parser, cfg, name = parse_args(["--config", config_path, "--output_dir", output_dir])
-    ctx = make_context(parser, cfg, name)
-    ctx.models = [model]
-    ctx.use_seed(seed)
-    return ctx
-
-
-def baseline_task(config_path: str, output_dir: str, model: str, seed: int) -> str:
-    """Ray task: fine-tune and evaluate one baseline (skipped when its cell is stored already)."""
+def baseline_task(make_ctx, model: str, seed: int) -> str:
+    """Ray task: fine-tune and evaluate one baseline (skipped when its cell is stored already). ``make_ctx(model,
+    seed)`` rebuilds the run's context in the worker (from the resolved config the driver saved)."""
     from fairq.phases import baseline
 
     _quiet_worker()
-    ctx = _worker_context(config_path, output_dir, model, seed)
+    ctx = make_ctx(model, seed)
     baseline.run(ctx)
     return ctx.cell(model, "baseline", 32, 32)
 
 
-def cell_task(config_path: str, output_dir: str, phase: str, model: str, seed: int, index: int,
-              baseline_done=None) -> int:
+def cell_task(make_ctx, phase: str, model: str, seed: int, index: int, baseline_done=None) -> int:
     """Ray task: one planned setting of a section on one model and seed; ``baseline_done`` is the baseline task's
     result, which makes the dependency explicit (Ray runs this task only once that object exists)."""
     from fairq.phases.methods import run_one
 
     _quiet_worker()
-    return len(run_one(_worker_context(config_path, output_dir, model, seed), phase, model, index))
+    return len(run_one(make_ctx(model, seed), phase, model, index))
 
 
 def _quiet_worker() -> None:
@@ -84,12 +73,11 @@ def import_ray():
     return ray
 
 
-def run_ray(ctx, phases, seeds, phase_module, section, config_path: Path) -> None:
+def run_ray(ctx, phases, seeds, phase_module, section, make_ctx) -> None:
     """Fan the run's cells out as Ray tasks (module docstring), then analyse in the driver."""
     from fairq.sections import plan_run
 
     ray = import_ray()
-    output_dir = str(ctx.store.root.resolve())
     env = {k: v for k, v in os.environ.items() if k.startswith("FAIRQ_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
     address = section.address or os.environ.get("RAY_ADDRESS") or None
@@ -107,14 +95,13 @@ def run_ray(ctx, phases, seeds, phase_module, section, config_path: Path) -> Non
         for seed in seeds:
             for model in ctx.models:
                 if "baseline" in phases:
-                    deps[(model, seed)] = base.remote(str(config_path), output_dir, model, seed)
+                    deps[(model, seed)] = base.remote(make_ctx, model, seed)
                     refs.append(deps[(model, seed)])
                 for phase in ("quantization", "mitigation"):
                     if phase not in phases:
                         continue
                     for i in range(len(planned[phase])):
-                        refs.append(cell.remote(str(config_path), output_dir, phase, model, seed, i,
-                                                deps.get((model, seed))))
+                        refs.append(cell.remote(make_ctx, phase, model, seed, i, deps.get((model, seed))))
         log.info("=== ray: %d tasks (%s) on %s", len(refs), ", ".join(p for p in phases if p != "analysis"),
                  ray.cluster_resources().get("CPU", 0))
         t0 = time.perf_counter()
@@ -127,11 +114,12 @@ def run_ray(ctx, phases, seeds, phase_module, section, config_path: Path) -> Non
         run_local(ctx, ("analysis",), seeds, phase_module)
 
 
-def launch(launcher: str, ctx, phases, seeds, phase_module, *, ray_section=None, config_path=None) -> None:
+def launch(launcher: str, ctx, phases, seeds, phase_module, *, ray_section=None, make_ctx=None) -> None:
+    """Run ``phases`` with ``launcher``; ``make_ctx(model, seed)`` (picklable) rebuilds the context in a worker."""
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r}; choose from {LAUNCHERS}")
     if launcher == "local":
         run_local(ctx, phases, seeds, phase_module)
     else:
-        run_ray(ctx, phases, seeds, phase_module, ray_section, config_path)
+        run_ray(ctx, phases, seeds, phase_module, ray_section, make_ctx)
 

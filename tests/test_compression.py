@@ -5,6 +5,7 @@ The method × model tests are generated from ``METHODS``: registering a method a
 import dataclasses
 import io
 import sys
+import time
 import types
 import warnings
 
@@ -15,8 +16,8 @@ from torch import nn
 
 from fairq.compression import (
     METHODS, DynamicConfig, MixedPrecisionConfig, PTQConfig, apply_quantization, effective_weights,
-    layer_bits, measure_latency, model_size, model_size_mb, quantize, register_method, compress, make_config,
-    MethodInputs, MethodResult,
+    layer_bits, measure_latency, measure_latency_paired, model_size, model_size_mb, quantize, register_method,
+    compress, make_config, MethodInputs, MethodResult,
 )
 from fairq.compression.registry import method_of
 from fairq.compression.data import iter_model_inputs, logits_of
@@ -125,15 +126,16 @@ def test_every_method_on_every_tiny_model(zoo, method, bits):
 def test_levels_for_every_k_and_scheme(zoo):
     for k in range(2, 9):
         for per_channel, symmetric in [(True, True), (True, False), (False, True), (False, False)]:
+            # affine weights exist only in the layer-input simulation (the real kernels take symmetric ones)
             cfg = PTQConfig(weight_bits=k, act_bits=None, per_channel=per_channel, symmetric=symmetric,
-                            backend="simulated")
-            q = quantize(zoo.model, cfg)
+                            backend="simulated", simulation="graph" if symmetric else "layer_input")
+            q = quantize(zoo.model, cfg, zoo.calib)
             assert _assert_levels(q) > 0
             if not per_channel:  # one scale for the whole tensor: ≤ 2**k values in the whole layer
                 for name, w in effective_weights(q).items():
                     assert torch.unique(w).numel() <= 2**k, name
     # 8 bits really uses more than 4 bits' worth of levels (the audit can fail)
-    q8 = quantize(zoo.model, PTQConfig(weight_bits=8, act_bits=None, backend="simulated"))
+    q8 = quantize(zoo.model, PTQConfig(weight_bits=8, act_bits=None, backend="simulated"), zoo.calib)
     assert max(_max_levels_per_channel(w) for w in effective_weights(q8).values()) > 16
 
 
@@ -144,7 +146,8 @@ def test_per_channel_beats_per_tensor_on_uneven_channels():
     model = nn.Sequential(layer)
     errs = {}
     for pc in (True, False):
-        q = quantize(model, PTQConfig(weight_bits=4, act_bits=None, per_channel=pc, backend="simulated"))
+        q = quantize(model, PTQConfig(weight_bits=4, act_bits=None, per_channel=pc, backend="simulated",
+                                      simulation="layer_input"))
         errs[pc] = (effective_weights(q)["0"] - layer.weight).abs()[2].max().item()
         assert q[0].weight_scale.numel() == (4 if pc else 1)
     assert errs[True] < errs[False]
@@ -156,8 +159,10 @@ def test_symmetric_has_zero_zero_point_and_affine_uses_it():
     model = nn.Sequential(nn.Linear(8, 4))
     with torch.no_grad():
         model[0].weight.add_(0.5)  # skewed positive
-    sym = quantize(model, PTQConfig(weight_bits=4, act_bits=None, symmetric=True, backend="simulated"))
-    aff = quantize(model, PTQConfig(weight_bits=4, act_bits=None, symmetric=False, backend="simulated"))
+    sym = quantize(model, PTQConfig(weight_bits=4, act_bits=None, symmetric=True, backend="simulated",
+                                    simulation="layer_input"))
+    aff = quantize(model, PTQConfig(weight_bits=4, act_bits=None, symmetric=False, backend="simulated",
+                                    simulation="layer_input"))
     assert sym[0].weight_zero_point.abs().sum() == 0
     assert aff[0].weight_zero_point.abs().sum() > 0
     err = {n: (effective_weights(m)["0"] - model[0].weight).abs().mean() for n, m in [("s", sym), ("a", aff)]}
@@ -165,15 +170,25 @@ def test_symmetric_has_zero_zero_point_and_affine_uses_it():
 
 
 # ---------------------------------------------------------------- observers inside PTQ
-def test_observers_give_different_activation_params_in_a_model():
+def _input_act_scale(q) -> float:
+    """Scale of the quantizer on the model's input (first linear's input) in either simulation."""
+    if getattr(q, "fairq_simulation", None) == "graph":
+        from fairq.compression.graph_sim import activation_quantizers
+
+        return float(next(iter(activation_quantizers(q).values()))["scale"])
+    return float(q[0].act_scale)
+
+
+@pytest.mark.parametrize("simulation", ["graph", "layer_input"])
+def test_observers_give_different_activation_params_in_a_model(simulation):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)).eval()
     calib = [torch.distributions.LogNormal(0.0, 1.5).sample((64, 8)) for _ in range(3)]  # heavy right tail
     scales = {}
     for obs in ("minmax", "percentile", "mse", "histogram"):
         q = quantize(model, PTQConfig(weight_bits=8, act_bits=4, observer=obs, percentile=99.0,
-                                      backend="simulated"), calib)
-        scales[obs] = float(q[0].act_scale)
+                                      backend="simulated", simulation=simulation), calib)
+        scales[obs] = _input_act_scale(q)
     assert len(set(scales.values())) == 4, scales
     assert all(scales["minmax"] > scales[o] for o in ("percentile", "mse", "histogram")), scales
 
@@ -182,11 +197,13 @@ def test_activation_quantization_is_applied_with_calibrated_levels():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 4)).eval()
     calib = [torch.randn(32, 8)]
-    q = quantize(model, PTQConfig(weight_bits=8, act_bits=3, backend="simulated"), calib)
+    q = quantize(model, PTQConfig(weight_bits=8, act_bits=3, backend="simulated", simulation="layer_input"), calib)
     seen = {}
     q[0].register_forward_hook(lambda m, i, o: seen.setdefault("x", m.quantize_input(i[0])))
     q(calib[0])
     assert torch.unique(seen["x"]).numel() <= 2**3
+    with pytest.raises(ValueError, match="calibration_data"):
+        quantize(model, PTQConfig(weight_bits=4, act_bits=8, backend="simulated", simulation="layer_input"))
     with pytest.raises(ValueError, match="calibration_data"):
         quantize(model, PTQConfig(weight_bits=4, act_bits=8, backend="simulated"))
 
@@ -214,6 +231,29 @@ def test_latency_reports_median_and_batch_size():
     res = measure_latency(model, torch.randn(4, 3, 32, 32), warmup=1, repeats=3)
     assert res["latency_ms"] > 0 and res["batch_size"] == 4 and res["repeats"] == 3
     assert model.training, "measure_latency must restore the training mode"
+
+
+class _Sleeper(nn.Module):
+    """A model whose forward takes a known wall time (sleep: steady whatever the CPU load)."""
+
+    def __init__(self, ms: float):
+        super().__init__()
+        self.ms = ms
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        time.sleep(self.ms / 1000.0)
+        return x
+
+
+def test_paired_latency_alternates_with_the_reference_and_reports_the_ratio():
+    slow, fast = _Sleeper(24.0).eval(), _Sleeper(6.0).train()
+    res = measure_latency_paired(slow, fast, torch.randn(4, 3), warmup=1, repeats=4)
+    assert slow.calls == fast.calls == 5, "each repeat must time one forward of each model"
+    assert 3.0 < res["latency_ratio_vs_fp32"] < 5.0 and res["latency_ms"] >= 24.0
+    assert res["reference_latency_ms"] >= 6.0 and res["batch_size"] == 4 and res["repeats"] == 4
+    assert fast.training and not slow.training, "modes must be restored"
 
 
 # ---------------------------------------------------------------- API contract
@@ -251,7 +291,8 @@ def test_apply_quantization_maps_bit_width_and_rejects_unknowns():
 
 def test_skip_modules_stay_fp32(zoo):
     pattern = {"cnn": "classifier", "vit": "blocks.*.attn", "bert": "bert.encoder.layer.0"}[zoo.kind]
-    q = quantize(zoo.model, PTQConfig(weight_bits=4, act_bits=None, skip_modules=(pattern,), backend="simulated"))
+    q = quantize(zoo.model, PTQConfig(weight_bits=4, act_bits=None, skip_modules=(pattern,), backend="simulated"),
+                 zoo.calib)
     bits = layer_bits(q)
     kept = [n for n, b in bits.items() if b is None]
     assert kept and all(n.startswith(pattern.split("*")[0]) for n in kept)
@@ -290,11 +331,30 @@ def test_simulated_state_dict_round_trip():
     torch.manual_seed(0)
     model = create_model("tiny_cnn", num_classes=CLASSES).eval()
     calib, _, _ = _image_data(3)
-    q1 = quantize(model, PTQConfig(weight_bits=4, backend="simulated"), calib)
-    q2 = quantize(model, PTQConfig(weight_bits=4, backend="simulated"), [c * 3 for c in calib])
+    cfg = PTQConfig(weight_bits=4, backend="simulated", simulation="layer_input")
+    q1 = quantize(model, cfg, calib)
+    q2 = quantize(model, cfg, [c * 3 for c in calib])
     assert not torch.equal(_outputs(q1, calib), _outputs(q2, calib))
     q2.load_state_dict(q1.state_dict())
     assert torch.equal(_outputs(q1, calib), _outputs(q2, calib))
+
+
+def test_graph_simulation_survives_pickle_and_deepcopy():
+    """The graph simulation's activation qparams live in its graph: the whole model travels (as real INT8's)."""
+    import copy
+
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", num_classes=CLASSES).eval()
+    calib, _, _ = _image_data(3)
+    q = quantize(model, PTQConfig(weight_bits=4, backend="simulated"), calib)
+    buf = io.BytesIO()
+    torch.save(q, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    ref = _outputs(q, calib)
+    assert not torch.equal(ref, _outputs(model, calib))
+    assert torch.equal(_outputs(loaded, calib), ref) and torch.equal(_outputs(copy.deepcopy(q), calib), ref)
+    assert layer_bits(loaded) == layer_bits(q) and model_size(loaded) == model_size(q)
 
 
 # ---------------------------------------------------------------- real INT8 dispatch
@@ -364,13 +424,19 @@ def test_timm_same_padding_convs_are_quantized_like_the_rest(caplog):
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     x = torch.randn(2, 3, 37, 42)  # odd / even sizes: the 'same' padding depends on the input
     with caplog.at_level("WARNING"):
-        q4 = quantize(model, PTQConfig(weight_bits=4, act_bits=8, backend="simulated"), [x])
+        q4 = quantize(model, PTQConfig(weight_bits=4, act_bits=8, backend="simulated", simulation="layer_input"),
+                      [x])
     assert "left in full precision" not in caplog.text
     assert layer_bits(q4) == {n: 4 for n in layers}
     assert _assert_levels(q4) == len(layers)
     assert all(q4.get_submodule(n).same_pad for n in same)
+    # the default graph simulation quantizes every conv too (same-padding ones included), BatchNorm folded
+    g4 = quantize(model, PTQConfig(weight_bits=4, act_bits=8, backend="simulated"), [x])
+    assert layer_bits(g4) == {n: 4 for n in layers} and _assert_levels(g4) == len(layers)
+    with torch.no_grad():
+        assert g4(x).shape == model(x).shape
     # 8-bit weights, FP32 activations: the same function as the float model (padding included).
-    q8 = quantize(model, PTQConfig(weight_bits=8, act_bits=None, backend="simulated"))
+    q8 = quantize(model, PTQConfig(weight_bits=8, act_bits=None, backend="simulated", simulation="layer_input"))
     with torch.no_grad():
         ref, out = model(x), q8(x)
     assert torch.allclose(out, ref, atol=0.05 * ref.abs().max().item())

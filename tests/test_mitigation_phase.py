@@ -49,6 +49,7 @@ def test_every_configured_mitigation_and_control_is_a_cell(run_dir):
     assert got == sorted([
         ("baseline", ""), ("ptq_static", ""), ("bias_aware_calibration", ""),
         ("ptq_static", "observer=percentile"), ("bias_aware_calibration", "observer=percentile"),
+        ("ptq_static", "backend=simulated_simulation=layer_input"),  # fine-tune's and preservation's control
         ("fairness_finetune", "lambda=0_max_steps=3"), ("fairness_finetune", "lambda=2_max_steps=3"),
         ("sensitive_layer_preservation", "min_group_size=2"),
         ("fairness_aware_quantizer", "max_dp_gap=0.0_finetune_lams=1.0_finetune_max_steps=2_min_group_size=2"),

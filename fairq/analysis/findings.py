@@ -221,13 +221,16 @@ def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group
         backend = frame["backend"].iloc[0]
         cand = m[sel & (m["method"].to_numpy() == frame["reference_method"].iloc[0])
                  & (m["backend"].to_numpy() == backend)]
+        if "simulation" in m.columns:  # and the same simulation (deployed graph vs per-layer input)
+            sim = m["simulation"].fillna("").astype(str)
+            cand = cand[sim.loc[cand.index].to_numpy() == str(frame["simulation"].fillna("").iloc[0])]
         if cand.empty:
             continue
         # The natural control of a mitigation run with non-default options (e.g. balanced calibration with a
         # percentile observer) is plain PTQ with the same options; else the default PTQ cell (or its
         # backend-pinned twin, the control a simulated mitigation stores next to real INT8 PTQ).
         same = cand[cand["variant"] == frame["variant"].iloc[0]]
-        plain = cand[cand["variant"].isin(["", f"backend={backend}"])]
+        plain = cand[cand["variant"].isin(["", f"backend={backend}", "backend=simulated_simulation=layer_input"])]
         cand = same if not same.empty else (plain if not plain.empty else cand)
         ref = cand[cand["config"] == cand["config"].iloc[0]]
         for metric, hyp, verb in _MITIGATION_CLAIMS:

@@ -9,7 +9,7 @@ above, never imported from here). :mod:`fairq.methods` loads every shipped metho
 """
 from .api import apply_quantization, compress, effective_weights, layer_bits, quantize
 from .config import DynamicConfig, MixedPrecisionConfig, PTQConfig, QATConfig
-from .measure import measure_latency, model_size, model_size_mb
+from .measure import measure_latency, measure_latency_paired, model_size, model_size_mb
 from .mixed_precision import MixedPrecisionPlan
 from .qat import convert_qat, prepare_qat
 from .registry import METHODS, Artifact, MethodInputs, MethodResult, get_method, make_config, register_method
@@ -17,7 +17,7 @@ from .registry import METHODS, Artifact, MethodInputs, MethodResult, get_method,
 
 __all__ = [
     "quantize", "apply_quantization", "effective_weights", "layer_bits", "model_size_mb", "model_size",
-    "measure_latency", "PTQConfig", "DynamicConfig", "QATConfig", "MixedPrecisionConfig", "MixedPrecisionPlan",
-    "METHODS", "register_method", "make_config", "get_method", "prepare_qat", "convert_qat", "compress",
-    "MethodInputs", "MethodResult", "Artifact",
+    "measure_latency", "measure_latency_paired", "PTQConfig", "DynamicConfig", "QATConfig", "MixedPrecisionConfig",
+    "MixedPrecisionPlan", "METHODS", "register_method", "make_config", "get_method", "prepare_qat", "convert_qat",
+    "compress", "MethodInputs", "MethodResult", "Artifact",
 ]

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 OBSERVERS = ("minmax", "percentile", "mse", "histogram")
 BACKENDS = ("auto", "simulated", "int8")
+SIMULATIONS = ("graph", "layer_input")
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -112,11 +113,18 @@ def variant_of(config, skip=()) -> str:
 
 @dataclass
 class PTQConfig(_Config):
-    """Static post-training quantization: k-bit weights, calibrated per-tensor k-bit input activations.
+    """Static post-training quantization: k-bit weights, calibrated per-tensor k-bit activations.
 
     ``act_bits=None`` quantizes weights only. ``backend="auto"`` runs real INT8 kernels for W8A8 on CPU and
-    simulated (fake-quant) INT-k otherwise. ``skip_modules``: module-name patterns (fnmatch; a pattern also
-    covers the module's children) left in FP32. ``calibration_batches`` caps the calibration batches used.
+    simulated (fake-quant) INT-k otherwise; ``backend="int4"`` (W4, ``act_bits=None``, CPU) runs every
+    ``nn.Linear`` on a real int4 weight-only kernel and simulates the rest (:mod:`fairq.compression.int4`).
+    ``skip_modules``: module-name patterns (fnmatch; a pattern also covers the module's children) left in FP32.
+    ``calibration_batches`` caps the calibration batches used.
+
+    ``simulation`` (simulated backend only): ``"graph"`` (default) simulates the graph the real INT8 backend
+    deploys, at k bits (BatchNorm folded, tensors quantized where produced, adds/cat quantized; see
+    :mod:`fairq.compression.graph_sim`); ``"layer_input"`` is the older per-layer-input fake-quant (module swap,
+    BatchNorm unfolded), kept as an explicit option — it is not what a deployed model computes.
     """
 
     weight_bits: int = 8
@@ -129,12 +137,17 @@ class PTQConfig(_Config):
     skip_modules: tuple[str, ...] = ()
     act_symmetric: bool = False
     calibration_batches: int | None = 32
+    simulation: str = "graph"
 
     def __post_init__(self):
         _check_bits("weight_bits", self.weight_bits)
         _check_bits("act_bits", self.act_bits, allow_none=True)
         _check_choice("observer", self.observer, OBSERVERS)
-        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("backend", self.backend, BACKENDS + ("int4",))
+        _check_choice("simulation", self.simulation, SIMULATIONS)
+        if self.backend == "int4" and (self.weight_bits, self.act_bits) != (4, None):
+            raise ValueError(f"backend='int4' is the weight-only int4 kernel: needs weight_bits=4 and act_bits=None, "
+                             f"got {self.weight_bits}/{self.act_bits}")
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile!r}")
         self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)

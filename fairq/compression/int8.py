@@ -91,7 +91,12 @@ def _observer_ctr(kind: str, percentile: float):
     if kind == "minmax":
         return MinMaxObserver
     if kind == "histogram":
-        return HistogramObserver
+        class _KBitHistogram(HistogramObserver):  # search the range's real level count, as sim.KBitHistogramObserver
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.dst_nbins = self.quant_max - self.quant_min + 1
+
+        return _KBitHistogram
     if kind == "percentile":
         class _Percentile(HistogramObserver):
             def __init__(self, **kwargs):
@@ -144,25 +149,31 @@ def _per_tensor_weight_observer():
     return _SharedRange
 
 
-def _quantizer(config, model: nn.Module):
-    """X86InductorQuantizer: uint8 per-tensor affine activations, int8 symmetric weights, skips honoured."""
+def _quantizer(config, model: nn.Module, act_qrange: tuple[int, int] | None = None,
+               weight_qrange: tuple[int, int] | None = None):
+    """X86InductorQuantizer: uint8 per-tensor affine activations, int8 symmetric weights, skips honoured.
+
+    ``act_qrange`` / ``weight_qrange`` default to what the INT8 kernels of this CPU use (:func:`int8_ranges`);
+    the deployment-faithful simulation (:mod:`fairq.compression.graph_sim`) passes k-bit ranges instead.
+    """
     from torchao.quantization.pt2e import PerChannelMinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
     eps = {"eps": 2**-12}  # torchao's x86 default
     act_qmax, w_qmin, w_qmax = int8_ranges()
+    a_qmin, a_qmax = act_qrange or (0, act_qmax)
+    w_qmin, w_qmax = weight_qrange or (w_qmin, w_qmax)
     act_cls = _observer_ctr(getattr(config, "observer", "minmax"), getattr(config, "percentile", 99.99))
-    act = QuantizationSpec(dtype=torch.uint8, quant_min=0, quant_max=act_qmax, qscheme=torch.per_tensor_affine,
+    act = QuantizationSpec(dtype=torch.uint8, quant_min=a_qmin, quant_max=a_qmax, qscheme=torch.per_tensor_affine,
                            observer_or_fake_quant_ctr=act_cls.with_args(**eps))
     if getattr(config, "per_channel", True):
-        weight = QuantizationSpec(dtype=torch.int8, quant_min=w_qmin, quant_max=w_qmax,
-                                  qscheme=torch.per_channel_symmetric, ch_axis=0,
-                                  observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(**eps))
+        w_obs = PerChannelMinMaxObserver
     else:  # one scale per tensor, written per channel: oneDNN's int8 ops take per-channel weight scales only
-        weight = QuantizationSpec(dtype=torch.int8, quant_min=w_qmin, quant_max=w_qmax,
-                                  qscheme=torch.per_channel_symmetric, ch_axis=0,
-                                  observer_or_fake_quant_ctr=_per_tensor_weight_observer().with_args(**eps))
+        w_obs = _per_tensor_weight_observer()
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=w_qmin, quant_max=w_qmax,
+                              qscheme=torch.per_channel_symmetric, ch_axis=0,
+                              observer_or_fake_quant_ctr=w_obs.with_args(**eps))
     quantizer = X86InductorQuantizer().set_global(QuantizationConfig(act, act, weight, None))
     patterns = tuple(getattr(config, "skip_modules", ()) or ())
     for name, _ in model.named_modules():
@@ -373,12 +384,13 @@ def _program_from_bytes(archive: bytes) -> torch.fx.GraphModule:
     return _as_program(torch.export.load(io.BytesIO(archive)).module())
 
 
-class Int8Model(nn.Module):
-    """A statically quantized model running real INT8 oneDNN kernels on CPU.
+class ProgramModel(nn.Module):
+    """A model held as a converted PT2E program: the quantized reference graph (quantize → dequantize → FP32 op).
 
-    ``program`` (a submodule, so ``state_dict`` holds its int8 weights, qparams and remaining FP32 tensors) is
-    the quantized reference graph (dequant → FP32 op → quant); the forward runs its oneDNN lowering, built at
-    conversion and rebuilt lazily after unpickling/deepcopy (prepacked oneDNN weights cannot be pickled).
+    ``program`` (a submodule, so ``state_dict`` holds its integer weights, qparams and remaining FP32 tensors)
+    travels through pickling/deepcopy as a ``torch.export`` archive; the forward runs :meth:`build_runner`'s
+    graph, built lazily (subclasses: oneDNN lowering for real INT8, a fused fake-quant graph for simulation).
+    ``fairq_int8_layers``: ``{layer name: how to dequantize its weight}`` (the weight audit reads it).
     """
 
     def __init__(self, program: torch.fx.GraphModule, spec: dict, layers: dict[str, dict]):
@@ -386,20 +398,23 @@ class Int8Model(nn.Module):
         self.program = program
         self.fairq_input_spec = spec
         self.fairq_int8_layers = layers
-        self.__dict__["_lowered"] = None
+        self.__dict__["_runner"] = None
 
-    def lower(self) -> torch.fx.GraphModule:
-        """The oneDNN graph (built on first use)."""
-        if self.__dict__.get("_lowered") is None:
-            self.__dict__["_lowered"] = _lower(self.program, self.fairq_input_spec)
-        return self.__dict__["_lowered"]
+    def build_runner(self) -> torch.fx.GraphModule:
+        return self.program
+
+    def runner(self) -> torch.fx.GraphModule:
+        """The graph the forward runs (built on first use)."""
+        if self.__dict__.get("_runner") is None:
+            self.__dict__["_runner"] = self.build_runner()
+        return self.__dict__["_runner"]
 
     def forward(self, *args, **kwargs):
-        with torch.no_grad():  # inference only: the oneDNN graph must not record autograd (it also refuses to)
-            return self.lower()(*args, **kwargs)
+        with torch.no_grad():  # inference only (the oneDNN graph also refuses to record autograd)
+            return self.runner()(*args, **kwargs)
 
     def reference_forward(self, *args, **kwargs):
-        """The same quantized computation in FP32 ops (dequant → op → quant): what the int8 kernels must match."""
+        """The quantized computation in FP32 ops (dequant → op → quant), exactly as converted."""
         with torch.no_grad():
             return self.program(*args, **kwargs)
 
@@ -412,7 +427,7 @@ class Int8Model(nn.Module):
     def __getstate__(self):
         # Pickling a GraphModule re-traces its code, which would bake the int8 weights' dequantization into FP32
         # constants; the program travels as a torch.export archive instead (graph + int8 tensors, exactly).
-        state = {k: v for k, v in self.__dict__.items() if k != "_lowered"}
+        state = {k: v for k, v in self.__dict__.items() if k != "_runner"}
         state["_modules"] = {k: v for k, v in self._modules.items() if k != "program"}
         # as a uint8 tensor: torch.save writes tensors raw, while protocol-2 pickling inflates bytes ~1.3x
         archive = _program_to_bytes(self.program, self.fairq_input_spec)
@@ -422,15 +437,34 @@ class Int8Model(nn.Module):
     def __setstate__(self, state):
         archive = state.pop("_program_archive").numpy().tobytes()
         super().__setstate__(state)
-        self.__dict__["_lowered"] = None
+        self.__dict__["_runner"] = None
         self.program = _program_from_bytes(archive)
 
     def __deepcopy__(self, memo):
         new = type(self).__new__(type(self))
         memo[id(self)] = new
-        new.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "_lowered"}, memo))
-        new.__dict__["_lowered"] = None
+        new.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "_runner"}, memo))
+        new.__dict__["_runner"] = None
         return new
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.__dict__["_runner"] = None  # the runner may hold constants derived from the old tensors
+
+
+class Int8Model(ProgramModel):
+    """A statically quantized model running real INT8 oneDNN kernels on CPU.
+
+    The forward runs the program's oneDNN lowering, built at conversion and rebuilt lazily after
+    unpickling/deepcopy (prepacked oneDNN weights cannot be pickled).
+    """
+
+    def build_runner(self) -> torch.fx.GraphModule:
+        return _lower(self.program, self.fairq_input_spec)
+
+    def lower(self) -> torch.fx.GraphModule:
+        """The oneDNN graph (built on first use)."""
+        return self.runner()
 
     def extra_repr(self) -> str:
         return f"int8 layers={len(self.fairq_int8_layers)}, engine={ENGINE_STATIC}"
@@ -476,20 +510,21 @@ def _warn_float_layers(model: nn.Module, layers: dict, config) -> None:
                       f"annotate them): {', '.join(left[:10])}{' …' if len(left) > 10 else ''}", stacklevel=3)
 
 
-def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module:
-    """Static INT8 PTQ: a new model (the input is untouched) running oneDNN int8 conv/linear kernels on CPU.
+def convert_pt2e_program(model: nn.Module, config, calibration_data, quantizer_fn
+                         ) -> tuple[nn.Module, torch.fx.GraphModule, dict, dict]:
+    """Export a copy of ``model``, annotate it with ``quantizer_fn(config, model)``, calibrate, convert.
 
-    ``config``: read by duck typing — ``per_channel``, ``observer``, ``percentile``, ``skip_modules``,
-    ``calibration_batches``. ``calibration_data``: batches as
-    :func:`fairq.compression.data.iter_model_inputs` accepts; the first fixes the non-batch input shape.
+    Returns ``(float copy, converted program, input spec, weight table)``; the program is the quantized
+    reference graph (BatchNorm folded into the convs, quantize → dequantize pairs where tensors are produced),
+    not yet lowered to kernels. Shared by real INT8 and the deployment-faithful simulation, so both compute
+    the same graph from the same calibration.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    _check_cpu(model)
-    _warn_unsupported(config)
     if calibration_data is None:
-        raise ValueError("static INT8 quantization needs calibration_data (an iterable of input batches)")
-    batches = list(iter_model_inputs(calibration_data, limit=getattr(config, "calibration_batches", None)))
+        raise ValueError("static quantization needs calibration_data (an iterable of input batches)")
+    batches = list(iter_model_inputs(calibration_data, limit=getattr(config, "calibration_batches", None),
+                                     device=model_device(model)))
     if not batches:
         raise ValueError("calibration data yielded no batches")
     work = copy.deepcopy(model).eval()
@@ -503,22 +538,38 @@ def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module
         try:
             graph = _export(work, args, kwargs, spec, strict=strict).module()
             _same_pad_convs_as_conv2d(graph)
-            prepared = prepare_pt2e(graph, _quantizer(config, work))
+            prepared = prepare_pt2e(graph, quantizer_fn(config, work))
             break
         except Exception as err:  # noqa: BLE001 - reported below if both tracers fail
             errors.append(f"{'strict' if strict else 'non-strict'} export: {type(err).__name__}: {err}")
     else:
-        raise RuntimeError(f"could not trace and annotate {type(model).__name__} for INT8 conversion; "
+        raise RuntimeError(f"could not trace and annotate {type(model).__name__} with torch.export + PT2E; "
                            + " | ".join(e[:500] for e in errors))
     with torch.no_grad():
-        for a, k in tqdm(batches, desc="INT8 calibration", leave=False):
+        for a, k in tqdm(batches, desc="PT2E calibration", leave=False):
             prepared(*a, **k)
     program = convert_pt2e(prepared)
     layers = _weight_table(program)
     if not layers:
-        raise RuntimeError(f"no conv/linear layer of {type(model).__name__} was quantized to INT8")
+        raise RuntimeError(f"no conv/linear layer of {type(model).__name__} was quantized")
     _warn_float_layers(work, layers, config)
-    out = Int8Model(_as_program(program), spec, layers)
+    return work, _as_program(program), spec, layers
+
+
+def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module:
+    """Static INT8 PTQ: a new model (the input is untouched) running oneDNN int8 conv/linear kernels on CPU.
+
+    ``config``: read by duck typing — ``per_channel``, ``observer``, ``percentile``, ``skip_modules``,
+    ``calibration_batches``. ``calibration_data``: batches as
+    :func:`fairq.compression.data.iter_model_inputs` accepts; the first fixes the non-batch input shape.
+    """
+    _check_cpu(model)
+    _warn_unsupported(config)
+    if calibration_data is None:
+        raise ValueError("static INT8 quantization needs calibration_data (an iterable of input batches)")
+    _, program, spec, layers = convert_pt2e_program(model, config, calibration_data,
+                                                    lambda cfg, m: _quantizer(cfg, m))
+    out = Int8Model(program, spec, layers)
     _check_lowered(out)  # builds the oneDNN graph now, so failures surface at conversion time
     out.fairq_name = getattr(model, "fairq_name", None)
     return _tag(out.eval(), ENGINE_STATIC, (0, int8_ranges()[0]))
@@ -562,16 +613,16 @@ def _fetch(root: nn.Module, target: str):
 
 
 def int8_effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{layer name: float weight}`` dequantized from the int8 codes the INT8 model computes with.
+    """``{layer name: float weight}`` dequantized from the integer codes the model computes with.
 
-    Static models: the conv/linear weights as quantized (BatchNorm already folded in). Dynamic models: every
-    ``DynamicQuantizedLinear``'s weight.
+    Static models (real INT8, or the graph simulation's program): the conv/linear weights as quantized (BatchNorm
+    already folded in). Dynamic models: every ``DynamicQuantizedLinear``'s weight.
     """
     from torch.ao.nn.quantized import dynamic as nnqd
 
     out: dict[str, torch.Tensor] = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, Int8Model):
+        if isinstance(mod, ProgramModel):
             prefix = f"{name}." if name else ""
             with torch.no_grad():
                 for layer, entry in mod.fairq_int8_layers.items():

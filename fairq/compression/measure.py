@@ -53,7 +53,12 @@ def packed_bytes(model: nn.Module) -> int:
     (biases, activation qparams, FP32 layers, norms, embeddings) at its stored size."""
     quant_keys, total = set(), 0
     for name, mod in model.named_modules():
-        if isinstance(mod, FakeQuantLayer):
+        if hasattr(mod, "packed_weight_entries"):  # graph simulation: the codes live in its program
+            prefix = f"{name}." if name else ""
+            for keys, numel, channels, bits, symmetric in mod.packed_weight_entries():
+                quant_keys |= {prefix + k for k in keys}
+                total += packed_weight_bytes(numel, channels, bits, symmetric)
+        elif isinstance(mod, FakeQuantLayer):
             prefix = f"{name}." if name else ""
             quant_keys |= {prefix + k for k in ("weight_codes", "weight_scale", "weight_zero_point")}
             total += packed_weight_bytes(mod.weight_codes.numel(), mod.weight_scale.numel(), mod.weight_bits,
@@ -64,7 +69,7 @@ def packed_bytes(model: nn.Module) -> int:
 def model_size(model: nn.Module) -> tuple[float, str]:
     """(size in MiB, kind): ``"serialized"`` bytes written by ``torch.save`` for float and real-INT8 models,
     ``"packed_estimate"`` for simulated k-bit models (what the weights would take packed at k bits)."""
-    if any(isinstance(m, FakeQuantLayer) for m in model.modules()):
+    if any(isinstance(m, FakeQuantLayer) or hasattr(m, "packed_weight_entries") for m in model.modules()):
         return packed_bytes(model) / MB, "packed_estimate"
     return serialized_bytes(model) / MB, "serialized"
 
@@ -117,3 +122,47 @@ def measure_latency(model: nn.Module, example_input, *, warmup: int = 3, repeats
         _set_mode(model, was_training)
     return dict(latency_ms=statistics.median(times), batch_size=_batch_size(args, kwargs), repeats=repeats,
                 threads=torch.get_num_threads(), device=str(device))
+
+
+def measure_latency_paired(model: nn.Module, reference: nn.Module, example_input, *, warmup: int = 2,
+                           repeats: int = 10, task=None) -> dict:
+    """Latency of ``model`` timed alternately with its FP32 ``reference`` on the same batch, in one process.
+
+    Each repeat times one forward of each (which goes first alternates), so load from other processes on a shared
+    machine hits both alike: the ratio is the median of the per-repeat ratios, steadier than either median.
+    Returns ``dict(latency_ms, reference_latency_ms, latency_ratio_vs_fp32, batch_size, repeats, threads,
+    device)``; both models are timed in eval mode under ``torch.inference_mode``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be ≥ 1, got {repeats}")
+    device = model_device(model)
+    args, kwargs = next(iter_model_inputs(example_input, limit=1, device=device, task=task))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    modes = [(m, m.training) for m in (model, reference)]
+
+    def once(m) -> float:
+        start = time.perf_counter()
+        m(*args, **kwargs)
+        sync()
+        return (time.perf_counter() - start) * 1000.0
+
+    times: dict[int, list[float]] = {0: [], 1: []}
+    try:
+        for m, _ in modes:
+            _set_mode(m, False)
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(*args, **kwargs)
+                reference(*args, **kwargs)
+            sync()
+            for i in range(repeats):
+                order = (0, 1) if i % 2 == 0 else (1, 0)
+                for j in order:
+                    times[j].append(once(model if j == 0 else reference))
+    finally:
+        for m, was_training in modes:
+            _set_mode(m, was_training)
+    ratios = [a / b for a, b in zip(times[0], times[1])]
+    return dict(latency_ms=statistics.median(times[0]), reference_latency_ms=statistics.median(times[1]),
+                latency_ratio_vs_fp32=statistics.median(ratios), batch_size=_batch_size(args, kwargs),
+                repeats=repeats, threads=torch.get_num_threads(), device=str(device))

@@ -1,4 +1,5 @@
-"""Static post-training quantization (``ptq_static``): real INT8 for W8A8 on CPU, simulated INT-k otherwise."""
+"""Static post-training quantization (``ptq_static``): real INT8 for W8A8 on CPU, simulated INT-k otherwise
+(the deployed graph at k bits by default, ``simulation="layer_input"`` for the per-layer-input fake-quant)."""
 from __future__ import annotations
 
 from torch import nn
@@ -12,6 +13,10 @@ from .simulate import quantize_layers, uniform_layer_bits
 def quantize_ptq(model: nn.Module, config: PTQConfig, calibration_data=None) -> nn.Module:
     """Quantize ``model`` (modified in place) per ``config``; see :class:`PTQConfig`."""
     model.eval()
+    if config.backend == "int4":
+        from .int4 import convert_weight_only_int4
+
+        return tag_model(convert_weight_only_int4(model, config), weight_bits=4, act_bits=None, backend="int4")
     capable = config.weight_bits == 8 and config.act_bits == 8
     backend = resolve_backend(config.backend, capable, model)
     if backend == "int8":
@@ -19,6 +24,12 @@ def quantize_ptq(model: nn.Module, config: PTQConfig, calibration_data=None) -> 
             raise ValueError("static INT8 quantization needs calibration_data")
         model = load_int8().convert_static_int8(model, config, calibration_data)
         return tag_model(model, weight_bits=8, act_bits=8, backend="int8")
+    if config.simulation == "graph":
+        from .graph_sim import convert_static_simulated
+
+        model = convert_static_simulated(model, config, calibration_data)
+        return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated")
+    model.fairq_simulation = "layer_input"
     quantize_layers(
         model, uniform_layer_bits(model, config.weight_bits, config.skip_modules),
         per_channel=config.per_channel, symmetric=config.symmetric, act_bits=config.act_bits,

@@ -180,6 +180,7 @@ def convert_qat(model: nn.Module, config: QATConfig, calibration_data=None) -> n
             act_qparams=(fq.scale, fq.zero_point) if learned else None,
         )
         set_layer(model, name, new)
+    model.fairq_simulation = "layer_input"  # fake-quant at each layer's input, like quantize_layers
     return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated")
 
 

@@ -50,6 +50,13 @@ class FairnessFinetuneConfig(QATConfig):
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
 
+    def controls(self) -> list:
+        """Below W8A8 the fine-tuned model is a per-layer-input simulation: plain PTQ computed the same way is its
+        like-for-like reference (:mod:`.controls`); at W8A8 it converts to real INT8 like plain PTQ does."""
+        from .controls import layer_input_ptq
+
+        return [] if (self.weight_bits, self.act_bits) == (8, 8) else [layer_input_ptq(self)]
+
     def variant(self) -> str:
         """``lambda=…`` first (the sweep's axis), then the other non-default fields."""
         rest = variant_of(self, skip=("lam", *self.run_fields))

@@ -67,14 +67,10 @@ class SensitiveLayerPreservationConfig(_Config):
     calibration_batches: int | None = 32
 
     def controls(self) -> list:
-        """A simulated plain-PTQ cell at the same widths when plain ``ptq_static`` would run real INT8 kernels
-        (W8A8): preservation always simulates, and a mitigation is judged against its own backend."""
-        from fairq.compression.config import PTQConfig
+        """Plain PTQ on the same (per-layer-input) simulation at the same widths (:mod:`.controls`)."""
+        from .controls import layer_input_ptq
 
-        if (self.weight_bits, self.act_bits) != (8, 8):
-            return []
-        return [PTQConfig(weight_bits=8, act_bits=8, per_channel=self.per_channel, symmetric=self.symmetric,
-                          observer=self.observer, backend="simulated")]
+        return [layer_input_ptq(self)]
 
     def __post_init__(self):
         _check_bits("weight_bits", self.weight_bits)

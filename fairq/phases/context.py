@@ -75,9 +75,13 @@ class RunContext:
     # --- evaluation --------------------------------------------------------------------------------------
     def evaluate_cell(self, model: nn.Module, *, model_name: str, method: str, weight_bits: int,
                       act_bits: int | None, variant: str = "", extra: dict | None = None,
-                      cell: str | None = None) -> dict:
-        """Predict the test split, compute metrics from those predictions, measure size/latency, store it all."""
-        from fairq.compression import measure_latency, model_size
+                      cell: str | None = None, reference: nn.Module | None = None) -> dict:
+        """Predict the test split, compute metrics from those predictions, measure size/latency, store it all.
+
+        With ``reference`` (the FP32 baseline model) latency is timed alternately with it in this process and the
+        row also gets ``latency_ratio_vs_fp32`` (steady when the machine's load shifts both).
+        """
+        from fairq.compression import measure_latency, measure_latency_paired, model_size
 
         dm = self.data()
         cell = cell or cell_id(self.dataset, model_name, method, weight_bits, act_bits, self.seed, variant)
@@ -88,7 +92,11 @@ class RunContext:
         metrics = frame_metrics(frame, dm.sensitive_names)
         size_mb, size_kind = model_size(model)
         example = next(iter(dm.split_dataloader("test", batch_size=int(self.evaluation.get("latency_batch_size", 32)))))
-        lat = measure_latency(model, example, task=dm.task, repeats=int(self.evaluation.get("latency_repeats", 10)))
+        repeats = int(self.evaluation.get("latency_repeats", 10))
+        if reference is not None:
+            lat = measure_latency_paired(model, reference, example, repeats=repeats, task=dm.task)
+        else:
+            lat = measure_latency(model, example, task=dm.task, repeats=repeats)
         row = {
             "cell": cell, "dataset": self.dataset, "model": model_name, "method": method, "variant": variant,
             "weight_bits": weight_bits, "act_bits": 32 if act_bits is None and method == "baseline" else act_bits,
@@ -99,8 +107,16 @@ class RunContext:
             "latency_batch_size": lat["batch_size"], "eval_seconds": round(eval_s, 3), **(extra or {}),
         }
         qrange = getattr(model, "fairq_act_qrange", None)
-        if qrange is not None:  # real INT8 kernels: the activation codes they use (0..127 on CPUs without VNNI)
-            row["int8_act_range"] = f"{qrange[0]}..{qrange[1]}"
+        if qrange is not None:  # the activation codes used (real INT8: 0..127 on CPUs without VNNI)
+            row["act_code_range"] = f"{qrange[0]}..{qrange[1]}"
+            if row["backend"] == "int8":
+                row["int8_act_range"] = row["act_code_range"]
+        if "latency_ratio_vs_fp32" in lat:
+            row["latency_ratio_vs_fp32"] = lat["latency_ratio_vs_fp32"]
+        if getattr(model, "fairq_simulation", None):  # how a simulated model was built (graph / layer_input)
+            row["simulation"] = model.fairq_simulation
+        if hasattr(model, "fairq_simulated_layers"):  # real int4 cells: layers without a kernel, simulated
+            row["simulated_layers"] = ";".join(model.fairq_simulated_layers)
         self.store.add_cell(row, frame)
         log.info("%s: accuracy %.4f, worst-group %.4f, DP diff %.4f, EO diff %.4f, %.2f MB (%s), %.1f ms",
                  cell, row["accuracy"], row["worst_group_accuracy"], row["demographic_parity_difference"],

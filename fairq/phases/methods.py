@@ -76,7 +76,8 @@ class _ModelCells:
                      family=method.family, reference_method=type(config).reference_method)
         self.rows.append(self.ctx.evaluate_cell(result.model, model_name=self.model_name, method=method.name,
                                                 weight_bits=result.weight_bits, act_bits=result.act_bits,
-                                                variant=config.variant(), extra=extra, cell=cell))
+                                                variant=config.variant(), extra=extra, cell=cell,
+                                                reference=self.baseline))
 
 
 def run_one(ctx: RunContext, phase: str, model_name: str, index: int) -> list[dict]:

@@ -1,0 +1,175 @@
+"""Deployment-faithful simulated INT-k (``simulation="graph"``): the real INT8 graph at k bits, and its audits."""
+from __future__ import annotations
+
+import types
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from fairq.compression import PTQConfig, effective_weights, layer_bits, quantize
+from fairq.compression import graph_sim, int8
+from fairq.compression.data import iter_model_inputs, logits_of
+from fairq.models import create_model
+
+
+class ResidualCNN(nn.Module):
+    """conv-BN-ReLU stem, one residual block (conv-BN-ReLU, conv-BN, + identity, ReLU), pooling, linear head."""
+
+    def __init__(self, width: int = 16, num_classes: int = 3):
+        super().__init__()
+
+        def cbr(relu: bool):
+            layers = [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+            return nn.Sequential(*layers, *([nn.ReLU()] if relu else []))
+
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.conv1, self.conv2 = cbr(True), cbr(False)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.relu(self.conv2(self.conv1(x)) + x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _residual_cnn():
+    torch.manual_seed(0)
+    model = ResidualCNN().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them into the convs matters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    gen = torch.Generator().manual_seed(0)
+    calib = [torch.randn(16, 3, 16, 16, generator=gen) for _ in range(4)]
+    return types.SimpleNamespace(model=model, calib=calib, x=torch.randn(256, 3, 16, 16, generator=gen))
+
+
+@pytest.fixture(scope="module")
+def res():
+    return _residual_cnn()
+
+
+def _tiny_bert():
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    gen = torch.Generator().manual_seed(0)
+    batches = [dict(input_ids=torch.randint(0, 64, (8, 12), generator=gen),
+                    attention_mask=torch.ones(8, 12, dtype=torch.long)) for _ in range(2)]
+    return transformers.BertForSequenceClassification(cfg).eval(), batches
+
+
+def _zoo(kind):
+    if kind == "cnn":
+        r = _residual_cnn()
+        return r.model, r.calib[:2]
+    if kind == "vit":
+        torch.manual_seed(0)
+        return create_model("tiny_vit", 2).eval(), [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    return _tiny_bert()
+
+
+def _outputs(model, batches):
+    with torch.no_grad():
+        return torch.cat([logits_of(model(*a, **k)) for a, k in iter_model_inputs(batches)])
+
+
+def _max_levels_per_channel(w):
+    return max(int(torch.unique(row).numel()) for row in w.reshape(w.shape[0], -1))
+
+
+# ---------------------------------------------------------------- simulated INT8 = real INT8's graph
+def test_simulated_int8_logits_match_real_int8_within_one_quantization_step(res):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        real = quantize(res.model, PTQConfig(backend="int8"), res.calib)
+    sim = quantize(res.model, PTQConfig(backend="simulated"), res.calib)
+    old = quantize(res.model, PTQConfig(backend="simulated", simulation="layer_input"), res.calib)
+    assert real.fairq_backend == "int8" and sim.fairq_simulation == "graph"
+    with torch.no_grad():
+        r, s, o = real(res.x), sim(res.x), old(res.x)
+    # One step: the logit change when one classifier-input code moves by one (input scale × largest |weight|).
+    fc_in = graph_sim.activation_quantizers(sim)["flatten"]
+    step = fc_in["scale"] * effective_weights(sim)["fc"].abs().max().item()
+    assert (s - r).abs().max().item() <= step
+    assert (s.argmax(1) == r.argmax(1)).all()
+    # the check can fail: the per-layer-input simulation (BN unfolded, other quantization points) misses it
+    assert (o - r).abs().max().item() > step
+    # same activation code range as the kernels of this CPU (0..127 without VNNI)
+    assert sim.fairq_act_qrange == real.fairq_act_qrange == (0, int8.int8_ranges()[0])
+
+
+def test_graph_is_the_real_int8_graph_with_bn_folded_and_the_residual_add_quantized(res):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        real = int8.convert_static_int8(res.model, PTQConfig(), res.calib)
+    sim = quantize(res.model, PTQConfig(backend="simulated"), res.calib)
+    ops = [str(n.target) for n in sim.program.graph.nodes]
+    assert ops == [str(n.target) for n in real.program.graph.nodes]
+    assert not [o for o in ops if "batch_norm" in o], "BatchNorm was not folded"
+    qd = torch.ops.quantized_decomposed
+    adds = [n for n in sim.program.graph.nodes if n.target == torch.ops.aten.add.Tensor]
+    assert adds and all(any(getattr(a, "target", None) == qd.dequantize_per_tensor.default for a in n.args)
+                        for n in adds), "the residual input of the add is not quantized"
+    assert torch.equal(sim.reference_forward(res.x), real.reference_forward(res.x))
+    # the fused fake-quant forward computes the reference graph
+    with torch.no_grad():
+        assert torch.allclose(sim(res.x), sim.reference_forward(res.x), atol=1e-6)
+
+
+# ---------------------------------------------------------------- the ≤ 2^k audit on the new path
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("kind", ["cnn", "vit", "bert"])
+def test_levels_per_weight_channel_and_activation_tensor(kind, bits):
+    model, calib = _zoo(kind)
+    q = quantize(model, PTQConfig(weight_bits=bits, act_bits=bits, backend="simulated"), calib)
+    assert q.fairq_simulation == "graph" and q.fairq_weight_bits == bits
+    weights, lbits = effective_weights(q), layer_bits(q)
+    n_layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    assert len(weights) == n_layers and set(lbits.values()) == {bits}, "a conv/linear layer was left FP32"
+    levels = {name: _max_levels_per_channel(w) for name, w in weights.items()}
+    assert max(levels.values()) <= 2**bits, levels
+    quantizers = graph_sim.activation_quantizers(q)
+    assert quantizers and all(v["quant_max"] - v["quant_min"] + 1 <= 2**bits for v in quantizers.values())
+    (args, kwargs), = iter_model_inputs(calib[:1])
+    codes = graph_sim.activation_codes(q, *args, **kwargs)
+    assert codes.keys() == quantizers.keys()
+    for name, c in codes.items():
+        assert c.numel() <= 2**bits and quantizers[name]["quant_min"] <= c.min() <= c.max() \
+            <= quantizers[name]["quant_max"], name
+    if bits == 8:  # the audit can fail: 8 bits really uses more than 4 bits' worth of levels
+        assert max(levels.values()) > 16 and max(c.numel() for c in codes.values()) > 16
+
+
+def test_weights_only_and_clear_errors(res):
+    q = quantize(res.model, PTQConfig(weight_bits=4, act_bits=None, backend="simulated"), res.calib)
+    assert not graph_sim.activation_quantizers(q) and q.fairq_act_bits is None
+    assert _max_levels_per_channel(effective_weights(q)["stem.0"]) <= 16
+    fp, out = _outputs(res.model, [res.x]), _outputs(q, [res.x])
+    assert 0 < (out - fp).abs().max() < fp.abs().max()
+    with pytest.raises(ValueError, match="layer_input"):
+        quantize(res.model, PTQConfig(weight_bits=4, symmetric=False, backend="simulated"), res.calib)
+    with pytest.raises(ValueError, match="layer_input"):
+        quantize(res.model, PTQConfig(weight_bits=4, act_symmetric=True, backend="simulated"), res.calib)
+    with pytest.raises(ValueError, match="simulation"):
+        PTQConfig(simulation="module_swap")
+
+    class DataDependent(nn.Module):  # Python control flow on values: torch.export cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)
+
+    with pytest.raises(RuntimeError, match="layer_input"):
+        quantize(DataDependent().eval(), PTQConfig(weight_bits=4, backend="simulated"), [torch.randn(4, 4)])
