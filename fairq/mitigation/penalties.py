@@ -11,6 +11,11 @@ For each class ``k`` scored (binary: the positive class 1 only; multiclass: ever
 Summed over the scored classes. A group (or group × label cell for ``eo``) with fewer than ``min_count``
 samples in the batch is left out of that term; with fewer than two groups left the term is 0. The mean over
 pairs (not the max) keeps the gradient smooth; it still vanishes only when every gap does.
+
+Under distributed training (DDP) the batch is the union of every rank's batch: scores, targets and sensitive
+codes are all-gathered first (``torch.distributed.nn.all_gather``, which carries gradients back to each rank), so
+group means come from global group counts, never from averaging per-rank gaps. Every rank then computes the same
+penalty; its gradient reaches each rank's own samples once per rank, which DDP's gradient averaging divides out.
 """
 from __future__ import annotations
 
@@ -41,6 +46,32 @@ def _masked_means(score: torch.Tensor, groups: torch.Tensor, n_groups: int, mask
     return sums[keep] / counts[keep]
 
 
+def _gather_global(prob: torch.Tensor, target: torch.Tensor, sensitive: torch.Tensor):
+    """Every rank's batch, concatenated in rank order (the local batch itself outside distributed training)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return prob, target, sensitive
+    from torch.distributed.nn.functional import all_gather
+
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long, device=prob.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(prob)], device=prob.device))
+    sizes = [int(s) for s in sizes]
+    top = max(sizes)
+
+    def pad(x):
+        return torch.cat([x, x.new_zeros((top - len(x),) + tuple(x.shape[1:]))]) if len(x) < top else x
+
+    probs = all_gather(pad(prob))  # differentiable: gradients flow back to the owning rank
+    targets = [torch.zeros_like(pad(target)) for _ in range(world)]
+    sens = [torch.zeros_like(pad(sensitive)) for _ in range(world)]
+    dist.all_gather(targets, pad(target).contiguous())
+    dist.all_gather(sens, pad(sensitive).contiguous())
+    return (torch.cat([p[:n] for p, n in zip(probs, sizes)]), torch.cat([t[:n] for t, n in zip(targets, sizes)]),
+            torch.cat([s[:n] for s, n in zip(sens, sizes)]))
+
+
 def group_gap_penalty(logits: torch.Tensor, target: torch.Tensor, sensitive: torch.Tensor, *, kind: str = "dp",
                       min_count: int = 2) -> torch.Tensor:
     """The ``kind`` penalty (module docstring) of one batch; a differentiable scalar."""
@@ -48,6 +79,7 @@ def group_gap_penalty(logits: torch.Tensor, target: torch.Tensor, sensitive: tor
         raise ValueError(f"penalty kind must be one of {KINDS}, got {kind!r}")
     prob = torch.softmax(logits.float(), dim=-1)
     sensitive = torch.as_tensor(sensitive, device=logits.device).reshape(len(prob), -1)
+    prob, target, sensitive = _gather_global(prob, torch.as_tensor(target, device=logits.device), sensitive)
     _, groups = torch.unique(sensitive, dim=0, return_inverse=True)
     n_groups = int(groups.max()) + 1 if groups.numel() else 0
     target = target.to(logits.device).long()

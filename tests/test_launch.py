@@ -1,0 +1,68 @@
+"""``--launcher ray``: a local Ray with 2 workers gives the serial run's cells and numbers; a worker killed
+mid-cell is retried and every cell is stored exactly once; without Ray the launcher says how to install it."""
+import json
+import sys
+
+import pandas as pd
+import pytest
+
+from fairq.cli import main
+
+TINY = [
+    "--data.init_args.n_samples", "400", "--data.init_args.image_size", "32", "--data.init_args.batch_size", "32",
+    "--models", "[tiny_cnn]", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+    "--evaluation.latency_repeats", "2", "--evaluation.progress", "false",
+    "--analysis.n_bootstrap", "50", "--analysis.figures", "false", "--analysis.report", "false",
+]
+METRICS = ["accuracy", "worst_group_accuracy", "demographic_parity_difference", "equalized_odds_difference",
+           "size_mb", "weight_bits", "act_bits", "n"]
+
+
+def test_ray_launcher_missing_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
+    assert main(["--phase", "all", "--launcher", "ray", "--output_dir", str(tmp_path), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "pip install -r requirements-ray.txt" in err and "Traceback" not in err
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+@pytest.mark.slow
+def test_local_ray_gives_the_serial_runs_cells_and_numbers(tmp_path, monkeypatch):
+    pytest.importorskip("ray", reason="Ray is optional (requirements-ray.txt); CI installs it")
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
+    sections = ["--quantization.methods", json.dumps([{"method": "ptq_static", "bits": 8},
+                                                      {"method": "ptq_static", "bits": 4}]),
+                "--mitigation.methods", json.dumps([{"method": "bias_aware_calibration", "bits": 4}])]
+    runs = {}
+    for launcher in ("local", "ray"):
+        out = tmp_path / launcher
+        assert main(["--phase", "all", "--launcher", launcher, "--ray.cpus_per_cell", "1",
+                     "--output_dir", str(out), *TINY, *sections]) == 0
+        runs[launcher] = pd.read_csv(out / "metrics.csv").set_index("cell").sort_index()
+    local, ray_ = runs["local"], runs["ray"]
+    assert list(local.index) == list(ray_.index) and len(local) == 4  # baseline, 2 PTQ (one the bias-aware control), bias-aware
+    pd.testing.assert_frame_equal(local[METRICS], ray_[METRICS])
+    assert (tmp_path / "ray" / "tables" / "findings.csv").exists()  # analysis ran in the driver
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_cell_is_retried_and_every_cell_is_stored_once(tmp_path, monkeypatch):
+    pytest.importorskip("ray", reason="Ray is optional (requirements-ray.txt); CI installs it")
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FAIRQ_METHOD_MODULES", "tests.plugins.crash_once")
+    marker = tmp_path / "crashed"
+    out = tmp_path / "run"
+    sections = ["--quantization.methods", json.dumps([{"method": "_crash_once", "marker": str(marker)},
+                                                      {"method": "ptq_static", "bits": 4}]),
+                "--mitigation.methods", "[]"]
+    assert main(["--phase", "all", "--launcher", "ray", "--ray.max_retries", "2", "--output_dir", str(out),
+                 *TINY, *sections]) == 0
+    assert marker.exists()  # the first attempt really died
+    m = pd.read_csv(out / "metrics.csv")
+    assert m["cell"].is_unique and sorted(m["method"]) == ["_crash_once", "baseline", "ptq_static"]
+    for rel in m["predictions"]:
+        assert len(pd.read_parquet(out / rel)) == int(m["n"].iloc[0])  # nothing torn
+    # a rerun skips every finished cell and leaves the table as it was
+    before = (out / "metrics.csv").read_bytes()
+    assert main(["--phase", "quantization", "--launcher", "ray", "--output_dir", str(out), *TINY, *sections]) == 0
+    assert (out / "metrics.csv").read_bytes() == before
