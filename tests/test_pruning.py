@@ -22,8 +22,8 @@ from test_compression import _build, _outputs, _tiny_bert
 
 PRUNING_METHODS = sorted(m for m in METHODS if get_method(m).family == "pruning")
 #: options each pruning method is tested with, and the tiny models it does not apply to (a clear error there).
-OPTIONS = {"magnitude_prune": {"sparsity": 0.5}}
-UNSUPPORTED = {}
+OPTIONS = {"magnitude_prune": {"sparsity": 0.5}, "channel_prune": {"ratio": 0.5}, "head_prune": {"ratio": 0.5}}
+UNSUPPORTED = {"channel_prune": ("vit", "bert"), "head_prune": ("cnn",)}
 
 
 @pytest.fixture(scope="module", params=["cnn", "vit", "bert"])
@@ -52,7 +52,7 @@ def _audit(model, target: float, layers=None, scope: str = "layer") -> dict:
 
 # ---------------------------------------------------------------- registry-generated: method × model
 def test_pruning_methods_are_registered():
-    assert {"magnitude_prune"} <= set(PRUNING_METHODS)
+    assert {"magnitude_prune", "channel_prune", "head_prune"} <= set(PRUNING_METHODS)
     assert set(OPTIONS) == set(PRUNING_METHODS), "give every pruning method its test options"
 
 
@@ -73,9 +73,10 @@ def test_every_pruning_method_on_every_tiny_model(zoo, method):
     rec = result.record
     assert 0 < rec["sparsity"] < 1 and rec["params"] > 0 and rec["flops"] > 0
     assert rec["nonzero_params"] < sum(p.numel() for p in zoo.model.parameters())
-    assert result.artifacts and result.artifacts[0].column == "sparsity_audit"
-    # serialization round trip in the format the size was measured from
+    assert result.artifacts and result.artifacts[0].folder == "pruning"
+    # really smaller on disk, and the serialization round trip in the format the size was measured from
     size_mb, kind = model_size(q)
+    assert size_mb < model_size(zoo.model)[0]
     buf = io.BytesIO()
     if kind == "sparse_serialized":
         save_sparse(q, buf)
@@ -219,3 +220,91 @@ def test_prune_config_validates_and_sweeps():
     with pytest.raises(ConfigError, match="obsever"):
         plan_section("quantization", QuantizationSection(methods=[
             {"method": "magnitude_prune", "then": {"method": "ptq_static", "obsever": "mse"}}]))
+
+
+# ---------------------------------------------------------------- structured pruning
+def test_channel_prune_handles_residual_coupling_and_shrinks_a_resnet():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=2).eval()
+    x = [torch.randn(4, 3, 32, 32)]
+    val = [(torch.randn(8, 3, 32, 32), torch.randint(0, 2, (8,)))]
+    res = compress(model, make_config("channel_prune", ratio=0.5), MethodInputs(calibration=x, validation=val))
+    q = res.model
+    with torch.no_grad():
+        assert q(x[0]).shape == (4, 2)
+    # residual adds need equal widths on both branches: DepGraph pruned them together
+    for block in (q.layer1[0], q.layer2[1], q.layer4[1]):
+        assert block.conv2.out_channels == block.bn2.num_features
+    assert q.layer1[0].conv2.out_channels == q.conv1.out_channels == 32  # 64 → 32, coupled through the adds
+    assert q.fc.out_features == 2 and q.fc.in_features == 256
+    dense, small = serialized_bytes(model), serialized_bytes(q)
+    assert small < 0.35 * dense  # both in and out channels halve: ≈ a quarter of the conv weights
+    assert res.record["params"] == sum(p.numel() for p in q.parameters())
+    assert res.record["sparsity"] == pytest.approx(1 - res.record["params"] / sum(p.numel() for p in model.parameters()))
+    assert res.record["flops"] < 0.35 * __import__("fairq.compression", fromlist=["count_flops"]).count_flops(model, x)
+
+
+def test_channel_prune_measured_importance_uses_the_validation_split():
+    zoo = _build("cnn")
+    plans = {}
+    for imp in ("magnitude", "taylor"):
+        res = compress(zoo.model, make_config("channel_prune", ratio=0.5, importance=imp), _inputs(zoo))
+        plans[imp] = res.model
+    with pytest.raises(ValueError, match="validation"):
+        compress(zoo.model, make_config("channel_prune", importance="taylor"), MethodInputs(calibration=zoo.calib))
+    w_mag, w_tay = plans["magnitude"].features[0][0].weight, plans["taylor"].features[0][0].weight
+    assert w_mag.shape == w_tay.shape and not torch.equal(w_mag, w_tay), "taylor picked the magnitude channels"
+
+
+def _blocks_shapes(model):
+    from fairq.compression.structured import attention_blocks
+
+    # q/k/v rows over the distinct projections (timm: one fused qkv Linear; BERT: three)
+    return [(b.num_heads, b.head_dim, sum({id(lin): lin.out_features for _, lin, _ in b.producers()}.values()),
+             b.out.in_features) for b in attention_blocks(model)]
+
+
+@pytest.mark.parametrize("kind", ["vit", "bert"])
+def test_head_prune_removes_heads_physically_and_exactly(kind):
+    """A head that contributes nothing (zero output columns, tiny q/k/v) is the one removed, and removing it
+    leaves the model's function unchanged: the cut rows/columns are the right ones."""
+    from fairq.compression.structured import attention_blocks
+
+    zoo = _build(kind)
+    model = copy.deepcopy(zoo.model)
+    dead = {}
+    with torch.no_grad():
+        for i, b in enumerate(attention_blocks(model)):
+            h, d = i % b.num_heads, b.head_dim
+            dead[b.name] = h
+            b.out.weight[:, h * d:(h + 1) * d] = 0
+            for _, lin, off in b.producers():
+                lin.weight[off + h * d: off + (h + 1) * d] *= 1e-3
+    before = _blocks_shapes(model)
+    res = compress(model, make_config("head_prune", ratio=0.5), _inputs(zoo))
+    plan = res.artifacts[0].content["heads"]
+    assert {name: p["removed"] for name, p in plan.items()} == {name: [h] for name, h in dead.items()}
+    after = _blocks_shapes(res.model)
+    for (h0, d0, prod0, out0), (h1, d1, prod1, out1) in zip(before, after):
+        assert (h1, d1) == (h0 - 1, d0) and out1 == out0 - d0
+        assert prod1 == prod0 - 3 * d0  # q, k and v each lost one head's rows
+    assert torch.allclose(_outputs(res.model, zoo.calib), _outputs(model, zoo.calib), atol=1e-5)
+    assert serialized_bytes(res.model) < serialized_bytes(model)
+    assert (res.record["heads_before"], res.record["heads_after"]) == (2 * len(dead), len(dead))
+
+
+def test_head_prune_ablation_importance_is_measured_on_validation():
+    from fairq.compression.structured import attention_blocks, head_importance
+
+    zoo = _build("vit")
+    model = copy.deepcopy(zoo.model)
+    blocks = attention_blocks(model)
+    with torch.no_grad():
+        blocks[0].out.weight[:, :blocks[0].head_dim] = 0  # head 0 of block 0 contributes nothing
+    scores = head_importance(model, blocks, "ablation", zoo.val)
+    assert scores[blocks[0].name][0] == 0.0  # silencing a silent head changes no loss
+    assert any(float(s.abs().max()) > 0 for s in scores.values())
+    with pytest.raises(ValueError, match="validation"):
+        head_importance(model, blocks, "ablation", None)

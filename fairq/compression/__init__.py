@@ -14,6 +14,7 @@ from .mixed_precision import MixedPrecisionPlan
 from .pruning import MagnitudePruneConfig, magnitude_prune
 from .qat import convert_qat, prepare_qat
 from .registry import METHODS, Artifact, MethodInputs, MethodResult, get_method, make_config, register_method
+from .structured import ChannelPruneConfig, HeadPruneConfig, channel_prune, head_prune
 from .sparsity import count_flops, count_params, load_sparse, save_sparse, sparsity_audit
 
 
@@ -22,5 +23,6 @@ __all__ = [
     "measure_latency", "PTQConfig", "DynamicConfig", "QATConfig", "MixedPrecisionConfig", "MixedPrecisionPlan",
     "METHODS", "register_method", "make_config", "get_method", "prepare_qat", "convert_qat", "compress",
     "MethodInputs", "MethodResult", "Artifact", "MagnitudePruneConfig", "magnitude_prune", "sparsity_audit",
-    "save_sparse", "load_sparse", "count_params", "count_flops",
+    "save_sparse", "load_sparse", "count_params", "count_flops", "ChannelPruneConfig", "HeadPruneConfig",
+    "channel_prune", "head_prune",
 ]
