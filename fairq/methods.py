@@ -11,8 +11,9 @@ import importlib
 
 from fairq.compression.registry import METHODS, get_method, make_config, register_method  # noqa: F401
 
-#: modules whose import registers methods, in registration order.
-METHOD_MODULES = ("fairq.compression", "fairq.mitigation")
+#: modules whose import registers methods, in registration order (``fairq.compression.distill`` trains with
+#: Lightning, so it is loaded here rather than by ``import fairq.compression``, which stays light).
+METHOD_MODULES = ("fairq.compression", "fairq.compression.distill", "fairq.mitigation")
 
 
 def load_methods() -> dict[str, type]:
