@@ -23,7 +23,7 @@ from test_compression import _build, _outputs, _tiny_bert
 PRUNING_METHODS = sorted(m for m in METHODS if get_method(m).family == "pruning")
 #: options each pruning method is tested with, and the tiny models it does not apply to (a clear error there).
 OPTIONS = {"magnitude_prune": {"sparsity": 0.5}, "channel_prune": {"ratio": 0.5}, "head_prune": {"ratio": 0.5}}
-UNSUPPORTED = {"channel_prune": ("vit", "bert"), "head_prune": ("cnn",)}
+UNSUPPORTED = {"head_prune": ("cnn",)}
 
 
 @pytest.fixture(scope="module", params=["cnn", "vit", "bert"])
@@ -256,6 +256,18 @@ def test_channel_prune_measured_importance_uses_the_validation_split():
         compress(zoo.model, make_config("channel_prune", importance="taylor"), MethodInputs(calibration=zoo.calib))
     w_mag, w_tay = plans["magnitude"].features[0][0].weight, plans["taylor"].features[0][0].weight
     assert w_mag.shape == w_tay.shape and not torch.equal(w_mag, w_tay), "taylor picked the magnitude channels"
+
+
+@pytest.mark.parametrize("kind", ["vit", "bert"])
+def test_channel_prune_on_transformers_removes_mlp_hidden_units_only(kind):
+    zoo = _build(kind)
+    res = compress(zoo.model, make_config("channel_prune", ratio=0.5), _inputs(zoo))
+    changed = res.artifacts[0].content["channels"]
+    # BERT's pooler (dense → tanh → classifier) has hidden units of its own
+    mlp = {"vit": ("mlp.fc1",), "bert": ("intermediate.dense", "pooler.dense")}[kind]
+    assert changed and all(n.endswith(mlp) and after == before // 2 for n, (before, after) in changed.items())
+    assert sum(n.endswith(mlp[0]) for n in changed) == 2  # both blocks' MLPs
+    assert _blocks_shapes(res.model) == _blocks_shapes(zoo.model)  # attention untouched
 
 
 def _blocks_shapes(model):

@@ -1,8 +1,8 @@
 """Structured pruning: the pruned model is physically smaller (fewer channels, fewer attention heads).
 
-* ``channel_prune`` (CNNs): the maintained ``torch-pruning`` package builds the dependency graph (DepGraph), so
+* ``channel_prune``: the maintained ``torch-pruning`` package builds the dependency graph (DepGraph), so
   residual additions, depthwise convolutions and BatchNorms are pruned consistently; the classifier keeps its
-  outputs. Ranking: ``magnitude`` (group L2 norm of the weights) or ``taylor`` (|w · ∂loss/∂w| measured on the
+  outputs. On ViT / BERT it removes MLP hidden units (attention is :func:`head_prune`'s). Ranking: ``magnitude`` (group L2 norm of the weights) or ``taylor`` (|w · ∂loss/∂w| measured on the
   validation split).
 * ``head_prune`` (timm ViTs, Hugging Face BERT-style encoders): whole attention heads are removed — the q/k/v
   projection rows and the output-projection columns of a removed head are cut out, so the Linear layers shrink.
@@ -67,7 +67,8 @@ def _structured_record(model: nn.Module, dense_params: int, example) -> dict:
 # ------------------------------------------------------------------------------------------- channel pruning
 @dataclass
 class ChannelPruneConfig(_RatioVariant, _PruneConfig):
-    """Remove ``ratio`` of the output channels of every prunable conv (``global_pruning``: ranked across layers)
+    """Remove ``ratio`` of the output channels of every prunable conv, or of every MLP hidden layer of a
+    transformer (``global_pruning``: ranked across layers)
     with torch-pruning's DepGraph; ``importance``: ``magnitude`` or ``taylor`` (on ``val_batches`` validation
     batches); ``skip_modules`` (fnmatch) and the classifier keep their channels."""
 
@@ -84,10 +85,6 @@ class ChannelPruneConfig(_RatioVariant, _PruneConfig):
         _check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
 
 
-def _has_attention(model: nn.Module) -> bool:
-    return bool(attention_blocks(model)) or any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
-
-
 def _classifier(model: nn.Module) -> nn.Module | None:
     get = getattr(model, "get_classifier", None)
     if callable(get):
@@ -101,38 +98,56 @@ def _classifier(model: nn.Module) -> nn.Module | None:
     return last
 
 
+def _widths(model: nn.Module) -> dict[str, int]:
+    return {n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
 def channel_prune(model: nn.Module, example, ratio: float, *, importance: str = "magnitude",
                   global_pruning: bool = False, skip=(), validation=None, val_batches: int | None = 4) -> dict:
-    """Prune ``model``'s channels in place with torch-pruning; returns ``{"channels": {layer: (before, after)}}``."""
+    """Prune ``model``'s channels in place with torch-pruning; returns ``{"channels": {layer: (before, after)}}``.
+
+    CNNs: conv channels (residual adds, depthwise convs and BatchNorms follow through DepGraph). Transformers
+    (timm ViT, BERT-style): the attention projections are left to :func:`head_prune`, and the residual stream
+    is coupled to them, so what goes is the MLP's hidden units (fc1 outputs with the fc2 inputs that read them).
+    """
+    import warnings
+
     import torch_pruning as tp
 
-    if _has_attention(model):
-        raise ValueError(f"channel_prune is for CNNs; {type(model).__name__} has attention blocks (use head_prune)")
     args, kwargs = next(iter_model_inputs(example, limit=1, device=model_device(model)))
-    if kwargs:
-        raise ValueError("channel_prune needs image batches (a single input tensor)")
-    x = args[0][:2]
+    if kwargs and args:
+        raise ValueError("channel_prune needs batches of one input tensor or of keyword inputs, not both")
+    x = {k: v[:2] for k, v in kwargs.items()} if kwargs else args[0][:2]
     ignored = [m for n, m in model.named_modules() if n and matches(n, skip)]
+    for block in attention_blocks(model):
+        ignored += [lin for _, lin, _ in block.producers()] + [block.out]
+    ignored += [m.out_proj for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     head = _classifier(model)
     if head is not None:
         ignored.append(head)
-    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    before = _widths(model)
     if importance == "taylor":
         if validation is None:
             raise ValueError("importance='taylor' needs validation data")
         imp = tp.importance.GroupTaylorImportance()
     else:
         imp = tp.importance.GroupMagnitudeImportance(p=2)
-    pruner = tp.pruner.MetaPruner(model, x, importance=imp, pruning_ratio=ratio, global_pruning=global_pruning,
-                                  ignored_layers=ignored)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters")  # cls/pos tokens: residual width, kept
+        pruner = tp.pruner.MetaPruner(model, x, importance=imp, pruning_ratio=ratio, global_pruning=global_pruning,
+                                      ignored_layers=ignored)
     if importance == "taylor":
         model.zero_grad(set_to_none=True)
         for a, k, target in iter_labelled_batches(validation, val_batches, device=model_device(model)):
             F.cross_entropy(logits_of(model(*a, **k)), target.long()).backward()
     pruner.step()
     model.zero_grad(set_to_none=True)
-    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    return {"channels": {n: (before[n], after[n]) for n in before if n in after}}
+    after = _widths(model)
+    changed = {n: (before[n], after[n]) for n in before if n in after and before[n] != after[n]}
+    if not changed:
+        raise ValueError(f"channel_prune found no prunable channels in {type(model).__name__}")
+    return {"channels": changed}
 
 
 def handle_channel_prune(model: nn.Module, config: ChannelPruneConfig, inputs: MethodInputs) -> MethodResult:
