@@ -13,6 +13,7 @@ from the student's predictions on the validation split, T = 1).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ from fairq.batches import split_batch
 from fairq.lit import FairClassifier, quiet_trainer
 
 from .backend import tag_model
-from .config import _check_choice, _check_positive, _Config
+from .config import _check_choice, _check_positive, _Config, variant_of
 from .data import iter_model_inputs, logits_of, model_device
 from .registry import MethodInputs, MethodResult, register_method
 from .sparsity import count_flops, count_params
@@ -56,6 +57,12 @@ class DistillConfig(_Config):
         _check_positive("epochs", self.epochs, integer=True)
         _check_positive("max_steps", self.max_steps, allow_none=True, integer=True)
         _check_positive("lr", self.lr)
+
+    def variant(self) -> str:
+        """Always names the student; its keyword arguments as ``key=value`` (not as a dict's text)."""
+        base = variant_of(dataclasses.replace(self, student="half_depth", student_kwargs=None), skip=self.run_fields)
+        kw = [f"{k}={v}" for k, v in sorted((self.student_kwargs or {}).items())]
+        return "_".join([f"student={self.student}"] + kw + ([base] if base else []))
 
     @classmethod
     def from_bit_width(cls, bit_width, **options):

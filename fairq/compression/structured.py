@@ -2,7 +2,8 @@
 
 * ``channel_prune``: the maintained ``torch-pruning`` package builds the dependency graph (DepGraph), so
   residual additions, depthwise convolutions and BatchNorms are pruned consistently; the classifier keeps its
-  outputs. On ViT / BERT it removes MLP hidden units (attention is :func:`head_prune`'s). Ranking: ``magnitude`` (group L2 norm of the weights) or ``taylor`` (|w · ∂loss/∂w| measured on the
+  outputs. On ViT / BERT it removes MLP hidden units (attention is :func:`head_prune`'s). Ranking:
+  ``magnitude`` (group L2 norm of the weights) or ``taylor`` (|w · ∂loss/∂w| measured on the
   validation split).
 * ``head_prune`` (timm ViTs, Hugging Face BERT-style encoders): whole attention heads are removed — the q/k/v
   projection rows and the output-projection columns of a removed head are cut out, so the Linear layers shrink.

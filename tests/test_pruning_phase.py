@@ -1,0 +1,57 @@
+"""Pruning cells through the phases: stored like every cell (family, measured sparsity, sparse size, audit file),
+and analysis draws the sparsity curves from the same deltas it reports."""
+import json
+
+import pandas as pd
+import pytest
+
+from fairq.cli import main
+from test_engine_seams import TINY
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory):
+    import os
+
+    root = tmp_path_factory.mktemp("prune")
+    os.environ.setdefault("FAIRQ_CACHE", str(root / "cache"))
+    out = root / "run"
+    methods = [{"method": "magnitude_prune", "sparsity": [0.5, 0.9]},
+               {"method": "magnitude_prune", "sparsity": 0.5, "then": {"method": "ptq_static", "bits": 4}},
+               {"method": "channel_prune", "ratio": 0.5}]
+    args = ["--output_dir", str(out), *TINY, "--quantization.methods", json.dumps(methods)]
+    for phase in ("baseline", "quantization", "analysis"):
+        assert main(["--phase", phase, *args]) == 0
+    return out
+
+
+def test_pruned_cells_are_stored_with_their_measured_sparsity(pruned_run):
+    m = pd.read_csv(pruned_run / "metrics.csv", keep_default_na=False)
+    p = m[m["family"] == "pruning"].set_index("variant")
+    assert sorted(p.index) == ["ratio=0.5", "sparsity=0.5", "sparsity=0.5_then=ptq_static", "sparsity=0.9"]
+    assert float(p.loc["sparsity=0.9", "sparsity"]) == pytest.approx(0.9, abs=1e-3)
+    assert p.loc["sparsity=0.5", "size_kind"] == "sparse_serialized"
+    assert p.loc["sparsity=0.5_then=ptq_static", "size_kind"] == "sparse_packed_estimate"
+    assert int(p.loc["sparsity=0.5_then=ptq_static", "weight_bits"]) == 4
+    assert p.loc["sparsity=0.5_then=ptq_static", "then_method"] == "ptq_static"
+    assert p.loc["ratio=0.5", "size_kind"] == "serialized"
+    base = m[m["method"] == "baseline"].iloc[0]
+    assert float(p.loc["ratio=0.5", "size_mb"]) < float(base["size_mb"])
+    assert float(p.loc["ratio=0.5", "flops"]) < float(p.loc["sparsity=0.5", "flops"])  # structural: fewer FLOPs
+    for cell, rel in zip(p["cell"], p["sparsity_audit"].where(p["sparsity_audit"] != "", p["pruning_plan"])):
+        assert rel == f"pruning/{cell}.json" and (pruned_run / rel).exists()
+
+
+def test_sparsity_curves_are_the_deltas_of_the_pruned_cells(pruned_run):
+    curves = pd.read_csv(pruned_run / "tables" / "sparsity_curves.csv")
+    deltas = pd.read_csv(pruned_run / "tables" / "deltas.csv")
+    m = pd.read_csv(pruned_run / "metrics.csv", keep_default_na=False).set_index("cell")
+    assert set(curves["curve"]) == {"magnitude_prune", "magnitude_prune + ptq_static w4", "channel_prune"}
+    for curve, c in curves[(curves["metric"] == "worst_group_accuracy") & (curves["group"] == "all")].groupby("curve"):
+        assert c["sparsity"].min() == 0.0 and (c[c["sparsity"] == 0]["cell"].str.contains("baseline")).all()
+    pts = curves[curves["cell"].isin(m.index[m["family"] == "pruning"])]
+    assert len(pts) and (pts["sparsity"].to_numpy() == m.loc[pts["cell"], "sparsity"].astype(float).to_numpy()).all()
+    merged = pts.merge(deltas, on=["cell", "attributes", "metric", "group"], suffixes=("", "_d"))
+    assert len(merged) == len(pts)
+    assert (merged["value"] == merged["value_d"]).all() and (merged["ci_low"] == merged["ci_low_d"]).all()
+    assert {"accuracy"} == set(pts[pts["group"] != "all"]["metric"])  # per-group accuracy rows are there
