@@ -18,7 +18,7 @@ def pruned_run(tmp_path_factory):
     out = root / "run"
     methods = [{"method": "magnitude_prune", "sparsity": [0.5, 0.9]},
                {"method": "magnitude_prune", "sparsity": 0.5, "then": {"method": "ptq_static", "bits": 4}},
-               {"method": "channel_prune", "ratio": 0.5}]
+               {"method": "channel_prune", "ratio": 0.5}, {"method": "ptq_static", "bits": 4}]
     args = ["--output_dir", str(out), *TINY, "--quantization.methods", json.dumps(methods)]
     for phase in ("baseline", "quantization", "analysis"):
         assert main(["--phase", phase, *args]) == 0
@@ -55,3 +55,20 @@ def test_sparsity_curves_are_the_deltas_of_the_pruned_cells(pruned_run):
     assert len(merged) == len(pts)
     assert (merged["value"] == merged["value_d"]).all() and (merged["ci_low"] == merged["ci_low_d"]).all()
     assert {"accuracy"} == set(pts[pts["group"] != "all"]["metric"])  # per-group accuracy rows are there
+
+
+def test_pruning_identified_exemplars_come_from_the_pruned_cells_only(pruned_run):
+    from fairq.analysis.flips import compression_exemplars
+    from fairq.analysis.load import load_store
+
+    m = pd.read_csv(pruned_run / "metrics.csv", keep_default_na=False)
+    n_pruned, n_all = int((m["family"] == "pruning").sum()), int((m["method"] != "baseline").sum())
+    assert n_all > n_pruned  # the run has a plain PTQ cell too
+    store = load_store(pruned_run, progress=False)
+    assert set(compression_exemplars(store, families=("pruning",))["n_compressed"]) == {n_pruned}
+    assert set(compression_exemplars(store)["n_compressed"]) == {n_all}
+    ex = pd.read_csv(pruned_run / "tables" / "pruning_exemplars.csv")
+    first = ex[ex["attributes"] == ex["attributes"].iloc[0]]
+    assert first["share_test"].sum() == pytest.approx(1.0)
+    assert first["n_test"].sum() == int(m[m["method"] == "baseline"]["n"].iloc[0])
+    assert first["n_exemplars"].sum() == first["n_exemplars_total"].iloc[0]

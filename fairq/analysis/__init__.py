@@ -117,6 +117,8 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
     curves = sparsity_curves(deltas, store.metrics)
     if not curves.empty:  # pruned cells: metrics vs measured sparsity (tables/sparsity_curves.csv + figures)
         csvs["sparsity_curves"] = curves
+        # pruning-identified exemplars (Hooker et al.): the same make-up table, from the pruned cells only
+        csvs["pruning_exemplars"] = exemplar_makeup(compression_exemplars(store, families=("pruning",)), sens)
     if not exemplars.empty:
         csvs["exemplar_samples"] = exemplars[exemplars["exemplar"]]
     for name, frame in csvs.items():
