@@ -323,3 +323,31 @@ def test_head_prune_ablation_importance_is_measured_on_validation():
     assert any(float(s.abs().max()) > 0 for s in scores.values())
     with pytest.raises(ValueError, match="validation"):
         head_importance(model, blocks, "ablation", None)
+
+
+# ---------------------------------------------------------------- fine-tuning after pruning
+def test_finetuning_a_magnitude_pruned_model_keeps_its_zeros(zoo):
+    plain = compress(zoo.model, make_config("magnitude_prune", sparsity=0.7), _inputs(zoo))
+    tuned = compress(zoo.model, make_config("magnitude_prune", sparsity=0.7, finetune_epochs=2, finetune_lr=1e-2),
+                     _inputs(zoo))
+    assert tuned.record["finetune_steps"] == 2 * len(zoo.train) and "finetune_steps" not in plain.record
+    layers = list(tuned.artifacts[0].content["layers"])
+    _audit(tuned.model, 0.7, layers)  # the masks held through training
+    for n in layers:
+        a, b = plain.model.get_submodule(n).weight, tuned.model.get_submodule(n).weight
+        assert torch.equal(a == 0, b == 0), f"{n}: fine-tuning moved the mask"
+    assert any(not torch.equal(plain.model.get_submodule(n).weight, tuned.model.get_submodule(n).weight)
+               for n in layers), "fine-tuning changed no weight"
+
+
+@pytest.mark.parametrize("method", ["channel_prune", "head_prune"])
+def test_structured_pruning_can_fine_tune_the_smaller_model(method):
+    zoo = _build("cnn" if method == "channel_prune" else "vit")
+    plain = compress(zoo.model, make_config(method, ratio=0.5), _inputs(zoo)).model
+    res = compress(zoo.model, make_config(method, ratio=0.5, finetune_epochs=1, finetune_lr=1e-2), _inputs(zoo))
+    assert res.record["finetune_steps"] == len(zoo.train)
+    assert [p.shape for p in res.model.parameters()] == [p.shape for p in plain.parameters()]
+    assert not torch.equal(_outputs(res.model, zoo.calib), _outputs(plain, zoo.calib))
+    with pytest.raises(ValueError, match="training data"):
+        compress(zoo.model, make_config(method, ratio=0.5, finetune_epochs=1),
+                 MethodInputs(calibration=zoo.calib, validation=zoo.val))

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .backend import tag_model
-from .config import _as_str_tuple, _check_choice, _Config, variant_of
+from .config import _as_str_tuple, _check_choice, _check_positive, _Config, variant_of
 from .modules import matches
 from .registry import Artifact, MethodInputs, MethodResult, get_method, make_config, register_method
 from .sparsity import count_flops, count_params, overall_sparsity, sparsity_audit
@@ -33,10 +33,25 @@ SCOPES = ("layer", "global")
 THEN_NEEDS = frozenset({"calibration"})
 
 
+@dataclass
 class _PruneConfig(_Config):
-    """Shared by the pruning configs: no bit width of their own (a chained ``then`` method brings one)."""
+    """Shared by the pruning configs: no bit width of their own (a chained ``then`` method brings one), and an
+    optional fine-tune of the pruned model (``finetune_epochs`` > 0; ``finetune_steps`` caps it) with fairq's
+    Lightning module on the run's training split — unstructured zeros stay zero through it (the masks are
+    applied in every forward until the pruning is made permanent)."""
 
     bits_field: ClassVar[str] = "weight_bits"
+
+    finetune_epochs: int = 0
+    finetune_steps: int | None = None
+    finetune_lr: float = 1e-3
+
+    def _check_finetune(self) -> None:
+        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
+                or self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be an int ≥ 0, got {self.finetune_epochs!r}")
+        _check_positive("finetune_steps", self.finetune_steps, allow_none=True, integer=True)
+        _check_positive("finetune_lr", self.finetune_lr)
 
     @classmethod
     def from_bit_width(cls, bit_width, **options):
@@ -96,6 +111,7 @@ class MagnitudePruneConfig(_PruneConfig):
         self.sparsity = float(self.sparsity)
         _check_choice("scope", self.scope, SCOPES)
         self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)
+        self._check_finetune()
         self.then_config = _then_config(self.then)
 
     def variant(self) -> str:
@@ -138,9 +154,10 @@ def tied_parameters(model: nn.Module) -> dict[int, list[str]]:
 
 
 def magnitude_prune(model: nn.Module, sparsity: float, *, scope: str = "layer", skip=(),
-                    include_embeddings: bool = False) -> dict[str, Any]:
+                    include_embeddings: bool = False, while_masked=None) -> dict[str, Any]:
     """Prune ``model`` in place (permanently); returns ``{"layers": [pruned layer names], "tied": {layer weight:
-    [the other names of that same tensor, pruned with it]}}``."""
+    [the other names of that same tensor, pruned with it]}, "while_masked": what ``while_masked(model)``
+    returned}``. ``while_masked`` runs while the masks are still applied in every forward (fine-tuning)."""
     owners = prunable_weights(model, skip, include_embeddings)
     if not owners:
         raise ValueError(f"{type(model).__name__} has no Conv/Linear weights to prune")
@@ -156,6 +173,8 @@ def magnitude_prune(model: nn.Module, sparsity: float, *, scope: str = "layer", 
         else:
             for mod, attr in params:
                 prune.l1_unstructured(mod, attr, amount=sparsity)
+    during = while_masked(model) if while_masked is not None else None
+    if sparsity > 0:
         for mod, attr in params:
             prune.remove(mod, attr)  # writes the masked values into the original Parameter: plain weights again
     for name, mod in owners.items():  # explicit: the tie survives, every alias holds the one pruned tensor
@@ -164,7 +183,34 @@ def magnitude_prune(model: nn.Module, sparsity: float, *, scope: str = "layer", 
         for alias in tied.get(f"{name}.weight", []):
             if model.get_parameter(alias) is not mod.weight:
                 raise RuntimeError(f"{alias} is no longer tied to {name}.weight after pruning")
-    return {"layers": list(owners), "tied": tied}
+    return {"layers": list(owners), "tied": tied, "while_masked": during}
+
+
+def finetune(model: nn.Module, inputs: MethodInputs, config: _PruneConfig) -> dict:
+    """Fine-tune ``model`` in place per the config's ``finetune_*`` fields (nothing when ``finetune_epochs`` is
+    0): the run's datamodule and Trainer factory, else a quiet Trainer over ``inputs.train_loader``. Returns
+    ``{"finetune_steps": …}`` for the record."""
+    if not config.finetune_epochs:
+        return {}
+    from fairq.lit import fit, quiet_trainer
+
+    from .data import model_device
+
+    overrides = {"max_epochs": int(config.finetune_epochs)}
+    if config.finetune_steps:
+        overrides["max_steps"] = int(config.finetune_steps)
+    kw = dict(lr=config.finetune_lr, weight_decay=float(inputs.optim.get("weight_decay", 0.0)))
+    model.train()
+    if inputs.make_trainer is not None and inputs.datamodule is not None:
+        info = fit(model, inputs.make_trainer, datamodule=inputs.datamodule, **kw, **overrides)
+    elif inputs.train_loader is not None:
+        device = model_device(model).type
+        info = fit(model, lambda **o: quiet_trainer(device, **o), train_loader=inputs.train_loader, **kw, **overrides)
+    else:
+        raise ValueError("finetune_epochs > 0 needs training data: a datamodule with a trainer factory, or "
+                         "train_loader")
+    model.eval()
+    return {"finetune_steps": int(info["steps"])}
 
 
 def _effective(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -176,12 +222,14 @@ def _effective(model: nn.Module) -> dict[str, torch.Tensor]:
 def handle_magnitude_prune(model: nn.Module, config: MagnitudePruneConfig, inputs: MethodInputs) -> MethodResult:
     model.eval()
     info = magnitude_prune(model, config.sparsity, scope=config.scope, skip=config.skip_modules,
-                           include_embeddings=config.include_embeddings)
+                           include_embeddings=config.include_embeddings,
+                           while_masked=lambda m: finetune(m, inputs, config))
+    model.eval()
     layers = info["layers"]
     audit = sparsity_audit(model, {n: model.get_submodule(n).weight for n in layers})
     record = {"target_sparsity": config.sparsity, "sparsity": overall_sparsity(audit),
               "pruned_layers": len(layers), "tied_weights": sum(len(v) for v in info["tied"].values()),
-              **count_params(model), "flops": count_flops(model, inputs.calibration)}
+              **count_params(model), "flops": count_flops(model, inputs.calibration), **(info["while_masked"] or {})}
     tag_model(model, weight_bits=32, act_bits=None, backend="fp32")
     model.fairq_size_format = "sparse"
     if config.then_config is not None:
@@ -201,5 +249,5 @@ def handle_magnitude_prune(model: nn.Module, config: MagnitudePruneConfig, input
     return MethodResult(model, record=record, artifacts=[Artifact("pruning", artifact, column="sparsity_audit")])
 
 
-register_method("magnitude_prune", MagnitudePruneConfig, handle_magnitude_prune, needs={"calibration"},
+register_method("magnitude_prune", MagnitudePruneConfig, handle_magnitude_prune, needs={"calibration", "training"},
                 family="pruning")

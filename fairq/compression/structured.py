@@ -28,7 +28,7 @@ from .backend import tag_model
 from .config import _as_str_tuple, _check_choice, _check_positive, variant_of
 from .data import iter_labelled_batches, iter_model_inputs, logits_of, model_device
 from .modules import matches
-from .pruning import _PruneConfig
+from .pruning import _PruneConfig, finetune
 from .registry import Artifact, MethodInputs, MethodResult, register_method
 from .sparsity import count_flops, count_params
 
@@ -84,6 +84,7 @@ class ChannelPruneConfig(_RatioVariant, _PruneConfig):
         _check_choice("importance", self.importance, ("magnitude", "taylor"))
         self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)
         _check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
+        self._check_finetune()
 
 
 def _classifier(model: nn.Module) -> nn.Module | None:
@@ -159,7 +160,8 @@ def handle_channel_prune(model: nn.Module, config: ChannelPruneConfig, inputs: M
                          val_batches=config.val_batches)
     for p in model.parameters():
         p.requires_grad_(True)
-    record = _structured_record(model, dense, inputs.calibration)
+    tuned = finetune(model, inputs, config)
+    record = {**_structured_record(model, dense, inputs.calibration), **tuned}
     ch = info["channels"]
     record["channels_kept"] = sum(a for _, a in ch.values()) / max(1, sum(b for b, _ in ch.values()))
     tag_model(model, weight_bits=32, act_bits=None, backend="fp32")
@@ -168,8 +170,8 @@ def handle_channel_prune(model: nn.Module, config: ChannelPruneConfig, inputs: M
                                                         "channels": ch}, column="pruning_plan")])
 
 
-register_method("channel_prune", ChannelPruneConfig, handle_channel_prune, needs={"calibration", "validation"},
-                family="pruning")
+register_method("channel_prune", ChannelPruneConfig, handle_channel_prune,
+                needs={"calibration", "validation", "training"}, family="pruning")
 
 
 # ------------------------------------------------------------------------------------------- head pruning
@@ -296,6 +298,7 @@ class HeadPruneConfig(_RatioVariant, _PruneConfig):
         self.ratio = _check_ratio(self.ratio)
         _check_choice("importance", self.importance, ("magnitude", "ablation"))
         _check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
+        self._check_finetune()
 
 
 def head_importance(model: nn.Module, blocks: list[_Heads], importance: str, validation=None,
@@ -343,7 +346,8 @@ def handle_head_prune(model: nn.Module, config: HeadPruneConfig, inputs: MethodI
     dense = count_params(model)["params"]
     info = head_prune(model, config.ratio, importance=config.importance, validation=inputs.validation,
                       val_batches=config.val_batches)
-    record = _structured_record(model, dense, inputs.calibration)
+    tuned = finetune(model, inputs, config)
+    record = {**_structured_record(model, dense, inputs.calibration), **tuned}
     heads = info["heads"].values()
     record.update(heads_before=sum(len(h["kept"]) + len(h["removed"]) for h in heads),
                   heads_after=sum(len(h["kept"]) for h in heads))
@@ -353,5 +357,5 @@ def handle_head_prune(model: nn.Module, config: HeadPruneConfig, inputs: MethodI
                                                         **info}, column="pruning_plan")])
 
 
-register_method("head_prune", HeadPruneConfig, handle_head_prune, needs={"calibration", "validation"},
-                family="pruning")
+register_method("head_prune", HeadPruneConfig, handle_head_prune,
+                needs={"calibration", "validation", "training"}, family="pruning")
