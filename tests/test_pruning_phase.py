@@ -72,3 +72,14 @@ def test_pruning_identified_exemplars_come_from_the_pruned_cells_only(pruned_run
     assert first["share_test"].sum() == pytest.approx(1.0)
     assert first["n_test"].sum() == int(m[m["method"] == "baseline"]["n"].iloc[0])
     assert first["n_exemplars"].sum() == first["n_exemplars_total"].iloc[0]
+
+
+def test_method_table_lists_every_cell_with_params_size_accuracy_latency(pruned_run):
+    t = pd.read_csv(pruned_run / "tables" / "methods.csv")
+    m = pd.read_csv(pruned_run / "metrics.csv")
+    assert len(t) == len(m) and t["method"].iloc[0] == "baseline"
+    assert {"params", "size_mb", "size_kind", "accuracy", "worst_group_accuracy", "latency_ms"} <= set(t.columns)
+    merged = t.merge(m, on=["model", "method", "variant", "weight_bits"], suffixes=("", "_m"))
+    assert len(merged) == len(m) and (merged["accuracy"] == merged["accuracy_m"]).all()
+    pruned = t[t["family"] == "pruning"]
+    assert pruned["params"].notna().all() and pruned["sparsity"].notna().all()

@@ -107,13 +107,13 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
     n_tests = _adjust_all(deltas, summary, findings)
     findings = apply_rules(findings, alpha=alpha, margin=margin)
 
-    from .tables import findings_overview, flips_overview, overview_table, write_latex
+    from .tables import findings_overview, flips_overview, method_table, overview_table, write_latex
 
     tdir = out / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
     tables = {}
     csvs = {"deltas": deltas, "summary": summary, "flips": flips, "findings": findings, "pareto": pareto,
-            "exemplars": makeup}
+            "exemplars": makeup, "methods": method_table(store.metrics)}
     curves = sparsity_curves(deltas, store.metrics)
     if not curves.empty:  # pruned cells: metrics vs measured sparsity (tables/sparsity_curves.csv + figures)
         csvs["sparsity_curves"] = curves
