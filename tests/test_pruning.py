@@ -351,3 +351,13 @@ def test_structured_pruning_can_fine_tune_the_smaller_model(method):
     with pytest.raises(ValueError, match="training data"):
         compress(zoo.model, make_config(method, ratio=0.5, finetune_epochs=1),
                  MethodInputs(calibration=zoo.calib, validation=zoo.val))
+
+
+def test_prune_then_real_int8_keeps_the_zeros():
+    zoo = _build("cnn")
+    res = compress(zoo.model, make_config("magnitude_prune", sparsity=0.5, then={"method": "ptq_static", "bits": 8}),
+                   _inputs(zoo))
+    assert res.backend == "int8" and res.record["then_method"] == "ptq_static"
+    layers = res.artifacts[0].content["layers"]
+    assert all(abs(a["after_then"] - 0.5) <= 1.0 / a["numel"] for a in layers.values())  # read from int8 weights
+    assert model_size(res.model)[1] == "serialized"  # packed int8 kernels: no sparse format claimed

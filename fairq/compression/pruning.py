@@ -242,7 +242,7 @@ def handle_magnitude_prune(model: nn.Module, config: MagnitudePruneConfig, input
         final = sparsity_audit(model, {k: v for k, v in eff.items() if k in layers} or eff)
         record.update({f"then_{k}": v for k, v in then.record.items()})
         record.update(then_method=get_method_name(config.then_config), sparsity=overall_sparsity(final))
-        audit = {k: {**audit[k], "after_then": final[k]["sparsity"]} for k in audit if k in final}
+        audit = {k: {**v, **({"after_then": final[k]["sparsity"]} if k in final else {})} for k, v in audit.items()}
         if then.backend != "int8":
             model.fairq_size_format = "sparse"
     artifact = {"target_sparsity": config.sparsity, "scope": config.scope, "tied": info["tied"], "layers": audit}
