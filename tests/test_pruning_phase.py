@@ -83,3 +83,11 @@ def test_method_table_lists_every_cell_with_params_size_accuracy_latency(pruned_
     assert len(merged) == len(m) and (merged["accuracy"] == merged["accuracy_m"]).all()
     pruned = t[t["family"] == "pruning"]
     assert pruned["params"].notna().all() and pruned["sparsity"].notna().all()
+
+
+def test_findings_judge_the_pruned_cells_too(pruned_run):
+    """Cells without activation quantization (act_bits empty) get the worst-vs-best-group claim like any other."""
+    f = pd.read_csv(pruned_run / "tables" / "findings.csv")
+    wvb = f[f["finding"] == "worst_vs_best"]
+    assert {"sparsity=0.5", "sparsity=0.9", "ratio=0.5"} <= {c.split(" ")[-1] for c in wvb["config"]}
+    assert wvb["verdict"].notna().all() and wvb["p_adjusted"].notna().all()
