@@ -361,3 +361,19 @@ def test_prune_then_real_int8_keeps_the_zeros():
     layers = res.artifacts[0].content["layers"]
     assert all(abs(a["after_then"] - 0.5) <= 1.0 / a["numel"] for a in layers.values())  # read from int8 weights
     assert model_size(res.model)[1] == "serialized"  # packed int8 kernels: no sparse format claimed
+
+
+def test_param_and_flop_counts_from_first_principles():
+    from fairq.compression import count_flops, count_params
+
+    lin = nn.Sequential(nn.Linear(16, 4, bias=False))
+    with torch.no_grad():
+        lin[0].weight[:2] = 0
+    assert count_params(lin) == {"params": 64, "nonzero_params": 32}
+    assert count_flops(lin, torch.randn(3, 16)) == 2 * 16 * 4  # per sample: one multiply-add per weight
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_flops(conv, torch.randn(2, 3, 10, 10)) == 2 * 3 * 8 * 9 * 10 * 10
+    emb = nn.Embedding(10, 4)
+    tied = nn.ModuleDict({"a": emb, "b": nn.Linear(4, 10, bias=False)})
+    tied["b"].weight = emb.weight
+    assert count_params(tied)["params"] == 40  # one tensor under two names counts once
