@@ -17,6 +17,7 @@ def pruned_run(tmp_path_factory):
     os.environ.setdefault("FAIRQ_CACHE", str(root / "cache"))
     out = root / "run"
     methods = [{"method": "magnitude_prune", "sparsity": [0.5, 0.9]},
+               {"method": "magnitude_prune", "sparsity": [0.5], "scope": "global"},
                {"method": "magnitude_prune", "sparsity": 0.5, "then": {"method": "ptq_static", "bits": 4}},
                {"method": "channel_prune", "ratio": 0.5}, {"method": "ptq_static", "bits": 4}]
     args = ["--output_dir", str(out), *TINY, "--quantization.methods", json.dumps(methods)]
@@ -28,7 +29,8 @@ def pruned_run(tmp_path_factory):
 def test_pruned_cells_are_stored_with_their_measured_sparsity(pruned_run):
     m = pd.read_csv(pruned_run / "metrics.csv", keep_default_na=False)
     p = m[m["family"] == "pruning"].set_index("variant")
-    assert sorted(p.index) == ["ratio=0.5", "sparsity=0.5", "sparsity=0.5_then=ptq_static", "sparsity=0.9"]
+    assert sorted(p.index) == ["ratio=0.5", "sparsity=0.5", "sparsity=0.5_scope=global",
+                               "sparsity=0.5_then=ptq_static", "sparsity=0.9"]
     assert float(p.loc["sparsity=0.9", "sparsity"]) == pytest.approx(0.9, abs=1e-3)
     assert p.loc["sparsity=0.5", "size_kind"] == "sparse_serialized"
     assert p.loc["sparsity=0.5_then=ptq_static", "size_kind"] == "sparse_packed_estimate"
@@ -46,7 +48,11 @@ def test_sparsity_curves_are_the_deltas_of_the_pruned_cells(pruned_run):
     curves = pd.read_csv(pruned_run / "tables" / "sparsity_curves.csv")
     deltas = pd.read_csv(pruned_run / "tables" / "deltas.csv")
     m = pd.read_csv(pruned_run / "metrics.csv", keep_default_na=False).set_index("cell")
-    assert set(curves["curve"]) == {"magnitude_prune", "magnitude_prune + ptq_static w4", "channel_prune"}
+    # one curve per setting other than the x axis: layer and global scope are two curves
+    assert set(curves["curve"]) == {"magnitude_prune", "magnitude_prune [scope=global]",
+                                    "magnitude_prune + ptq_static w4", "channel_prune"}
+    one_point = curves[(curves["metric"] == "accuracy") & (curves["group"] == "all")]
+    assert not one_point.duplicated(["model", "curve", "sparsity"]).any()
     for curve, c in curves[(curves["metric"] == "worst_group_accuracy") & (curves["group"] == "all")].groupby("curve"):
         assert c["sparsity"].min() == 0.0 and (c[c["sparsity"] == 0]["cell"].str.contains("baseline")).all()
     pts = curves[curves["cell"].isin(m.index[m["family"] == "pruning"])]

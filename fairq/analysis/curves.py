@@ -13,6 +13,7 @@ rows of ``deltas.csv``.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,16 @@ _KEEP = ["dataset", "model", "target", "seed", "curve", "method", "weight_bits",
 
 
 def _curve_label(row) -> str:
+    """Method + its settings other than the x axis (scope, fine-tuning, …) + the chained method and width."""
     if row["method"] == "baseline":
         return "baseline"
+    variant = str(row.get("variant", "") or "")
+    variant = re.sub(r"(^|_)(sparsity|ratio)=[^_]+", "", variant)
+    variant = re.sub(r"(^|_)then=.*$", "", variant).strip("_")
+    label = str(row["method"]) + (f" [{variant}]" if variant else "")
     then = str(row.get("then_method", "") or "")
-    label = str(row["method"]) + (f" + {then} w{int(float(row['weight_bits']))}" if then and then != "nan" else "")
+    if then and then != "nan":
+        label += f" + {then} w{int(float(row['weight_bits']))}"
     return label
 
 
