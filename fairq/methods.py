@@ -12,8 +12,9 @@ import os
 
 from fairq.compression.registry import METHODS, get_method, make_config, register_method  # noqa: F401
 
-#: modules whose import registers methods, in registration order.
-METHOD_MODULES = ("fairq.compression", "fairq.mitigation")
+#: modules whose import registers methods, in registration order (``fairq.compression.distill`` trains with
+#: Lightning, so it is loaded here rather than by ``import fairq.compression``, which stays light).
+METHOD_MODULES = ("fairq.compression", "fairq.compression.distill", "fairq.mitigation")
 #: environment variable naming extra method modules (comma-separated), e.g. ``FAIRQ_METHOD_MODULES=mypkg.method``:
 #: how a method of your own reaches every process of a run (Ray workers included) without editing fairq.
 ENV_MODULES = "FAIRQ_METHOD_MODULES"

@@ -19,7 +19,7 @@ from fairq.compression import (
     layer_bits, measure_latency, measure_latency_paired, model_size, model_size_mb, quantize, register_method,
     compress, make_config, MethodInputs, MethodResult,
 )
-from fairq.compression.registry import method_of
+from fairq.compression.registry import get_method, method_of
 from fairq.compression.data import iter_model_inputs, logits_of
 from fairq.models import create_model
 
@@ -95,7 +95,10 @@ def _assert_levels(qmodel):
 # ---------------------------------------------------------------- registry-generated: method × model × bits
 # The engine's own methods; fairq.mitigation's (registered when it is imported) need sensitive-attribute batches
 # and get the same generated checks in tests/test_mitigation.py.
-ENGINE_METHODS = sorted(m for m, c in METHODS.items() if c.__module__.startswith("fairq.compression"))
+# Pruning (and distillation) methods change the architecture or the sparsity, not the widths: tests/test_pruning.py
+# generates their checks.
+ENGINE_METHODS = sorted(m for m, c in METHODS.items() if c.__module__.startswith("fairq.compression")
+                        and get_method(m).family == "quantization")
 
 
 @pytest.mark.parametrize("bits", [4, 8])

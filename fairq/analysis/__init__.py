@@ -2,7 +2,8 @@
 
 Reads only ``<output_dir>/metrics.csv`` and ``<output_dir>/predictions/*.parquet``; never trains or evaluates.
 Entry point: :func:`run_analysis`. Modules: ``load`` (store reader), ``pairs`` (baseline pairing, scopes),
-``stats`` (paired tests, BH), ``deltas``, ``flips``, ``pareto``, ``findings``, ``tables``, ``figures``, ``report``.
+``stats`` (paired tests, BH), ``deltas``, ``flips``, ``pareto``, ``findings``, ``tables``, ``figures``,
+``curves`` (sparsity curves of pruned cells), ``report``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pandas as pd
 
 from fairq.metrics import DEFAULT_MIN_GROUP_SIZE
 
+from .curves import sparsity_curves
 from .deltas import compute_deltas, summarize_seeds
 from .findings import EQUIVALENCE_MARGIN, apply_rules, compute_findings
 from .flips import compression_exemplars, compute_flips, exemplar_makeup
@@ -105,13 +107,18 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
     n_tests = _adjust_all(deltas, summary, findings)
     findings = apply_rules(findings, alpha=alpha, margin=margin)
 
-    from .tables import findings_overview, flips_overview, overview_table, write_latex
+    from .tables import findings_overview, flips_overview, method_table, overview_table, write_latex
 
     tdir = out / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
     tables = {}
     csvs = {"deltas": deltas, "summary": summary, "flips": flips, "findings": findings, "pareto": pareto,
-            "exemplars": makeup}
+            "exemplars": makeup, "methods": method_table(store.metrics)}
+    curves = sparsity_curves(deltas, store.metrics)
+    if not curves.empty:  # pruned cells: metrics vs measured sparsity (tables/sparsity_curves.csv + figures)
+        csvs["sparsity_curves"] = curves
+        # pruning-identified exemplars (Hooker et al.): the same make-up table, from the pruned cells only
+        csvs["pruning_exemplars"] = exemplar_makeup(compression_exemplars(store, families=("pruning",)), sens)
     if not exemplars.empty:
         csvs["exemplar_samples"] = exemplars[exemplars["exemplar"]]
     for name, frame in csvs.items():
@@ -126,7 +133,10 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
     if figures:
         from .figures import write_figures
 
+        from .curves import write_sparsity_figures
+
         fig_paths = write_figures(deltas, flips, pareto, out / "figures", level)
+        fig_paths += write_sparsity_figures(curves, out / "figures", level)
     report_path = None
     if report:
         from .report import write_report

@@ -253,7 +253,10 @@ def summarize_seeds(deltas: pd.DataFrame, pairs: dict[str, Paired], *, n_bootstr
     agg[["ci_low", "ci_high", "p_value"]] = agg[["ci_low", "ci_high", "p_value"]].astype(float)
     agg.loc[agg["n_seeds"] > 1, ["ci_low", "ci_high", "p_value"]] = np.nan
     updates = []
-    cfg_cells = d[d["cell"].isin(list(pairs))].groupby(list(CONFIG_COLUMNS), sort=False)["cell"].unique()
+    # dropna=False: a cell without activation quantization (act_bits empty: pruned, distilled, weight-only) is a
+    # configuration too
+    cfg_cells = d[d["cell"].isin(list(pairs))].groupby(list(CONFIG_COLUMNS), sort=False, dropna=False)["cell"] \
+        .unique()
     for cfg, cells in cfg_cells.items():
         if len(cells) < 2:
             continue

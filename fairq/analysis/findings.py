@@ -79,7 +79,9 @@ def apply_rules(findings: pd.DataFrame, *, alpha: float = 0.05, margin: float = 
 def _configs(store: Store) -> pd.DataFrame:
     m = store.metrics.copy()
     for c in CONFIG_COLUMNS:
-        m[c] = m[c].astype(str)
+        # missing → "" first: pandas ≥ 3 keeps NaN through astype(str), and groupby would then drop every cell
+        # without activation quantization (pruned, distilled, weight-only) from the findings
+        m[c] = m[c].where(m[c].notna(), "").astype(str)
     return m
 
 

@@ -129,8 +129,11 @@ def _check_same_meaning(cells, common: np.ndarray) -> None:
                              "(data.init_args.seed).")
 
 
-def compression_exemplars(store: Store) -> pd.DataFrame:
+def compression_exemplars(store: Store, families=None) -> pd.DataFrame:
     """Per model (dataset, model, target): every common test sample with its baseline and compressed modal labels.
+
+    ``families``: only compressed cells of these method families (e.g. ``("pruning",)`` for Hooker et al.'s
+    pruning-identified exemplars); default every compressed cell.
 
     Columns: ``dataset, model, target, sample_id, y_true, baseline_label, compressed_label, n_compressed,
     compressed_agreement`` (share of compressed cells voting the modal label), ``exemplar`` (bool) and the
@@ -140,7 +143,9 @@ def compression_exemplars(store: Store) -> pd.DataFrame:
     out = []
     for (ds, model, target), rows in m.groupby(["dataset", "model", "target"], sort=False):
         base_ids = [c for c in rows.index if rows.at[c, "method"] == "baseline"]
-        comp_ids = [c for c in rows.index if rows.at[c, "method"] != "baseline"]
+        comp_ids = [c for c in rows.index if rows.at[c, "method"] != "baseline"
+                    and (families is None or str(rows.at[c, "family"] if "family" in rows.columns else "")
+                         in families)]
         if not base_ids or not comp_ids:
             continue
         cells = [store.cells[c] for c in base_ids + comp_ids]

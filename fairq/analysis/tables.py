@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["overview_table", "flips_overview", "findings_overview", "write_latex", "HEADLINE_METRICS"]
+__all__ = ["overview_table", "flips_overview", "findings_overview", "method_table", "write_latex",
+           "HEADLINE_METRICS"]
 
 HEADLINE_METRICS = ("accuracy", "worst_group_accuracy", "demographic_parity_difference",
                     "equalized_odds_difference")
@@ -51,6 +52,24 @@ def overview_table(deltas: pd.DataFrame) -> pd.DataFrame:
                 r[f"Δ {_SHORT[m]}"] = f"{x['delta']:+.3f} {_ci(x['ci_low'], x['ci_high'])} p={_p(x['p_adjusted'])}"
         rows.append(r)
     return pd.DataFrame(rows).fillna("")
+
+
+#: metrics.csv columns of :func:`method_table` (the seed studies' params / size / accuracy / latency table).
+METHOD_TABLE_COLUMNS = ("dataset", "model", "seed", "family", "method", "variant", "weight_bits", "backend", "params",
+                        "sparsity", "flops", "size_mb", "size_kind", "accuracy", "worst_group_accuracy",
+                        "latency_ms", "latency_batch_size")
+
+
+def method_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell, straight from ``metrics.csv``: method, params, size (with its kind), accuracy,
+    worst-group accuracy and latency — every model, baseline first (columns a store lacks are left out)."""
+    if metrics.empty:
+        return pd.DataFrame()
+    m = metrics.reset_index(drop=True)
+    cols = [c for c in METHOD_TABLE_COLUMNS if c in m.columns]
+    order = m["method"].astype(str).ne("baseline")
+    return m.assign(_o=order)[cols + ["_o"]].sort_values(["dataset", "model", "seed", "_o"], kind="stable") \
+        .drop(columns="_o").reset_index(drop=True)
 
 
 def flips_overview(flips: pd.DataFrame) -> pd.DataFrame:

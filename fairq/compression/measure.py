@@ -11,6 +11,7 @@ from torch import nn
 
 from .data import iter_model_inputs, model_device
 from .fakequant import FakeQuantLayer
+from .sparsity import save_sparse, tensor_payload_bytes
 
 MB = 1024 * 1024  # sizes are MiB
 
@@ -66,11 +67,53 @@ def packed_bytes(model: nn.Module) -> int:
     return total + state_bytes(model, quant_keys)
 
 
+def sparse_packed_bytes(model: nn.Module) -> int:
+    """:func:`packed_bytes` with each k-bit layer stored as a bit mask plus its nonzero codes where that is
+    smaller (pruned then quantized models); everything else as in :func:`packed_bytes`."""
+    quant_keys, total = set(), 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, FakeQuantLayer):
+            prefix = f"{name}." if name else ""
+            quant_keys |= {prefix + k for k in ("weight_codes", "weight_scale", "weight_zero_point")}
+            numel, channels = mod.weight_codes.numel(), mod.weight_scale.numel()
+            dense = packed_weight_bytes(numel, channels, mod.weight_bits, mod.symmetric)
+            nnz = int((mod.weight != 0).sum())
+            sparse = math.ceil(numel / 8) + packed_weight_bytes(nnz, channels, mod.weight_bits, mod.symmetric)
+            total += min(dense, sparse)
+    seen = set()
+    for key, t in model.state_dict(keep_vars=True).items():  # the rest as the bitmask format stores it
+        if key in quant_keys or not torch.is_tensor(t):
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else key
+        if ident not in seen:
+            seen.add(ident)
+            total += tensor_payload_bytes(t.detach())
+    return total
+
+
+def sparse_state_bytes(state: dict) -> int:
+    """Bytes of :func:`fairq.compression.sparsity.save_sparse` for a state dict."""
+    buf = io.BytesIO()
+    save_sparse(state, buf)
+    return buf.getbuffer().nbytes
+
+
 def model_size(model: nn.Module) -> tuple[float, str]:
     """(size in MiB, kind): ``"serialized"`` bytes written by ``torch.save`` for float and real-INT8 models,
-    ``"packed_estimate"`` for simulated k-bit models (what the weights would take packed at k bits)."""
+    ``"packed_estimate"`` for simulated k-bit models (what the weights would take packed at k bits).
+
+    Pruned models (``fairq_size_format = "sparse"``, set by the pruning methods): ``"sparse_serialized"`` — the
+    bytes of the bitmask serialization (:func:`fairq.compression.sparsity.save_sparse`) — or, quantized after
+    pruning on the per-layer-input simulation, ``"sparse_packed_estimate"`` (bit mask + nonzero k-bit codes per
+    layer, where smaller). A pruned model quantized on the graph simulation is estimated densely
+    (``"packed_estimate"``): its codes live in the traced program, where the mask is not counted."""
+    sparse = getattr(model, "fairq_size_format", None) == "sparse"
     if any(isinstance(m, FakeQuantLayer) or hasattr(m, "packed_weight_entries") for m in model.modules()):
+        if sparse and any(isinstance(m, FakeQuantLayer) for m in model.modules()):
+            return sparse_packed_bytes(model) / MB, "sparse_packed_estimate"
         return packed_bytes(model) / MB, "packed_estimate"
+    if sparse:
+        return sparse_state_bytes(model.state_dict()) / MB, "sparse_serialized"
     return serialized_bytes(model) / MB, "serialized"
 
 
