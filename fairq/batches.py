@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -81,6 +81,27 @@ class ClassificationTask:
     input_keys: tuple[str, ...] | None = None
     sensitive_names: tuple[str, ...] = ()
     sensitive_levels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    #: recorded as a cell's ``task`` column (analysis picks its section by it).
+    name: ClassVar[str] = "classification"
+
+    # --- how a cell is evaluated (the phases call these on any datamodule's task) ---------------------------
+    def evaluate(self, model: nn.Module, datamodule, *, progress: bool = False, desc: str = "evaluate"):
+        """``(per-sample frame, metrics dict)`` of ``model`` on the datamodule's test split: the
+        ``predictions/<cell>.parquet`` rows and the fairness metrics computed from them."""
+        from fairq.evaluate import frame_metrics, predict_frame
+
+        frame = predict_frame(model, datamodule.test_dataloader(), task=self, progress=progress, desc=desc)
+        return frame, frame_metrics(frame, datamodule.sensitive_names)
+
+    def side_files(self, frame) -> dict[str, Any]:
+        """Extra files stored beside a cell's parquet (``predictions/<cell><suffix>`` → JSON content); none here."""
+        return {}
+
+    def summary(self, row: Mapping[str, Any]) -> str:
+        """One log line of a stored cell's headline metrics."""
+        return (f"accuracy {row['accuracy']:.4f}, worst-group {row['worst_group_accuracy']:.4f}, DP diff "
+                f"{row['demographic_parity_difference']:.4f}, EO diff {row['equalized_odds_difference']:.4f}")
 
     def split(self, batch) -> Batch:
         """One batch → :class:`Batch`; see :func:`split_batch` for the accepted forms."""

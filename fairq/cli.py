@@ -21,10 +21,10 @@ from typing import Optional
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from datamodules import FaceDataModule
+from datamodules import FairqDataModule
 from fairq.errors import UserError
 from fairq.phases import PHASES
-from fairq.sections import AnalysisSection, MitigationSection, QuantizationSection
+from fairq.sections import AnalysisSection, MitigationSection, QuantizationSection, TextSection
 from fairq.store import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,13 +66,15 @@ def build_parser() -> ArgumentParser:
                         help="model names: fairq registry, timm or torchvision (tv/NAME)")
     parser.add_argument("--pretrained", type=Optional[bool], default=None,
                         help="load pretrained weights: true = required, false = never, null = when available")
-    parser.add_subclass_arguments(FaceDataModule, "data", required=True, help="the dataset (a FaceDataModule)")
+    parser.add_subclass_arguments(FairqDataModule, "data", required=True,
+                                  help="the dataset (a FairqDataModule: face datasets, or datamodules.TextDataModule)")
     parser.add_class_arguments(L.Trainer, "trainer", skip=_TRAINER_SKIP, instantiate=False)
     parser.add_class_arguments(OptimConfig, "optim")
     parser.add_class_arguments(EvaluationConfig, "evaluation")
     parser.add_class_arguments(QuantizationSection, "quantization")
     parser.add_class_arguments(MitigationSection, "mitigation")
     parser.add_class_arguments(AnalysisSection, "analysis")
+    parser.add_class_arguments(TextSection, "text")
     parser.add_argument("--debug", type=bool, default=False,
                         help="show the Python traceback of user errors too (also: FAIRQ_DEBUG=1)")
     # One seed for training, splits and sampling.
@@ -120,10 +122,11 @@ def make_context(parser: ArgumentParser, cfg: Namespace, name: str):
     output_dir = cfg.output_dir or str(Path("outputs") / name)
     store = RunStore(output_dir)
     init = parser.instantiate(cfg)
-    return RunContext(store=store, datamodule=init.data, models=list(cfg.models), seed=cfg.seed,
+    models = [cfg.text.model] if cfg.text.model else list(cfg.models)  # --text.model NAME: the masked LM to run
+    return RunContext(store=store, datamodule=init.data, models=models, seed=cfg.seed,
                       pretrained=cfg.pretrained, trainer=_trainer_kwargs(cfg.trainer.as_dict()),
                       optim=cfg.optim.as_dict(), evaluation=cfg.evaluation.as_dict(),
-                      sections={s: cfg[s].as_dict() for s in ("quantization", "mitigation", "analysis")})
+                      sections={s: cfg[s].as_dict() for s in ("quantization", "mitigation", "analysis", "text")})
 
 
 def _trainer_kwargs(raw: dict) -> dict:

@@ -131,7 +131,7 @@ class Store:
 
 
 _TEXT = ("cell", "variant", "backend", "target", "dataset", "model", "method", "sensitive_attributes",
-         "predictions", "phase", "family", "reference_method")
+         "predictions", "phase", "family", "reference_method", "task")
 
 
 def _read_metrics(run: RunStore) -> pd.DataFrame:
