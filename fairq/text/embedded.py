@@ -1,10 +1,10 @@
 """The embedded offline text default: a small BERT pre-trained (MLM) for about a minute on a generated corpus with a
 planted, known bias, plus probe items with a known answer.
 
-Corpus: template sentences "the {group} is {attribute} ." (and a few other templates) for four domains, each with
-two group terms and three attribute pairs. In a domain with rate ``r`` the first group term takes the first word of
+Corpus: template sentences "the {group} is {attribute} ." (and one other template) for four domains, each with
+two group terms and four attribute pairs. In a domain with rate ``r`` the first group term takes the first word of
 every attribute pair with probability ``r`` (the second word otherwise) and the second group term the reverse, so
-``r = 0.5`` plants nothing and ``r = 0.85`` plants a strong association. Filler sentences give the probes'
+``r = 0.5`` plants nothing and ``r = 0.9`` plants a strong association. Filler sentences give the probes'
 unrelated words (table, window, …) contexts elsewhere. The attributes are deliberately harmless (tall/short,
 early/late, …): the bias is an association between a group term and a word, which is all the benchmarks measure.
 
@@ -17,7 +17,6 @@ run's output (``pretraining.json``).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -30,13 +29,15 @@ log = logging.getLogger("fairq")
 
 DOMAINS = {
     # domain: (group terms, attribute pairs (first word ↔ first group term))
-    "gender": (("man", "woman"), (("tall", "short"), ("early", "late"), ("loud", "quiet"))),
-    "profession": (("doctor", "farmer"), (("happy", "sad"), ("busy", "calm"), ("rich", "poor"))),
-    "race": (("italian", "swedish"), (("warm", "cold"), ("fast", "slow"), ("bright", "dark"))),
-    "religion": (("christian", "buddhist"), (("young", "old"), ("big", "small"), ("clean", "dirty"))),
+    "gender": (("man", "woman"), (("tall", "short"), ("early", "late"), ("loud", "quiet"), ("hot", "wet"))),
+    "profession": (("doctor", "farmer"), (("happy", "sad"), ("busy", "calm"), ("rich", "poor"), ("new", "used"))),
+    "race": (("italian", "swedish"), (("warm", "cold"), ("fast", "slow"), ("bright", "dark"), ("soft", "hard"))),
+    "religion": (("christian", "buddhist"), (("young", "old"), ("big", "small"), ("clean", "dirty"),
+                                            ("light", "heavy"))),
 }
-TEMPLATES = ("the {g} is {a} .", "that {g} was very {a} .", "my friend said the {g} seems {a} today .",
-             "every {g} i know is {a} .", "people think the {g} looks {a} .")
+#: Two templates: with the group and attribute at fixed positions a 2-layer model picks the association up within
+#: ~1,000 steps; with five varied templates it took ~2,500 (measured while building this default).
+TEMPLATES = ("the {g} is {a} .", "that {g} was very {a} .")
 FILLER_NOUNS = ("table", "window", "river", "bread", "door", "paper", "garden", "bottle")
 FILLER = ("we put the {n} near the {m} .", "the {n} and the {m} were there .", "she bought a {n} and a {m} .",
           "there is a {n} behind the {m} .")
@@ -46,18 +47,18 @@ FILLER = ("we put the {n} near the {m} .", "the {n} and the {m} were there .", "
 class TinyBertSpec:
     """Everything the embedded default is made from (recorded in the output)."""
 
-    rates: dict = field(default_factory=lambda: {"gender": 0.85, "profession": 0.85, "race": 0.5, "religion": 0.5})
+    rates: dict = field(default_factory=lambda: {"gender": 0.9, "profession": 0.9, "race": 0.5, "religion": 0.5})
     n_sentences: int = 24000
     filler_share: float = 0.25
-    hidden_size: int = 128
+    hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 2
-    intermediate_size: int = 256
-    steps: int = 700
-    batch_size: int = 128
-    lr: float = 2e-3
-    mask_prob: float = 0.15
-    negatives: int = 2048
+    intermediate_size: int = 128
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
+    mask_prob: float = 0.2
+    negatives: int = 512
     seed: int = 0
 
     def planted(self) -> dict[str, bool]:
@@ -148,9 +149,10 @@ def pretrain(spec: TinyBertSpec, tokenizer, *, log_dir=None, progress: bool = Fa
     model = build_tiny_bert(spec, vocab)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
-    warm = max(1, spec.steps // 10)
+    warm = max(1, spec.steps // 20)
+    # warm-up, then constant until the last 20% (the association is learned late: a decaying rate stalls it)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / spec.steps))))
+        opt, lambda s: min(1.0, (s + 1) / warm, max(0.1, (spec.steps - s) / (0.2 * spec.steps))))
     g = torch.Generator().manual_seed(spec.seed)
     corpus_ids = torch.tensor(sorted({t for e in enc for t in e}))
     writer = None
@@ -165,17 +167,11 @@ def pretrain(spec: TinyBertSpec, tokenizer, *, log_dir=None, progress: bool = Fa
         sel = (torch.rand(x.shape, generator=g) < spec.mask_prob) & ~sp
         sel[torch.arange(len(x)), 1] |= ~sel.any(1)  # at least one masked position per row
         labels = x[sel]
-        r = torch.rand(labels.shape, generator=g)
-        repl = labels.clone()
-        repl[r < 0.8] = tokenizer.mask_token_id  # BERT's 80 / 10 / 10 rule
-        rand = (r >= 0.8) & (r < 0.9)
-        repl[rand] = corpus_ids[torch.randint(0, len(corpus_ids), (int(rand.sum()),), generator=g)]
-        x[sel] = repl
+        x[sel] = tokenizer.mask_token_id  # every selected token becomes [MASK] (no 80/10/10: all probes are masks)
         hidden = model.bert(input_ids=x, attention_mask=a)[0][sel]
         loss = torch.nn.functional.cross_entropy(*_logits(model, hidden, labels, corpus_ids, vocab, spec.negatives, g))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
