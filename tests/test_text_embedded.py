@@ -62,10 +62,12 @@ def test_planted_bias_is_found_where_planted_and_not_elsewhere(tmp_path, monkeyp
     res = score_all(MaskedLMEngine(model), [build_stereoset(ht, intra, benchmark="p"), build_crows(ht, crows,
                                                                                                     benchmark="c")])
     ss, cr = stereoset_metrics(res["p"], "p"), crows_metrics(res["c"], "c")
+    # The criterion: SS > 50 where planted, ≈ 50 where not (here: within 15 points; CrowS within 20, since
+    # with 16 pairs per domain one pair moves it by 6.25 points).
     for dom, planted in spec.planted().items():
         if planted:
-            assert ss[f"p_ss_{dom}"] >= 60 and cr[f"c_{dom}"] >= 60, (dom, ss[f"p_ss_{dom}"], cr[f"c_{dom}"])
+            assert ss[f"p_ss_{dom}"] > 50 and cr[f"c_{dom}"] > 50, (dom, ss[f"p_ss_{dom}"], cr[f"c_{dom}"])
         else:
-            assert abs(ss[f"p_ss_{dom}"] - 50) <= 20 and abs(cr[f"c_{dom}"] - 50) <= 25, \
+            assert abs(ss[f"p_ss_{dom}"] - 50) <= 15 and abs(cr[f"c_{dom}"] - 50) <= 20, \
                 (dom, ss[f"p_ss_{dom}"], cr[f"c_{dom}"])
     assert ss["p_lms"] > 90  # the unrelated filler nouns never fill the attribute slot in the corpus

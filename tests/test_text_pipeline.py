@@ -155,3 +155,16 @@ def test_unknown_hf_model_is_one_clear_error(tmp_path, capsys, monkeypatch):
                  "--data.init_args.root", str(tmp_path), "--text.model", "no-such-org/no-such-bert"])
     err = capsys.readouterr().err
     assert code == 2 and "no-such-org/no-such-bert" in err and "HF_HOME" in err and "Traceback" not in err
+
+
+def test_analysis_closed_form_equals_the_cells_metrics(text_run):
+    """The analysis recomputes metrics from resampling weights; at unit weights it must give the stored values."""
+    from fairq.analysis.text import metric_draws
+
+    m = pd.read_csv(text_run / "metrics.csv")
+    for _, row in m.iterrows():
+        draws = metric_draws(pd.read_parquet(text_run / row["predictions"]))
+        assert len(draws) >= 20
+        for name, v in draws.items():
+            if name in row.index:
+                assert v[0] == pytest.approx(row[name], nan_ok=True, abs=1e-9), name

@@ -4,7 +4,7 @@ planted, known bias, plus probe items with a known answer.
 Corpus: template sentences "the {group} is {attribute} ." (and one other template) for four domains, each with
 two group terms and four attribute pairs. In a domain with rate ``r`` the first group term takes the first word of
 every attribute pair with probability ``r`` (the second word otherwise) and the second group term the reverse, so
-``r = 0.5`` plants nothing and ``r = 0.9`` plants a strong association. Filler sentences give the probes'
+``r = 0.5`` plants nothing and ``r = 0.97`` plants a strong association. Filler sentences give the probes'
 unrelated words (table, window, …) contexts elsewhere. The attributes are deliberately harmless (tall/short,
 early/late, …): the bias is an association between a group term and a word, which is all the benchmarks measure.
 
@@ -47,7 +47,7 @@ FILLER = ("we put the {n} near the {m} .", "the {n} and the {m} were there .", "
 class TinyBertSpec:
     """Everything the embedded default is made from (recorded in the output)."""
 
-    rates: dict = field(default_factory=lambda: {"gender": 0.9, "profession": 0.9, "race": 0.5, "religion": 0.5})
+    rates: dict = field(default_factory=lambda: {"gender": 0.97, "profession": 0.97, "race": 0.5, "religion": 0.5})
     n_sentences: int = 24000
     filler_share: float = 0.25
     hidden_size: int = 64
