@@ -283,3 +283,37 @@ def test_missing_file_names_file_layout_and_source(tmp_path, reader, name, sourc
         reader(tmp_path / name)
     msg = str(err.value)
     assert name in msg and source in msg and "Expected" in msg
+
+
+def test_local_folder_with_nsp_head_scores_intersentence(tmp_path, monkeypatch):
+    """A local HF folder of a BertForPreTraining loads with its NSP head; intersentence gets P(IsNext) per sentence."""
+    import transformers
+
+    from fairq.text.data import InterItem
+    from fairq.text.models import bert_uncased_tokenizer, load_masked_lm
+    from fairq.text.scoring import HFTokenizer, intersentence_frame
+
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForPreTraining(cfg).save_pretrained(tmp_path / "m")
+    bert_uncased_tokenizer().save_pretrained(tmp_path / "m")
+    model, tok = load_masked_lm(str(tmp_path / "m"))
+    assert type(model).__name__ == "BertForPreTraining"
+    item = InterItem("x", "man", "gender", "I met a man.", {"stereotype": "He was tall.", "anti-stereotype":
+                     "He was short.", "unrelated": "Cats purr."}, {"stereotype": "s", "anti-stereotype": "a",
+                                                                   "unrelated": "u"})
+    frame, reason = intersentence_frame(model, HFTokenizer(tok), [item])
+    assert reason == "" and len(frame) == 1
+    row = frame.iloc[0]
+    assert all(0 < row[c] < 1 for c in ("score_stereotype", "score_anti", "score_unrelated"))
+    with torch.no_grad():  # independently: the tokenizer's own pair encoding, label 0 = IsNext
+        enc = tok("I met a man.", "He was tall.", return_tensors="pt", return_token_type_ids=True)
+        assert enc["token_type_ids"].sum() > 0
+        logits = model(**enc).seq_relationship_logits
+    assert row["score_stereotype"] == pytest.approx(float(torch.softmax(logits[0], -1)[0]), abs=1e-5)
+    # a model without the head: not applicable, with the reason, never a substitute
+    mlm = transformers.BertForMaskedLM(cfg)
+    empty, why = intersentence_frame(mlm, HFTokenizer(tok), [item])
+    assert empty.empty and "next-sentence" in why
