@@ -2,13 +2,15 @@
 the embedded BERT) → the registered quantizers on that BERT → analysis; contract columns, official StereoSet file,
 per-item parquet, text report section; a missing HF model is one clear error; INT-k BERT passes the levels audit."""
 import json
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from fairq.cli import main
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "stereoset.yaml"
 
 TINY_PRETRAIN = '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 15, "batch_size": 16, ' \
                 '"n_sentences": 400, "hidden_size": 32, "intermediate_size": 64, "negatives": 256}}'
@@ -68,7 +70,7 @@ def text_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("textrun")
     mp = pytest.MonkeyPatch()
     mp.setenv("FAIRQ_CACHE", str(tmp_path_factory.mktemp("cache")))
-    args = ["--config", "configs/stereoset.yaml", "--output_dir", str(out), "--data.init_args.root", str(data),
+    args = ["--config", str(CONFIG), "--output_dir", str(out), "--data.init_args.root", str(data),
             "--evaluation.progress", "false", "--evaluation.latency_repeats", "1", TINY_PRETRAIN, QUANT,
             '--analysis={"n_bootstrap": 50, "figures": false}']
     assert main(["--phase", "all", *args]) == 0
@@ -151,7 +153,7 @@ def test_int4_bert_passes_the_levels_audit(text_run):
 def test_unknown_hf_model_is_one_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     write_text_data(tmp_path)
-    code = main(["--phase", "baseline", "--config", "configs/stereoset.yaml", "--output_dir", str(tmp_path / "o"),
+    code = main(["--phase", "baseline", "--config", str(CONFIG), "--output_dir", str(tmp_path / "o"),
                  "--data.init_args.root", str(tmp_path), "--text.model", "no-such-org/no-such-bert"])
     err = capsys.readouterr().err
     assert code == 2 and "no-such-org/no-such-bert" in err and "HF_HOME" in err and "Traceback" not in err
