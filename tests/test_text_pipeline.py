@@ -93,6 +93,7 @@ def test_text_cells_meet_the_contract(text_run):
         assert m[col].dropna().between(-100, 100).all(), col
     assert m["stereoset_inter_ss"].isna().all()           # no NSP head: not applicable, never a substitute
     assert m["stereoset_inter_reason"].str.contains("next-sentence").all()
+    assert (m["items_skipped"] == 0).all() and set(m["items_skipped_reasons"]) == {"{}"}
     data = json.loads((text_run / "data.json").read_text())
     assert data["skipped"]["stereoset"]["BLANK missing"]["count"] == 1
     pre = json.loads((text_run / "pretraining.json").read_text())

@@ -15,6 +15,7 @@ computed from (:func:`text_metrics`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -165,7 +166,11 @@ class TextTask(ClassificationTask):
         metrics.update(items_scored=int(len(frame)), masked_requests=int(sum(len(j.requests) for j in jobs)),
                        forward_passes=engine.forward_passes,
                        item_latency_ms=round(1000 * seconds / max(1, len(frame)), 4),
-                       items_skipped=int(sum(len(j.skipped) for j in jobs)))
+                       items_skipped=int(sum(len(j.skipped) for j in jobs)),
+                       # items the tokenizer could not score (reason → count); reader skips are in data.json
+                       items_skipped_reasons=json.dumps(
+                           {j.benchmark: {r: len(ids) for r, ids in j.skipped.reasons.items()} for j in jobs
+                            if len(j.skipped)}, sort_keys=True))
         return frame, metrics
 
     def side_files(self, frame: pd.DataFrame) -> dict[str, Any]:
