@@ -1,12 +1,14 @@
-"""Face datasets for fairq: Lightning DataModules with sensitive attributes, a balanced sampler and an image cache."""
+"""fairq datamodules: face datasets (sensitive attributes, a balanced sampler, an image cache) and text bias benchmarks."""
 
 from datamodules._registry import DATAMODULES, create_datamodule, register_datamodule
 from datamodules.base import FaceDataModule
+from datamodules.common import FairqDataModule
 from datamodules.celeba import CelebADataModule
 from datamodules.errors import DATASET_URLS, DataFormatError
 from datamodules.fairface import FairFaceDataModule
 from datamodules.sampler import GroupBalancedSampler
 from datamodules.synthetic import SyntheticDataModule
+from datamodules.text import TextDataModule
 from datamodules.utkface import UTKFaceDataModule
 
 __all__ = [
@@ -15,9 +17,11 @@ __all__ = [
     "CelebADataModule",
     "DataFormatError",
     "FaceDataModule",
+    "FairqDataModule",
     "FairFaceDataModule",
     "GroupBalancedSampler",
     "SyntheticDataModule",
+    "TextDataModule",
     "UTKFaceDataModule",
     "create_datamodule",
     "register_datamodule",

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from datamodules import cache as image_cache
+from datamodules.common import FairqDataModule
 from datamodules.dataset import BatchedImageDataset, CachedImageDataset, collate_batch
 from datamodules.errors import DataFormatError
 from datamodules.sampler import GroupBalancedSampler, balanced_indices
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-class FaceDataModule(L.LightningDataModule):
+class FaceDataModule(FairqDataModule):
     """Images with a target label, sensitive attributes and a stable sample id, served from a decoded cache.
 
     Subclasses describe their dataset with :meth:`_label_spaces` (known at construction, so ``num_classes``

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -81,6 +82,25 @@ class ClassificationTask:
     input_keys: tuple[str, ...] | None = None
     sensitive_names: tuple[str, ...] = ()
     sensitive_levels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    #: recorded as a cell's ``task`` column (analysis picks its section by it).
+    name: ClassVar[str] = "classification"
+
+    # --- how a cell is evaluated (the phases call these on any datamodule's task) ---------------------------
+    def evaluate(self, model: nn.Module, datamodule, *, progress: bool = False, desc: str = "evaluate"):
+        """``(per-sample frame, metrics dict)`` of ``model`` on the datamodule's test split: the
+        ``predictions/<cell>.parquet`` rows and the fairness metrics computed from them."""
+        frame = predict_frame(model, datamodule.test_dataloader(), task=self, progress=progress, desc=desc)
+        return frame, frame_metrics(frame, datamodule.sensitive_names)
+
+    def side_files(self, frame) -> dict[str, Any]:
+        """Extra files stored beside a cell's parquet (``predictions/<cell><suffix>`` → JSON content); none here."""
+        return {}
+
+    def summary(self, row: Mapping[str, Any]) -> str:
+        """One log line of a stored cell's headline metrics."""
+        return (f"accuracy {row['accuracy']:.4f}, worst-group {row['worst_group_accuracy']:.4f}, DP diff "
+                f"{row['demographic_parity_difference']:.4f}, EO diff {row['equalized_odds_difference']:.4f}")
 
     def split(self, batch) -> Batch:
         """One batch → :class:`Batch`; see :func:`split_batch` for the accepted forms."""
@@ -209,3 +229,46 @@ def predict(model: nn.Module, data, task: ClassificationTask | None = None, *, l
     prob = torch.cat(probs).numpy()
     target = torch.cat(ys).numpy().astype(np.int64) if ys else np.full(len(prob), -1, dtype=np.int64)
     return Predictions(ids, target, prob, torch.cat(sens).numpy().astype(np.int64) if sens else None)
+
+
+# ---------------------------------------------------------------------- per-sample frame → metrics row
+def predict_frame(model: nn.Module, loader: Iterable, *, task: ClassificationTask | None = None,
+                  sensitive_names: Sequence[str] | None = None,
+                  sensitive_levels: Mapping[str, Sequence[str]] | None = None, progress: bool = True,
+                  desc: str = "evaluate") -> pd.DataFrame:
+    """Run ``model`` over ``loader`` (read by ``task``, :func:`fairq.batches.predict`) and return one row per sample.
+
+    Columns: ``sample_id, y_true, y_pred, prob_0..prob_{C-1}`` (``prob`` = ``prob_1`` when binary) and one string
+    column per sensitive attribute — the ``predictions/<cell>.parquet`` contract. Attribute names and level
+    labels come from ``task`` (a datamodule's ``.task``) unless given here.
+    """
+    task = task or GENERIC
+    names = list(sensitive_names if sensitive_names is not None else task.sensitive_names)
+    levels = dict(task.sensitive_levels)
+    levels.update(sensitive_levels or {})
+    p = predict(model, loader, task, progress=progress, desc=desc)
+    frame = pd.DataFrame({"sample_id": p.sample_ids, "y_true": p.target, "y_pred": p.pred})
+    for c in range(p.prob.shape[1]):
+        frame[f"prob_{c}"] = p.prob[:, c]
+    if p.prob.shape[1] == 2:
+        frame["prob"] = p.prob[:, 1]
+    if names:
+        if p.sensitive is None or p.sensitive.shape[1] != len(names):
+            got = 0 if p.sensitive is None else p.sensitive.shape[1]
+            raise ValueError(f"the batches carry {got} sensitive column(s); expected {len(names)} ({names})")
+        for j, name in enumerate(names):
+            labels = levels.get(name)
+            if labels is None:  # no level labels known: the codes themselves
+                labels = [str(i) for i in range(int(p.sensitive[:, j].max()) + 1)]
+            labels = np.asarray(labels, dtype=object)
+            frame[name] = labels[p.sensitive[:, j]]
+    return frame
+
+
+def frame_metrics(frame: pd.DataFrame, sensitive_names: Sequence[str], **kwargs) -> dict:
+    """The scalar fairness metrics of a predictions frame (intersectional groups over ``sensitive_names``)."""
+    from fairq.metrics import fairness_metrics
+
+    out = fairness_metrics(frame["y_true"].to_numpy(), frame["y_pred"].to_numpy(),
+                           frame[list(sensitive_names)], **kwargs)
+    return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in out.items() if k != "per_group"}

@@ -22,10 +22,10 @@ from typing import Optional
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from datamodules import FaceDataModule
+from datamodules import FairqDataModule
 from fairq.errors import UserError
 from fairq.phases import PHASES
-from fairq.sections import AnalysisSection, MitigationSection, QuantizationSection, RaySection
+from fairq.sections import AnalysisSection, MitigationSection, QuantizationSection, RaySection, TextSection
 from fairq.store import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,8 @@ def build_parser() -> ArgumentParser:
                         help="model names: fairq registry, timm or torchvision (tv/NAME)")
     parser.add_argument("--pretrained", type=Optional[bool], default=None,
                         help="load pretrained weights: true = required, false = never, null = when available")
-    parser.add_subclass_arguments(FaceDataModule, "data", required=True, help="the dataset (a FaceDataModule)")
+    parser.add_subclass_arguments(FairqDataModule, "data", required=True,
+                                  help="the dataset (a FairqDataModule: face datasets, or datamodules.TextDataModule)")
     parser.add_class_arguments(L.Trainer, "trainer", skip=_TRAINER_SKIP, instantiate=False)
     parser.add_class_arguments(OptimConfig, "optim")
     parser.add_class_arguments(EvaluationConfig, "evaluation")
@@ -82,6 +83,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--launcher", type=str, default="local", choices=["local", "ray"],
                         help="where cells run: this process, or one Ray task per cell (see fairq/launch.py)")
     parser.add_class_arguments(RaySection, "ray")
+    parser.add_class_arguments(TextSection, "text")
     parser.add_argument("--debug", type=bool, default=False,
                         help="show the Python traceback of user errors too (also: FAIRQ_DEBUG=1)")
     return parser
@@ -128,10 +130,11 @@ def make_context(parser: ArgumentParser, cfg: Namespace, name: str):
     store = RunStore(output_dir)
     init = parser.instantiate(cfg)
     init.data.sampling_seed = int(cfg.seed)
-    return RunContext(store=store, datamodule=init.data, models=list(cfg.models), seed=cfg.seed,
+    models = [cfg.text.model] if cfg.text.model else list(cfg.models)  # --text.model NAME: the masked LM to run
+    return RunContext(store=store, datamodule=init.data, models=models, seed=cfg.seed,
                       pretrained=cfg.pretrained, trainer=_trainer_kwargs(cfg.trainer.as_dict()),
                       optim=cfg.optim.as_dict(), evaluation=cfg.evaluation.as_dict(),
-                      sections={s: cfg[s].as_dict() for s in ("quantization", "mitigation", "analysis")})
+                      sections={s: cfg[s].as_dict() for s in ("quantization", "mitigation", "analysis", "text")})
 
 
 def _trainer_kwargs(raw: dict) -> dict:

@@ -90,6 +90,30 @@ class RaySection:
     max_retries: int = 2
 
 
+@dataclass
+class TextSection:
+    """Masked-LM runs (a ``datamodules.TextDataModule``): ``model`` — an HF name, a local HF folder or
+    ``fairq-tiny-bert`` (the embedded default, pre-trained in the baseline phase) — replaces ``--models`` when
+    set; ``pretrain``: fields of :class:`fairq.text.embedded.TinyBertSpec` (planted-bias ``rates``, ``steps``,
+    sizes, …) for the embedded default."""
+
+    model: Optional[str] = None
+    pretrain: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.pretrain:
+            import dataclasses as dc
+
+            from fairq.compression.registry import _did_you_mean
+            from fairq.text.embedded import TinyBertSpec
+
+            names = {f.name for f in dc.fields(TinyBertSpec)} - {"seed"}
+            bad = sorted(set(self.pretrain) - names)
+            if bad:
+                raise ConfigError(f"text.pretrain: unknown field(s) {bad}{_did_you_mean(bad[0], names)}; valid: "
+                                  f"{sorted(names)} (the seed is --seed)")
+
+
 #: config key → section type, in phase order.
 SECTIONS = {"quantization": QuantizationSection, "mitigation": MitigationSection}
 

@@ -50,6 +50,49 @@ def _adjust_all(deltas: pd.DataFrame, summary: pd.DataFrame, findings: pd.DataFr
     return int((~np.isnan(p)).sum())
 
 
+def _split_text(store):
+    """``(classification store or None, text store or None)``: masked-LM cells (``task`` column) get the text
+    section; every other cell the classification analysis."""
+    from dataclasses import replace
+
+    from .text import TEXT_TASK
+
+    task = store.metrics["task"] if "task" in store.metrics.columns else None
+    if task is None or not task.eq(TEXT_TASK).any():
+        return store, None
+    is_text = task.eq(TEXT_TASK)
+
+    def part(mask):
+        if not mask.any():
+            return None
+        ids = list(store.metrics.index[mask])
+        return replace(store, metrics=store.metrics.loc[ids], cells={c: store.cells[c] for c in ids})
+
+    return part(~is_text), part(is_text)
+
+
+def _finish_text_only(out: Path, text, result: dict, *, report: bool, t0: float, meta: dict) -> dict:
+    tables = {name: text.write_csv(f"tables/text_{name}.csv", frame) for name, frame in result.items()}
+    report_path = None
+    if report:
+        import html
+
+        from fairq.store import atomic_write_text
+
+        from .report import _CSS, _table
+        from .text import text_report_html
+
+        head = (f"<h1>fairq analysis report</h1><p class='note'>{html.escape(str(out))} · {len(text.cells)} cells · "
+                f"{meta['n_bootstrap']} bootstrap resamples, seed {meta['seed']}, alpha {meta['alpha']} · "
+                "p-values Benjamini–Hochberg adjusted across the text tests of the run.</p>")
+        body = head + text_report_html(result, text.metrics, _table)
+        report_path = out / "report.html"
+        atomic_write_text(report_path, "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fairq "
+                          f"analysis report</title><style>{_CSS}</style></head><body>{body}</body></html>")
+    return {"tables": tables, "figures": [], "report": report_path, "findings": pd.DataFrame(),
+            "deltas": result["scores"], "text": result, "seconds": time.perf_counter() - t0}
+
+
 def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05,
                  progress: bool = True, n_permutations: int | None = None,
                  min_group_size: int = DEFAULT_MIN_GROUP_SIZE, margin: float = EQUIVALENCE_MARGIN,
@@ -93,6 +136,15 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
     n_perm = int(n_permutations if n_permutations is not None else n_bootstrap)
     conf = 1.0 - float(alpha)
     store = load_store(out, progress=progress)
+    store, text = _split_text(store)
+    text_result = None
+    if text is not None:
+        from .text import analyze_text
+
+        text_result = analyze_text(text, n_bootstrap=n_bootstrap, seed=seed, confidence=conf)
+    if store is None:  # a text-only run: its own tables and report section
+        return _finish_text_only(out, text, text_result, report=report, t0=t0,
+                                 meta={"n_bootstrap": n_bootstrap, "seed": seed, "alpha": alpha})
     deltas, pairs = compute_deltas(store, n_bootstrap=n_bootstrap, n_permutations=n_perm, seed=seed,
                                    confidence=conf, min_group_size=min_group_size, progress=progress)
     summary = summarize_seeds(deltas, pairs, n_bootstrap=n_bootstrap, n_permutations=n_perm, seed=seed,
@@ -121,6 +173,8 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
         csvs["pruning_exemplars"] = exemplar_makeup(compression_exemplars(store, families=("pruning",)), sens)
     if not exemplars.empty:
         csvs["exemplar_samples"] = exemplars[exemplars["exemplar"]]
+    if text_result is not None:
+        csvs.update(text_scores=text_result["scores"], text_flips=text_result["flips"])
     for name, frame in csvs.items():
         tables[name] = store.write_csv(f"tables/{name}.csv", frame)
     level = f"{conf * 100:g}%"
@@ -143,7 +197,13 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
 
         meta = {"output_dir": out, "n_cells": len(store.cells), "n_bootstrap": n_bootstrap, "n_permutations": n_perm,
                 "seed": seed, "alpha": alpha, "margin": margin, "n_tests": n_tests}
+        extra = ""
+        if text_result is not None:
+            from .report import _table
+            from .text import text_report_html
+
+            extra = text_report_html(text_result, text.metrics, _table)
         report_path = write_report(out / "report.html", deltas=deltas, flips=flips, findings=findings,
-                                   pareto=pareto, makeup=makeup, meta=meta)
+                                   pareto=pareto, makeup=makeup, meta=meta, extra_html=extra)
     return {"tables": tables, "figures": fig_paths, "report": report_path, "findings": findings, "deltas": deltas,
             "seconds": time.perf_counter() - t0}

@@ -134,7 +134,7 @@ class Store:
 
 
 _TEXT = ("cell", "variant", "backend", "target", "dataset", "model", "method", "sensitive_attributes",
-         "predictions", "phase", "family", "reference_method", "simulation")
+         "predictions", "phase", "family", "reference_method", "simulation", "task")
 
 
 def _read_metrics(run: RunStore) -> pd.DataFrame:

@@ -149,7 +149,7 @@ def _pareto_figs(pareto):
 
 
 def write_report(path: Path, *, deltas: pd.DataFrame, flips: pd.DataFrame, findings: pd.DataFrame,
-                 pareto: pd.DataFrame, makeup: pd.DataFrame, meta: dict) -> Path:
+                 pareto: pd.DataFrame, makeup: pd.DataFrame, meta: dict, extra_html: str = "") -> Path:
     """Write the interactive report; the first figure carries the inlined plotly.js, the others reuse it."""
     alpha, margin = float(meta.get("alpha", 0.05)), float(meta.get("margin", 0.01))
     level = f"{(1 - alpha) * 100:g}%"
@@ -181,7 +181,7 @@ def write_report(path: Path, *, deltas: pd.DataFrame, flips: pd.DataFrame, findi
               "<h2>Compression-identified exemplars: group make-up</h2>", _table(makeup, max_rows=200),
               "<h2>Pareto table</h2>", _table(pareto, max_rows=300),
               "<details><summary><b>All deltas</b> (tables/deltas.csv)</summary>",
-              _table(deltas, max_rows=2000), "</details>"]
+              _table(deltas, max_rows=2000), "</details>", extra_html]
     doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fairq analysis report</title>"
            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
     from fairq.store import atomic_write_text

@@ -1,4 +1,8 @@
-"""Baseline phase: fine-tune each configured model with Lightning, then evaluate it on the test split."""
+"""Baseline phase: get each configured model's FP32 weights, then evaluate them.
+
+By default a model is fine-tuned with Lightning on the training split; a datamodule's task with a
+``baseline_model(ctx, model_name)`` provides the FP32 model itself (e.g. a pre-trained masked LM that is scored
+as it is)."""
 from __future__ import annotations
 
 import logging
@@ -42,7 +46,8 @@ def run(ctx: RunContext) -> list[dict]:
         if ctx.store.has_cell(cell):
             log.info("baseline %s: cell %s already in metrics.csv, skipping", model_name, cell)
             continue
-        model = train_baseline(ctx, model_name)
+        provide = getattr(ctx.data().task, "baseline_model", None)
+        model = provide(ctx, model_name) if provide is not None else train_baseline(ctx, model_name)
         model.fairq_backend = "fp32"
         rows.append(ctx.evaluate_cell(model, model_name=model_name, method="baseline", weight_bits=32, act_bits=32,
                                       extra={"pretrained": getattr(model, "fairq_pretrained", None) or "",

@@ -14,7 +14,6 @@ from torch import nn
 
 from callbacks import FairnessMonitor
 from fairq.errors import UserError
-from fairq.evaluate import frame_metrics, predict_frame
 from fairq.store import RunStore, cell_id
 
 log = logging.getLogger("fairq")
@@ -76,7 +75,8 @@ class RunContext:
     def evaluate_cell(self, model: nn.Module, *, model_name: str, method: str, weight_bits: int,
                       act_bits: int | None, variant: str = "", extra: dict | None = None,
                       cell: str | None = None, reference: nn.Module | None = None) -> dict:
-        """Predict the test split, compute metrics from those predictions, measure size/latency, store it all.
+        """Evaluate ``model`` as the datamodule's task says (per-sample frame + metrics computed from it), measure
+        size/latency, store it all (plus any side files the task derives from the frame).
 
         With ``reference`` (the FP32 baseline model) latency is timed alternately with it in this process and the
         row also gets ``latency_ratio_vs_fp32`` (steady when the machine's load shifts both).
@@ -84,12 +84,12 @@ class RunContext:
         from fairq.compression import measure_latency, measure_latency_paired, model_size
 
         dm = self.data()
+        task = dm.task
         cell = cell or cell_id(self.dataset, model_name, method, weight_bits, act_bits, self.seed, variant)
         progress = bool(self.evaluation.get("progress", True))
         t0 = time.perf_counter()
-        frame = predict_frame(model, dm.test_dataloader(), task=dm.task, progress=progress, desc=cell)
+        frame, metrics = task.evaluate(model, dm, progress=progress, desc=cell)
         eval_s = time.perf_counter() - t0
-        metrics = frame_metrics(frame, dm.sensitive_names)
         size_mb, size_kind = model_size(model)
         example = next(iter(dm.split_dataloader("test", batch_size=int(self.evaluation.get("latency_batch_size", 32)))))
         repeats = int(self.evaluation.get("latency_repeats", 10))
@@ -101,6 +101,7 @@ class RunContext:
             "cell": cell, "dataset": self.dataset, "model": model_name, "method": method, "variant": variant,
             "weight_bits": weight_bits, "act_bits": 32 if act_bits is None and method == "baseline" else act_bits,
             "seed": self.seed, "backend": getattr(model, "fairq_backend", "fp32"), "n": len(frame),
+            "task": task.name,
             "target": dm.target_name, "num_classes": dm.num_classes,
             "sensitive_attributes": ";".join(dm.sensitive_names),
             **metrics, "size_mb": size_mb, "size_kind": size_kind, "latency_ms": lat["latency_ms"],
@@ -117,10 +118,10 @@ class RunContext:
             row["simulation"] = model.fairq_simulation
         if hasattr(model, "fairq_simulated_layers"):  # real int4 cells: layers without a kernel, simulated
             row["simulated_layers"] = ";".join(model.fairq_simulated_layers)
+        for suffix, content in task.side_files(frame).items():  # before add_cell, whose row marks the cell done
+            self.store.write_json(f"predictions/{cell}{suffix}", content)
         self.store.add_cell(row, frame)
-        log.info("%s: accuracy %.4f, worst-group %.4f, DP diff %.4f, EO diff %.4f, %.2f MB (%s), %.1f ms",
-                 cell, row["accuracy"], row["worst_group_accuracy"], row["demographic_parity_difference"],
-                 row["equalized_odds_difference"], size_mb, size_kind, lat["latency_ms"])
+        log.info("%s: %s, %.2f MB (%s), %.1f ms", cell, task.summary(row), size_mb, size_kind, lat["latency_ms"])
         return row
 
     def cell(self, model_name: str, method: str, weight_bits: int, act_bits: int | None, variant: str = "") -> str:
@@ -139,7 +140,11 @@ class RunContext:
         return {}
 
     def load_baseline(self, model_name: str) -> nn.Module:
-        """The fine-tuned baseline weights of ``model_name`` written by the baseline phase."""
+        """The baseline weights of ``model_name`` written by the baseline phase (or the datamodule's task's own
+        ``load_baseline(ctx, model_name)``, when it has one)."""
+        hook = getattr(self.data().task, "load_baseline", None)
+        if hook is not None:
+            return hook(self, model_name)
         path = self.store.checkpoint_path(model_name, self.seed)
         if not path.exists():
             raise MissingPhaseError(f"no baseline checkpoint for {model_name!r} (seed {self.seed}) at {path}; "

@@ -1,0 +1,220 @@
+"""TextDataModule: StereoSet, CrowS-Pairs and BBQ items (+ the embedded default's probes) for masked-LM cells.
+
+Reads the official files under ``root`` (``stereoset_dev.json`` — the official ``dev.json`` renamed —,
+``crows_pairs_anonymized.csv``, ``bbq/<Category>.jsonl``); ``*_items`` keep a seeded subset (StereoSet and BBQ
+stratified by domain / category and, for BBQ, by context condition with ambiguous/disambiguated twins kept
+together) so a config can run in minutes — ``describe()`` (``data.json``) says what was kept. The task it hands
+out (:class:`fairq.text.task.TextTask`) evaluates cells; calibration / validation batches are tokenized
+sentences that are never scored by an MLM: the StereoSet intersentence context sentences (scored only by models
+with an NSP head), or, without StereoSet, sentences of the embedded default's corpus.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from datamodules.common import FairqDataModule
+from fairq.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _subset(items: list, n: Optional[int], key, seed: int, pair_key=None) -> list:
+    """A seeded subset of ``n`` items, stratified by ``key(item)`` (proportional), keeping ``pair_key`` groups whole."""
+    if n is None or n >= len(items):
+        return list(items)
+    rng = np.random.default_rng([seed, 4049])
+    units: dict[Any, list] = defaultdict(list)
+    for it in items:
+        units[pair_key(it) if pair_key else id(it)].append(it)
+    strata: dict[Any, list] = defaultdict(list)
+    for u in units.values():
+        strata[key(u[0])].append(u)
+    total = len(items)
+    out = []
+    for s in sorted(strata, key=str):
+        us = strata[s]
+        size = sum(map(len, us))
+        want = max(1, round(n * size / total))
+        order = rng.permutation(len(us))
+        got = 0
+        for i in order:
+            if got >= want:
+                break
+            out.extend(us[i])
+            got += len(us[i])
+    return out
+
+
+class TextDataModule(FairqDataModule):
+    """Bias-benchmark items for masked LMs.
+
+    Parameters
+    ----------
+    root
+        Folder holding ``stereoset_dev.json``, ``crows_pairs_anonymized.csv`` and ``bbq/`` (e.g. ``../shared/data/text``).
+    stereoset, intersentence, crows, bbq
+        Which benchmarks to score (intersentence needs a model with an NSP head; otherwise it is NaN + reason).
+    stereoset_items, crows_items, bbq_items
+        Seeded (stratified) subset sizes; ``null`` = every item.
+    bbq_categories
+        BBQ category files to read (default: every ``bbq/*.jsonl``).
+    probes
+        Also score the embedded default's planted-bias probe items (StereoSet and CrowS format).
+    batch_size, max_tokens
+        Sequences / padded tokens per forward pass of the masked-LM engine.
+    calibration_max_len
+        Token cap of calibration sentences.
+    seed
+        Seed of the subsets and calibration draws.
+    """
+
+    dataset_name = "text_bias"
+
+    def __init__(self, root: Optional[str] = None, stereoset: bool = True, intersentence: bool = True,
+                 crows: bool = True, bbq: bool = True, stereoset_items: Optional[int] = None,
+                 crows_items: Optional[int] = None, bbq_items: Optional[int] = None,
+                 bbq_categories: Optional[list[str]] = None, probes: bool = True, batch_size: int = 64,
+                 max_tokens: int = 8192, calibration_max_len: int = 64, seed: int = 0):
+        super().__init__()
+        if batch_size <= 0 or max_tokens <= 0:
+            raise UserError(f"batch_size and max_tokens must be positive, got {batch_size}, {max_tokens}")
+        self.root = root
+        self.use = {"stereoset": stereoset, "stereoset_inter": stereoset and intersentence, "crows": crows,
+                    "bbq": bbq}
+        self.limits = {"stereoset": stereoset_items, "crows": crows_items, "bbq": bbq_items}
+        self.bbq_categories = bbq_categories
+        self.probes = probes
+        self.batch_size, self.max_tokens = int(batch_size), int(max_tokens)
+        self.calibration_max_len = int(calibration_max_len)
+        self.seed = int(seed)
+        self.target_name = "preferred_option"
+        self.num_classes = 3
+        self.sensitive_names = ["benchmark", "domain"]
+        self.items: dict[str, list] = {}
+        self._sizes: dict[str, dict] = {}
+        self._skipped: dict[str, dict] = {}
+        self._calibration_text: list[str] = []
+        self.tokenizer = None
+        self._ready = False
+
+    # ----------------------------------------------------------------- task and tokenizer
+    @property
+    def task(self):
+        from fairq.text.task import TextTask
+
+        return TextTask(input_keys=("input_ids", "attention_mask"), sensitive_names=tuple(self.sensitive_names),
+                        datamodule=self)
+
+    def set_tokenizer(self, tok) -> None:
+        self.tokenizer = tok
+
+    def tokenizer_or_fail(self):
+        if self.tokenizer is None:
+            raise RuntimeError("TextDataModule has no tokenizer yet: the task sets it when it loads the model")
+        return self.tokenizer
+
+    def skipped_while_scoring(self, benchmark: str, skipped) -> None:
+        if len(skipped):
+            if benchmark not in self._skipped.get("scoring", {}):
+                skipped.log(f"{benchmark} (scoring)")
+            self._skipped.setdefault("scoring", {})[benchmark] = skipped.to_dict()
+
+    # ----------------------------------------------------------------- data
+    def prepare_data(self) -> None:
+        pass
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self._ready:
+            return
+        from fairq.text import data as td
+
+        root = Path(self.root) if self.root else None
+        if root is None and any(self.use.values()):
+            raise td.TextDataError("no data root: set --data.init_args.root to the folder holding "
+                                   "stereoset_dev.json, crows_pairs_anonymized.csv and bbq/ (or switch those "
+                                   "benchmarks off)")
+        if self.use["stereoset"]:
+            intra, inter, skipped = td.read_stereoset(root / "stereoset_dev.json")
+            skipped.log("StereoSet")
+            self._skipped["stereoset"] = skipped.to_dict()
+            self._calibration_text = [it.context for it in inter]
+            self.items["stereoset"] = _subset(intra, self.limits["stereoset"], lambda it: it.bias_type, self.seed)
+            if self.use["stereoset_inter"]:
+                self.items["stereoset_inter"] = _subset(inter, self.limits["stereoset"], lambda it: it.bias_type,
+                                                        self.seed)
+            self._sizes["stereoset"] = {"read": len(intra), "scored": len(self.items["stereoset"]),
+                                        "intersentence_read": len(inter)}
+        if self.use["crows"]:
+            pairs, skipped = td.read_crows(root / "crows_pairs_anonymized.csv")
+            skipped.log("CrowS-Pairs")
+            self._skipped["crows"] = skipped.to_dict()
+            self.items["crows"] = _subset(pairs, self.limits["crows"], lambda p: p.bias_type, self.seed)
+            self._sizes["crows"] = {"read": len(pairs), "scored": len(self.items["crows"])}
+        if self.use["bbq"]:
+            items, skipped = td.read_bbq(root / "bbq", self.bbq_categories)
+            skipped.log("BBQ")
+            self._skipped["bbq"] = skipped.to_dict()
+            self.items["bbq"] = _subset(items, self.limits["bbq"], lambda it: it.category, self.seed,
+                                        pair_key=lambda it: (it.category, it.question_index, it.polarity,
+                                                             it.question, it.answers))
+            self._sizes["bbq"] = {"read": len(items), "scored": len(self.items["bbq"]),
+                                  "undetermined_bias_target": sum(it.target < 0 for it in self.items["bbq"])}
+        if self.probes:
+            from fairq.text.embedded import probes
+
+            self.items["probe_stereoset"], self.items["probe_crows"] = probes()
+            self._sizes["probes"] = {"stereoset": len(self.items["probe_stereoset"]),
+                                     "crows": len(self.items["probe_crows"])}
+        if not self._calibration_text:
+            from fairq.text.embedded import TinyBertSpec, generate_corpus
+
+            self._calibration_text = generate_corpus(TinyBertSpec(n_sentences=2000, seed=self.seed + 1))
+        self._ready = True
+
+    def describe(self) -> dict[str, Any]:
+        self.setup()
+        return {"dataset": self.dataset_name, "root": str(self.root), "benchmarks": self.use,
+                "subset_sizes": self.limits, "subset_seed": self.seed, "sizes": self._sizes,
+                "skipped": self._skipped, "bbq_categories": self.bbq_categories,
+                "note": "per-item results in predictions/<cell>.parquet; subsets are seeded and stratified"}
+
+    # ----------------------------------------------------------------- batches (calibration, latency)
+    def _text_batches(self, texts: list[str], batch_size: int) -> list[dict]:
+        import torch
+
+        tok = self.tokenizer_or_fail()
+        out = []
+        for s in range(0, len(texts), batch_size):
+            enc = tok(texts[s:s + batch_size], padding=True, truncation=True, max_length=self.calibration_max_len,
+                      return_tensors="pt")
+            out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                        "sample_id": [f"calib:{s + i}" for i in range(len(enc["input_ids"]))],
+                        "target": torch.zeros(len(enc["input_ids"]), dtype=torch.long)})
+        return out
+
+    def calibration_dataloader(self, n: int, *, balanced: bool = False, seed: int = 0,
+                               batch_size: Optional[int] = None) -> list[dict]:
+        """``n`` sentences never scored by an MLM (see the module doc); ``balanced`` has no groups here to balance."""
+        self.setup()
+        rng = np.random.default_rng([seed, 7919])
+        idx = rng.choice(len(self._calibration_text), size=min(n, len(self._calibration_text)), replace=False)
+        return self._text_batches([self._calibration_text[i] for i in idx], batch_size or 32)
+
+    def val_dataloader(self) -> list[dict]:
+        return self.calibration_dataloader(128, seed=self.seed + 1)
+
+    def split_dataloader(self, split: str, *, batch_size: Optional[int] = None, **_) -> list[dict]:
+        """Latency batches: sentences of the calibration pool (the cells' scoring runs through the task)."""
+        return self.calibration_dataloader(batch_size or 32, seed=self.seed + 2, batch_size=batch_size or 32)
+
+    def test_dataloader(self) -> list[dict]:
+        return self.split_dataloader("test")
+
+    def train_dataloader(self):
+        raise UserError("text cells have no training split: methods that train (qat, fairness_finetune, …) are not "
+                        "supported for masked LMs yet; use ptq_static, ptq_dynamic or mixed_precision")

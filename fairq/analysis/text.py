@@ -1,0 +1,282 @@
+"""The text section of the analysis: masked-LM cells (``task == "masked_lm_bias"``) versus their FP32 baseline.
+
+From the per-item rows of each cell (``predictions/<cell>.parquet``, see :mod:`fairq.text.task`):
+
+- ``tables/text_scores.csv`` — every headline text metric per cell with a bootstrap CI (items resampled within
+  each benchmark) and, for compressed cells, the paired delta vs the FP32 baseline: the same resamples applied to
+  both cells, percentile CI, a two-sided bootstrap p-value and its Benjamini–Hochberg adjustment over every text
+  test of the run (``stats.benjamini_hochberg``);
+- ``tables/text_flips.csv`` — items whose preferred option changes under compression, per benchmark and domain:
+  flip rate with a Wilson 95% interval, direction (StereoSet / CrowS: to the stereotype / to the anti-stereotype;
+  BBQ: correct → wrong / wrong → correct) and McNemar's test of the two directions (``stats.mcnemar_test``),
+  BH-adjusted together with the deltas;
+- an HTML section for ``report.html``.
+
+Metrics are recomputed from resampling *weights* in closed form (per-term counts for SS / LMS, weighted ratios
+for CrowS / BBQ), which gives exactly :func:`fairq.text.task.text_metrics` at unit weights (tested).
+"""
+from __future__ import annotations
+
+import html
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from fairq.text.scoring import STEREOSET_DOMAINS
+
+from .flips import _wilson
+from .stats import benjamini_hochberg, mcnemar_test
+
+TEXT_TASK = "masked_lm_bias"
+__all__ = ["TEXT_TASK", "metric_draws", "analyze_text", "text_report_html"]
+
+
+def _div(a, b):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _stereoset(sub: pd.DataFrame, w: np.ndarray, prefix: str, out: dict) -> None:
+    st, an, un = (sub[c].to_numpy(float) for c in ("score_stereotype", "score_anti", "score_unrelated"))
+    pro = (st > an).astype(float)
+    rel = (st > un).astype(float) + (an > un).astype(float)
+    dom = sub["domain"].astype(str).to_numpy()
+    for d in [None, *STEREOSET_DOMAINS]:
+        keep = np.ones(len(sub), bool) if d is None else dom == d
+        suffix = "" if d is None else f"_{d}"
+        if not keep.any():
+            continue
+        terms = pd.factorize(sub["term"].astype(str).to_numpy()[keep])[0]
+        onehot = np.zeros((keep.sum(), terms.max() + 1))
+        onehot[np.arange(keep.sum()), terms] = 1
+        wk = w[:, keep]
+        n = wk @ onehot
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any item of a term
+            ss = np.nanmean(np.where(n > 0, 100 * _div(wk @ (onehot * pro[keep, None]), n), np.nan), axis=1)
+            lms = np.nanmean(np.where(n > 0, 100 * _div(wk @ (onehot * rel[keep, None]), 2 * n), np.nan), axis=1)
+        out[f"{prefix}_ss{suffix}"] = ss
+        out[f"{prefix}_lms{suffix}"] = lms
+        out[f"{prefix}_icat{suffix}"] = lms * np.minimum(ss, 100 - ss) / 50
+
+
+def _crows(sub: pd.DataFrame, w: np.ndarray, prefix: str, out: dict) -> None:
+    hit = (sub["score_more"].to_numpy(float) > sub["score_less"].to_numpy(float)).astype(float)
+    out[f"{prefix}_metric"] = 100 * _div(w @ hit, w.sum(1))
+    dom = sub["domain"].astype(str).to_numpy()
+    for d in sorted(set(dom)):
+        k = dom == d
+        out[f"{prefix}_{d}"] = 100 * _div(w[:, k] @ hit[k], w[:, k].sum(1))
+
+
+def _bbq(sub: pd.DataFrame, w: np.ndarray, out: dict) -> None:
+    """Overall and per category (``bbq_<metric>_<Category>``), as :func:`fairq.text.scoring.bbq_metrics`."""
+    _bbq_one(sub, w, out, "")
+    cats = sub["domain"].astype(str).to_numpy()
+    for cat in sorted(set(cats)):
+        k = cats == cat
+        _bbq_one(sub[k], w[:, k], out, f"_{cat}")
+
+
+def _bbq_one(sub: pd.DataFrame, w: np.ndarray, out: dict, suffix: str) -> None:
+    pred, true = sub["y_pred"].to_numpy(int), sub["y_true"].to_numpy(int)
+    tgt, unk = sub["target"].to_numpy(int), sub["unknown"].to_numpy(int)
+    neg = sub["polarity"].astype(str).to_numpy() == "neg"
+    cond = sub["condition"].astype(str).to_numpy()
+    counted = (tgt >= 0) & (pred != unk)
+    biased = (np.where(neg, pred == tgt, pred != tgt) & counted).astype(float)
+    for c in ("ambig", "disambig"):
+        k = cond == c
+        acc = _div(w[:, k] @ (pred[k] == true[k]).astype(float), w[:, k].sum(1))
+        s = 100 * (2 * _div(w[:, k] @ biased[k], w[:, k] @ counted[k].astype(float)) - 1)
+        out[f"bbq_accuracy_{c}{suffix}"] = 100 * acc
+        out[f"bbq_bias_{c}{suffix}"] = (1 - acc) * s if c == "ambig" else s
+    ci = sub["context_influence"].to_numpy(float)
+    k = np.isfinite(ci)
+    out[f"bbq_context_influence{suffix}"] = 100 * _div(w[:, k] @ ci[k], w[:, k].sum(1))
+
+
+def metric_draws(frame: pd.DataFrame, weights: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Headline text metrics of a per-item frame under per-benchmark item weights ``{benchmark: [B, n_b]}``
+    (resample counts; ``None`` = unit weights, i.e. the cell's own values, shape ``[1]``)."""
+    out: dict[str, np.ndarray] = {}
+    for bench in ("stereoset", "crows", "bbq", "probe_stereoset", "probe_crows"):
+        sub = frame[frame["benchmark"] == bench]
+        if sub.empty:
+            continue
+        w = np.ones((1, len(sub))) if weights is None else weights[bench]
+        if bench == "stereoset":
+            _stereoset(sub, w, "stereoset_intra", out)
+        elif bench == "probe_stereoset":
+            _stereoset(sub, w, "probe_stereoset", out)
+        elif bench == "crows":
+            _crows(sub, w, "crows", out)
+        elif bench == "probe_crows":
+            _crows(sub, w, "probe_crows", out)
+        else:
+            _bbq(sub, w, out)
+    return out
+
+
+def _resample_weights(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Multinomial resample counts of the items, within each benchmark (sizes kept)."""
+    out = {}
+    for bench, sub in frame.groupby("benchmark", sort=True):
+        m = len(sub)
+        out[bench] = rng.multinomial(m, np.full(m, 1.0 / m), size=n).astype(float)
+    return out
+
+
+def _aligned(base: pd.DataFrame, other: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    common = np.intersect1d(base["sample_id"].to_numpy(str), other["sample_id"].to_numpy(str))
+    b = base.set_index("sample_id").loc[common].reset_index()
+    o = other.set_index("sample_id").loc[common].reset_index()
+    return b, o
+
+
+def _flip_rows(cell_row, base: pd.DataFrame, other: pd.DataFrame) -> list[dict]:
+    rows = []
+    for (bench, dom), idx in base.groupby(["benchmark", "domain"], sort=True).groups.items():
+        for scope_dom, ii in ((dom, idx),):
+            rows.append(_one_flip(cell_row, bench, scope_dom, base.loc[ii], other.loc[ii]))
+    for bench, idx in base.groupby("benchmark", sort=True).groups.items():
+        rows.append(_one_flip(cell_row, bench, "all", base.loc[idx], other.loc[idx]))
+    return rows
+
+
+def _one_flip(cell_row, bench, dom, b, o) -> dict:
+    a, c = b["y_pred"].to_numpy(int), o["y_pred"].to_numpy(int)
+    flips = int((a != c).sum())
+    if bench == "bbq":
+        t = b["y_true"].to_numpy(int)
+        dir1, dir2 = int(((a == t) & (c != t)).sum()), int(((a != t) & (c == t)).sum())
+        names = ("correct_to_wrong", "wrong_to_correct")
+    else:  # 1 = stereotype preferred, 0 = anti-stereotype, 2 = tie (CrowS)
+        dir1, dir2 = int(((a != 1) & (c == 1)).sum()), int(((a == 1) & (c != 1)).sum())
+        names = ("to_stereotype", "to_anti_or_tie")
+    p, _, method = mcnemar_test(dir1, dir2)
+    lo, hi = _wilson(np.array([flips]), np.array([len(a)]))
+    return {"cell": cell_row["cell"], "model": cell_row["model"], "method": cell_row["method"],
+            "config": cell_row.get("config", cell_row["method"]), "benchmark": bench, "domain": dom,
+            "n": len(a), "flips": flips, "flip_rate": flips / len(a) if len(a) else np.nan,
+            "flip_rate_ci_low": float(lo[0]), "flip_rate_ci_high": float(hi[0]), "direction_1": names[0],
+            "count_1": dir1, "direction_2": names[1], "count_2": dir2, "p_value": p, "test": method}
+
+
+def _q(x: np.ndarray, q: float) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.quantile(x, q)) if len(x) else np.nan
+
+
+def analyze_text(store, *, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+                 ) -> dict[str, pd.DataFrame]:
+    """``{"scores": …, "flips": …}`` for the text cells of an analysis :class:`~fairq.analysis.load.Store`."""
+    from .deltas import derive_seed
+
+    q = (1 - confidence) / 2
+    score_rows, flip_rows = [], []
+    for cid, row in store.metrics.iterrows():
+        frame = store.cells[cid].frame
+        base_id = store.baseline_of(cid)
+        rng = np.random.default_rng(derive_seed(seed, "text", cid))
+        if base_id is None:
+            draws = metric_draws(frame, _resample_weights(frame, n_bootstrap, rng))
+            point = metric_draws(frame)
+            for m, v in point.items():
+                score_rows.append({"cell": cid, "model": row["model"], "method": row["method"],
+                                   "config": row.get("config", ""), "metric": m, "value": float(v[0]),
+                                   "value_ci_low": _q(draws[m], q), "value_ci_high": _q(draws[m], 1 - q)})
+            continue
+        base, other = _aligned(store.cells[base_id].frame, frame)
+        w = _resample_weights(base, n_bootstrap, rng)
+        bd, od = metric_draws(base, w), metric_draws(other, w)
+        bp, op = metric_draws(base), metric_draws(other)
+        for m in op:
+            if m not in bp:
+                continue
+            d = od[m] - bd[m]
+            ok = np.isfinite(d)
+            delta = float(op[m][0] - bp[m][0])
+            p = (min(1.0, 2 * min((d[ok] <= 0).mean(), (d[ok] >= 0).mean())) if ok.any() and np.isfinite(delta)
+                 else np.nan)
+            score_rows.append({"cell": cid, "model": row["model"], "method": row["method"],
+                               "config": row.get("config", ""), "metric": m, "value": float(op[m][0]),
+                               "value_ci_low": _q(od[m], q), "value_ci_high": _q(od[m], 1 - q),
+                               "baseline_value": float(bp[m][0]), "delta": delta,
+                               "ci_low": np.quantile(d[ok], q) if ok.any() else np.nan,
+                               "ci_high": np.quantile(d[ok], 1 - q) if ok.any() else np.nan, "p_value": p,
+                               "test": "paired_bootstrap"})
+        flip_rows += _flip_rows(row, base, other)
+    scores, flips = pd.DataFrame(score_rows), pd.DataFrame(flip_rows)
+    p = np.concatenate([scores["p_value"].to_numpy(float) if "p_value" in scores else np.zeros(0),
+                        flips["p_value"].to_numpy(float) if "p_value" in flips else np.zeros(0)])
+    if len(p):
+        adj = benjamini_hochberg(p)
+        if "p_value" in scores:
+            scores["p_adjusted"] = adj[:len(scores)]
+        if "p_value" in flips:
+            flips["p_adjusted"] = adj[len(scores) if "p_value" in scores else 0:]
+    return {"scores": scores, "flips": flips}
+
+
+_MAIN = ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat", "crows_metric", "bbq_accuracy_ambig",
+         "bbq_accuracy_disambig", "bbq_bias_ambig", "bbq_bias_disambig", "bbq_context_influence",
+         "probe_stereoset_ss", "probe_crows_metric")
+
+
+def _fmt(v, lo, hi) -> str:
+    if pd.isna(v):
+        return ""
+    return f"{v:.1f} [{lo:.1f}, {hi:.1f}]" if pd.notna(lo) else f"{v:.1f}"
+
+
+def headline_table(scores: pd.DataFrame, metrics=_MAIN) -> pd.DataFrame:
+    """One row per cell: ``value [CI]`` and ``Δ [CI] (p_adj)`` for the given metrics."""
+    if scores.empty:
+        return pd.DataFrame()
+    rows = []
+    for cid, g in scores.groupby("cell", sort=False):
+        r = {"config": g["config"].iloc[0] or g["method"].iloc[0]}
+        by = g.set_index("metric")
+        for m in metrics:
+            if m not in by.index:
+                continue
+            x = by.loc[m]
+            cell = _fmt(x["value"], x["value_ci_low"], x["value_ci_high"])
+            if "delta" in x and pd.notna(x.get("delta")):
+                cell += f"; Δ {x['delta']:+.1f} [{x['ci_low']:+.1f}, {x['ci_high']:+.1f}] (p_adj {x['p_adjusted']:.2g})"
+            r[m] = cell
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def text_report_html(result: dict, metrics: pd.DataFrame, table) -> str:
+    """The report's text section (``table``: the report's HTML table writer)."""
+    scores, flips = result["scores"], result["flips"]
+    doms = [f"stereoset_intra_{k}_{d}" for d in STEREOSET_DOMAINS for k in ("ss", "lms", "icat")]
+    crows = sorted({m for m in scores.get("metric", []) if m.startswith("crows_") and m != "crows_metric"})
+    bbq = sorted({m for m in scores.get("metric", []) if m.startswith("bbq_")})
+    notes = ("<p class='note'>Masked-LM cells. StereoSet intrasentence by the official rule (SS, LMS per target "
+             "term, averaged; ICAT from those averages); CrowS-Pairs: Nangia metric (not bias-bench's variant); "
+             "BBQ: zero-shot pseudo-log-likelihood multiple choice (Salazar et al. 2020 scoring), not comparable "
+             "with QA-head numbers; accuracies 0–100, bias scores −100…100, context influence = mean total-"
+             "variation distance between the disambiguated and ambiguous answer distributions ×100. "
+             "Values with bootstrap 95% CIs; Δ vs the FP32 baseline with paired-bootstrap CIs and BH-adjusted "
+             "p. probe_* are the embedded default's planted-bias probes. The embedded default is a tiny model "
+             "trained on a generated corpus: its real-benchmark numbers describe that tiny model only.</p>")
+    inter = ""
+    if "stereoset_inter_reason" in metrics.columns:
+        reasons = metrics["stereoset_inter_reason"].dropna().astype(str).unique()
+        if len(reasons):
+            inter = f"<p class='note'>StereoSet intersentence: {html.escape('; '.join(reasons))}</p>"
+    parts = ["<h2>Text: StereoSet, CrowS-Pairs, BBQ</h2>", notes, inter,
+             "<h3>Headline metrics</h3>", table(headline_table(scores)),
+             "<h3>StereoSet per domain</h3>", table(headline_table(scores, doms)),
+             "<h3>CrowS-Pairs per bias type</h3>", table(headline_table(scores, crows)),
+             "<h3>BBQ per category</h3>", table(headline_table(scores, bbq)),
+             "<h3>Flips vs the FP32 baseline</h3>",
+             table(flips[["config", "benchmark", "domain", "n", "flips", "flip_rate", "flip_rate_ci_low",
+                          "flip_rate_ci_high", "direction_1", "count_1", "direction_2", "count_2",
+                          "p_adjusted"]] if len(flips) else flips)]
+    return "".join(parts)

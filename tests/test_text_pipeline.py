@@ -1,0 +1,173 @@
+"""Text branch end to end through main.py on tiny files in the official layouts: baseline (a few pre-training steps of
+the embedded BERT) → the registered quantizers on that BERT → analysis; contract columns, official StereoSet file,
+per-item parquet, text report section; a missing HF model is one clear error; INT-k BERT passes the levels audit."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from fairq.cli import main
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "stereoset.yaml"
+
+TINY_PRETRAIN = '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 15, "batch_size": 16, ' \
+                '"n_sentences": 400, "hidden_size": 32, "intermediate_size": 64, "negatives": 256}}'
+QUANT = ('--quantization={"calibration_samples": 16, "methods": [{"method": "ptq_dynamic", "bits": 8}, '
+         '{"method": "ptq_static", "bits": 8, "backend": "simulated"}, {"method": "ptq_static", "bits": 4}, '
+         '{"method": "mixed_precision", "bits": 6, "sensitivity": "kl", "val_batches": 1}]}')
+
+
+def _sent(eid, label, text):
+    return {"sentence": text, "id": f"{eid}-{label}", "labels": [{"label": label, "human_id": "gold"}],
+            "gold_label": label}
+
+
+def write_text_data(root):
+    """A few items of each benchmark in the official layouts (plus one bad StereoSet entry)."""
+    intra, inter = [], []
+    rows = [("man", "gender", "tall", "short", "table"), ("woman", "gender", "short", "tall", "window"),
+            ("doctor", "profession", "rich", "poor", "river"), ("christian", "religion", "young", "old", "door"),
+            ("italian", "race", "warm", "cold", "bread"), ("farmer", "profession", "poor", "rich", "paper")]
+    for i, (t, dom, st, an, un) in enumerate(rows):
+        eid = f"i{i}"
+        intra.append({"id": eid, "target": t, "bias_type": dom, "context": f"The {t} is BLANK.",
+                      "sentences": [_sent(eid, "stereotype", f"The {t} is {st}."),
+                                    _sent(eid, "anti-stereotype", f"The {t} is {an}."),
+                                    _sent(eid, "unrelated", f"The {t} is {un}.")]})
+        inter.append({"id": f"x{i}", "target": t, "bias_type": dom, "context": f"I met a {t}.",
+                      "sentences": [_sent(f"x{i}", "stereotype", f"They were {st}."),
+                                    _sent(f"x{i}", "anti-stereotype", f"They were {an}."),
+                                    _sent(f"x{i}", "unrelated", f"The {un} is here.")]})
+    intra.append({"id": "bad", "target": "man", "bias_type": "gender", "context": "No blank here.",
+                  "sentences": intra[0]["sentences"]})
+    (root / "stereoset_dev.json").write_text(json.dumps({"version": "test", "data": {"intrasentence": intra,
+                                                                                     "intersentence": inter}}))
+    pd.DataFrame({"sent_more": ["The man is tall.", "The doctor is rich.", "Christians are young."],
+                  "sent_less": ["The woman is tall.", "The farmer is rich.", "Buddhists are young."],
+                  "stereo_antistereo": ["stereo", "stereo", "antistereo"],
+                  "bias_type": ["gender", "socioeconomic", "religion"]}).to_csv(root / "crows_pairs_anonymized.csv")
+    (root / "bbq").mkdir()
+    lines = []
+    for k, (cond, pol, extra, label) in enumerate([("ambig", "neg", "", 2), ("disambig", "neg", " The old man left.", 0),
+                                                    ("ambig", "nonneg", "", 2),
+                                                    ("disambig", "nonneg", " The old man left.", 1)]):
+        q = "Who was forgetful?" if pol == "neg" else "Who was attentive?"
+        lines.append(json.dumps({
+            "example_id": k, "question_index": "1", "question_polarity": pol, "context_condition": cond,
+            "category": "Age", "answer_info": {"ans0": ["old man", "old"], "ans1": ["young man", "nonOld"],
+                                               "ans2": ["Unknown", "unknown"]},
+            "additional_metadata": {"stereotyped_groups": ["old"]}, "context": "An old man and a young man met." + extra,
+            "question": q, "ans0": "The old man", "ans1": "The young man", "ans2": "Unknown", "label": label}))
+    (root / "bbq" / "Age.jsonl").write_text("\n".join(lines))
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    data = tmp_path_factory.mktemp("textdata")
+    write_text_data(data)
+    out = tmp_path_factory.mktemp("textrun")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FAIRQ_CACHE", str(tmp_path_factory.mktemp("cache")))
+    args = ["--config", str(CONFIG), "--output_dir", str(out), "--data.init_args.root", str(data),
+            "--evaluation.progress", "false", "--evaluation.latency_repeats", "1", TINY_PRETRAIN, QUANT,
+            '--analysis={"n_bootstrap": 50, "figures": false}']
+    assert main(["--phase", "all", *args]) == 0
+    yield out
+    mp.undo()
+
+
+def test_text_cells_meet_the_contract(text_run):
+    from fairq.text.task import CONTRACT
+
+    m = pd.read_csv(text_run / "metrics.csv")
+    assert list(m["method"]) == ["baseline", "ptq_dynamic", "ptq_static", "ptq_static", "mixed_precision"]
+    assert set(m["backend"]) == {"fp32", "int8", "simulated"} and set(m["task"]) == {"masked_lm_bias"}
+    for col in CONTRACT:
+        assert col in m.columns, col
+    for col in ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat", "stereoset_intra_ss_gender",
+                "crows_metric", "crows_gender", "bbq_accuracy_ambig", "bbq_accuracy_disambig", "bbq_context_influence"):
+        assert m[col].notna().all() and m[col].between(-100, 100).all(), col
+    for col in ("bbq_bias_ambig", "bbq_bias_disambig"):  # NaN only when every answer was "unknown"
+        assert m[col].dropna().between(-100, 100).all(), col
+    assert m["stereoset_inter_ss"].isna().all()           # no NSP head: not applicable, never a substitute
+    assert m["stereoset_inter_reason"].str.contains("next-sentence").all()
+    assert (m["items_skipped"] == 0).all() and set(m["items_skipped_reasons"]) == {"{}"}
+    data = json.loads((text_run / "data.json").read_text())
+    assert data["skipped"]["stereoset"]["BLANK missing"]["count"] == 1
+    pre = json.loads((text_run / "pretraining.json").read_text())
+    assert pre["planted"] == {"gender": True, "profession": True, "race": False, "religion": False}
+    assert list((text_run / "tensorboard").glob("fairq-tiny-bert_pretrain_s0/events.out.tfevents*"))
+
+
+def test_per_item_rows_reproduce_the_row_and_the_official_file(text_run):
+    from fairq.text.task import text_metrics
+
+    m = pd.read_csv(text_run / "metrics.csv")
+    for _, row in m.iterrows():
+        items = pd.read_parquet(text_run / row["predictions"])
+        assert items["sample_id"].is_unique and len(items) == row["n"]
+        again = text_metrics(items)
+        for col in ("stereoset_intra_ss", "stereoset_intra_icat", "crows_metric", "bbq_bias_ambig"):
+            assert again[col] == pytest.approx(row[col], nan_ok=True), col
+        official = json.loads((text_run / row["predictions"].replace(".parquet", ".stereoset.json")).read_text())
+        ss = items[items["benchmark"] == "stereoset"]
+        assert len(official["intrasentence"]) == 3 * len(ss) == 18 and official["intersentence"] == []
+        scores = {d["id"]: d["score"] for d in official["intrasentence"]}
+        assert scores["i0-stereotype"] == pytest.approx(ss.set_index("sample_id").loc["stereoset:i0",
+                                                                                       "score_stereotype"])
+
+
+def test_text_analysis_tables_and_report(text_run):
+    scores = pd.read_csv(text_run / "tables" / "text_scores.csv")
+    flips = pd.read_csv(text_run / "tables" / "text_flips.csv")
+    comp = scores[scores["method"] != "baseline"]
+    assert {"delta", "ci_low", "ci_high", "p_adjusted"} <= set(comp.columns)
+    ss = comp[comp["metric"] == "stereoset_intra_ss"]
+    assert len(ss) == 4 and (ss["ci_low"] <= ss["delta"] + 1e-9).all() and (ss["delta"] <= ss["ci_high"] + 1e-9).all()
+    assert set(flips["benchmark"]) >= {"stereoset", "crows", "bbq"}
+    assert (flips["flips"] <= flips["n"]).all()
+    report = (text_run / "report.html").read_text()
+    assert "Text: StereoSet, CrowS-Pairs, BBQ" in report and "Nangia metric" in report
+
+
+def test_int4_bert_passes_the_levels_audit(text_run):
+    from fairq.compression import PTQConfig, effective_weights, layer_bits, quantize
+    from fairq.text.embedded import TinyBertSpec, build_tiny_bert
+
+    model = build_tiny_bert(TinyBertSpec(hidden_size=32, intermediate_size=64), 30522)
+    model.load_state_dict(torch.load(text_run / "checkpoints" / "fairq-tiny-bert__baseline__s0.pt",
+                                     weights_only=True))
+    calib = [{"input_ids": torch.randint(1000, 2000, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)}]
+    q = quantize(model, PTQConfig(weight_bits=4, act_bits=8), calibration_data=calib)
+    weights, bits = effective_weights(q), layer_bits(q)
+    n = 0
+    for name, k in bits.items():
+        if k is not None:
+            w = weights[name].reshape(weights[name].shape[0], -1)
+            assert max(int(torch.unique(r).numel()) for r in w) <= 2 ** k, name
+            n += 1
+    assert n >= 8  # every Linear of the encoder and the MLM head
+
+
+def test_unknown_hf_model_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    write_text_data(tmp_path)
+    code = main(["--phase", "baseline", "--config", str(CONFIG), "--output_dir", str(tmp_path / "o"),
+                 "--data.init_args.root", str(tmp_path), "--text.model", "no-such-org/no-such-bert"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no-such-org/no-such-bert" in err and "HF_HOME" in err and "Traceback" not in err
+
+
+def test_analysis_closed_form_equals_the_cells_metrics(text_run):
+    """The analysis recomputes metrics from resampling weights; at unit weights it must give the stored values."""
+    from fairq.analysis.text import metric_draws
+
+    m = pd.read_csv(text_run / "metrics.csv")
+    for _, row in m.iterrows():
+        draws = metric_draws(pd.read_parquet(text_run / row["predictions"]))
+        assert len(draws) >= 20
+        for name, v in draws.items():
+            if name in row.index:
+                assert v[0] == pytest.approx(row[name], nan_ok=True, abs=1e-9), name
