@@ -9,7 +9,7 @@ per cell of ``DIR/metrics.csv`` (a compression cell's cost beyond its baseline) 
 (``--models`` × planned settings of ``--config`` × ``--seeds``) ÷ workers. It says what it measured and what it
 assumes: evaluation cost only, perfectly packed; baselines and fine-tuning cells add their training time.
 
-    python benchmarks/bench_sweep.py --workers 2 --cells 6
+    python benchmarks/bench_sweep.py --workers 2 --cells 8
     python benchmarks/bench_sweep.py --project_from outputs/celeba_run --config configs/celeba.yaml --gpus 8
 """
 from __future__ import annotations
@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fairq.cli import main as fairq_main  # noqa: E402
 
-TINY = ["--data.init_args.n_samples", "1200", "--data.init_args.image_size", "32", "--models", "[tiny_cnn]",
-        "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--evaluation.progress", "false",
+TINY = ["--models", "[tiny_cnn]", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--evaluation.progress", "false",
         "--evaluation.latency_repeats", "3", "--mitigation.methods", "[]"]
 
 
@@ -39,10 +38,11 @@ def _settings(k: int) -> list[dict]:
     return grid[:k]
 
 
-def sweep(workers: int, cells: int, root: Path) -> dict:
+def sweep(workers: int, cells: int, root: Path, n_samples: int, image_size: int) -> dict:
     base = root / "baseline"
-    assert fairq_main(["--phase", "baseline", "--output_dir", str(base), *TINY]) == 0
-    methods = ["--quantization.methods", json.dumps(_settings(cells))]
+    data = ["--data.init_args.n_samples", str(n_samples), "--data.init_args.image_size", str(image_size)]
+    assert fairq_main(["--phase", "baseline", "--output_dir", str(base), *TINY, *data]) == 0
+    methods = ["--quantization.methods", json.dumps(_settings(cells)), *data]
     times = {}
     for launcher in ("local", "ray"):
         out = root / launcher
@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cells", type=int, default=6)
+    ap.add_argument("--n_samples", type=int, default=6000, help="synthetic images (test split: 30%%)")
+    ap.add_argument("--image_size", type=int, default=64)
     ap.add_argument("--project_from", default=None)
     ap.add_argument("--config", default=None)
     ap.add_argument("--models", type=int, default=5)
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
              runtime_env={"env_vars": {"PYTHONPATH": repo}})
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            t = sweep(args.workers, args.cells, Path(tmp))
+            t = sweep(args.workers, args.cells, Path(tmp), args.n_samples, args.image_size)
     finally:
         ray.shutdown()
     speedup = t["local"] / t["ray"]
