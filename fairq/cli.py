@@ -33,7 +33,7 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 log = logging.getLogger("fairq")
 
 # Trainer arguments fairq sets itself (its logger, callbacks and output folder).
-_TRAINER_SKIP = {"logger", "callbacks", "default_root_dir", "plugins", "strategy", "profiler"}
+_TRAINER_SKIP = {"logger", "callbacks", "default_root_dir", "plugins", "profiler"}
 
 
 @dataclass

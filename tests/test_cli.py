@@ -47,3 +47,13 @@ def test_print_config_round_trips(capsys):
         parse_args(["--print_config"])
     out = capsys.readouterr().out
     assert "class_path: datamodules.SyntheticDataModule" in out and "max_epochs" in out
+
+
+def test_trainer_strategy_and_devices_reach_lightning(tmp_path):
+    """``--trainer.strategy ddp --trainer.devices N --trainer.num_nodes M`` (multi-GPU / multi-node training)."""
+    from fairq.cli import _trainer_kwargs
+
+    _, cfg, _ = parse_args(["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.num_nodes", "2",
+                            "--output_dir", str(tmp_path)])
+    kw = _trainer_kwargs(cfg.trainer.as_dict())
+    assert kw["strategy"] == "ddp" and int(kw["devices"]) == 2 and kw["num_nodes"] == 2
