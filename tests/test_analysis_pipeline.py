@@ -301,6 +301,19 @@ def test_config_labels_keep_fractional_average_widths():
     assert config_label(row) == "mixed_precision w4.99a8"
     assert config_label({**row, "method": "ptq_static", "weight_bits": "4.0"}) == "ptq_static w4a8"
     assert config_label({**row, "act_bits": float("nan")}) == "mixed_precision w4.99"
+    # a preserved-layer cell keeps its nominal weight_bits for pairing but is labelled with its measured average
+    slp = {"method": "sensitive_layer_preservation", "weight_bits": 4, "act_bits": 8, "variant": "",
+           "avg_weight_bits": 4.6612}
+    assert config_label(slp) == "sensitive_layer_preservation w4.66a8"
+
+
+def test_ci_level_and_margin_in_texts_follow_alpha_and_margin():
+    from fairq.analysis.tables import findings_overview
+
+    frame = pd.DataFrame({"dataset": ["d"], "model": ["m"], "claim": ["c"], "statistic": ["s"], "hypothesis": ["< 0"],
+                          "estimate": [-0.1], "ci_low": [-0.2], "ci_high": [-0.05], "p_adjusted": [0.01],
+                          "verdict": ["supported"]})
+    assert "estimate [90% CI]" in findings_overview(frame, "90%").columns
 
 
 def test_fewer_bits_compares_real_int8_with_simulated_int4(tmp_path):
