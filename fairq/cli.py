@@ -206,11 +206,18 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
+_WORKER_CONTEXTS: dict = {}
+
+
 def worker_context(config_path: str, output_dir: str, model: str, seed: int):
     """A run's context in another process (a Ray worker): the resolved config the driver saved, one model, one
-    training seed."""
-    parser, cfg, name = parse_args(["--config", config_path, "--output_dir", output_dir])
-    ctx = make_context(parser, cfg, name)
+    training seed. Built once per worker process and run (Ray reuses workers), so later tasks skip re-parsing the
+    config and re-opening the data."""
+    key = (config_path, output_dir)
+    if key not in _WORKER_CONTEXTS:
+        parser, cfg, name = parse_args(["--config", config_path, "--output_dir", output_dir])
+        _WORKER_CONTEXTS[key] = make_context(parser, cfg, name)
+    ctx = _WORKER_CONTEXTS[key]
     ctx.models = [model]
     ctx.use_seed(seed)
     return ctx
