@@ -14,9 +14,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "stereoset.yaml"
 
 TINY_PRETRAIN = '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 15, "batch_size": 16, ' \
                 '"n_sentences": 400, "hidden_size": 32, "intermediate_size": 64, "negatives": 256}}'
-QUANT = ('--quantization={"calibration_samples": 16, "methods": [{"method": "ptq_dynamic", "bits": 8}, '
-         '{"method": "ptq_static", "bits": 8, "backend": "simulated"}, {"method": "ptq_static", "bits": 4}, '
-         '{"method": "mixed_precision", "bits": 6, "sensitivity": "kl", "val_batches": 1}]}')
+# the shipped config's own method entries (a regression in them must fail here), on a smaller calibration draw
+QUANT = "--quantization.calibration_samples=16"
 
 
 def _sent(eid, label, text):
@@ -171,3 +170,23 @@ def test_analysis_closed_form_equals_the_cells_metrics(text_run):
         for name, v in draws.items():
             if name in row.index:
                 assert v[0] == pytest.approx(row[name], nan_ok=True, abs=1e-9), name
+
+
+@pytest.mark.slow
+def test_the_shipped_text_config_runs_on_the_real_files(tmp_path, monkeypatch):
+    """The real benchmark files have sentences of many lengths (the tiny fixtures do not): every shipped method entry
+    must score them — e.g. a simulation traced at the calibration batches' sequence length would not."""
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "text" / "stereoset_dev.json").is_file():
+        pytest.skip("../shared/data/text is not here")
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["--phase", "quantization", "--config", str(CONFIG), "--output_dir", str(out),
+                 '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}']) == 2  # no baseline yet
+    assert main(["--phase", "baseline", "--config", str(CONFIG), "--output_dir", str(out),
+                 '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}']) == 0
+    assert main(["--phase", "quantization", "--config", str(CONFIG), "--output_dir", str(out),
+                 '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}']) == 0
+    m = pd.read_csv(out / "metrics.csv")
+    assert len(m) == 5 and m["stereoset_intra_ss"].notna().all()
