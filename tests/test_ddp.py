@@ -25,7 +25,11 @@ def _penalty_worker(rank, world, port, logits, target, sens, cut, kind, queue):
     local = logits[part].clone().requires_grad_()
     pen = group_gap_penalty(local, target[part], sens[part], kind=kind, min_count=2)
     pen.backward()
-    queue.put((rank, float(pen), local.grad.numpy().copy()))  # by value: the process exits right after
+    queue.put((rank, float(pen.detach()), local.grad.numpy().copy()))
+    # Queue.put hands the item to a feeder thread; os._exit below would kill that thread before it wrote to the pipe
+    # (seen in CI as an empty queue), so flush it first
+    queue.close()
+    queue.join_thread()
     dist.barrier()  # both results are sent; leave without tearing gloo down (its teardown can abort at exit)
     os._exit(0)
 
@@ -53,9 +57,9 @@ def test_penalty_under_two_ranks_is_the_full_batch_penalty(kind):
         assert p.exitcode == 0
     # per-rank batches alone would give other penalties; the gathered one is the full batch's
     alone = group_gap_penalty(logits[:cut], target[:cut], sens[:cut], kind=kind, min_count=2)
-    assert abs(float(alone) - float(full)) > 1e-4
+    assert abs(float(alone.detach()) - float(full.detach())) > 1e-4
     for r, (pen, grad) in got.items():
-        assert pen == pytest.approx(float(full), rel=1e-5)
+        assert pen == pytest.approx(float(full.detach()), rel=1e-5)
         part = slice(0, cut) if r == 0 else slice(cut, n)
         # each rank's samples receive the penalty's gradient from both ranks; DDP's averaging divides by 2
         torch.testing.assert_close(torch.from_numpy(grad) / 2, full_logits.grad[part], rtol=1e-4, atol=1e-7)
