@@ -5,10 +5,11 @@
     python benchmarks/bench_text_scoring.py --root ../shared/data/text --items 60 --threads 2
 
 Prints, in one run: (1) batched items/s ÷ naive items/s on a seeded subset of StereoSet intrasentence + CrowS-Pairs
-items (same requests; the answers agree to 1e-5), (2) the wall time of the full StereoSet dev intrasentence +
-CrowS-Pairs — measured with ``--full``, otherwise **extrapolated** from the subset's batched time per masked
-request × the full sets' request count (and labelled so), (3) BBQ seconds per 1,000 items (batched, measured on a
-subset and scaled — labelled). The model is a randomly initialised ``BertForMaskedLM`` of bert-base size (12
+items (same requests; the answers agree to 1e-5), for the eager engine and for the compiled one
+(``compile_engine``: torch.compile, oneDNN GEMMs; its one-off compilation is timed separately and reported), (2) the
+wall time of the full StereoSet dev intrasentence + CrowS-Pairs with the compiled engine — measured with ``--full``,
+otherwise **extrapolated** from the subset's batched time per input token × the full sets' token count (and
+labelled so), (3) BBQ seconds per 1,000 items (batched, measured on a subset and scaled — labelled). The model is a randomly initialised ``BertForMaskedLM`` of bert-base size (12
 layers, hidden 768, 30,522-token vocabulary): speed does not depend on the weights.
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=["base", "tiny"], default="base", help="bert-base-sized or a 2-layer model")
     ap.add_argument("--full", action="store_true", help="also time the full StereoSet dev + CrowS-Pairs (slow)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no_compile", action="store_true", help="the 'compiled' engine runs eager (for comparison)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     import transformers
@@ -68,29 +70,51 @@ def main(argv=None) -> int:
            "parameters)", "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "load_average_at_start": os.getloadavg()[0], "subset_items": n_items, "subset_requests": len(reqs)}
 
+    def tokens(requests):  # input tokens the engine runs (requests that share an input run it once)
+        return sum(len(ids) for ids, _ in {(r.ids, r.pos) for r in requests})
+
     engine = MaskedLMEngine(model, pad_id=tok.pad_id, batch_size=args.batch_size)
     engine.logprobs(reqs[:8])  # warm-up
     t0 = time.perf_counter()
     fast = engine.logprobs(reqs)
     t_batched = time.perf_counter() - t0
+    compiled = MaskedLMEngine(model, pad_id=tok.pad_id, batch_size=args.batch_size, compile=not args.no_compile)
+    t0 = time.perf_counter()
+    compiled.logprobs(reqs[:args.batch_size])  # compilation (dynamic shapes: once for every batch shape)
+    t_compile = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fast_c = compiled.logprobs(reqs)
+    t_compiled = time.perf_counter() - t0
     t0 = time.perf_counter()
     slow = naive_logprobs(model, reqs)
     t_naive = time.perf_counter() - t0
-    out.update(batched_seconds=round(t_batched, 2), naive_seconds=round(t_naive, 2),
-               batched_items_per_s=round(n_items / t_batched, 2), naive_items_per_s=round(n_items / t_naive, 3),
-               speedup=round(t_naive / t_batched, 2), max_abs_logprob_diff=float(np.abs(fast - slow).max()))
+    out.update(engine_rows=engine.rows, subset_input_tokens=tokens(reqs),
+               naive_seconds=round(t_naive, 2), naive_items_per_s=round(n_items / t_naive, 3),
+               batched_eager_seconds=round(t_batched, 2), batched_eager_items_per_s=round(n_items / t_batched, 2),
+               speedup_eager=round(t_naive / t_batched, 2),
+               compiled=compiled.compile, compile_seconds_once=round(t_compile, 1),
+               batched_compiled_seconds=round(t_compiled, 2),
+               batched_compiled_items_per_s=round(n_items / t_compiled, 2),
+               speedup_compiled=round(t_naive / t_compiled, 2),
+               max_abs_logprob_diff_eager=float(np.abs(fast - slow).max()),
+               max_abs_logprob_diff_compiled=float(np.abs(fast_c - slow).max()))
 
-    full_reqs = len(build_stereoset(tok, intra).requests) + len(build_crows(tok, pairs).requests)
+    full = build_stereoset(tok, intra).requests + build_crows(tok, pairs).requests
     out["full_stereoset_crows_items"] = len(intra) + len(pairs)
-    out["full_stereoset_crows_requests"] = full_reqs
+    out["full_stereoset_crows_requests"] = len(full)
+    out["full_stereoset_crows_input_tokens"] = tokens(full)
     if args.full:
         t0 = time.perf_counter()
-        engine.logprobs(build_stereoset(tok, intra).requests + build_crows(tok, pairs).requests)
-        out["full_stereoset_crows_seconds_measured"] = round(time.perf_counter() - t0, 1)
+        compiled.logprobs(full)
+        out["full_stereoset_crows_seconds_measured_compiled"] = round(time.perf_counter() - t0 + t_compile, 1)
     else:
-        out["full_stereoset_crows_seconds_EXTRAPOLATED"] = round(t_batched / len(reqs) * full_reqs, 1)
-        out["extrapolation"] = ("subset batched seconds per masked request × the full sets' request count; run "
-                                "with --full to measure it")
+        out["full_stereoset_crows_seconds_EXTRAPOLATED_compiled"] = round(
+            t_compile + t_compiled / out["subset_input_tokens"] * out["full_stereoset_crows_input_tokens"], 1)
+        out["full_stereoset_crows_seconds_EXTRAPOLATED_eager"] = round(
+            t_batched / out["subset_input_tokens"] * out["full_stereoset_crows_input_tokens"], 1)
+        out["extrapolation"] = ("subset batched seconds per input token × the full sets' input tokens (+ the one "
+                                "compilation); run with --full to measure it")
+    engine = compiled
     sub_bbq = _pick(bbq, args.bbq_items, args.seed)
     job = build_bbq(tok, sub_bbq)
     t0 = time.perf_counter()

@@ -207,6 +207,28 @@ def test_batched_engine_equals_naive_loop(batch_size):
     assert engine.forward_passes >= math.ceil(60 / batch_size)
 
 
+def test_requests_that_differ_only_in_target_share_one_input_row():
+    model = _tiny_bert()
+    base = _random_requests(30, seed=11)[:30]
+    # every input asked for three targets (as StereoSet's three candidates ask at the same blank)
+    reqs = [MaskRequest(r.ids, r.pos, (r.target + k) % 120) for r in base for k in range(3)]
+    engine = MaskedLMEngine(model, batch_size=8)
+    got = engine.logprobs(reqs)
+    assert engine.rows == len({(r.ids, r.pos) for r in base})
+    np.testing.assert_allclose(got, naive_logprobs(model, reqs), atol=1e-5, rtol=0)
+    assert len(set(np.round(got, 6))) > len(base)  # the targets were not all answered with one number
+
+
+@pytest.mark.slow  # one inductor compilation (~20–60 s on 2 cores)
+def test_compiled_engine_gives_the_eager_scores():
+    model = _tiny_bert()
+    reqs = _random_requests(40, seed=5)
+    eager = MaskedLMEngine(model, batch_size=16).logprobs(reqs)
+    compiled = MaskedLMEngine(model, batch_size=16, compile=True)
+    np.testing.assert_allclose(compiled.logprobs(reqs), eager, atol=1e-5, rtol=0)
+    assert compiled.compile  # it compiled (no silent fall-back to eager)
+
+
 def test_engine_falls_back_to_full_logits_for_unsplit_models():
     bert = _tiny_bert()
 

@@ -149,7 +149,7 @@ class TextTask(ClassificationTask):
         if dm.items.get("probe_crows"):
             jobs.append(build_crows(ht, dm.items["probe_crows"], benchmark="probe_crows", max_len=max_len))
         engine = MaskedLMEngine(model, pad_id=ht.pad_id, batch_size=dm.batch_size, max_tokens=dm.max_tokens,
-                                progress=progress, desc=desc)
+                                progress=progress, desc=desc, compile=getattr(dm, "compile_engine", False))
         frames = score_all(engine, jobs)
         reason = ""
         if dm.items.get("stereoset_inter"):
