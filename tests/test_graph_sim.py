@@ -173,3 +173,25 @@ def test_weights_only_and_clear_errors(res):
 
     with pytest.raises(RuntimeError, match="layer_input"):
         quantize(DataDependent().eval(), PTQConfig(weight_bits=4, backend="simulated"), [torch.randn(4, 4)])
+
+
+def test_a_simulated_bert_keeps_its_config_and_scores_other_sequence_lengths():
+    """Text scoring reads the model's ``max_position_embeddings`` to skip items it cannot hold, and feeds lengths
+    the calibration batches never had: the traced program must keep both (a wrapper without the HF config made
+    the scorers build 133-token inputs for a 128-position model)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=48)
+    model = transformers.BertForMaskedLM(cfg).eval()
+    calib = [{"input_ids": torch.randint(5, 90, (4, 10)), "attention_mask": torch.ones(4, 10, dtype=torch.long)}]
+    sim = quantize(model, PTQConfig(weight_bits=8, act_bits=8, backend="simulated"), calib)
+    assert isinstance(sim, graph_sim.SimulatedProgram)
+    assert sim.config.max_position_embeddings == 48
+    for batch, length in ((3, 10), (1, 37), (5, 3)):
+        ids = torch.randint(5, 90, (batch, length))
+        with torch.no_grad():
+            out = logits_of(sim(input_ids=ids, attention_mask=torch.ones_like(ids)))
+            ref = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        assert out.shape == ref.shape
+        assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.5  # INT8: close to FP32, not garbage

@@ -175,7 +175,7 @@ def test_analysis_closed_form_equals_the_cells_metrics(text_run):
 @pytest.mark.slow
 def test_the_shipped_text_config_runs_on_the_real_files(tmp_path, monkeypatch):
     """The real benchmark files have sentences of many lengths (the tiny fixtures do not): every shipped method entry
-    must score them — e.g. a simulation traced at the calibration batches' sequence length would not."""
+    must score them (a traced simulation once lost the model's position limit and failed on longer items)."""
     from tests.conftest import SHARED_DATA
 
     if not (SHARED_DATA / "text" / "stereoset_dev.json").is_file():

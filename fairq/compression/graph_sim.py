@@ -214,7 +214,7 @@ def convert_static_simulated(model: nn.Module, config, calibration_data) -> Simu
         raise
     if a_bits is None:
         _strip_activations(program)
-    out = SimulatedProgram(program, spec, layers)
+    out = SimulatedProgram(program, spec, layers, config=getattr(model, "config", None))
     out.fairq_name = getattr(model, "fairq_name", None)
     out.fairq_simulation = "graph"
     out.fairq_engine = ENGINE

@@ -391,13 +391,17 @@ class ProgramModel(nn.Module):
     travels through pickling/deepcopy as a ``torch.export`` archive; the forward runs :meth:`build_runner`'s
     graph, built lazily (subclasses: oneDNN lowering for real INT8, a fused fake-quant graph for simulation).
     ``fairq_int8_layers``: ``{layer name: how to dequantize its weight}`` (the weight audit reads it).
+    ``config``: the source model's (HF) config, kept so that code reading the model's limits — e.g. the text
+    scorers' ``max_position_embeddings`` — sees the same model it would have seen before conversion.
     """
 
-    def __init__(self, program: torch.fx.GraphModule, spec: dict, layers: dict[str, dict]):
+    def __init__(self, program: torch.fx.GraphModule, spec: dict, layers: dict[str, dict], config=None):
         super().__init__()
         self.program = program
         self.fairq_input_spec = spec
         self.fairq_int8_layers = layers
+        if config is not None:
+            self.config = config
         self.__dict__["_runner"] = None
 
     def build_runner(self) -> torch.fx.GraphModule:
@@ -569,7 +573,7 @@ def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module
         raise ValueError("static INT8 quantization needs calibration_data (an iterable of input batches)")
     _, program, spec, layers = convert_pt2e_program(model, config, calibration_data,
                                                     lambda cfg, m: _quantizer(cfg, m))
-    out = Int8Model(program, spec, layers)
+    out = Int8Model(program, spec, layers, config=getattr(model, "config", None))
     _check_lowered(out)  # builds the oneDNN graph now, so failures surface at conversion time
     out.fairq_name = getattr(model, "fairq_name", None)
     return _tag(out.eval(), ENGINE_STATIC, (0, int8_ranges()[0]))
