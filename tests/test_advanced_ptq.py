@@ -287,3 +287,29 @@ def test_config_entries_fail_at_startup_with_the_entry_named():
         QuantizationSection))
     assert [c.config.bits for c in ok] == [4, 3] * 3
     assert json.loads(json.dumps(ok[0].config.to_dict()))["calibration"] == "balanced"
+
+
+# ---------------------------------------------------------------------------------------------- through the phases
+def test_a_balanced_cell_is_stored_with_its_natural_control_and_judged_against_it(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from fairq.cli import main
+    from test_engine_seams import TINY
+
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
+    args = ["--output_dir", str(tmp_path / "run"), *TINY, "--quantization.methods",
+            json.dumps([{"method": "gptq", "bits": 4, "calibration": "balanced"}, {"method": "awq", "bits": 4}]),
+            "--mitigation.methods", "[]"]
+    assert main(["--phase", "all", *args]) == 0
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv", keep_default_na=False)
+    gptq = m[m["method"] == "gptq"].set_index("variant")
+    assert sorted(gptq.index) == ["", "calibration=balanced"]  # the natural control was stored too
+    assert gptq.loc["calibration=balanced", "reference_method"] == "gptq" and gptq.loc["", "reference_method"] == ""
+    assert gptq.loc["calibration=balanced", "reference_config"] == gptq.loc["", "config"]
+    assert set(gptq["calibration_draw"]) == {"natural", "balanced"}
+    assert m.loc[m["method"] == "awq", "reference_method"].tolist() == [""]
+    findings = pd.read_csv(tmp_path / "run" / "tables" / "findings.csv")
+    judged = findings[(findings["finding"] == "mitigation_vs_ptq") & findings["claim"].str.startswith("gptq")]
+    # judged against the natural twin, never against itself (same method, so the variant alone must not decide)
+    assert len(judged) == 3 and set(judged["reference"]) == {"gptq w4"}
+    assert set(judged["config"]) == {"gptq w4 calibration=balanced"}
