@@ -313,3 +313,23 @@ def test_a_balanced_cell_is_stored_with_its_natural_control_and_judged_against_i
     # judged against the natural twin, never against itself (same method, so the variant alone must not decide)
     assert len(judged) == 3 and set(judged["reference"]) == {"gptq w4"}
     assert set(judged["config"]) == {"gptq w4 calibration=balanced"}
+
+
+def test_a_tied_mlm_decoder_is_quantized_without_touching_the_word_embeddings():
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32)
+    model = transformers.BertForMaskedLM(cfg).eval()
+    emb = model.bert.embeddings.word_embeddings.weight
+    assert model.cls.predictions.decoder.weight is emb  # tied, as in every BERT MLM
+    before = emb.detach().clone()
+    calib = [dict(input_ids=torch.randint(0, 64, (4, 10)), attention_mask=torch.ones(4, 10, dtype=torch.long))]
+    smoothed, _ = smooth(copy.deepcopy(model), AWQConfig(weight_bits=4), calib)
+    assert (_outputs(smoothed, calib) - _outputs(model, calib)).abs().max() <= 1e-4
+    for cfg_ in (GPTQConfig(weight_bits=3), AWQConfig(weight_bits=3), SmoothQuantConfig(weight_bits=4)):
+        q = compress(model, cfg_, MethodInputs(calibration=calib)).model
+        assert torch.equal(q.bert.embeddings.word_embeddings.weight, before), type(cfg_).__name__
+        decoder = {b for n, b in layer_bits(q).items() if n.startswith("cls.predictions.decoder")}
+        assert decoder == {cfg_.weight_bits}, type(cfg_).__name__  # (inside a ScaledInput after AWQ/SmoothQuant)

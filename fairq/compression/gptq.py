@@ -200,8 +200,9 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, calibration_data) -> tup
         if config.group_size is not None and config.group_size < d and d % config.group_size:
             skipped_groups.append(name)
         qweights[name], errors[name] = quantize_layer_gptq(mod, stats.pop(name).hessian, config)
-        with torch.no_grad():  # later layers (sequential) and the activation calibration see the quantized weights
-            mod.weight.copy_(qweights[name].dequantize().to(mod.weight.dtype))
+        # later layers (sequential) and the activation calibration see the quantized weights; a new Parameter, so a
+        # weight tied elsewhere (BERT's MLM decoder = the word embeddings) is not changed there
+        mod.weight = nn.Parameter(qweights[name].dequantize().to(mod.weight.dtype), requires_grad=False)
     unseen = [n for n in layers if n not in qweights]
     if unseen:
         warnings.warn(f"gptq: layers never called during calibration are rounded to nearest: {unseen}")

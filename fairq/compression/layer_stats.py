@@ -196,10 +196,11 @@ def scale_input_channels(model: nn.Module, name: str, scale: torch.Tensor, fold_
     explicit :class:`ScaledInput` in front of the layer. The float function is unchanged."""
     mod = model.get_submodule(name)
     scale = scale.detach().float().to(mod.weight.device)
+    cols = channel_to_columns(mod, scale)  # [G, d_g]
+    w = weight_3d(mod) * cols[:, None, :]
+    # a new Parameter: a weight tied elsewhere (BERT's MLM decoder = the word embeddings) keeps its values there
+    mod.weight = nn.Parameter(w.reshape(mod.weight.shape).to(mod.weight.dtype), requires_grad=mod.weight.requires_grad)
     with torch.no_grad():
-        cols = channel_to_columns(mod, scale)  # [G, d_g]
-        w = weight_3d(mod) * cols[:, None, :]
-        mod.weight.copy_(w.reshape(mod.weight.shape).to(mod.weight.dtype))
         if fold_into is not None:
             fold_into.weight.div_(scale.to(fold_into.weight.dtype))
             if fold_into.bias is not None:
