@@ -287,6 +287,12 @@ def test_config_entries_fail_at_startup_with_the_entry_named():
         QuantizationSection))
     assert [c.config.bits for c in ok] == [4, 3] * 3
     assert json.loads(json.dumps(ok[0].config.to_dict()))["calibration"] == "balanced"
+    # a balanced entry in the mitigation section runs at the widths its own method runs at in the quantization one
+    from fairq.sections import plan_run
+
+    plan = plan_run({"quantization": {"methods": [{"method": "gptq", "bits": [3, 5]}]},
+                     "mitigation": {"methods": [{"method": "gptq", "calibration": "balanced"}]}})
+    assert [c.config.bits for c in plan["mitigation"]] == [3, 5]
 
 
 # ---------------------------------------------------------------------------------------------- through the phases
