@@ -95,27 +95,33 @@ def _channel_view(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+#: unfolded elements per chunk (a conv's unfolded input is kh·kw times its input; chunks keep memory bounded)
+CHUNK_ELEMS = 2**24
+
+
 def _update(stats: InputStats, mod: nn.Module, x: torch.Tensor, *, hessian: bool, max_rows: int,
             generator: torch.Generator) -> None:
     xc = _channel_view(mod, x).abs()
     s, m = xc.sum(0), xc.amax(0)
     stats.abs_sum = s if stats.abs_sum is None else stats.abs_sum + s
     stats.abs_max = m if stats.abs_max is None else torch.maximum(stats.abs_max, m)
-    n_new = xc.shape[0]
-    if hessian or max_rows:
-        rows = input_rows(mod, x)  # [G, n, d]
+    stats.n += xc.shape[0]
+    if not (hessian or stats.sample_rows < max_rows):
+        return
+    per_sample = max(1, x[0].numel() * columns_per_channel(mod))
+    for xs in x.split(max(1, CHUNK_ELEMS // per_sample)):
+        rows = input_rows(mod, xs)  # [G, n, d]
         if hessian:
             # running mean of 2 x xᵀ over rows, as the GPTQ reference accumulates it
             h = 2.0 * rows.transpose(1, 2) @ rows
             old, total = stats.hessian_rows, stats.hessian_rows + rows.shape[1]
             stats.hessian = h / total if stats.hessian is None else stats.hessian * (old / total) + h / total
             stats.hessian_rows = total
-        if max_rows and stats.sample_rows < max_rows:
+        if stats.sample_rows < max_rows:
             take = min(max_rows - stats.sample_rows, rows.shape[1])
             idx = torch.randperm(rows.shape[1], generator=generator)[:take].to(rows.device)
             stats.sample.append(rows[:, idx])
             stats.sample_rows += take
-    stats.n += n_new
 
 
 class _Stop(Exception):
