@@ -83,7 +83,7 @@ def grid(mod: nn.Module, bits: int, *, per_channel: bool, symmetric: bool, group
     if grouped:
         rows = rows.reshape(out * (d // group_size), group_size)
     cls, spec = weight_observer(bits, per_channel, symmetric)
-    obs = cls(**({**spec, "ch_axis": 0} if per_channel else spec)).to(w.device)
+    obs = cls(**spec).to(w.device)  # per channel: axis 0 of ``rows`` (an output channel, or one group of it)
     obs(rows)
     scale, zp = obs.calculate_qparams()
     scale, zp = scale.float().to(w.device), zp.to(device=w.device, dtype=torch.int32)

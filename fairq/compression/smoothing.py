@@ -8,9 +8,10 @@ LayerNorm output also feeds the residual), an activation sits in between, or the
 an explicit per-channel input scale in front of the layer
 (:class:`~fairq.compression.layer_stats.ScaledInput`).
 
-* **AWQ** (Lin et al., 2024): ``s = mean|x|^α`` (normalised to geometric mean 1) with ``α`` on a grid in [0, 1]
-  chosen per layer by the output MSE of the quantized layer on sampled calibration inputs; ``α = 0`` is plain
-  round-to-nearest, so the chosen scale never does worse than RTN on those inputs.
+* **AWQ** (Lin et al., 2024): ``s = mean|x|^α`` (divided by ``sqrt(max s · min s)``, as AWQ's code does) with
+  ``α`` on a grid in [0, 1] chosen per layer by the output MSE of the layer with quantized weights (FP32 inputs,
+  as in AWQ) on sampled calibration inputs; ``α = 0`` is plain round-to-nearest, so the chosen scale never does
+  worse than RTN on those inputs.
 * **SmoothQuant** (Xiao et al., 2023): ``s_j = max|X_j|^α / max|W_j|^(1−α)`` moves activation outliers into the
   weights so per-tensor activation quantization loses less; then W8A8 (or WkA8).
 
