@@ -222,6 +222,8 @@ def plan_run(sections: dict) -> dict[str, list[PlannedCell]]:
         from fairq.compression.registry import get_method
 
         ref = get_method(method).config_cls.reference_method
+        if not isinstance(ref, str):  # a per-setting reference (advanced PTQ's balanced draw): the method itself
+            ref = method
         return sorted(int(b) for b in ref_widths.get(ref, [])) or list(FALLBACK_BITS)
 
     planned["mitigation"] = plan_section("mitigation", mitig, default_bits=mitigation_bits)

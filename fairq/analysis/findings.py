@@ -226,14 +226,19 @@ def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group
         if "simulation" in m.columns:  # and the same simulation (deployed graph vs per-layer input)
             sim = m["simulation"].fillna("").astype(str)
             cand = cand[sim.loc[cand.index].to_numpy() == str(frame["simulation"].fillna("").iloc[0])]
+        cand = cand[cand["config"].to_numpy() != frame["config"].iloc[0]]  # a setting is never its own reference
         if cand.empty:
             continue
-        # The natural control of a mitigation run with non-default options (e.g. balanced calibration with a
-        # percentile observer) is plain PTQ with the same options; else the default PTQ cell (or its
-        # backend-pinned twin, the control a simulated mitigation stores next to real INT8 PTQ).
+        # The control cell the setting named (``reference_config``, e.g. gptq's natural-draw twin of a balanced
+        # draw) when stored. Else (older stores): the natural control of a mitigation run with non-default options
+        # (e.g. balanced calibration with a percentile observer) is plain PTQ with the same options; else the
+        # default PTQ cell (or its backend-pinned twin, the control a simulated mitigation stores next to real
+        # INT8 PTQ).
         same = cand[cand["variant"] == frame["variant"].iloc[0]]
         plain = cand[cand["variant"].isin(["", f"backend={backend}", "backend=simulated_simulation=layer_input"])]
-        cand = same if not same.empty else (plain if not plain.empty else cand)
+        named = str(frame["reference_config"].iloc[0]) if "reference_config" in m.columns else ""
+        exact = cand[cand["config"].to_numpy() == named] if named else cand.iloc[:0]
+        cand = exact if not exact.empty else same if not same.empty else (plain if not plain.empty else cand)
         ref = cand[cand["config"] == cand["config"].iloc[0]]
         for metric, hyp, verb in _MITIGATION_CLAIMS:
             res = _paired_claim(store, _by_seed(ref), _by_seed(frame), metric, n_bootstrap=n_bootstrap,

@@ -134,7 +134,7 @@ class Store:
 
 
 _TEXT = ("cell", "variant", "backend", "target", "dataset", "model", "method", "sensitive_attributes",
-         "predictions", "phase", "family", "reference_method", "simulation", "task")
+         "predictions", "phase", "family", "reference_method", "reference_config", "simulation", "task")
 
 
 def _read_metrics(run: RunStore) -> pd.DataFrame:

@@ -8,6 +8,9 @@ This package registers the quantization methods; the mitigations register from :
 above, never imported from here). :mod:`fairq.methods` loads every shipped method.
 """
 from .api import apply_quantization, compress, effective_weights, layer_bits, quantize
+from .advanced_ptq import AdvancedPTQConfig, RTNConfig
+from .gptq import GPTQConfig
+from .smoothing import AWQConfig, SmoothQuantConfig
 from .config import DynamicConfig, MixedPrecisionConfig, PTQConfig, QATConfig
 from .measure import measure_latency, measure_latency_paired, model_size, model_size_mb
 from .mixed_precision import MixedPrecisionPlan
@@ -24,5 +27,6 @@ __all__ = [
     "MixedPrecisionPlan", "METHODS", "register_method", "make_config", "get_method", "prepare_qat", "convert_qat",
     "compress", "MethodInputs", "MethodResult", "Artifact", "MagnitudePruneConfig", "magnitude_prune",
     "sparsity_audit", "save_sparse", "load_sparse", "count_params", "count_flops", "ChannelPruneConfig",
-    "HeadPruneConfig", "channel_prune", "head_prune",
+    "HeadPruneConfig", "channel_prune", "head_prune", "AdvancedPTQConfig", "RTNConfig", "GPTQConfig", "AWQConfig",
+    "SmoothQuantConfig",
 ]

@@ -20,7 +20,9 @@ from .observers import act_spec, qrange, weight_observer
 
 @dataclass
 class QuantizedWeight:
-    """Integer codes (int8 storage for any k ≤ 8) with per-channel (axis 0) or per-tensor scale/zero-point."""
+    """Integer codes (int8 storage for any k ≤ 8) with per-channel (axis 0) or per-tensor scale/zero-point, or
+    grouped ones: ``scale`` of shape ``[out, groups]`` over equal slices of each output channel's flattened input
+    (GPTQ's ``group_size``; ≤ 2**k levels then holds per group)."""
 
     codes: torch.Tensor
     scale: torch.Tensor
@@ -36,7 +38,13 @@ def _per_axis0(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
-    """``(codes - zero_point) * scale`` with scale/zero-point broadcast along axis 0."""
+    """``(codes - zero_point) * scale`` with scale/zero-point broadcast along axis 0 (or, for a 2-D ``[out,
+    groups]`` scale, along each output channel's equal input slices)."""
+    if scale.dim() == 2:
+        out, groups = scale.shape
+        c = codes.to(torch.float32).reshape(out, groups, -1)
+        z = zero_point.to(torch.float32).reshape(out, groups, 1)
+        return ((c - z) * scale.to(torch.float32).reshape(out, groups, 1)).reshape(codes.shape)
     s, z = _per_axis0(scale, codes), _per_axis0(zero_point, codes)
     return (codes.to(torch.float32) - z.to(torch.float32)) * s.to(torch.float32)
 

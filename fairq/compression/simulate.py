@@ -42,8 +42,11 @@ class _Observing(nn.Module):
 def quantize_layers(model: nn.Module, layer_bits: dict[str, int], *, per_channel: bool = True,
                     symmetric: bool = True, act_bits: int | None = 8, act_mode: str | None = "static",
                     observer: str = "minmax", percentile: float = 99.99, act_symmetric: bool = False,
-                    calibration_data=None, calibration_batches: int | None = None) -> nn.Module:
+                    calibration_data=None, calibration_batches: int | None = None,
+                    qweights: dict | None = None) -> nn.Module:
     """Replace each ``name`` in ``layer_bits`` by a simulated INT-``bits`` layer, in place; returns ``model``.
+
+    ``qweights``: ``{name: QuantizedWeight}`` codes computed elsewhere (GPTQ) used instead of round-to-nearest.
 
     With ``act_mode="static"`` the inputs of those layers are observed on ``calibration_data`` in the float
     model first (as torch.ao/PT2E calibrate), then frozen into per-tensor ``act_bits`` parameters.
@@ -77,7 +80,7 @@ def quantize_layers(model: nn.Module, layer_bits: dict[str, int], *, per_channel
         mode = act_mode if (act_mode != "static" or name in qparams) else None
         new = FakeQuantLayer.from_float(layers[name], bits, per_channel=per_channel, symmetric=symmetric,
                                         act_bits=act_bits, act_mode=mode, act_symmetric=act_symmetric,
-                                        act_qparams=qparams.get(name))
+                                        act_qparams=qparams.get(name), qweight=(qweights or {}).get(name))
         set_layer(model, name, new)
     model.fairq_simulation = "layer_input"  # recorded with the cell: which simulation built this model
     return model

@@ -72,12 +72,20 @@ class _ModelCells:
             self.ctx.store.write_json(rel, art.content)
             if art.column:
                 extra[art.column] = rel
-        extra.update(config=json.dumps(config.to_dict(), sort_keys=True, default=str), phase=self.phase,
-                     family=method.family, reference_method=type(config).reference_method)
+        extra.update(config=_config_json(config), phase=self.phase, family=method.family,
+                     reference_method=config.reference_method)
+        # the control cell this setting is judged against, exactly (analysis falls back to matching variants)
+        ref = [c for c in config.controls() if method_of(c).name == config.reference_method]
+        if config.reference_method and ref:
+            extra["reference_config"] = _config_json(ref[0])
         self.rows.append(self.ctx.evaluate_cell(result.model, model_name=self.model_name, method=method.name,
                                                 weight_bits=result.weight_bits, act_bits=result.act_bits,
                                                 variant=config.variant(), extra=extra, cell=cell,
                                                 reference=self.baseline))
+
+
+def _config_json(config) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True, default=str)
 
 
 def run_one(ctx: RunContext, phase: str, model_name: str, index: int) -> list[dict]:
