@@ -390,3 +390,59 @@ def test_text_probe_scores_held_out_items_per_category(tmp_path):
     assert (np.isfinite(np.vstack(list(res.scores.values()))).sum(0) <= 1).all()
     att = cached_attribution(model, probe)
     assert len(att.rows) == 4 * len(res.bias) and all(np.isfinite(r["delta_bias"]) for r in att.rows)
+
+
+# ---------------------------------------------------------------- through the phases and analysis
+@pytest.fixture(scope="module")
+def soft_run(tmp_path_factory):
+    import os
+
+    from fairq.cli import main
+    from test_engine_seams import TINY
+
+    root = tmp_path_factory.mktemp("soft")
+    os.environ.setdefault("FAIRQ_CACHE", str(root / "cache"))
+    out = root / "run"
+    methods = [{"method": "soft_head_pruning", "alpha": [0.5, 1.0], "models": ["tiny_vit"]}]
+    args = ["--output_dir", str(out), *TINY, "--models", "[tiny_cnn, tiny_vit]",
+            "--quantization.methods", json.dumps(methods)]
+    for phase in ("baseline", "quantization"):
+        assert main(["--phase", phase, *args]) == 0
+    assert main(["--phase", "analysis", *args, "--analysis.figures", "true"]) == 0
+    return out
+
+
+def test_soft_pruning_cells_run_on_attention_models_only_and_store_the_attribution(soft_run):
+    import pandas as pd
+
+    m = pd.read_csv(soft_run / "metrics.csv", keep_default_na=False)
+    soft = m[m["method"] == "soft_head_pruning"]
+    assert set(soft["model"]) == {"tiny_vit"} and sorted(soft["variant"]) == ["alpha=0.5", "alpha=1"]
+    assert set(soft["family"]) == {"soft_pruning"} and (soft["alpha"].astype(float).isin([0.5, 1.0])).all()
+    for _, r in soft.iterrows():
+        art = json.loads((soft_run / r["head_attribution"]).read_text())
+        assert art["split"] == "validation" and art["alpha"] == float(r["alpha"])
+        assert {c for c in art["bias"]} == {"Male", "Young", "intersectional"}
+    # one attribution for the sweep: both cells hold the same table
+    a, b = (json.loads((soft_run / p).read_text())["rows"] for p in soft["head_attribution"])
+    assert a == b
+
+
+def test_analysis_draws_the_heatmap_and_the_alpha_tradeoff_from_the_deltas(soft_run):
+    import pandas as pd
+
+    att = pd.read_csv(soft_run / "tables" / "head_attribution.csv")
+    assert len(att) == 2 * 4 * 3 and set(att["head"]) == {0, 1} and set(att["layer"]) == {0, 1}  # 2 cells × 4 heads
+    trade = pd.read_csv(soft_run / "tables" / "soft_pruning_tradeoff.csv")
+    deltas = pd.read_csv(soft_run / "tables" / "deltas.csv")
+    assert sorted(trade["alpha"].unique()) == [0.0, 0.5, 1.0]
+    assert set(trade["metric"]) == {"accuracy", "worst_group_accuracy", "demographic_parity_difference",
+                                    "equalized_odds_difference"}
+    assert set(trade["group"]) == {"all"} and trade["attributes"].nunique() == 1
+    pts = trade[trade["alpha"] > 0].merge(deltas, on=["cell", "attributes", "group", "metric"], suffixes=("", "_d"))
+    assert len(pts) == 2 * 4 and np.allclose(pts["value"], pts["value_d"]) and np.allclose(
+        pts["p_adjusted"].astype(float), pts["p_adjusted_d"].astype(float), equal_nan=True)
+    assert (soft_run / "figures" / "heads_synthetic_tiny_vit.png").is_file()
+    assert (soft_run / "figures" / "soft_pruning_synthetic_tiny_vit.png").is_file()
+    report = (soft_run / "report.html").read_text()
+    assert "Soft head pruning: attribution and trade-off" in report and "data:image/png;base64," in report
