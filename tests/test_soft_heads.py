@@ -426,6 +426,11 @@ def test_soft_pruning_cells_run_on_attention_models_only_and_store_the_attributi
     # one attribution for the sweep: both cells hold the same table
     a, b = (json.loads((soft_run / p).read_text())["rows"] for p in soft["head_attribution"])
     assert a == b
+    # selected on validation, measured on test: no sample in both
+    for _, r in soft.iterrows():
+        val_ids = set(json.loads((soft_run / r["head_attribution"]).read_text())["item_ids"])
+        test_ids = set(pd.read_parquet(soft_run / r["predictions"])["sample_id"])
+        assert len(val_ids) >= 30 and len(test_ids) >= 100 and not val_ids & test_ids
 
 
 def test_analysis_draws_the_heatmap_and_the_alpha_tradeoff_from_the_deltas(soft_run):
@@ -446,3 +451,40 @@ def test_analysis_draws_the_heatmap_and_the_alpha_tradeoff_from_the_deltas(soft_
     assert (soft_run / "figures" / "soft_pruning_synthetic_tiny_vit.png").is_file()
     report = (soft_run / "report.html").read_text()
     assert "Soft head pruning: attribution and trade-off" in report and "data:image/png;base64," in report
+
+
+def test_text_soft_pruning_selects_on_held_out_items_and_is_scored_on_the_others(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from fairq.cli import main
+    from test_text_pipeline import CONFIG
+
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
+    _write_items(tmp_path)
+    out = tmp_path / "run"
+    data = {"root": str(tmp_path), "intersentence": False, "bbq": False, "probes": False, "stereoset_items": 12,
+            "crows_items": 10, "validation_items": 100}
+    args = ["--config", str(CONFIG), "--output_dir", str(out), "--data.init_args", json.dumps(data),
+            '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 10, "batch_size": 16, "n_sentences": 200, '
+            '"hidden_size": 16, "intermediate_size": 32, "negatives": 64}}',
+            "--evaluation.progress", "false", "--evaluation.latency_repeats", "1",
+            "--quantization.methods", json.dumps([{"method": "soft_head_pruning", "alpha": [0.5, 1.0]}]),
+            '--analysis={"n_bootstrap": 30}']
+    assert main(["--phase", "all", *args]) == 0
+    m = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    soft = m[m["method"] == "soft_head_pruning"]
+    assert sorted(soft["variant"]) == ["alpha=0.5", "alpha=1"]
+    for _, r in soft.iterrows():
+        art = json.loads((out / r["head_attribution"]).read_text())
+        assert set(art["bias"]) == {"stereoset:gender", "stereoset:profession", "stereoset:race",
+                                    "stereoset:religion", "crows:age", "crows:gender"}
+        scored = set(pd.read_parquet(out / r["predictions"])["sample_id"])
+        assert len(art["item_ids"]) == 48 + 20 and len(scored) == 12 + 10 and not scored & set(art["item_ids"])
+    trade = pd.read_csv(out / "tables" / "soft_pruning_tradeoff.csv")
+    assert sorted(trade["alpha"].unique()) == [0.0, 0.5, 1.0]
+    assert {"stereoset_intra_ss", "crows_metric", "stereoset_intra_lms"} <= set(trade["metric"])
+    scores = pd.read_csv(out / "tables" / "text_scores.csv")
+    pts = trade[trade["alpha"] > 0].merge(scores, on=["cell", "metric"], suffixes=("", "_s"))
+    assert len(pts) and np.allclose(pts["value"], pts["value_s"]) and pts["p_adjusted"].notna().all()
+    assert list((out / "figures").glob("heads_*.png")) and list((out / "figures").glob("soft_pruning_*.png"))
+    assert "Soft head pruning" in (out / "report.html").read_text()

@@ -124,13 +124,15 @@ class ProbeResult:
     """One model's bias on a probe's items.
 
     ``bias``: category → bias measure (≥ 0, larger = more biased); ``utility``: one number (higher = better);
-    ``scores``: category → per-item bias score over all items of the probe (NaN where an item does not count).
+    ``scores``: category → per-item bias score over all items of the probe (NaN where an item does not count);
+    ``item_ids``: the items' sample ids (recorded, so that a run can show selection and test never overlap).
     """
 
     bias: dict[str, float]
     utility: float
     utility_name: str
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    item_ids: list[str] = field(default_factory=list)
 
 
 class BiasProbe(Protocol):
@@ -202,7 +204,7 @@ class GroupGapProbe:
             raise ValueError(f"no sensitive attribute has two levels with ≥ {self.min_group_size} validation samples")
         if self._reference is None:
             self._reference = ref
-        return ProbeResult(bias, float((p.pred == p.target).mean()), "accuracy", scores)
+        return ProbeResult(bias, float((p.pred == p.target).mean()), "accuracy", scores, list(p.sample_ids))
 
     def item_batches(self):
         for raw in self.batches:
@@ -272,8 +274,8 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 @dataclass
 class HeadAttribution:
     """The attribution of every head: ``rows`` (one per block × head × category: ``layer, block, head, category,
-    delta_bias, delta_utility, correlation``), the unablated model's ``bias`` / ``utility`` and the probe's
-    ``bias_name`` / ``utility_name``."""
+    delta_bias, delta_utility, correlation``), the unablated model's ``bias`` / ``utility``, the probe's
+    ``bias_name`` / ``utility_name`` and the ``item_ids`` it was measured on."""
 
     rows: list[dict[str, Any]]
     bias: dict[str, float]
@@ -281,6 +283,7 @@ class HeadAttribution:
     bias_name: str
     utility_name: str
     blocks: list[dict[str, Any]]
+    item_ids: list[str] = field(default_factory=list)
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per head: ``effect`` (mean ``delta_bias`` over categories), ``consistency`` (share of
@@ -301,7 +304,7 @@ class HeadAttribution:
         """Plain JSON (NaN as ``null``)."""
         return _json_safe({"bias_name": self.bias_name, "utility_name": self.utility_name, "bias": self.bias,
                            "utility": self.utility, "blocks": self.blocks, "rows": self.rows,
-                           "heads": self.summary()})
+                           "heads": self.summary(), "item_ids": self.item_ids})
 
 
 def _json_safe(obj):
@@ -337,7 +340,8 @@ def attribute_heads(model: nn.Module, probe: BiasProbe, blocks: Sequence[_Heads]
                              "delta_bias": float(after - before), "delta_utility": float(abl.utility - base.utility),
                              "correlation": _pearson(a, score) if score is not None else np.nan})
     return HeadAttribution(rows, base.bias, base.utility, probe.bias_name, base.utility_name,
-                           [{"layer": i, "block": b.name, "num_heads": b.num_heads} for i, b in enumerate(blocks)])
+                           [{"layer": i, "block": b.name, "num_heads": b.num_heads} for i, b in enumerate(blocks)],
+                           list(base.item_ids))
 
 
 #: the last few attributions, keyed by (model weights, probe items): an α sweep is one attribution, not one per cell.

@@ -15,7 +15,8 @@ in a config restrict the entry to the attention models (``models: [tiny_vit]``).
 Records: ``alpha``, ``heads_selected`` (count), ``selected_heads`` (``block:head`` list), ``heads_total``,
 ``val_bias_before`` / ``val_bias_after`` (mean bias over the validation categories before / after the scaling —
 the selection split, for orientation only; the findings come from the test split) and the artifact
-``heads/<cell>.json`` (column ``head_attribution``): the whole attribution table, the selection and α.
+``heads/<cell>.json`` (column ``head_attribution``): the whole attribution table, the selection, α and the ids of
+the validation items it was measured on.
 """
 from __future__ import annotations
 

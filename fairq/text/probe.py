@@ -85,7 +85,7 @@ class TextBiasProbe:
         if not bias:
             raise NoValidationItemsError(f"no held-out category has ≥ {self.min_items} scored items")
         lms = stereoset_metrics(ss, "m")["m_lms"] if len(ss) else float("nan")
-        return ProbeResult(bias, float(lms), "stereoset_lms", scores)
+        return ProbeResult(bias, float(lms), "stereoset_lms", scores, list(self.ids))
 
     def key(self) -> tuple:
         """What the attribution depends on: the held-out items (their ids) and the category floor."""
