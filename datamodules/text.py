@@ -84,7 +84,7 @@ class TextDataModule(FairqDataModule):
                  crows: bool = True, bbq: bool = True, stereoset_items: Optional[int] = None,
                  crows_items: Optional[int] = None, bbq_items: Optional[int] = None,
                  bbq_categories: Optional[list[str]] = None, probes: bool = True, batch_size: int = 64,
-                 max_tokens: int = 8192, calibration_max_len: int = 64, validation_items: int = 200,
+                 max_tokens: int = 8192, calibration_max_len: int = 64, validation_items: int = 100,
                  seed: int = 0):
         super().__init__()
         if batch_size <= 0 or max_tokens <= 0:

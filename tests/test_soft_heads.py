@@ -154,13 +154,13 @@ def test_scaling_touches_exactly_the_selected_heads(kind):
 @pytest.mark.parametrize("kind", ["vit", "bert"])
 def test_ablation_silences_the_head_output(kind):
     """q/k/v scaled to 0 → the head's slice of the output projection's input is exactly 0 (= zeroing its columns)."""
+    from fairq.compression.data import iter_model_inputs
     from fairq.compression.heads import head_activations
 
     zoo = _build(kind)
     model = copy.deepcopy(zoo.model)
     blocks = head_blocks(model)
-    batches = [(a, k, None) for a, k in __import__("fairq.compression.data", fromlist=["x"]).iter_model_inputs(
-        zoo.calib)]
+    batches = [(a, k, None) for a, k in iter_model_inputs(zoo.calib)]
     with heads_scaled(blocks, {blocks[0].name: [0]}, 0.0):
         acts = head_activations(model, blocks, batches)
     assert np.all(acts[blocks[0].name][:, 0] == 0) and np.all(acts[blocks[0].name][:, 1] > 0)

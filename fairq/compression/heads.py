@@ -43,7 +43,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -407,10 +407,3 @@ def select_heads(attribution: HeadAttribution, n: int, *, rank_by: str = "ablati
     for s in cands[:n]:
         out.setdefault(s["block"], []).append(int(s["head"]))
     return {k: sorted(v) for k, v in out.items()}
-
-
-def iter_probe_items(batches, task=None) -> Iterator[tuple[tuple, dict, torch.Tensor | None]]:
-    """``(args, kwargs, attention mask or None)`` of dict batches (keyword inputs keep their attention mask)."""
-    for raw in batches:
-        b = split_batch(raw, task)
-        yield b.args, b.kwargs, b.kwargs.get("attention_mask")
