@@ -73,6 +73,11 @@ class TextDataModule(FairqDataModule):
         for full StereoSet / CrowS-Pairs runs of a bert-base, not for the tiny default.
     calibration_max_len
         Token cap of calibration sentences.
+    validation_items
+        Held-out StereoSet / CrowS-Pairs items per benchmark (seeded, stratified like the scored subset, drawn only
+        from the items *not* scored, so validation and test never share an item and the scored subset is the same
+        with or without them): what methods that select on validation (``soft_head_pruning``) read through
+        ``val_dataloader().bias_probe``. ``0`` = none; fewer when fewer items are left over.
     seed
         Seed of the subsets and calibration draws.
     """
@@ -83,8 +88,8 @@ class TextDataModule(FairqDataModule):
                  crows: bool = True, bbq: bool = True, stereoset_items: Optional[int] = None,
                  crows_items: Optional[int] = None, bbq_items: Optional[int] = None,
                  bbq_categories: Optional[list[str]] = None, probes: bool = True, batch_size: int = 64,
-                 max_tokens: int = 8192, calibration_max_len: int = 64, seed: int = 0,
-                 compile_engine: bool = False):
+                 max_tokens: int = 8192, calibration_max_len: int = 64, validation_items: int = 100,
+                 seed: int = 0, compile_engine: bool = False):
         super().__init__()
         if batch_size <= 0 or max_tokens <= 0:
             raise UserError(f"batch_size and max_tokens must be positive, got {batch_size}, {max_tokens}")
@@ -97,6 +102,10 @@ class TextDataModule(FairqDataModule):
         self.batch_size, self.max_tokens = int(batch_size), int(max_tokens)
         self.compile_engine = bool(compile_engine)
         self.calibration_max_len = int(calibration_max_len)
+        if isinstance(validation_items, bool) or not isinstance(validation_items, int) or validation_items < 0:
+            raise UserError(f"validation_items must be an int ≥ 0, got {validation_items!r}")
+        self.validation_items = validation_items
+        self.heldout: dict[str, list] = {}
         self.seed = int(seed)
         self.target_name = "preferred_option"
         self.num_classes = 3
@@ -150,6 +159,7 @@ class TextDataModule(FairqDataModule):
             self._skipped["stereoset"] = skipped.to_dict()
             self._calibration_text = [it.context for it in inter]
             self.items["stereoset"] = _subset(intra, self.limits["stereoset"], lambda it: it.bias_type, self.seed)
+            self.heldout["stereoset"] = self._heldout(intra, self.items["stereoset"], lambda it: it.bias_type)
             if self.use["stereoset_inter"]:
                 self.items["stereoset_inter"] = _subset(inter, self.limits["stereoset"], lambda it: it.bias_type,
                                                         self.seed)
@@ -160,6 +170,7 @@ class TextDataModule(FairqDataModule):
             skipped.log("CrowS-Pairs")
             self._skipped["crows"] = skipped.to_dict()
             self.items["crows"] = _subset(pairs, self.limits["crows"], lambda p: p.bias_type, self.seed)
+            self.heldout["crows"] = self._heldout(pairs, self.items["crows"], lambda p: p.bias_type)
             self._sizes["crows"] = {"read": len(pairs), "scored": len(self.items["crows"])}
         if self.use["bbq"]:
             items, skipped = td.read_bbq(root / "bbq", self.bbq_categories)
@@ -182,10 +193,17 @@ class TextDataModule(FairqDataModule):
             self._calibration_text = generate_corpus(TinyBertSpec(n_sentences=2000, seed=self.seed + 1))
         self._ready = True
 
+    def _heldout(self, items: list, scored: list, key) -> list:
+        """Up to ``validation_items`` of the items not in ``scored`` (seeded, stratified by ``key``)."""
+        taken = {id(it) for it in scored}
+        rest = [it for it in items if id(it) not in taken]
+        return _subset(rest, self.validation_items, key, self.seed + 1) if self.validation_items else []
+
     def describe(self) -> dict[str, Any]:
         self.setup()
         return {"dataset": self.dataset_name, "root": str(self.root), "benchmarks": self.use,
                 "subset_sizes": self.limits, "subset_seed": self.seed, "sizes": self._sizes,
+                "validation_items": {k: len(v) for k, v in self.heldout.items()},
                 "skipped": self._skipped, "bbq_categories": self.bbq_categories,
                 "note": "per-item results in predictions/<cell>.parquet; subsets are seeded and stratified"}
 
@@ -211,8 +229,10 @@ class TextDataModule(FairqDataModule):
         idx = rng.choice(len(self._calibration_text), size=min(n, len(self._calibration_text)), replace=False)
         return self._text_batches([self._calibration_text[i] for i in idx], batch_size or 32)
 
-    def val_dataloader(self) -> list[dict]:
-        return self.calibration_dataloader(128, seed=self.seed + 1)
+    def val_dataloader(self) -> "TextValidation":
+        """Sentences never scored (as calibration batches), carrying ``.bias_probe``: the held-out benchmark items
+        (``validation_items``) as a :class:`fairq.text.probe.TextBiasProbe`, built on first use."""
+        return TextValidation(self.calibration_dataloader(128, seed=self.seed + 1), self)
 
     def split_dataloader(self, split: str, *, batch_size: Optional[int] = None, **_) -> list[dict]:
         """Latency batches: sentences of the calibration pool (the cells' scoring runs through the task)."""
@@ -224,3 +244,20 @@ class TextDataModule(FairqDataModule):
     def train_dataloader(self):
         raise UserError("text cells have no training split: methods that train (qat, fairness_finetune, …) are not "
                         "supported for masked LMs yet; use ptq_static, ptq_dynamic or mixed_precision")
+
+
+class TextValidation(list):
+    """The text validation loader: a list of tokenized sentence batches (what methods that run the model on
+    validation inputs read) with ``bias_probe()``: the held-out scored items for methods that select on a bias
+    measure (never the items a cell is scored on)."""
+
+    def __init__(self, batches: list, datamodule: TextDataModule):
+        super().__init__(batches)
+        self.datamodule = datamodule
+
+    def bias_probe(self):
+        from fairq.text.probe import TextBiasProbe
+
+        dm = self.datamodule
+        dm.setup()
+        return TextBiasProbe(dm.heldout, dm.tokenizer_or_fail(), batch_size=dm.batch_size, max_tokens=dm.max_tokens)

@@ -6,6 +6,8 @@ A method entry is ``{method: NAME, bits: B, **fields of NAME's config dataclass}
 * ``bits`` (alias ``bit_width``) fills the config's bits field; a list of widths is one cell per width;
 * any other field given as a list where the config expects a single value (e.g. ``lam: [0.0, 5.0]``) is a sweep:
   one cell per value (widths outer, sweeps inner);
+* ``models: [NAME, ...]`` restricts an entry to those of the run's models (e.g. a method for attention models
+  only, in a run that also has a CNN);
 * a mitigation entry without ``bits`` runs at the section's ``bits``, else at the widths its reference method
   (``config.reference_method``, e.g. ``ptq_static``) runs at in the ``quantization`` section, else at 4 and 8.
 
@@ -126,6 +128,10 @@ class PlannedCell:
     config: Any
     entry: str  # e.g. "mitigation.methods[2]"
     family: str
+    models: tuple[str, ...] | None = None  # the entry's `models:` (None = every configured model)
+
+    def runs_on(self, model_name: str) -> bool:
+        return self.models is None or model_name in self.models
 
 
 def section_of(value, cls):
@@ -180,6 +186,11 @@ def plan_section(name: str, section, *, default_bits=None) -> list[PlannedCell]:
             raise ConfigError(f"{where}: unknown method {method!r}{_did_you_mean(method, registry)}; registered: "
                               f"{', '.join(sorted(registry))}")
         spec = get_method(method)
+        models = entry.pop("models", None)
+        if models is not None:
+            models = (models,) if isinstance(models, str) else tuple(models)
+            if not models or not all(isinstance(m, str) for m in models):
+                raise ConfigError(f"{where} ({method}): models must be a list of model names, got {raw['models']!r}")
         bits = entry.pop("bits", entry.pop("bit_width", None))
         widths = _as_list(bits) if bits is not None else (default_bits(method) if default_bits else None) or [None]
         scalar = _scalar_fields(spec.config_cls)
@@ -194,7 +205,7 @@ def plan_section(name: str, section, *, default_bits=None) -> list[PlannedCell]:
                     config.check()
                 except (TypeError, ValueError) as err:
                     raise ConfigError(f"{where} ({method}): {err}") from None
-                out.append(PlannedCell(method, config, where, spec.family))
+                out.append(PlannedCell(method, config, where, spec.family, models))
     return out
 
 

@@ -3,7 +3,7 @@
 Reads only ``<output_dir>/metrics.csv`` and ``<output_dir>/predictions/*.parquet``; never trains or evaluates.
 Entry point: :func:`run_analysis`. Modules: ``load`` (store reader), ``pairs`` (baseline pairing, scopes),
 ``stats`` (paired tests, BH), ``deltas``, ``flips``, ``pareto``, ``findings``, ``tables``, ``figures``,
-``curves`` (sparsity curves of pruned cells), ``report``.
+``curves`` (sparsity curves of pruned cells), ``heads`` (soft head pruning: attribution, α trade-off), ``report``.
 """
 
 from __future__ import annotations
@@ -71,8 +71,26 @@ def _split_text(store):
     return part(~is_text), part(is_text)
 
 
+def _soft_pruning(out: Path, store, scores: pd.DataFrame, *, text: bool, figures: bool, level: str):
+    """Head attribution + α trade-off tables and figures of ``soft_head_pruning`` cells (:mod:`.heads`); returns
+    ``(tables {name: frame}, figure paths, report html)``, all empty without such cells."""
+    from .heads import head_attribution_table, heads_report_html, soft_pruning_tradeoff, write_head_figures
+    from .report import _table
+
+    attribution = head_attribution_table(store.metrics, out)
+    tradeoff = soft_pruning_tradeoff(scores, store.metrics, text=text)
+    if attribution.empty and tradeoff.empty:
+        return {}, [], ""
+    figs = write_head_figures(attribution, tradeoff, out / "figures", level) if figures else []
+    tables = {"head_attribution": attribution, "soft_pruning_tradeoff": tradeoff}
+    return tables, figs, heads_report_html(attribution, tradeoff, figs, _table)
+
+
 def _finish_text_only(out: Path, text, result: dict, *, report: bool, t0: float, meta: dict) -> dict:
     tables = {name: text.write_csv(f"tables/text_{name}.csv", frame) for name, frame in result.items()}
+    extra_tables, fig_paths, heads_html = _soft_pruning(out, text, result["scores"], text=True,
+                                                        figures=meta.get("figures", True), level="95%")
+    tables.update({name: text.write_csv(f"tables/{name}.csv", frame) for name, frame in extra_tables.items()})
     report_path = None
     if report:
         import html
@@ -85,11 +103,11 @@ def _finish_text_only(out: Path, text, result: dict, *, report: bool, t0: float,
         head = (f"<h1>fairq analysis report</h1><p class='note'>{html.escape(str(out))} · {len(text.cells)} cells · "
                 f"{meta['n_bootstrap']} bootstrap resamples, seed {meta['seed']}, alpha {meta['alpha']} · "
                 "p-values Benjamini–Hochberg adjusted across the text tests of the run.</p>")
-        body = head + text_report_html(result, text.metrics, _table)
+        body = head + text_report_html(result, text.metrics, _table) + heads_html
         report_path = out / "report.html"
         atomic_write_text(report_path, "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fairq "
                           f"analysis report</title><style>{_CSS}</style></head><body>{body}</body></html>")
-    return {"tables": tables, "figures": [], "report": report_path, "findings": pd.DataFrame(),
+    return {"tables": tables, "figures": fig_paths, "report": report_path, "findings": pd.DataFrame(),
             "deltas": result["scores"], "text": result, "seconds": time.perf_counter() - t0}
 
 
@@ -144,7 +162,7 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
         text_result = analyze_text(text, n_bootstrap=n_bootstrap, seed=seed, confidence=conf)
     if store is None:  # a text-only run: its own tables and report section
         return _finish_text_only(out, text, text_result, report=report, t0=t0,
-                                 meta={"n_bootstrap": n_bootstrap, "seed": seed, "alpha": alpha})
+                                 meta={"n_bootstrap": n_bootstrap, "seed": seed, "alpha": alpha, "figures": figures})
     deltas, pairs = compute_deltas(store, n_bootstrap=n_bootstrap, n_permutations=n_perm, seed=seed,
                                    confidence=conf, min_group_size=min_group_size, progress=progress)
     summary = summarize_seeds(deltas, pairs, n_bootstrap=n_bootstrap, n_permutations=n_perm, seed=seed,
@@ -175,6 +193,10 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
         csvs["exemplar_samples"] = exemplars[exemplars["exemplar"]]
     if text_result is not None:
         csvs.update(text_scores=text_result["scores"], text_flips=text_result["flips"])
+    level = f"{conf * 100:g}%"
+    heads_tables, heads_figs, heads_html = _soft_pruning(out, store, deltas, text=False, figures=figures,
+                                                         level=level)
+    csvs.update(heads_tables)
     for name, frame in csvs.items():
         tables[name] = store.write_csv(f"tables/{name}.csv", frame)
     level = f"{conf * 100:g}%"
@@ -191,6 +213,7 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
 
         fig_paths = write_figures(deltas, flips, pareto, out / "figures", level)
         fig_paths += write_sparsity_figures(curves, out / "figures", level)
+        fig_paths += heads_figs
     report_path = None
     if report:
         from .report import write_report
@@ -203,6 +226,7 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
             from .text import text_report_html
 
             extra = text_report_html(text_result, text.metrics, _table)
+        extra = heads_html + extra
         report_path = write_report(out / "report.html", deltas=deltas, flips=flips, findings=findings,
                                    pareto=pareto, makeup=makeup, meta=meta, extra_html=extra)
     return {"tables": tables, "figures": fig_paths, "report": report_path, "findings": findings, "deltas": deltas,

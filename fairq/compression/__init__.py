@@ -19,6 +19,7 @@ from .qat import convert_qat, prepare_qat
 from .registry import METHODS, Artifact, MethodInputs, MethodResult, get_method, make_config, register_method
 from .structured import ChannelPruneConfig, HeadPruneConfig, channel_prune, head_prune
 from .sparsity import count_flops, count_params, load_sparse, save_sparse, sparsity_audit
+from .soft_pruning import SoftHeadPruningConfig  # registers soft_head_pruning (head attribution: .heads)
 
 
 __all__ = [
@@ -28,5 +29,5 @@ __all__ = [
     "compress", "MethodInputs", "MethodResult", "Artifact", "MagnitudePruneConfig", "magnitude_prune",
     "sparsity_audit", "save_sparse", "load_sparse", "count_params", "count_flops", "ChannelPruneConfig",
     "HeadPruneConfig", "channel_prune", "head_prune", "AdvancedPTQConfig", "RTNConfig", "GPTQConfig", "AWQConfig",
-    "SmoothQuantConfig",
+    "SmoothQuantConfig", "SoftHeadPruningConfig",
 ]

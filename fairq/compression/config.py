@@ -91,6 +91,11 @@ class _Config:
     def check(self) -> None:
         """Checks beyond the fields' own (run before any work; raise ``ValueError`` naming the problem)."""
 
+    def uses(self, needs: frozenset) -> frozenset:
+        """What this setting uses of what its method declared it ``needs`` (the phase builds only that); all of
+        it by default (e.g. a setting without a fine-tune can leave out ``training``)."""
+        return needs
+
 
 def variant_of(config, skip=()) -> str:
     """``key=value`` pairs of the config fields that differ from the defaults (bit fields and ``skip`` excluded)."""

@@ -3,7 +3,8 @@ a config section → one stored cell (plus the control cells a setting asks for)
 
 The loop knows no method by name. For each setting it builds the inputs the method declared it needs
 (:data:`fairq.compression.registry.NEEDS`: natural or group-balanced calibration draws, the validation split, the
-training split with a Lightning trainer factory), runs :func:`fairq.compression.compress` and stores the
+training split with a Lightning trainer factory; a setting may use less, ``config.uses(needs)``), on the models
+its entry names (``models:``, default all), runs :func:`fairq.compression.compress` and stores the
 :class:`~fairq.compression.registry.MethodResult`: per-sample predictions and the metrics row (the result's record
 columns, its artifacts' paths, the config as JSON, the phase, the method's family and reference method).
 Resumable: cells already in ``metrics.csv`` are skipped before any work.
@@ -17,6 +18,7 @@ import torch
 
 from fairq.compression import compress
 from fairq.compression.registry import MethodInputs, method_of
+from fairq.errors import ConfigError
 from fairq.sections import calibration_samples, plan_run
 
 from .context import RunContext
@@ -65,7 +67,8 @@ class _ModelCells:
             return
         log.info("%s: %s%s (%s)", self.phase, "control " if control else "", cell, config)
         torch.manual_seed(self.ctx.seed)
-        result = compress(self.baseline, config, self.inputs(method.needs, cell))
+        needs = config.uses(method.needs) if hasattr(config, "uses") else method.needs  # a setting may need less
+        result = compress(self.baseline, config, self.inputs(needs, cell))
         extra = dict(result.record)
         for art in result.artifacts:
             rel = f"{art.folder}/{cell}.json"
@@ -92,7 +95,8 @@ def run_one(ctx: RunContext, phase: str, model_name: str, index: int) -> list[di
     """Run the ``index``-th planned setting of section ``phase`` on one model (one task of a distributed sweep)."""
     planned = plan_run(ctx.sections)[phase]
     cells = _ModelCells(ctx, phase, model_name, calibration_samples(ctx.sections, phase))
-    cells.run(planned[index].config)
+    if planned[index].runs_on(model_name):
+        cells.run(planned[index].config)
     return cells.rows
 
 
@@ -100,10 +104,16 @@ def run_section(ctx: RunContext, phase: str) -> list[dict]:
     """Run every planned setting of the ``phase`` config section on every configured model."""
     planned = plan_run(ctx.sections)[phase]  # validated at startup too; bad entries fail before any work
     n_calib = calibration_samples(ctx.sections, phase)
+    for p in planned:
+        unknown = [m for m in (p.models or ()) if m not in ctx.models]
+        if unknown:
+            raise ConfigError(f"{p.entry} ({p.method}): models {unknown} are not models of this run "
+                              f"({list(ctx.models)})")
     rows = []
     for model_name in ctx.models:
         cells = _ModelCells(ctx, phase, model_name, int(n_calib))
         for p in planned:
-            cells.run(p.config)
+            if p.runs_on(model_name):  # an entry's `models:` list restricts it
+                cells.run(p.config)
         rows += cells.rows
     return rows
