@@ -244,6 +244,22 @@ def test_soft_pruning_attenuates_the_planted_head_and_alpha_zero_changes_nothing
     assert outs[1.0].record["val_bias_after"] < outs[1.0].record["val_bias_before"]
 
 
+def test_a_utility_budget_leaves_out_heads_the_model_cannot_do_without():
+    from fairq.compression.heads import HeadAttribution
+
+    def row(block, head, d_bias, d_util):
+        return {"layer": int(block[-1]), "block": block, "head": head, "category": "c", "bias_before": 1.0,
+                "bias_ablated": 1.0 + d_bias, "delta_bias": d_bias, "delta_utility": d_util, "correlation": 0.0}
+
+    att = HeadAttribution([row("b0", 0, -0.5, -0.4), row("b0", 1, -0.1, -0.01), row("b1", 0, 0.2, 0.0)],
+                          {"c": 1.0}, 0.9, "gap", "accuracy", [])
+    assert select_heads(att, 1) == {"b0": [0]}  # the largest effect, whatever it costs
+    assert select_heads(att, 1, max_utility_drop=0.05) == {"b0": [1]}
+    assert select_heads(att, 2, max_utility_drop=0.001) == {}
+    with pytest.raises(ValueError, match="max_utility_drop"):
+        make_config("soft_head_pruning", max_utility_drop=-1)
+
+
 def test_no_qualifying_head_leaves_the_model_unchanged():
     model = _Planted().eval()
     with torch.no_grad():

@@ -31,8 +31,8 @@ What ``bias``, the categories and the per-item score are comes from a :class:`Bi
   score_anti`` resp. ``score_more − score_less``).
 
 Selection (:func:`select_heads`): a head is a candidate when its ablation reduces the bias of at least
-``min_consistency`` of the categories (its *consistency*) and their mean (its *effect*) is negative; candidates are
-ranked by effect (``rank_by="ablation"``) or by mean ``|r|`` over the categories (``rank_by="correlation"``), and
+``min_consistency`` of the categories (its *consistency*) and their mean (its *effect*) is negative (and, with
+``max_utility_drop``, its ablation costs at most that much utility); candidates are ranked by effect (``rank_by="ablation"``) or by mean ``|r|`` over the categories (``rank_by="correlation"``), and
 the first ``n`` are taken. None may qualify: then nothing is selected, and the record says so.
 """
 from __future__ import annotations
@@ -394,11 +394,13 @@ def cached_attribution(model: nn.Module, probe: BiasProbe, blocks: Sequence[_Hea
 
 
 def select_heads(attribution: HeadAttribution, n: int, *, rank_by: str = "ablation",
-                 min_consistency: float = 0.5) -> dict[str, list[int]]:
-    """``{block: [heads]}``: the first ``n`` candidates (see the module doc), ranked by ``rank_by``."""
+                 min_consistency: float = 0.5, max_utility_drop: float | None = None) -> dict[str, list[int]]:
+    """``{block: [heads]}``: the first ``n`` candidates (see the module doc), ranked by ``rank_by``; with
+    ``max_utility_drop``, heads whose ablation lowers the validation utility by more than that are no candidates."""
     if rank_by not in RANK_BY:
         raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
-    cands = [s for s in attribution.summary() if s["effect"] < 0 and s["consistency"] >= min_consistency]
+    cands = [s for s in attribution.summary() if s["effect"] < 0 and s["consistency"] >= min_consistency
+             and (max_utility_drop is None or -s["delta_utility"] <= max_utility_drop)]
     if rank_by == "ablation":
         cands.sort(key=lambda s: (s["effect"], s["layer"], s["head"]))
     else:

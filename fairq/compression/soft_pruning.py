@@ -43,7 +43,8 @@ class SoftHeadPruningConfig(_PruneConfig):
 
     ``rank_by``: ``ablation`` (mean bias change when the head is ablated) or ``correlation`` (mean |r| of its
     activation with the per-item bias score); ``min_consistency``: share of bias categories whose bias the head's
-    ablation must reduce; ``val_batches``: validation batches used (image data; ``None`` = all);
+    ablation must reduce; ``max_utility_drop``: leave out heads whose ablation lowers the validation utility
+    (accuracy, 0–1 / LMS, 0–100) by more than this; ``val_batches``: validation batches used (image data; ``None`` = all);
     ``finetune_*``: the optional recovery fine-tune.
     """
 
@@ -51,6 +52,7 @@ class SoftHeadPruningConfig(_PruneConfig):
     n_heads: int = 1
     rank_by: str = "ablation"
     min_consistency: float = 0.5
+    max_utility_drop: float | None = None
     val_batches: int | None = None
 
     def __post_init__(self):
@@ -62,6 +64,7 @@ class SoftHeadPruningConfig(_PruneConfig):
         if isinstance(self.min_consistency, bool) or not isinstance(self.min_consistency, (int, float)) \
                 or not 0.0 <= self.min_consistency <= 1.0:
             raise ValueError(f"min_consistency must be in [0, 1], got {self.min_consistency!r}")
+        _check_positive("max_utility_drop", self.max_utility_drop, allow_none=True)
         _check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
         self._check_finetune()
 
@@ -116,7 +119,7 @@ def handle_soft_head_pruning(model: nn.Module, config: SoftHeadPruningConfig, in
     probe = probe_for(inputs.validation, inputs.sensitive_names, limit=config.val_batches)
     attribution = cached_attribution(model, probe, blocks)
     selection = select_heads(attribution, config.n_heads, rank_by=config.rank_by,
-                             min_consistency=config.min_consistency)
+                             min_consistency=config.min_consistency, max_utility_drop=config.max_utility_drop)
     chosen = [f"{b}:{h}" for b, hs in selection.items() for h in hs]
     if not chosen:
         log.warning("soft_head_pruning: no head's ablation reduced the validation bias in ≥ %.0f%% of the "
@@ -139,7 +142,8 @@ def handle_soft_head_pruning(model: nn.Module, config: SoftHeadPruningConfig, in
         restore()
     tag_model(model, weight_bits=32, act_bits=None, backend="fp32")
     content = {"alpha": config.alpha, "scale": 1.0 - config.alpha, "n_heads": config.n_heads,
-               "rank_by": config.rank_by, "min_consistency": config.min_consistency, "selected": selection,
+               "rank_by": config.rank_by, "min_consistency": config.min_consistency,
+               "max_utility_drop": config.max_utility_drop, "selected": selection,
                "split": "validation", **attribution.to_dict()}
     return MethodResult(model.eval(), record=record,
                         artifacts=[Artifact("heads", content, column="head_attribution")])
