@@ -83,7 +83,7 @@ def test_text_cells_meet_the_contract(text_run):
     from fairq.text.task import CONTRACT
 
     m = pd.read_csv(text_run / "metrics.csv")
-    assert list(m["method"]) == ["baseline", "ptq_dynamic", "ptq_static", "ptq_static", "mixed_precision",
+    assert list(m["method"]) == ["baseline", "ptq_dynamic", "ptq_static", "ptq_static", "mixed_precision", "qat",
                                  *["magnitude_prune"] * 4, "head_prune", "distill"]
     assert set(m["backend"]) == {"fp32", "int8", "simulated"} and set(m["task"]) == {"masked_lm_bias"}
     for col in CONTRACT:
@@ -130,8 +130,11 @@ def test_pruned_and_distilled_text_cells_record_their_size_and_training(text_run
     assert dist["kl_to_teacher_before"] >= 0 and dist["kl_to_teacher_after"] >= 0
     for col in ("stereoset_intra_ss", "stereoset_intra_lms", "crows_metric", "bbq_accuracy_disambig"):
         assert new[col].between(0, 100).all(), col
-    # the student's MLM training is logged beside the pre-training (the run's TensorBoard logger)
+    # the student's MLM training is logged beside the pre-training (the run's TensorBoard logger), and so is QAT's
     assert list((text_run / "tensorboard").glob("fairq-tiny-bert_*distill*/events.out.tfevents*"))
+    qat = m[m["method"] == "qat"].iloc[0]
+    assert (qat["weight_bits"], qat["backend"]) == (8, "simulated") and pd.notna(qat["stereoset_intra_ss"])
+    assert list((text_run / "tensorboard").glob("fairq-tiny-bert_qat*/events.out.tfevents*"))
 
 
 def test_per_item_rows_reproduce_the_row_and_the_official_file(text_run):
@@ -158,7 +161,7 @@ def test_text_analysis_tables_and_report(text_run):
     comp = scores[scores["method"] != "baseline"]
     assert {"delta", "ci_low", "ci_high", "p_adjusted"} <= set(comp.columns)
     ss = comp[comp["metric"] == "stereoset_intra_ss"]
-    assert len(ss) == 10 and (ss["ci_low"] <= ss["delta"] + 1e-9).all() and (ss["delta"] <= ss["ci_high"] + 1e-9).all()
+    assert len(ss) == 11 and (ss["ci_low"] <= ss["delta"] + 1e-9).all() and (ss["delta"] <= ss["ci_high"] + 1e-9).all()
     assert set(flips["benchmark"]) >= {"stereoset", "crows", "bbq"}
     assert (flips["flips"] <= flips["n"]).all()
     report = (text_run / "report.html").read_text()
@@ -249,4 +252,4 @@ def test_the_shipped_text_config_runs_on_the_real_files(tmp_path, monkeypatch):
     assert main(["--phase", "quantization", "--config", str(CONFIG), "--output_dir", str(out),
                  '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}']) == 0
     m = pd.read_csv(out / "metrics.csv")
-    assert len(m) == 11 and m["stereoset_intra_ss"].notna().all()
+    assert len(m) == 12 and m["stereoset_intra_ss"].notna().all()
