@@ -123,7 +123,7 @@ def test_pruned_and_distilled_text_cells_record_their_size_and_training(text_run
     dist = new[new["method"] == "distill"].iloc[0]
     head = new[new["method"] == "head_prune"].iloc[0]
     assert head["heads_after"] == head["heads_before"] / 2 and head["params"] < dist["teacher_params"]
-    assert dist["params"] < dist["teacher_params"] and dist["flops"] > 0
+    assert dist["params"] < dist["teacher_params"] and 0 < dist["flops"] < mag["flops"].iloc[0]  # same batch
     # the student trained on MLM batches (its pull toward the teacher is tests/test_text_training.py's: this
     # teacher has had 15 pre-training steps, so its half-depth copy starts almost equal to it)
     assert dist["distill_steps"] == 10 and dist["distill_loss_last"] < dist["distill_loss_first"]

@@ -249,7 +249,9 @@ def handle_distill(model: nn.Module, config: DistillConfig, inputs: MethodInputs
         losses = [losses[0][:k], losses[0][-k:]]
     losses = [sum(e) / len(e) for e in losses]
     record = {"student": config.student, **count_params(student), "teacher_params": count_params(teacher)["params"],
-              "flops": count_flops(student, example), "distill_loss_first": losses[0] if losses else None,
+              # on the calibration batch when the run gives one, as the pruning methods count theirs: a text
+              # model's FLOPs per sample depend on the sequence length, so cells compare only on the same batch
+              "flops": count_flops(student, inputs.calibration if inputs.calibration is not None else example), "distill_loss_first": losses[0] if losses else None,
               "distill_loss_last": losses[-1] if losses else None, "kl_to_teacher_before": kl_before,
               "kl_to_teacher_after": mean_kl(student, teacher, example),
               "distill_steps": sum(len(e) for e in module.epoch_losses)}
@@ -257,4 +259,5 @@ def handle_distill(model: nn.Module, config: DistillConfig, inputs: MethodInputs
     return MethodResult(student, record=record)
 
 
-register_method("distill", DistillConfig, handle_distill, needs={"training", "validation"}, family="distillation")
+register_method("distill", DistillConfig, handle_distill, needs={"training", "validation", "calibration"},
+                family="distillation")
