@@ -90,7 +90,8 @@ def _text_figures(frames: dict, fig_dir: Path, level: str) -> list[Path]:
     curves = frames.get("text_sparsity_curves")
     if curves is None:
         return []
-    return write_sparsity_figures(curves, fig_dir, level, curve_metrics=TEXT_CURVE_METRICS,
+    present = set(curves["metric"])  # e.g. no probe panel when the run did not score the probes
+    return write_sparsity_figures(curves, fig_dir, level, curve_metrics=[m for m in TEXT_CURVE_METRICS if m in present],
                                   group_metric="stereoset_intra_ss", prefix="text_sparsity")
 
 

@@ -12,7 +12,7 @@ rows of ``deltas.csv``.
   per-group accuracy for the unstructured curve.
 
 Text cells (masked LMs) get the same curves from ``tables/text_scores.csv`` (:func:`text_sparsity_curves`): LMS,
-SS, ICAT, CrowS and BBQ against sparsity with their bootstrap CIs and paired deltas; the StereoSet domains are the
+SS, ICAT, CrowS, BBQ and the planted-bias probes' SS against sparsity with their bootstrap CIs and paired deltas; the StereoSet domains are the
 groups (``stereoset_intra_ss_gender`` → metric ``stereoset_intra_ss``, group ``gender``) —
 ``tables/text_sparsity_curves.csv`` and the per-domain SS panel of ``figures/text_sparsity_<dataset>_<model>.png``.
 """
@@ -29,9 +29,10 @@ from .figures import LABELS, _plt, _primary, _save, slug
 __all__ = ["CURVE_METRICS", "TEXT_CURVE_METRICS", "sparsity_curves", "text_sparsity_curves", "write_sparsity_figures"]
 
 CURVE_METRICS = ("accuracy", "worst_group_accuracy", "demographic_parity_difference", "equalized_odds_difference")
-#: text curves: language-modelling score, stereotype score, ICAT, CrowS and BBQ (0–100 / −100…100)
+#: text curves: language-modelling score, stereotype score, ICAT, CrowS and BBQ (0–100 / −100…100), and the
+#: embedded default's planted-bias probes' SS (when the run scores them)
 TEXT_CURVE_METRICS = ("stereoset_intra_lms", "stereoset_intra_ss", "stereoset_intra_icat", "crows_metric",
-                      "bbq_accuracy_disambig", "bbq_bias_ambig")
+                      "bbq_accuracy_disambig", "bbq_bias_ambig", "probe_stereoset_ss")
 _KEEP = ["dataset", "model", "target", "seed", "curve", "method", "weight_bits", "sparsity", "target_sparsity",
          "cell", "attributes", "group", "metric", "n", "value", "value_ci_low", "value_ci_high", "baseline_value",
          "delta", "ci_low", "ci_high", "p_adjusted"]
