@@ -35,7 +35,7 @@ class FairClassifier(L.LightningModule):
         self.model = model
         self.lr, self.weight_decay, self.label_smoothing = lr, weight_decay, label_smoothing
         self.penalty, self.penalty_weight = penalty, penalty_weight
-        self.save_hyperparameters(ignore=["model", "penalty"])
+        self.save_hyperparameters(ignore=["model", "penalty", "student", "teacher"])  # modules: not hparams
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         return logits_of(self.model(*args, **kwargs))
