@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Callable
 
 import lightning as L
@@ -153,7 +154,7 @@ def objective_of(datamodule=None, train_loader=None) -> str:
             datamodule.train_dataloader() if datamodule is not None else None)
         if data is None:
             raise ValueError("training needs a datamodule or a train_loader")
-        if iter(data) is data:  # a one-shot iterator: peeking would eat a batch
+        if isinstance(data, Iterator):  # a one-shot iterator: peeking would eat a batch
             return "classification"
         objective = objective_of_batch(next(iter(data)))
     if objective not in OBJECTIVES:
