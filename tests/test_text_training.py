@@ -88,6 +88,9 @@ def test_a_user_model_is_not_trained_on_the_planted_corpus_unless_asked(tok, tmp
     assert len(sents) == 41 and "" not in sents and "the cat sat on the mat ." in sents
     with pytest.raises(UserError, match="not a file"):
         _dm(tok, embedded=False, train_corpus=str(tmp_path / "missing.txt")).training_sentences()
+    for bad in ({"train_mask_prob": 1.5}, {"train_sentences": 0}, {"train_batch_size": -1}):
+        with pytest.raises(UserError, match="train_"):
+            TextDataModule(root=None, **bad)
 
 
 def test_masked_positions_are_gathered_before_the_vocabulary_projection():
