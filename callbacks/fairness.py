@@ -44,6 +44,9 @@ class FairnessMonitor(L.Callback):
 
     def setup(self, trainer, pl_module, stage=None):
         dm = trainer.datamodule
+        if self._levels is None and getattr(dm, "sensitive_levels", None) is None:
+            self._scopes = {}  # no group levels to count by (a masked LM's training data): nothing to log
+            return
         levels = self._levels or {n: list(dm.sensitive_levels[n]) for n in dm.sensitive_names}
         num_classes = self._num_classes or int(dm.num_classes)
         names = list(levels)

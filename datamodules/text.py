@@ -7,6 +7,16 @@ together) so a config can run in minutes — ``describe()`` (``data.json``) says
 out (:class:`fairq.text.task.TextTask`) evaluates cells; calibration / validation batches are tokenized
 sentences that are never scored by an MLM: the StereoSet intersentence context sentences (scored only by models
 with an NSP head), or, without StereoSet, sentences of the embedded default's corpus.
+
+Training (methods that train: ``distill``, ``qat``, pruning with ``finetune_epochs``): ``train_dataloader()`` gives
+MLM batches (``input_ids``, ``attention_mask`` and token-level ``labels``, ``-100`` where not masked; masking by
+``transformers``' ``DataCollatorForLanguageModeling``, seeded, BERT's 80/10/10 rule) of a seeded draw of
+``train_sentences`` sentences: for the embedded default, a fresh draw from its own pre-training corpus generator
+(same rates and templates); for any other model, the text file named by ``train_corpus`` (one sentence per line).
+The generated corpus carries the embedded default's planted bias, so a user's model is never trained on it
+unless ``train_corpus: embedded`` asks for it; without a corpus the loader fails with a message saying so — when
+it is first read, so methods that declare training but do not train (``magnitude_prune`` without fine-tuning) run
+on any model.
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from datamodules.common import FairqDataModule
 from fairq.errors import UserError
@@ -72,14 +83,20 @@ class TextDataModule(FairqDataModule):
         sets with a full-size model, after a one-off compilation per scored model (~30–60 s on 2 cores) — worth it
         for full StereoSet / CrowS-Pairs runs of a bert-base, not for the tiny default.
     calibration_max_len
-        Token cap of calibration sentences.
+        Token cap of calibration and training sentences.
+    train_corpus
+        MLM training sentences (see the module doc): ``null`` = the embedded default's generated corpus when the
+        run's model is the embedded default (any other model then has no training data); a path to a UTF-8 text
+        file, one sentence per line; or ``embedded`` = the generated corpus for any model (it plants a bias).
+    train_sentences, train_batch_size, train_mask_prob
+        Size of the seeded training draw, sentences per training batch, share of tokens masked.
     validation_items
         Held-out StereoSet / CrowS-Pairs items per benchmark (seeded, stratified like the scored subset, drawn only
         from the items *not* scored, so validation and test never share an item and the scored subset is the same
         with or without them): what methods that select on validation (``soft_head_pruning``) read through
         ``val_dataloader().bias_probe``. ``0`` = none; fewer when fewer items are left over.
     seed
-        Seed of the subsets and calibration draws.
+        Seed of the subsets, calibration draws and the training corpus (draw, order and masks).
     """
 
     dataset_name = "text_bias"
@@ -89,7 +106,8 @@ class TextDataModule(FairqDataModule):
                  crows_items: Optional[int] = None, bbq_items: Optional[int] = None,
                  bbq_categories: Optional[list[str]] = None, probes: bool = True, batch_size: int = 64,
                  max_tokens: int = 8192, calibration_max_len: int = 64, validation_items: int = 100,
-                 seed: int = 0, compile_engine: bool = False):
+                 train_corpus: Optional[str] = None, train_sentences: int = 4000, train_batch_size: int = 32,
+                 train_mask_prob: float = 0.15, seed: int = 0, compile_engine: bool = False):
         super().__init__()
         if batch_size <= 0 or max_tokens <= 0:
             raise UserError(f"batch_size and max_tokens must be positive, got {batch_size}, {max_tokens}")
@@ -106,6 +124,14 @@ class TextDataModule(FairqDataModule):
             raise UserError(f"validation_items must be an int ≥ 0, got {validation_items!r}")
         self.validation_items = validation_items
         self.heldout: dict[str, list] = {}
+        if train_sentences <= 0 or train_batch_size <= 0 or not 0.0 < float(train_mask_prob) < 1.0:
+            raise UserError(f"train_sentences and train_batch_size must be positive and train_mask_prob in (0, 1), "
+                            f"got {train_sentences}, {train_batch_size}, {train_mask_prob}")
+        self.train_corpus = train_corpus
+        self.train_sentences, self.train_batch_size = int(train_sentences), int(train_batch_size)
+        self.train_mask_prob = float(train_mask_prob)
+        self._model_name: Optional[str] = None
+        self._corpus_spec = None  # the embedded default's TinyBertSpec, set by the task when it loads that model
         self.seed = int(seed)
         self.target_name = "preferred_option"
         self.num_classes = 3
@@ -125,8 +151,11 @@ class TextDataModule(FairqDataModule):
         return TextTask(input_keys=("input_ids", "attention_mask"), sensitive_names=tuple(self.sensitive_names),
                         datamodule=self)
 
-    def set_tokenizer(self, tok) -> None:
+    def set_tokenizer(self, tok, *, model_name: Optional[str] = None, corpus_spec=None) -> None:
+        """The run's tokenizer; ``model_name`` (for messages) and, for the embedded default, the
+        :class:`~fairq.text.embedded.TinyBertSpec` its pre-training corpus was generated from."""
         self.tokenizer = tok
+        self._model_name, self._corpus_spec = model_name, corpus_spec
 
     def tokenizer_or_fail(self):
         if self.tokenizer is None:
@@ -204,6 +233,9 @@ class TextDataModule(FairqDataModule):
         return {"dataset": self.dataset_name, "root": str(self.root), "benchmarks": self.use,
                 "subset_sizes": self.limits, "subset_seed": self.seed, "sizes": self._sizes,
                 "validation_items": {k: len(v) for k, v in self.heldout.items()},
+                "training": {"corpus": self.train_corpus or "embedded default's generated corpus (embedded model "
+                             "only)", "sentences": self.train_sentences, "batch_size": self.train_batch_size,
+                             "mask_prob": self.train_mask_prob, "masking": "80% [MASK] / 10% random / 10% kept"},
                 "skipped": self._skipped, "bbq_categories": self.bbq_categories,
                 "note": "per-item results in predictions/<cell>.parquet; subsets are seeded and stratified"}
 
@@ -241,9 +273,70 @@ class TextDataModule(FairqDataModule):
     def test_dataloader(self) -> list[dict]:
         return self.split_dataloader("test")
 
+    # ----------------------------------------------------------------- training (MLM batches)
+    def training_sentences(self) -> list[str]:
+        """The seeded MLM training draw (see the module doc); a clear error when the run's model has none."""
+        from fairq.text import embedded
+
+        if self.train_corpus not in (None, "embedded"):
+            return _read_corpus(Path(self.train_corpus), self.train_sentences, self.seed)
+        spec = self._corpus_spec
+        if spec is None and self.train_corpus is None:
+            raise UserError(
+                f"no MLM training corpus for {self._model_name or 'this model'}: methods that train on text "
+                "(distill, qat, pruning with finetune_epochs) use the embedded default's generated corpus only for "
+                "the embedded default, because that corpus plants a bias. Set --data.init_args.train_corpus to a "
+                "text file (one sentence per line), or to 'embedded' to train on the generated corpus anyway "
+                "(the training then moves the bias scores being measured)")
+        from dataclasses import replace
+
+        # a fresh draw from the pre-training corpus generator (same rates and templates), not its sentences
+        return embedded.generate_corpus(replace(spec or embedded.TinyBertSpec(), n_sentences=self.train_sentences,
+                                                seed=self.seed + 7))
+
     def train_dataloader(self):
-        raise UserError("text cells have no training split: methods that train (qat, fairness_finetune, …) are not "
-                        "supported for masked LMs yet; use ptq_static, ptq_dynamic or mixed_precision")
+        """MLM batches of :meth:`training_sentences` (drawn in a seeded random order, masked with the data seed);
+        the sentences are read when the loader is first used."""
+        from torch.utils.data import DataLoader
+        from transformers import DataCollatorForLanguageModeling
+
+        collator = DataCollatorForLanguageModeling(self.tokenizer_or_fail(), mlm_probability=self.train_mask_prob,
+                                                   seed=self.seed, return_tensors="pt")
+        # no shuffling sampler: it would read the sentences now; the draw itself is in a seeded random order
+        return DataLoader(_MLMSentences(self), batch_size=self.train_batch_size, shuffle=False, collate_fn=collator)
+
+
+class _MLMSentences(Dataset):
+    """Tokenized training sentences of a :class:`TextDataModule`, built on first access (see the module doc)."""
+
+    def __init__(self, dm: TextDataModule):
+        self.dm, self._enc = dm, None
+
+    def _encodings(self) -> list[dict]:
+        if self._enc is None:
+            tok = self.dm.tokenizer_or_fail()
+            ids = tok(self.dm.training_sentences(), truncation=True, max_length=self.dm.calibration_max_len,
+                      return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+            self._enc = [{"input_ids": e} for e in ids]
+        return self._enc
+
+    def __len__(self) -> int:
+        return len(self._encodings())
+
+    def __getitem__(self, i: int) -> dict:
+        return self._encodings()[i]
+
+
+def _read_corpus(path: Path, n: int, seed: int) -> list[str]:
+    """A seeded draw of (at most) ``n`` non-empty lines of a UTF-8 text file, in random order."""
+    if not path.is_file():
+        raise UserError(f"train_corpus {str(path)!r} is not a file: give a UTF-8 text file with one training "
+                        "sentence per line (or 'embedded' for the embedded default's generated corpus)")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise UserError(f"train_corpus {str(path)!r} has no non-empty line")
+    idx = np.random.default_rng([seed, 1171]).permutation(len(lines))[:n]
+    return [lines[i] for i in idx]
 
 
 class TextValidation(list):

@@ -85,6 +85,8 @@ class ClassificationTask:
 
     #: recorded as a cell's ``task`` column (analysis picks its section by it).
     name: ClassVar[str] = "classification"
+    #: how methods that train fit a model on this data (:data:`fairq.lit.OBJECTIVES`).
+    objective: ClassVar[str] = "classification"
 
     # --- how a cell is evaluated (the phases call these on any datamodule's task) ---------------------------
     def evaluate(self, model: nn.Module, datamodule, *, progress: bool = False, desc: str = "evaluate"):
@@ -168,6 +170,20 @@ def model_device(model: nn.Module) -> torch.device:
     for t in (*model.parameters(), *model.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+#: ignore index of token-level labels (Hugging Face / ``F.cross_entropy`` convention): positions not trained on.
+IGNORE_INDEX = -100
+
+
+def labelled_positions(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [N, C], target [N])`` of the positions that carry a label: a classifier's ``[B, C]`` / ``[B]``
+    unchanged; a masked LM's ``[B, T, V]`` / token-level ``[B, T]`` reduced to the masked positions (labels
+    ≠ ``-100``)."""
+    if target.dim() == logits.dim() - 1 and target.dim() >= 2:
+        keep = target != IGNORE_INDEX
+        return logits[keep], target[keep]
+    return logits, target
 
 
 def logits_of(output) -> torch.Tensor:

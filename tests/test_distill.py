@@ -31,7 +31,7 @@ def zoo(request):
 
 def test_distill_is_registered_with_its_family():
     assert DISTILL_METHODS == ["distill"]
-    assert get_method("distill").needs == {"training", "validation"}
+    assert get_method("distill").needs == {"training", "validation", "calibration"}  # calibration: the FLOPs batch
 
 
 @pytest.mark.parametrize("method", DISTILL_METHODS)

@@ -18,6 +18,8 @@ TINY_PRETRAIN = '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 15, "
 # soft_head_pruning selects on held-out items, which these few items cannot spare: the slow real-file test below and
 # tests/test_soft_heads.py run it
 QUANT = "--quantization.calibration_samples=16"
+# and a smaller MLM training draw for the methods that train: 160 sentences / 16 = 10 steps (one epoch)
+TRAIN = ["--data.init_args.train_sentences", "160", "--data.init_args.train_batch_size", "16"]
 
 
 def _shipped_methods_without_held_out_selection() -> str:
@@ -79,8 +81,8 @@ def text_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("FAIRQ_CACHE", str(tmp_path_factory.mktemp("cache")))
     args = ["--config", str(CONFIG), "--output_dir", str(out), "--data.init_args.root", str(data),
-            "--evaluation.progress", "false", "--evaluation.latency_repeats", "1", TINY_PRETRAIN, QUANT,
-            _shipped_methods_without_held_out_selection(), '--analysis={"n_bootstrap": 50, "figures": false}']
+            "--evaluation.progress", "false", "--evaluation.latency_repeats", "1", TINY_PRETRAIN, QUANT, *TRAIN,
+            _shipped_methods_without_held_out_selection(), '--analysis={"n_bootstrap": 50, "figures": true}']
     assert main(["--phase", "all", *args]) == 0
     yield out
     mp.undo()
@@ -90,7 +92,8 @@ def test_text_cells_meet_the_contract(text_run):
     from fairq.text.task import CONTRACT
 
     m = pd.read_csv(text_run / "metrics.csv")
-    assert list(m["method"]) == ["baseline", "ptq_dynamic", "ptq_static", "ptq_static", "mixed_precision"]
+    assert list(m["method"]) == ["baseline", "ptq_dynamic", "ptq_static", "ptq_static", "mixed_precision", "qat",
+                                 *["magnitude_prune"] * 4, "head_prune", "distill"]
     assert set(m["backend"]) == {"fp32", "int8", "simulated"} and set(m["task"]) == {"masked_lm_bias"}
     for col in CONTRACT:
         assert col in m.columns, col
@@ -107,6 +110,40 @@ def test_text_cells_meet_the_contract(text_run):
     pre = json.loads((text_run / "pretraining.json").read_text())
     assert pre["planted"] == {"gender": True, "profession": True, "race": False, "religion": False}
     assert list((text_run / "tensorboard").glob("fairq-tiny-bert_pretrain_s0/events.out.tfevents*"))
+
+
+def test_pruned_and_distilled_text_cells_record_their_size_and_training(text_run):
+    """The shipped text sweep's pruning and distillation cells land in metrics.csv like any text cell: measured
+    sparsity, params and FLOPs beside the text contract columns; the student trained on MLM batches."""
+    from fairq.text.task import CONTRACT
+
+    m = pd.read_csv(text_run / "metrics.csv")
+    new = m[m["family"].isin(["pruning", "distillation"])]
+    assert len(new) == 6
+    for col in ("sparsity", "params", "flops", "size_mb", *CONTRACT):
+        assert col in new.columns, col
+    assert new[["params", "flops", "size_mb", "stereoset_intra_ss", "crows_metric"]].notna().all().all()
+    mag = new[(new["method"] == "magnitude_prune") & new["then_method"].isna()].sort_values("target_sparsity")
+    assert list(mag["target_sparsity"]) == [0.3, 0.5, 0.7]
+    assert (abs(mag["sparsity"] - mag["target_sparsity"]) < 0.01).all()  # measured from the weights
+    assert (mag["size_kind"] == "sparse_serialized").all() and mag["size_mb"].is_monotonic_decreasing
+    chained = new[new["then_method"].eq("ptq_static")].iloc[0]
+    assert chained["weight_bits"] == 4 and chained["sparsity"] > 0.45
+    dist = new[new["method"] == "distill"].iloc[0]
+    head = new[new["method"] == "head_prune"].iloc[0]
+    assert head["heads_after"] == head["heads_before"] / 2 and head["params"] < dist["teacher_params"]
+    assert dist["params"] < dist["teacher_params"] and 0 < dist["flops"] < mag["flops"].iloc[0]  # same batch
+    # the student trained on MLM batches (its pull toward the teacher is tests/test_text_training.py's: this
+    # teacher has had 15 pre-training steps, so its half-depth copy starts almost equal to it)
+    assert dist["distill_steps"] == 10 and dist["distill_loss_last"] < dist["distill_loss_first"]
+    assert dist["kl_to_teacher_before"] >= 0 and dist["kl_to_teacher_after"] >= 0
+    for col in ("stereoset_intra_ss", "stereoset_intra_lms", "crows_metric", "bbq_accuracy_disambig"):
+        assert new[col].between(0, 100).all(), col
+    # the student's MLM training is logged beside the pre-training (the run's TensorBoard logger), and so is QAT's
+    assert list((text_run / "tensorboard").glob("fairq-tiny-bert_*distill*/events.out.tfevents*"))
+    qat = m[m["method"] == "qat"].iloc[0]
+    assert (qat["weight_bits"], qat["backend"]) == (8, "simulated") and pd.notna(qat["stereoset_intra_ss"])
+    assert list((text_run / "tensorboard").glob("fairq-tiny-bert_qat*/events.out.tfevents*"))
 
 
 def test_per_item_rows_reproduce_the_row_and_the_official_file(text_run):
@@ -133,11 +170,37 @@ def test_text_analysis_tables_and_report(text_run):
     comp = scores[scores["method"] != "baseline"]
     assert {"delta", "ci_low", "ci_high", "p_adjusted"} <= set(comp.columns)
     ss = comp[comp["metric"] == "stereoset_intra_ss"]
-    assert len(ss) == 4 and (ss["ci_low"] <= ss["delta"] + 1e-9).all() and (ss["delta"] <= ss["ci_high"] + 1e-9).all()
+    assert len(ss) == 11 and (ss["ci_low"] <= ss["delta"] + 1e-9).all() and (ss["delta"] <= ss["ci_high"] + 1e-9).all()
     assert set(flips["benchmark"]) >= {"stereoset", "crows", "bbq"}
     assert (flips["flips"] <= flips["n"]).all()
     report = (text_run / "report.html").read_text()
     assert "Text: StereoSet, CrowS-Pairs, BBQ" in report and "Nangia metric" in report
+    assert "worst_domain_lms" in report and "magnitude_prune" in report
+
+
+def test_text_methods_table_and_sparsity_curves(text_run):
+    """The seed-002 style table and the sparsity curves cover the text cells, every value from the run's rows."""
+    m = pd.read_csv(text_run / "metrics.csv")
+    table = pd.read_csv(text_run / "tables" / "text_methods.csv")
+    assert len(table) == len(m) and table["method"].iloc[0] == "baseline"
+    assert {"params", "sparsity", "flops", "size_mb", "size_kind", "stereoset_intra_lms", "worst_domain_lms",
+            "latency_ms"} <= set(table.columns)
+    assert table["params"].iloc[0] == m.loc[m["method"] == "baseline", "params"].iloc[0] > 0  # measured baseline
+    lms = m.set_index("cell")[[f"stereoset_intra_lms_{d}" for d in ("gender", "profession", "race", "religion")]]
+    assert table["worst_domain_lms"].to_numpy() == pytest.approx(
+        lms.loc[m["cell"]].min(axis=1).to_numpy(), nan_ok=True)
+    curves = pd.read_csv(text_run / "tables" / "text_sparsity_curves.csv")
+    scores = pd.read_csv(text_run / "tables" / "text_scores.csv").set_index(["cell", "metric"])
+    mag = curves[(curves["curve"] == "magnitude_prune") & (curves["metric"] == "stereoset_intra_lms")
+                 & (curves["group"] == "all")].sort_values("sparsity")
+    assert mag["sparsity"].iloc[0] == 0 and len(mag) == 4           # the dense baseline, then 30 / 50 / 70 %
+    assert mag["sparsity"].iloc[1:].to_numpy() == pytest.approx([0.3, 0.5, 0.7], abs=0.01)
+    for _, r in mag.iterrows():
+        assert r["value"] == pytest.approx(scores.loc[(r["cell"], "stereoset_intra_lms"), "value"])
+    doms = curves[(curves["metric"] == "stereoset_intra_ss") & (curves["group"] != "all")]
+    assert set(doms["group"]) == {"gender", "profession", "race", "religion"}
+    assert set(curves["curve"]) >= {"magnitude_prune", "head_prune"} and "distill" not in set(curves["curve"])
+    assert (text_run / "figures" / "text_sparsity_text_bias_fairq-tiny-bert.png").is_file()
 
 
 def test_int4_bert_passes_the_levels_audit(text_run):
@@ -198,7 +261,8 @@ def test_the_shipped_text_config_runs_on_the_real_files(tmp_path, monkeypatch):
     assert main(["--phase", "quantization", "--config", str(CONFIG), "--output_dir", str(out),
                  '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}']) == 0
     m = pd.read_csv(out / "metrics.csv")
-    # baseline + 4 quantizers + 4 advanced PTQ + 3 soft-pruning α
-    assert len(m) == 12 and m["stereoset_intra_ss"].notna().all()
+    # baseline + one row per configured setting (sweeps expanded): 4 quantizers, 4 advanced PTQ, qat,
+    # magnitude 30/50/70 % and 50 % then INT4, head_prune, distill, 3 soft-pruning α
+    assert len(m) == 19 and m["stereoset_intra_ss"].notna().all()
     soft = m[m["method"] == "soft_head_pruning"]
     assert sorted(soft["alpha"]) == [0.25, 0.5, 1.0] and soft["head_attribution"].notna().all()

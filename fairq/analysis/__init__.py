@@ -86,11 +86,38 @@ def _soft_pruning(out: Path, store, scores: pd.DataFrame, *, text: bool, figures
     return tables, figs, heads_report_html(attribution, tradeoff, figs, _table)
 
 
-def _finish_text_only(out: Path, text, result: dict, *, report: bool, t0: float, meta: dict) -> dict:
-    tables = {name: text.write_csv(f"tables/text_{name}.csv", frame) for name, frame in result.items()}
-    extra_tables, fig_paths, heads_html = _soft_pruning(out, text, result["scores"], text=True,
-                                                        figures=meta.get("figures", True), level="95%")
+def _text_tables(text, result: dict) -> dict[str, pd.DataFrame]:
+    """``tables/text_*.csv`` frames: scores, flips, the methods table and the sparsity curves (pruned cells)."""
+    from .curves import text_sparsity_curves
+    from .tables import text_method_table
+
+    frames = {f"text_{name}": frame for name, frame in result.items()}
+    frames["text_methods"] = text_method_table(text.metrics)
+    curves = text_sparsity_curves(result["scores"], text.metrics)
+    if not curves.empty:
+        frames["text_sparsity_curves"] = curves
+    return frames
+
+
+def _text_figures(frames: dict, fig_dir: Path, level: str) -> list[Path]:
+    from .curves import TEXT_CURVE_METRICS, write_sparsity_figures
+
+    curves = frames.get("text_sparsity_curves")
+    if curves is None:
+        return []
+    present = set(curves["metric"])  # e.g. no probe panel when the run did not score the probes
+    return write_sparsity_figures(curves, fig_dir, level, curve_metrics=[m for m in TEXT_CURVE_METRICS if m in present],
+                                  group_metric="stereoset_intra_ss", prefix="text_sparsity")
+
+
+def _finish_text_only(out: Path, text, result: dict, *, report: bool, figures: bool, t0: float, meta: dict) -> dict:
+    frames = _text_tables(text, result)
+    tables = {name.removeprefix("text_"): text.write_csv(f"tables/{name}.csv", frame) for name, frame in frames.items()}
+    fig_paths = _text_figures(frames, out / "figures", meta["level"]) if figures else []
+    extra_tables, heads_figs, heads_html = _soft_pruning(out, text, result["scores"], text=True, figures=figures,
+                                                         level=meta["level"])
     tables.update({name: text.write_csv(f"tables/{name}.csv", frame) for name, frame in extra_tables.items()})
+    fig_paths += heads_figs
     report_path = None
     if report:
         import html
@@ -103,7 +130,7 @@ def _finish_text_only(out: Path, text, result: dict, *, report: bool, t0: float,
         head = (f"<h1>fairq analysis report</h1><p class='note'>{html.escape(str(out))} · {len(text.cells)} cells · "
                 f"{meta['n_bootstrap']} bootstrap resamples, seed {meta['seed']}, alpha {meta['alpha']} · "
                 "p-values Benjamini–Hochberg adjusted across the text tests of the run.</p>")
-        body = head + text_report_html(result, text.metrics, _table) + heads_html
+        body = head + text_report_html(result, text.metrics, _table, methods=frames["text_methods"]) + heads_html
         report_path = out / "report.html"
         atomic_write_text(report_path, "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fairq "
                           f"analysis report</title><style>{_CSS}</style></head><body>{body}</body></html>")
@@ -161,8 +188,9 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
 
         text_result = analyze_text(text, n_bootstrap=n_bootstrap, seed=seed, confidence=conf)
     if store is None:  # a text-only run: its own tables and report section
-        return _finish_text_only(out, text, text_result, report=report, t0=t0,
-                                 meta={"n_bootstrap": n_bootstrap, "seed": seed, "alpha": alpha, "figures": figures})
+        return _finish_text_only(out, text, text_result, report=report, figures=figures, t0=t0,
+                                 meta={"n_bootstrap": n_bootstrap, "seed": seed, "alpha": alpha,
+                                       "level": f"{conf * 100:g}%"})
     deltas, pairs = compute_deltas(store, n_bootstrap=n_bootstrap, n_permutations=n_perm, seed=seed,
                                    confidence=conf, min_group_size=min_group_size, progress=progress)
     summary = summarize_seeds(deltas, pairs, n_bootstrap=n_bootstrap, n_permutations=n_perm, seed=seed,
@@ -191,8 +219,8 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
         csvs["pruning_exemplars"] = exemplar_makeup(compression_exemplars(store, families=("pruning",)), sens)
     if not exemplars.empty:
         csvs["exemplar_samples"] = exemplars[exemplars["exemplar"]]
-    if text_result is not None:
-        csvs.update(text_scores=text_result["scores"], text_flips=text_result["flips"])
+    text_frames = _text_tables(text, text_result) if text_result is not None else {}
+    csvs.update(text_frames)
     level = f"{conf * 100:g}%"
     heads_tables, heads_figs, heads_html = _soft_pruning(out, store, deltas, text=False, figures=figures,
                                                          level=level)
@@ -213,6 +241,7 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
 
         fig_paths = write_figures(deltas, flips, pareto, out / "figures", level)
         fig_paths += write_sparsity_figures(curves, out / "figures", level)
+        fig_paths += _text_figures(text_frames, out / "figures", level)
         fig_paths += heads_figs
     report_path = None
     if report:
@@ -225,7 +254,7 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
             from .report import _table
             from .text import text_report_html
 
-            extra = text_report_html(text_result, text.metrics, _table)
+            extra = text_report_html(text_result, text.metrics, _table, methods=text_frames["text_methods"])
         extra = heads_html + extra
         report_path = write_report(out / "report.html", deltas=deltas, flips=flips, findings=findings,
                                    pareto=pareto, makeup=makeup, meta=meta, extra_html=extra)

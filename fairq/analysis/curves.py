@@ -10,6 +10,11 @@ rows of ``deltas.csv``.
 - ``tables/sparsity_curves.csv``: one row per curve point × metric × group;
 - ``figures/sparsity_<dataset>_<model>.png``: four panels (headline metrics, group ``all``) plus one panel of
   per-group accuracy for the unstructured curve.
+
+Text cells (masked LMs) get the same curves from ``tables/text_scores.csv`` (:func:`text_sparsity_curves`): LMS,
+SS, ICAT, CrowS, BBQ and the planted-bias probes' SS against sparsity with their bootstrap CIs and paired deltas; the StereoSet domains are the
+groups (``stereoset_intra_ss_gender`` → metric ``stereoset_intra_ss``, group ``gender``) —
+``tables/text_sparsity_curves.csv`` and the per-domain SS panel of ``figures/text_sparsity_<dataset>_<model>.png``.
 """
 from __future__ import annotations
 
@@ -21,9 +26,13 @@ import pandas as pd
 
 from .figures import LABELS, _plt, _primary, _save, slug
 
-__all__ = ["CURVE_METRICS", "sparsity_curves", "write_sparsity_figures"]
+__all__ = ["CURVE_METRICS", "TEXT_CURVE_METRICS", "sparsity_curves", "text_sparsity_curves", "write_sparsity_figures"]
 
 CURVE_METRICS = ("accuracy", "worst_group_accuracy", "demographic_parity_difference", "equalized_odds_difference")
+#: text curves: language-modelling score, stereotype score, ICAT, CrowS and BBQ (0–100 / −100…100), and the
+#: embedded default's planted-bias probes' SS (when the run scores them)
+TEXT_CURVE_METRICS = ("stereoset_intra_lms", "stereoset_intra_ss", "stereoset_intra_icat", "crows_metric",
+                      "bbq_accuracy_disambig", "bbq_bias_ambig", "probe_stereoset_ss")
 _KEEP = ["dataset", "model", "target", "seed", "curve", "method", "weight_bits", "sparsity", "target_sparsity",
          "cell", "attributes", "group", "metric", "n", "value", "value_ci_low", "value_ci_high", "baseline_value",
          "delta", "ci_low", "ci_high", "p_adjusted"]
@@ -43,12 +52,14 @@ def _curve_label(row) -> str:
     return label
 
 
-def sparsity_curves(deltas: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+def sparsity_curves(deltas: pd.DataFrame, metrics: pd.DataFrame, curve_metrics=CURVE_METRICS,
+                    group_metric: str = "accuracy") -> pd.DataFrame:
     """Curve points of every ``family == "pruning"`` cell and its baselines (sparsity 0), from ``deltas``.
 
     ``metrics``: ``metrics.csv`` (indexed by cell or with a ``cell`` column) for ``family``, ``sparsity``,
     ``target_sparsity`` and ``then_method``. Baseline rows are repeated under every curve of their model so that
-    each curve starts at its dense point.
+    each curve starts at its dense point. ``curve_metrics`` are kept for group ``all``, ``group_metric`` for every
+    group.
     """
     m = metrics.reset_index() if "cell" not in metrics.columns else metrics.copy()
     if "family" not in m.columns or not m["family"].astype(str).eq("pruning").any():
@@ -59,8 +70,8 @@ def sparsity_curves(deltas: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame
     m["curve"] = m.apply(_curve_label, axis=1)
     pruned = m[m["family"].astype(str).eq("pruning")]
     d = _primary(deltas)
-    headline = d["metric"].isin(CURVE_METRICS) & d["group"].eq("all")
-    d = d[headline | (d["metric"].eq("accuracy") & ~d["group"].eq("all"))]
+    headline = d["metric"].isin(curve_metrics) & d["group"].eq("all")
+    d = d[headline | (d["metric"].eq(group_metric) & ~d["group"].eq("all"))]
     info = m.set_index("cell")[["curve", "sparsity", "target_sparsity"]]
     d = d.drop(columns=[c for c in ("sparsity", "target_sparsity", "curve") if c in d.columns]).join(info, on="cell")
     pts = d[d["cell"].isin(pruned["cell"])]
@@ -80,8 +91,30 @@ def sparsity_curves(deltas: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame
                                   ignore_index=True)
 
 
-def write_sparsity_figures(curves: pd.DataFrame, fig_dir: Path, level: str = "95%") -> list[Path]:
-    """One figure per (dataset, model) with pruned cells; the lowest seed."""
+_DOMAIN_METRIC = re.compile(r"^(stereoset_intra_(?:ss|lms|icat))_(\w+)$")
+
+
+def text_sparsity_curves(scores: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """:func:`sparsity_curves` of text cells, from the text analysis's ``scores`` (``tables/text_scores.csv``):
+    :data:`TEXT_CURVE_METRICS` overall, and the StereoSet SS per domain as the groups."""
+    if scores.empty or "metric" not in scores.columns:
+        return pd.DataFrame(columns=_KEEP)
+    m = metrics.reset_index() if "cell" not in metrics.columns else metrics
+    d = scores.copy()
+    split = d["metric"].astype(str).str.extract(_DOMAIN_METRIC)
+    dom = split[0].notna()
+    d.loc[dom, "metric"], d["group"] = split.loc[dom, 0], np.where(dom, split[1], "all")
+    info = m.set_index("cell")[[c for c in ("dataset", "seed", "target") if c in m.columns]]
+    d = d.drop(columns=[c for c in info.columns if c in d.columns]).join(info, on="cell")
+    d["attributes"], d["n"] = "domain", np.nan
+    return sparsity_curves(d, metrics, curve_metrics=TEXT_CURVE_METRICS, group_metric="stereoset_intra_ss")
+
+
+def write_sparsity_figures(curves: pd.DataFrame, fig_dir: Path, level: str = "95%", *,
+                           curve_metrics=CURVE_METRICS, group_metric: str = "accuracy",
+                           prefix: str = "sparsity") -> list[Path]:
+    """One figure per (dataset, model) with pruned cells; the lowest seed. ``curve_metrics``: one panel each
+    (group ``all``); ``group_metric``: the last panel, per group, for the unstructured curve."""
     if curves.empty:
         return []
     plt = _plt()
@@ -89,9 +122,9 @@ def write_sparsity_figures(curves: pd.DataFrame, fig_dir: Path, level: str = "95
     paths = []
     for (ds, model), f in curves.groupby(["dataset", "model"], sort=False):
         f = f[f["seed"].astype(str) == sorted(f["seed"].astype(str).unique())[0]]
-        fig, axes = plt.subplots(1, len(CURVE_METRICS) + 1, figsize=(4.0 * (len(CURVE_METRICS) + 1), 3.8),
+        fig, axes = plt.subplots(1, len(curve_metrics) + 1, figsize=(4.0 * (len(curve_metrics) + 1), 3.8),
                                  layout="constrained")
-        for ax, metric in zip(axes, CURVE_METRICS):
+        for ax, metric in zip(axes, curve_metrics):
             for curve, c in f[(f["metric"] == metric) & (f["group"] == "all")].groupby("curve", sort=False):
                 c = c.sort_values("sparsity")
                 v = c["value"].to_numpy(float)
@@ -104,14 +137,15 @@ def write_sparsity_figures(curves: pd.DataFrame, fig_dir: Path, level: str = "95
         axes[0].legend(fontsize=6)
         ax = axes[-1]
         unstructured = f[f["curve"] == "magnitude_prune"]
-        groups = unstructured[(unstructured["metric"] == "accuracy") & (unstructured["group"] != "all")]
+        groups = unstructured[(unstructured["metric"] == group_metric) & (unstructured["group"] != "all")]
         for group, g in groups.groupby("group", sort=False):
             g = g.sort_values("sparsity")
-            ax.plot(g["sparsity"], g["value"], marker=".", label=f"{group} (n={int(g['n'].iloc[0])})")
-        ax.set_title("per-group accuracy (magnitude_prune)", fontsize=9)
+            n = g["n"].iloc[0]
+            ax.plot(g["sparsity"], g["value"], marker=".", label=f"{group}" + (f" (n={int(n)})" if pd.notna(n) else ""))
+        ax.set_title(f"per-group {LABELS.get(group_metric, group_metric)} (magnitude_prune)", fontsize=9)
         ax.set_xlabel("measured sparsity")
         if len(groups):
             ax.legend(fontsize=5)
         fig.suptitle(f"{ds} / {model}: sparsity curves", fontsize=10)
-        paths.append(_save(fig, fig_dir / f"{slug('sparsity', ds, model)}.png"))
+        paths.append(_save(fig, fig_dir / f"{slug(prefix, ds, model)}.png"))
     return paths

@@ -72,6 +72,33 @@ def method_table(metrics: pd.DataFrame) -> pd.DataFrame:
         .drop(columns="_o").reset_index(drop=True)
 
 
+#: metrics.csv columns of :func:`text_method_table` (``worst_domain_lms`` / ``worst_domain`` are derived there).
+TEXT_METHOD_TABLE_COLUMNS = ("dataset", "model", "seed", "family", "method", "variant", "weight_bits", "backend",
+                             "params", "sparsity", "flops", "size_mb", "size_kind", "stereoset_intra_lms",
+                             "worst_domain_lms", "worst_domain", "stereoset_intra_ss", "stereoset_intra_icat",
+                             "crows_metric", "bbq_accuracy_disambig", "latency_ms", "latency_batch_size",
+                             "item_latency_ms")
+
+
+def text_method_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """:func:`method_table` for masked-LM cells: LMS stands for accuracy and the lowest per-domain StereoSet LMS
+    (``worst_domain_lms``, the domain named in ``worst_domain``) for worst-group accuracy; SS, ICAT, CrowS and
+    BBQ beside them. Every value is the cell's ``metrics.csv`` row (the per-domain LMS columns included)."""
+    if metrics.empty:
+        return pd.DataFrame()
+    m = metrics.reset_index(drop=True).copy()
+    lms = m[[c for c in m.columns if c.startswith("stereoset_intra_lms_")]].apply(pd.to_numeric, errors="coerce")
+    has = lms.notna().any(axis=1)
+    m["worst_domain_lms"] = lms.min(axis=1)
+    m["worst_domain"] = pd.Series(pd.NA, index=m.index, dtype=object)
+    if has.any():
+        m.loc[has, "worst_domain"] = lms[has].idxmin(axis=1).str.replace("stereoset_intra_lms_", "", regex=False)
+    cols = [c for c in TEXT_METHOD_TABLE_COLUMNS if c in m.columns]
+    order = m["method"].astype(str).ne("baseline")
+    return m.assign(_o=order)[cols + ["_o"]].sort_values(["dataset", "model", "seed", "_o"], kind="stable") \
+        .drop(columns="_o").reset_index(drop=True)
+
+
 def flips_overview(flips: pd.DataFrame) -> pd.DataFrame:
     """One row per compressed cell: overall flip rate, directions and rate per uncertainty bin."""
     if flips.empty:

@@ -251,8 +251,9 @@ def headline_table(scores: pd.DataFrame, metrics=_MAIN) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def text_report_html(result: dict, metrics: pd.DataFrame, table) -> str:
-    """The report's text section (``table``: the report's HTML table writer)."""
+def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.DataFrame | None = None) -> str:
+    """The report's text section (``table``: the report's HTML table writer; ``methods``: the text methods table,
+    :func:`fairq.analysis.tables.text_method_table`)."""
     scores, flips = result["scores"], result["flips"]
     doms = [f"stereoset_intra_{k}_{d}" for d in STEREOSET_DOMAINS for k in ("ss", "lms", "icat")]
     crows = sorted({m for m in scores.get("metric", []) if m.startswith("crows_") and m != "crows_metric"})
@@ -275,6 +276,11 @@ def text_report_html(result: dict, metrics: pd.DataFrame, table) -> str:
              "<h3>StereoSet per domain</h3>", table(headline_table(scores, doms)),
              "<h3>CrowS-Pairs per bias type</h3>", table(headline_table(scores, crows)),
              "<h3>BBQ per category</h3>", table(headline_table(scores, bbq)),
+             *(["<h3>Methods: params, size, LMS, worst-domain LMS, latency</h3>",
+                "<p class='note'>One row per cell from metrics.csv: sparsity measured from the weights (unstructured) "
+                "or the share of parameters removed (structured); size from the bytes written (size_kind); "
+                "worst_domain_lms = the lowest StereoSet LMS over the domains. Pruned cells against sparsity: "
+                "tables/text_sparsity_curves.csv.</p>", table(methods)] if methods is not None else []),
              "<h3>Flips vs the FP32 baseline</h3>",
              table(flips[["config", "benchmark", "domain", "n", "flips", "flip_rate", "flip_rate_ci_low",
                           "flip_rate_ci_high", "direction_1", "count_1", "direction_2", "count_2",

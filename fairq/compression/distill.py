@@ -6,9 +6,15 @@ y)``. The student is a fairq / timm model by name (``student: tiny_cnn``, ``stud
 initialised from the teacher's weights. In a run, training uses the run's datamodule and Trainer factory (its
 logger and fairness callback); as a library, a quiet Trainer over ``train_loader``.
 
+Masked LMs (a BERT teacher on MLM batches: token-level ``labels``, ``-100`` where not masked — the text
+datamodule's training loader): the same loss at the masked positions, over the vocabulary — KL between the
+teacher's and the student's temperature-scaled distributions of each masked token plus the hard-label MLM loss —
+in :class:`MaskedLMDistillModule`; the student is ``half_depth``. Which module runs is the run's training objective
+(:func:`fairq.lit.objective_of`).
+
 Records: ``student``, ``params``, ``teacher_params``, ``flops``, ``distill_loss_first`` / ``distill_loss_last``
-(mean training loss of the first / last epoch) and ``kl_to_teacher_before`` / ``_after`` (mean KL of the teacher's
-from the student's predictions on the validation split, T = 1).
+(mean training loss of the first / last epoch; with a single epoch, of its first / last fifth of the steps) and ``kl_to_teacher_before`` / ``_after`` (mean KL of the teacher's
+from the student's predictions on the validation split, T = 1: per sample, or per attended token for a masked LM).
 """
 from __future__ import annotations
 
@@ -20,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairq.batches import split_batch
-from fairq.lit import FairClassifier, quiet_trainer
+from fairq.batches import IGNORE_INDEX, as_batches, split_batch
+from fairq.lit import FairClassifier, MaskedLMModule, fit_module, objective_of, quiet_trainer
 
 from .backend import tag_model
 from .config import _check_choice, _check_positive, _Config, variant_of
@@ -88,9 +94,9 @@ def distill_loss(student_logits, teacher_logits, target, temperature: float, alp
     return alpha * soft + (1 - alpha) * hard
 
 
-class DistillModule(FairClassifier):
-    """A :class:`~fairq.lit.FairClassifier` (validation, optimiser, fairness logging) whose training step is the
-    distillation loss against a frozen teacher."""
+class _DistillStep:
+    """The distillation training step against a frozen teacher (mixed into a fairq LightningModule, whose
+    optimiser and validation it keeps)."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, temperature: float, alpha: float, lr: float,
                  weight_decay: float = 0.0):
@@ -109,14 +115,25 @@ class DistillModule(FairClassifier):
         b = split_batch(batch)
         if b.target is None:
             raise ValueError("distillation batches need targets ('target'/'labels') for the hard-label term")
+        # a classifier: every sample; a masked LM: the masked positions' vocabulary distributions
         with torch.no_grad():
-            teacher_logits = logits_of(self.teacher(*b.args, **b.kwargs))
-        logits = self(*b.args, **b.kwargs)
-        loss = distill_loss(logits, teacher_logits, b.target, self.temperature, self.alpha)
-        self.log("train/distill_loss", loss, batch_size=b.target.shape[0], on_step=True, on_epoch=True)
+            teacher_logits, _ = self.scored(self.teacher, b)
+        logits, target = self.scored(self.model, b)
+        loss = distill_loss(logits, teacher_logits, target, self.temperature, self.alpha)
+        self.log("train/distill_loss", loss, batch_size=int(target.shape[0]), on_step=True, on_epoch=True)
         if self.epoch_losses:
             self.epoch_losses[-1].append(float(loss.detach()))
         return loss
+
+
+class DistillModule(_DistillStep, FairClassifier):
+    """A :class:`~fairq.lit.FairClassifier` (validation, optimiser, fairness logging) whose training step is the
+    distillation loss against a frozen teacher."""
+
+
+class MaskedLMDistillModule(_DistillStep, MaskedLMModule):
+    """A :class:`~fairq.lit.MaskedLMModule` whose training step is the distillation loss at the masked positions
+    (temperature-scaled KL over the vocabulary + the hard-label MLM loss) against a frozen teacher."""
 
 
 def half_depth(teacher: nn.Module) -> nn.Module:
@@ -146,7 +163,11 @@ def _num_classes_and_size(teacher: nn.Module, example) -> tuple[int, int | None]
     return int(out.shape[-1]), size
 
 
-def build_student(teacher: nn.Module, config: DistillConfig, example) -> nn.Module:
+def build_student(teacher: nn.Module, config: DistillConfig, example, objective: str = "classification"
+                  ) -> nn.Module:
+    if objective == "masked_lm" and config.student != "half_depth":
+        raise ValueError(f"distill on a masked LM takes student: half_depth (the teacher with every other encoder "
+                         f"layer), not {config.student!r}: named students are classifiers of the model registry")
     if config.student == "half_depth":
         student = half_depth(teacher)
         if config.init == "random":
@@ -163,15 +184,34 @@ def build_student(teacher: nn.Module, config: DistillConfig, example) -> nn.Modu
     return create_model(config.student, num_classes=num_classes, pretrained=False, **kwargs)
 
 
+def _kl_positions(logits: torch.Tensor, batch) -> torch.Tensor:
+    """Which rows of ``logits.reshape(-1, C)`` the KL averages over: every sample of a classifier; the labelled
+    (masked) tokens of an MLM batch, else its attended tokens."""
+    if logits.dim() < 3:
+        return torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+    if batch.target is not None and batch.target.dim() == logits.dim() - 1:
+        return (batch.target != IGNORE_INDEX).reshape(-1).to(logits.device)
+    mask = batch.kwargs.get("attention_mask")
+    return (mask.bool() if mask is not None else torch.ones(logits.shape[:-1], dtype=torch.bool,
+                                                            device=logits.device)).reshape(-1).to(logits.device)
+
+
 def mean_kl(student: nn.Module, teacher: nn.Module, data, limit: int | None = 8) -> float:
-    """Mean KL(p_teacher ‖ p_student) per sample over ``limit`` batches (T = 1)."""
+    """Mean KL(p_teacher ‖ p_student) per sample (per token for a masked LM, see :func:`_kl_positions`) over
+    ``limit`` batches (T = 1)."""
+    from itertools import islice
+
     total, n = 0.0, 0
     was = student.training
     student.eval()
+    device = model_device(student)
     with torch.no_grad():
-        for args, kwargs in iter_model_inputs(data, limit, device=model_device(student)):
-            s, t = logits_of(student(*args, **kwargs)), logits_of(teacher(*args, **kwargs))
-            total += float(F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="sum"))
+        for batch in islice(as_batches(data), limit):
+            b = split_batch(batch).to(device)
+            s, t = logits_of(student(*b.args, **b.kwargs)), logits_of(teacher(*b.args, **b.kwargs))
+            keep = _kl_positions(s, b)
+            s, t = s.reshape(-1, s.shape[-1])[keep], t.reshape(-1, t.shape[-1])[keep]
+            total += float(F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="sum"))
             n += int(s.shape[0])
     student.train(was)
     return total / max(1, n)
@@ -184,28 +224,34 @@ def handle_distill(model: nn.Module, config: DistillConfig, inputs: MethodInputs
         example = inputs.datamodule.val_dataloader()
     if example is None:
         raise ValueError("distill needs data: a datamodule, validation or train_loader")
-    student = build_student(teacher, config, example).to(model_device(teacher))
+    in_run = inputs.make_trainer is not None and inputs.datamodule is not None
+    if not in_run and inputs.train_loader is None:
+        raise ValueError("distill needs training data: a datamodule with a trainer factory, or train_loader")
+    objective = objective_of(inputs.datamodule if in_run else None, inputs.train_loader)
+    student = build_student(teacher, config, example, objective).to(model_device(teacher))
     kl_before = mean_kl(student, teacher, example)
     student.train()  # a half_depth copy of an eval-mode teacher would otherwise train in eval mode
-    module = DistillModule(student, teacher, temperature=config.temperature, alpha=config.alpha, lr=config.lr,
-                           weight_decay=float(inputs.optim.get("weight_decay", 0.0)))
+    module_cls = MaskedLMDistillModule if objective == "masked_lm" else DistillModule
+    module = module_cls(student, teacher, temperature=config.temperature, alpha=config.alpha, lr=config.lr,
+                        weight_decay=float(inputs.optim.get("weight_decay", 0.0)))
     overrides = {"max_epochs": int(config.epochs)}
     if config.max_steps:
         overrides["max_steps"] = int(config.max_steps)
-    if inputs.make_trainer is not None and inputs.datamodule is not None:
-        inputs.make_trainer(**overrides).fit(module, datamodule=inputs.datamodule)
-    elif inputs.train_loader is not None:
-        from torch.utils.data import DataLoader
-
-        loader = inputs.train_loader if isinstance(inputs.train_loader, DataLoader) else DataLoader(
-            list(inputs.train_loader), batch_size=None, shuffle=False)
-        quiet_trainer(model_device(teacher).type, **overrides).fit(module, train_dataloaders=loader)
+    if in_run:
+        fit_module(module, inputs.make_trainer, datamodule=inputs.datamodule, **overrides)
     else:
-        raise ValueError("distill needs training data: a datamodule with a trainer factory, or train_loader")
+        device = model_device(teacher).type
+        fit_module(module, lambda **o: quiet_trainer(device, **o), train_loader=inputs.train_loader, **overrides)
     student = module.model.eval()
-    losses = [sum(e) / len(e) for e in module.epoch_losses if e]
+    losses = [e for e in module.epoch_losses if e]
+    if len(losses) == 1:  # one epoch: its first and last fifth of the steps
+        k = max(1, len(losses[0]) // 5)
+        losses = [losses[0][:k], losses[0][-k:]]
+    losses = [sum(e) / len(e) for e in losses]
     record = {"student": config.student, **count_params(student), "teacher_params": count_params(teacher)["params"],
-              "flops": count_flops(student, example), "distill_loss_first": losses[0] if losses else None,
+              # on the calibration batch when the run gives one, as the pruning methods count theirs: a text
+              # model's FLOPs per sample depend on the sequence length, so cells compare only on the same batch
+              "flops": count_flops(student, inputs.calibration if inputs.calibration is not None else example), "distill_loss_first": losses[0] if losses else None,
               "distill_loss_last": losses[-1] if losses else None, "kl_to_teacher_before": kl_before,
               "kl_to_teacher_after": mean_kl(student, teacher, example),
               "distill_steps": sum(len(e) for e in module.epoch_losses)}
@@ -213,4 +259,5 @@ def handle_distill(model: nn.Module, config: DistillConfig, inputs: MethodInputs
     return MethodResult(student, record=record)
 
 
-register_method("distill", DistillConfig, handle_distill, needs={"training", "validation"}, family="distillation")
+register_method("distill", DistillConfig, handle_distill, needs={"training", "validation", "calibration"},
+                family="distillation")

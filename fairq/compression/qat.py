@@ -19,6 +19,8 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, QConfig
 from tqdm.auto import tqdm
 
+from fairq.batches import labelled_positions
+
 from .backend import load_int8, resolve_backend, tag_model
 from .config import PTQConfig, QATConfig
 from .data import iter_labelled_batches, logits_of, model_device, run_calibration
@@ -186,7 +188,8 @@ def convert_qat(model: nn.Module, config: QATConfig, calibration_data=None) -> n
 
 def train_briefly(model: nn.Module, train_loader, *, epochs: int = 1, lr: float = 1e-4,
                   max_steps: int | None = None) -> nn.Module:
-    """Minimal cross-entropy training loop (Adam) for QAT when no ``train_fn`` is given; returns ``model``."""
+    """Minimal cross-entropy training loop (Adam) for QAT when no ``train_fn`` is given (token-level labels: the
+    masked-LM loss); returns ``model``."""
     device = model_device(model)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
@@ -195,7 +198,8 @@ def train_briefly(model: nn.Module, train_loader, *, epochs: int = 1, lr: float 
         bar = tqdm(iter_labelled_batches(train_loader, device=device), desc=f"QAT epoch {epoch + 1}/{epochs}",
                    leave=False)
         for args, kwargs, target in bar:
-            loss = F.cross_entropy(logits_of(model(*args, **kwargs)), target.long())
+            # a masked LM's token-level labels: the loss at the masked positions only
+            loss = F.cross_entropy(*labelled_positions(logits_of(model(*args, **kwargs)), target.long()))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

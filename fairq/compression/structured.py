@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fairq.batches import labelled_positions
+
 from .backend import tag_model
 from .config import _as_str_tuple, _check_choice, _check_positive, variant_of
 from .data import iter_labelled_batches, iter_model_inputs, logits_of, model_device
@@ -53,7 +55,11 @@ def _validation_loss(model: nn.Module, data, limit: int | None) -> float:
     with torch.no_grad():
         for args, kwargs, target in iter_labelled_batches(data, limit, device=model_device(model)):
             logits = logits_of(model(*args, **kwargs))
-            total += float(F.cross_entropy(logits, target.long(), reduction="sum"))
+            if logits.dim() == target.dim() + 2:  # a masked LM's output on unlabelled text (no masked positions)
+                raise ValueError("a measured importance needs labelled validation batches; a masked LM's validation "
+                                 "split is unlabelled text: use importance: magnitude")
+            logits, target = labelled_positions(logits, target.long())  # token-level labels: masked positions
+            total += float(F.cross_entropy(logits, target, reduction="sum"))
             n += int(target.shape[0])
     if n == 0:
         raise ValueError("the validation data yielded no batches")

@@ -16,6 +16,7 @@ from typing import Callable, ClassVar
 from torch import nn
 
 from fairq.batches import model_device
+from fairq.errors import UserError
 from fairq.compression.config import QATConfig, _check_choice, _check_positive, variant_of
 from fairq.compression.qat import convert_qat, prepare_qat
 from fairq.compression.registry import Artifact, MethodInputs, MethodResult, register_method
@@ -104,6 +105,13 @@ def quantize_fairness_finetune(model: nn.Module, config: FairnessFinetuneConfig,
 
 
 def handle_fairness_finetune(model: nn.Module, config: FairnessFinetuneConfig, inputs: MethodInputs) -> MethodResult:
+    from fairq.lit import objective_of
+
+    if (inputs.datamodule is not None or inputs.train_loader is not None) and \
+            objective_of(inputs.datamodule, inputs.train_loader) == "masked_lm":
+        raise UserError("fairness_finetune penalises group gaps of a classifier's predictions; a masked LM's "
+                        "training batches have no group labels, so it has no meaning for text cells (use "
+                        "distill, qat or pruning there)")
     if inputs.train_fn is not None:
         raise ValueError("fairness_finetune trains with its own penalty (fairq.lit.FairClassifier): pass "
                          "train_loader (and optionally make_trainer), not train_fn")

@@ -107,6 +107,10 @@ class RunContext:
             **metrics, "size_mb": size_mb, "size_kind": size_kind, "latency_ms": lat["latency_ms"],
             "latency_batch_size": lat["batch_size"], "eval_seconds": round(eval_s, 3), **(extra or {}),
         }
+        if "params" not in row and row["backend"] == "fp32":  # e.g. the baseline (methods that change it record theirs)
+            from fairq.compression.sparsity import count_params
+
+            row.update(count_params(model))
         qrange = getattr(model, "fairq_act_qrange", None)
         if qrange is not None:  # the activation codes used (real INT8: 0..127 on CPUs without VNNI)
             row["act_code_range"] = f"{qrange[0]}..{qrange[1]}"

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -76,6 +76,8 @@ class TextTask(ClassificationTask):
 
     datamodule: Any = field(default=None, compare=False, repr=False)
     name: str = TASK_NAME
+    #: methods that train (distill, qat, pruning with fine-tuning) fit an MLM (:class:`fairq.lit.MaskedLMModule`)
+    objective: ClassVar[str] = "masked_lm"
     headline: tuple = HEADLINE
 
     # --- the FP32 model --------------------------------------------------------------------------------
@@ -94,6 +96,7 @@ class TextTask(ClassificationTask):
 
         dm = self.datamodule
         section = dict(ctx.sections.get("text") or {})
+        spec = None
         if model_name != EMBEDDED:
             model, tok = load_masked_lm(model_name)
             model.fairq_pretrained = model_name
@@ -120,7 +123,7 @@ class TextTask(ClassificationTask):
                          model_name, spec.steps, info["seconds"], info["first_loss"],
                          info["final_loss_mean_last50"], info["planted"])
             model.fairq_pretrained = f"{model_name} (pre-trained here: pretraining.json)"
-        dm.set_tokenizer(tok)
+        dm.set_tokenizer(tok, model_name=model_name, corpus_spec=spec)  # spec: the embedded corpus, for training
         model.fairq_name = model_name
         model.fairq_backend = "fp32"
         return model.eval()
