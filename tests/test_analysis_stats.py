@@ -12,7 +12,7 @@ from fairq.analysis.findings import verdict
 from fairq.analysis.pareto import pareto_mask
 from fairq.analysis.stats import (SharedSamples, benjamini_hochberg, cohens_h, joint_counts, mcnemar_test,
                                   paired_comparison, percentile_ci, permutation_p, permute_joint)
-from fairq.metrics import scalar_metrics_from_counts
+from fairq.metrics import group_rates, scalar_metrics_from_counts
 
 
 # ------------------------------------------------------------------------------------------------ BH
@@ -275,3 +275,72 @@ def test_pareto_mask_hand_points():
                     [0.88, 0.05, 1.0],   # tie with row 1: neither dominates
                     [np.nan, 0.0, 0.1]])  # missing accuracy → never on the frontier
     np.testing.assert_array_equal(pareto_mask(pts, [True, False, False]), [True, True, False, True, True, False])
+
+
+# ------------------------------------------------------------------------------------------------ SharedSamples
+def _seed_cells(c, g, y, a, b, present):
+    """Flat ``(group, y_true, a, b)`` cell of each sample, -1 where the seed lacks it (as deltas.seed_samples)."""
+    return np.where(present, ((g * c + y) * c + a) * c + b, -1)
+
+
+def test_shared_samples_joints_are_each_seeds_own_counts_and_swaps_transpose_them():
+    """Per seed, the joint counts are that seed's own ``joint_counts`` over the samples it saw (-1 cells left
+    out); swapping every sample exchanges A and B, i.e. transposes the last two axes. 3 classes and 2 groups of
+    different sizes, so a wrong radix or a swapped index lands in another cell."""
+    rng = np.random.default_rng(7)
+    n, c = 90, 3
+    g = (rng.random(n) < 0.3).astype(int)
+    y = rng.integers(0, c, size=n)
+    preds = [(rng.integers(0, c, size=n), rng.integers(0, c, size=n)) for _ in range(2)]
+    present = [np.ones(n, dtype=bool), rng.random(n) < 0.7]                 # seed 1 misses ~30% of the samples
+    cells = np.stack([_seed_cells(c, g, y, a, b, m) for (a, b), m in zip(preds, present)])
+    ss = SharedSamples(cells, g, (2, c, c, c))
+    want = np.stack([joint_counts(y[m], a[m], b[m], g[m], 2, c) for (a, b), m in zip(preds, present)])
+    np.testing.assert_array_equal(ss.joints(), want)
+    assert ss.count.sum() == n and ss.n_seeds == 2 and ss.joints().dtype == np.int64      # counts stay integers
+    np.testing.assert_array_equal(ss.joints(ss.count, ss.count), np.swapaxes(want, -1, -2))
+    half = ss.count // 2                                                      # swap some samples of each pattern
+    np.testing.assert_array_equal(ss.joints(ss.count, half).sum(axis=(-1, -2)), want.sum(axis=(-1, -2)))
+    # integer-valued float codes (pandas turns an int column with a gap into floats) mean the same samples
+    np.testing.assert_array_equal(SharedSamples(cells.astype(float), g.astype(float), (2, c, c, c)).joints(), want)
+
+
+def test_shared_samples_resample_keeps_strata_sizes_and_is_unbiased():
+    rng = np.random.default_rng(8)
+    n = 200
+    g = rng.integers(0, 3, size=n)
+    y, a, b = (rng.integers(0, 2, size=n) for _ in range(3))
+    ss = SharedSamples(_seed_cells(2, g, y, a, b, np.ones(n, dtype=bool))[None], g, (3, 2, 2, 2))
+    draws = ss.resample(4000, rng)
+    assert draws.shape == (4000, len(ss.count)) and draws.dtype == np.int64
+    for s in range(3):
+        sel = ss.strata == s
+        assert (draws[:, sel].sum(axis=1) == (g == s).sum()).all()           # each stratum keeps its size
+    # a multinomial draw of the stratum size over its patterns has mean = the observed pattern counts
+    np.testing.assert_allclose(draws.mean(axis=0), ss.count, atol=0.1 * ss.count.max())
+    assert draws.std(axis=0).min() > 0
+
+
+def test_shared_seeds_a_seed_without_a_group_makes_exactly_the_draws_that_pick_it_undefined():
+    """Seed 1 never saw group 1, so its group-1 accuracy delta is NaN. A bootstrap draw resamples the 2 seeds with
+    replacement: it is undefined iff it picks seed 1, which happens with probability 1 − (1/2)² = 3/4; the valid
+    draws are seed 0 alone, so their interval covers seed 0's estimate. The estimate (mean over seeds) is NaN."""
+    rng = np.random.default_rng(9)
+    n = 400
+    g, y = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
+    a = np.where(rng.random(n) < 0.8, y, 1 - y)
+    b = np.where(rng.random(n) < 0.2, 1 - a, a)
+    cells = np.stack([_seed_cells(2, g, y, a, b, np.ones(n, dtype=bool)), _seed_cells(2, g, y, a, b, g == 0)])
+
+    def group1_acc_delta(ca, cb):
+        return (group_rates(cb, None)["accuracy"][..., 1] - group_rates(ca, None)["accuracy"][..., 1])[..., None]
+
+    res = paired_comparison(SharedSamples(cells, g, (2, 2, 2, 2)), group1_acc_delta, n_bootstrap=2000,
+                            n_permutations=200, seed=0)
+    assert {k: v.shape for k, v in res.items()} == {k: (1,) for k in ("estimate", "ci_low", "ci_high", "p_value",
+                                                                       "n_valid")}
+    assert np.isnan(res["estimate"][0]) and np.isnan(res["p_value"][0])
+    assert 400 <= res["n_valid"][0] <= 600                                   # Binomial(2000, 1/4): 500 ± 58 (3 sd)
+    m = g == 1
+    seed0 = np.mean(b[m] == y[m]) - np.mean(a[m] == y[m])
+    assert res["ci_low"][0] <= seed0 <= res["ci_high"][0]
