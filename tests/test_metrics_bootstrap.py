@@ -220,3 +220,32 @@ def test_many_groups_gap_bias():
     cov = {k: v / reps for k, v in cov.items()}
     print("many-groups coverage", cov)
     assert cov["percentile"] < 0.7 < cov["delta"] and cov["basic"] > cov["percentile"]
+
+
+def test_count_resampling_keeps_group_totals_for_any_cell_shape_and_tiny_groups():
+    """[G, cells] of any trailing shape: each group keeps its total; a one-sample group always redraws its one cell;
+    an empty group draws nothing; negative counts and a 1-D array are refused."""
+    counts = np.array([[3, 1, 0], [0, 1, 0], [0, 0, 0]])              # 2-D: group 1 has one sample, group 2 none
+    d = resample_group_counts(counts, 500, np.random.default_rng(0))
+    assert d.shape == (500, 3, 3) and d.dtype.kind == "i"
+    np.testing.assert_array_equal(d.sum(axis=-1), np.broadcast_to([4, 1, 0], (500, 3)))
+    assert (d[:, 1] == [0, 1, 0]).all() and (d[:, 2] == 0).all() and (d[:, 0, 2] == 0).all()
+    assert 0.70 <= d[:, 0, 0].mean() / 4 <= 0.80                         # cell share 3/4, sd of the mean ≈ 0.01
+    with pytest.raises(ValueError, match="non-negative"):
+        resample_group_counts(-counts, 2, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"must be \[G, \.\.\.cells\]"):
+        resample_group_counts(np.array([3, 1]), 2, np.random.default_rng(0))
+
+
+def test_arguments_are_checked_at_their_boundaries():
+    ok = dict(n_resamples=1, confidence=0.5)
+    out = bootstrap_ci_from_counts(COUNTS, GROUPS, min_group_size=1, **ok)       # one resample is allowed
+    one = out.n_valid == 1
+    assert (out.n_valid <= 1).all() and one.any() and (out.ci_low[one] == out.ci_high[one]).all()
+    for bad, match in ((dict(n_resamples=0), "n_resamples must be >= 1"), (dict(confidence=0.0), "confidence"),
+                       (dict(confidence=1.0), "confidence"), (dict(confidence=1.5), "confidence"),
+                       (dict(method="bca"), "method must be one of")):
+        with pytest.raises(ValueError, match=match):
+            bootstrap_ci_from_counts(COUNTS, GROUPS, **{**ok, **bad})
+        with pytest.raises(ValueError, match=match):
+            paired_bootstrap_ci_from_counts(np.stack([COUNTS] * 2, axis=-1), GROUPS, **{**ok, **bad})
