@@ -249,3 +249,33 @@ def test_arguments_are_checked_at_their_boundaries():
             bootstrap_ci_from_counts(COUNTS, GROUPS, **{**ok, **bad})
         with pytest.raises(ValueError, match=match):
             paired_bootstrap_ci_from_counts(np.stack([COUNTS] * 2, axis=-1), GROUPS, **{**ok, **bad})
+
+
+def test_defaults_are_the_documented_ones():
+    """1000 percentile resamples at 95 % with seed 0 and min_group_size 20, for every entry point."""
+    from fairq.metrics import DEFAULT_MIN_GROUP_SIZE
+
+    assert DEFAULT_MIN_GROUP_SIZE == 20
+    documented = dict(n_resamples=1000, confidence=0.95, seed=0, min_group_size=20, method="percentile")
+    joint = np.stack([COUNTS, COUNTS[..., ::-1]], axis=-1)
+    pd.testing.assert_frame_equal(bootstrap_ci_from_counts(COUNTS, GROUPS),
+                                  bootstrap_ci_from_counts(COUNTS, GROUPS, **documented))
+    pd.testing.assert_frame_equal(paired_bootstrap_ci_from_counts(joint, GROUPS),
+                                  paired_bootstrap_ci_from_counts(joint, GROUPS, **documented))
+    rng = np.random.default_rng(4)
+    y, a, b, sf = _simulate(rng)
+    pd.testing.assert_frame_equal(bootstrap_ci(y, a, sf), bootstrap_ci(y, a, sf, pos_label=1, **documented))
+    pd.testing.assert_frame_equal(paired_bootstrap_ci(y, a, b, sf),
+                                  paired_bootstrap_ci(y, a, b, sf, pos_label=1, **documented))
+    assert (bootstrap_ci(y, a, sf).n_valid == 1000).all()
+
+
+def test_an_empty_group_gets_no_rows_and_leaves_the_others_unchanged():
+    counts = np.concatenate([COUNTS, np.zeros((1, 2, 2), dtype=int)])
+    groups = pd.DataFrame({"g": [0, 1, 2]})
+    out = bootstrap_ci_from_counts(counts, groups, n_resamples=50, min_group_size=1)
+    assert "g=2" not in set(out.group)
+    pd.testing.assert_frame_equal(out, bootstrap_ci_from_counts(COUNTS, GROUPS, n_resamples=50, min_group_size=1))
+    joint = counts[..., None] * np.eye(2, dtype=int)                   # B predicts exactly what A does
+    paired = paired_bootstrap_ci_from_counts(joint, groups, n_resamples=50, min_group_size=1)
+    assert "g=2" not in set(paired.group) and (paired.delta == 0).all()
