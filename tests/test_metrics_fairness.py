@@ -71,6 +71,27 @@ def test_thin_wrappers_equal_dict():
         fm.demographic_parity_difference(y_true, y_pred, sf)
 
 
+
+def test_thin_factory_names_documents_and_passes_every_argument_through():
+    """The wrappers are built by ``_thin`` at import time (before a test can intervene), so build one here.
+    Hand case, two groups of 4: A has TPR 1/2, B has TPR 1, both FPR 0 → equal opportunity 0.5 with class 1
+    positive; with class 0 positive the "TPR" is 1 − FPR = 1 in both groups → 0. At the default
+    min_group_size = 20 neither group qualifies → NaN."""
+    from fairq.metrics.fairness import _thin
+
+    metric = _thin("equal_opportunity_difference", r"\max_g TPR_g - \min_g TPR_g")
+    assert metric.__name__ == metric.__qualname__ == "equal_opportunity_difference"
+    assert metric.__doc__.startswith("Equal opportunity difference between sensitive groups.")
+    assert r".. math:: \max_g TPR_g - \min_g TPR_g" in metric.__doc__
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    p = np.array([1, 0, 0, 0, 1, 1, 0, 0])
+    sf = {"g": np.repeat(["A", "B"], 4)}
+    assert metric(y, p, sensitive_features=sf, min_group_size=1) == pytest.approx(0.5)
+    assert metric(y, p, sensitive_features=sf, min_group_size=1, pos_label=0) == pytest.approx(0.0)
+    assert np.isnan(metric(y, p, sensitive_features=sf))
+    with pytest.raises(ValueError, match="not in"):
+        metric(y, p, sensitive_features=sf, labels=["no", "yes"])
+
 def test_dict_and_array_inputs_and_string_labels():
     y_true, y_pred, sf = _random_binary(4, levels=(("race", 3),))
     a = fairness_metrics(y_true, y_pred, {"race": sf["race"].to_numpy()}, min_group_size=1)
