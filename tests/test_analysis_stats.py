@@ -244,6 +244,11 @@ def test_shared_seeds_that_differ_add_their_spread_to_the_interval():
                                  permutation=False) for b in seeds]
     assert both["estimate"][0] == pytest.approx(np.mean([s["estimate"][0] for s in singles]))
     assert (both["ci_high"] - both["ci_low"])[0] > max((s["ci_high"] - s["ci_low"])[0] for s in singles)
+    assert both["p_value"].shape == (1,) and np.isnan(both["p_value"]).all()     # no permutation test asked for
+    # the level is used: an 80 % interval lies inside the 95 % one of the same draws (same seed)
+    narrow = paired_comparison(SharedSamples(cells, g, (2, 2, 2, 2)), _acc_delta, n_bootstrap=2000, seed=0,
+                               permutation=False, confidence=0.8)
+    assert both["ci_low"][0] < narrow["ci_low"][0] < narrow["ci_high"][0] < both["ci_high"][0]
 
 
 # ------------------------------------------------------------------------------------------------ rules
