@@ -260,6 +260,12 @@ def test_shared_seeds_that_differ_add_their_spread_to_the_interval():
     (-0.03, -0.07, 0.01, 0.2, "< 0", "inconclusive"),
     (-0.10, -0.15, -0.05, 0.2, "< 0", "inconclusive"),       # CI excludes 0 but corrected p does not
     (np.nan, np.nan, np.nan, np.nan, "> 0", "inconclusive"),
+    # boundaries, all strict: a CI touching 0, p equal to alpha, a CI edge equal to the margin
+    (0.10, 0.0, 0.20, 0.001, "> 0", "inconclusive"),
+    (-0.10, -0.20, 0.0, 0.001, "> 0", "inconclusive"),
+    (-0.10, -0.15, -0.05, 0.05, "< 0", "inconclusive"),
+    (0.0, -0.01, 0.005, 0.6, "< 0", "inconclusive"),
+    (0.0, -0.005, 0.01, 0.6, "< 0", "inconclusive"),
 ])
 def test_verdict_rule(est, lo, hi, p, hyp, expected):
     assert verdict(est, lo, hi, p, hyp) == expected
