@@ -355,3 +355,32 @@ def test_shared_seeds_a_seed_without_a_group_makes_exactly_the_draws_that_pick_i
     m = g == 1
     seed0 = np.mean(b[m] == y[m]) - np.mean(a[m] == y[m])
     assert res["ci_low"][0] <= seed0 <= res["ci_high"][0]
+
+
+def test_memory_chunks_do_not_change_the_draws_and_defaults_are_documented(monkeypatch):
+    """Draws made in many small memory chunks equal the draws made at once (the generator is consumed row by row),
+    for a 2-column statistic; and paired_comparison's defaults are 1000 / 1000 draws, seed 0, 95 %."""
+    from fairq.analysis import stats
+
+    rng = np.random.default_rng(3)
+    n = 200
+    g, y = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
+    a = np.where(rng.random(n) < 0.8, y, 1 - y)
+    b = np.where(rng.random(n) < 0.2, 1 - a, a)
+    joint = joint_counts(y, a, b, g, 2, 2)
+
+    def two(ca, cb):
+        return np.concatenate([_acc_delta(ca, cb),
+                               _dp_delta(ca, cb)], axis=-1)
+
+    whole = stats.bootstrap_draws(joint, two, 50, np.random.default_rng(0))
+    whole_p = stats.permutation_draws(joint, two, 50, np.random.default_rng(0))
+    monkeypatch.setattr(stats, "_CHUNK_CELLS", 7 * joint.size)              # chunks of 7 draws: 7+7+…+1
+    np.testing.assert_array_equal(stats.bootstrap_draws(joint, two, 50, np.random.default_rng(0)), whole)
+    np.testing.assert_array_equal(stats.permutation_draws(joint, two, 50, np.random.default_rng(0)), whole_p)
+    assert whole.shape == whole_p.shape == (50, 2)
+    monkeypatch.undo()
+    documented = paired_comparison([joint], _acc_delta, n_bootstrap=1000, n_permutations=1000, seed=0,
+                                   confidence=0.95)
+    for key, value in paired_comparison([joint], _acc_delta).items():
+        np.testing.assert_array_equal(value, documented[key], err_msg=key)
