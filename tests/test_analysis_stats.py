@@ -160,7 +160,7 @@ def test_percentile_ci_single_valid_draw_and_paired_comparison_plumbing():
     other = paired_comparison([joint], _acc_delta, seed=2, confidence=0.8, **kw)
     assert (again["ci_low"][0], again["ci_high"][0]) == (res["ci_low"][0], res["ci_high"][0])  # seeded
     assert (other["ci_low"][0], other["ci_high"][0]) != (res["ci_low"][0], res["ci_high"][0])  # by that seed
-    with pytest.raises(ValueError, match="at least one joint count array"):
+    with pytest.raises(ValueError, match="^paired_comparison needs at least one joint count array$"):
         paired_comparison([], _acc_delta)
 
 
@@ -197,6 +197,7 @@ def test_paired_comparison_seeds_average_and_pair():
     one = paired_comparison([j], _acc_delta, n_bootstrap=200, n_permutations=200, seed=0)
     two = paired_comparison([j, j], _acc_delta, n_bootstrap=200, n_permutations=200, seed=0)
     assert two["estimate"][0] == pytest.approx(one["estimate"][0])
+    assert {k: v.shape for k, v in two.items()} == {k: (1,) for k in two}      # one statistic, whatever the seeds
     expected = (np.mean(b == y) - np.mean(a == y))
     assert one["estimate"][0] == pytest.approx(expected)
     assert one["ci_low"][0] <= expected <= one["ci_high"][0]
