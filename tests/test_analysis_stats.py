@@ -385,3 +385,17 @@ def test_memory_chunks_do_not_change_the_draws_and_defaults_are_documented(monke
                                    confidence=0.95)
     for key, value in paired_comparison([joint], _acc_delta).items():
         np.testing.assert_array_equal(value, documented[key], err_msg=key)
+
+
+def test_percentile_ci_per_column_default_level_and_cohens_h_clips():
+    import warnings
+
+    draws = np.stack([np.arange(1001.0), 10 * np.arange(1001.0), np.full(1001, np.nan)], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                   # an all-NaN column is skipped quietly
+        lo, hi, valid = percentile_ci(draws)                             # default: 95 %
+    np.testing.assert_allclose(lo[:2], [25.0, 250.0])
+    np.testing.assert_allclose(hi[:2], [975.0, 9750.0])
+    assert np.isnan(lo[2]) and np.isnan(hi[2]) and valid.tolist() == [1001, 1001, 0]
+    assert cohens_h(1.2, 0.5) == cohens_h(1.0, 0.5) and cohens_h(-0.1, 0.5) == cohens_h(0.0, 0.5)
+    assert cohens_h(0.5, 1.3) == cohens_h(0.5, 1.0) and cohens_h(0.5, -2.0) == cohens_h(0.5, 0.0)
