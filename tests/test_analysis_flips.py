@@ -53,6 +53,15 @@ def test_normalized_entropy_and_bins_hand_values():
     np.testing.assert_array_equal(uncertainty_bin(np.array([0.0, 0.33, 0.34, 0.66, 0.67, 1.0])), [0, 0, 1, 1, 2, 2])
 
 
+
+def test_entropy_renormalises_rows_and_bins_are_closed_on_the_left():
+    """Rows are clipped at 0 and renormalised (an all-zero row counts as uniform); 3 classes divide by log 3;
+    a bin is [lo, hi): exactly 1/3 is medium, exactly 2/3 high, 1 stays high."""
+    h = normalized_entropy(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [2.0, 0.0, 0.0], [-1.0, 1.0, 1.0]]))
+    np.testing.assert_allclose(h, [1.0, 1.0, 0.0, np.log(2) / np.log(3)], atol=1e-12)
+    np.testing.assert_array_equal(uncertainty_bin(np.array([1 / 3, 2 / 3, np.nextafter(1 / 3, 0), 1.0])),
+                                  [1, 2, 0, 2])
+
 def test_flips_by_group_direction_and_uncertainty(tmp_path):
     store = load_store(write_store(tmp_path, {"b": ("baseline", 32, BASE), "c1": ("ptq_static", 4, C1)}))
     flips = compute_flips(store, {"c1": align(store.cells["b"], store.cells["c1"])})
@@ -68,7 +77,11 @@ def test_flips_by_group_direction_and_uncertainty(tmp_path):
     # bins: low {0}, medium {1, 2, 4, 6, 7}, high {3, 5}; flips on 0, 3, 5
     assert [overall[f"n_{b}"] for b in UNCERTAINTY_BINS] == [1, 5, 2]
     assert [overall[f"flips_{b}"] for b in UNCERTAINTY_BINS] == [1, 0, 2]
-    assert overall["flip_rate_ci_low"] < 3 / 8 < overall["flip_rate_ci_high"]
+    from statsmodels.stats.proportion import proportion_confint
+
+    for row, k, n in ((overall, 3, 8), (x, 2, 4), (y, 1, 4)):                 # Wilson 95 % (statsmodels)
+        lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
+        assert (row["flip_rate_ci_low"], row["flip_rate_ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
 
 
 def test_compression_identified_exemplars(tmp_path):

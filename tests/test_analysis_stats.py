@@ -12,7 +12,7 @@ from fairq.analysis.findings import verdict
 from fairq.analysis.pareto import pareto_mask
 from fairq.analysis.stats import (SharedSamples, benjamini_hochberg, cohens_h, joint_counts, mcnemar_test,
                                   paired_comparison, percentile_ci, permutation_p, permute_joint)
-from fairq.metrics import scalar_metrics_from_counts
+from fairq.metrics import group_rates, scalar_metrics_from_counts
 
 
 # ------------------------------------------------------------------------------------------------ BH
@@ -160,7 +160,7 @@ def test_percentile_ci_single_valid_draw_and_paired_comparison_plumbing():
     other = paired_comparison([joint], _acc_delta, seed=2, confidence=0.8, **kw)
     assert (again["ci_low"][0], again["ci_high"][0]) == (res["ci_low"][0], res["ci_high"][0])  # seeded
     assert (other["ci_low"][0], other["ci_high"][0]) != (res["ci_low"][0], res["ci_high"][0])  # by that seed
-    with pytest.raises(ValueError, match="at least one joint count array"):
+    with pytest.raises(ValueError, match="^paired_comparison needs at least one joint count array$"):
         paired_comparison([], _acc_delta)
 
 
@@ -197,6 +197,7 @@ def test_paired_comparison_seeds_average_and_pair():
     one = paired_comparison([j], _acc_delta, n_bootstrap=200, n_permutations=200, seed=0)
     two = paired_comparison([j, j], _acc_delta, n_bootstrap=200, n_permutations=200, seed=0)
     assert two["estimate"][0] == pytest.approx(one["estimate"][0])
+    assert {k: v.shape for k, v in two.items()} == {k: (1,) for k in two}      # one statistic, whatever the seeds
     expected = (np.mean(b == y) - np.mean(a == y))
     assert one["estimate"][0] == pytest.approx(expected)
     assert one["ci_low"][0] <= expected <= one["ci_high"][0]
@@ -244,6 +245,11 @@ def test_shared_seeds_that_differ_add_their_spread_to_the_interval():
                                  permutation=False) for b in seeds]
     assert both["estimate"][0] == pytest.approx(np.mean([s["estimate"][0] for s in singles]))
     assert (both["ci_high"] - both["ci_low"])[0] > max((s["ci_high"] - s["ci_low"])[0] for s in singles)
+    assert both["p_value"].shape == (1,) and np.isnan(both["p_value"]).all()     # no permutation test asked for
+    # the level is used: an 80 % interval lies inside the 95 % one of the same draws (same seed)
+    narrow = paired_comparison(SharedSamples(cells, g, (2, 2, 2, 2)), _acc_delta, n_bootstrap=2000, seed=0,
+                               permutation=False, confidence=0.8)
+    assert both["ci_low"][0] < narrow["ci_low"][0] < narrow["ci_high"][0] < both["ci_high"][0]
 
 
 # ------------------------------------------------------------------------------------------------ rules
@@ -255,6 +261,12 @@ def test_shared_seeds_that_differ_add_their_spread_to_the_interval():
     (-0.03, -0.07, 0.01, 0.2, "< 0", "inconclusive"),
     (-0.10, -0.15, -0.05, 0.2, "< 0", "inconclusive"),       # CI excludes 0 but corrected p does not
     (np.nan, np.nan, np.nan, np.nan, "> 0", "inconclusive"),
+    # boundaries, all strict: a CI touching 0, p equal to alpha, a CI edge equal to the margin
+    (0.10, 0.0, 0.20, 0.001, "> 0", "inconclusive"),
+    (-0.10, -0.20, 0.0, 0.001, "> 0", "inconclusive"),
+    (-0.10, -0.15, -0.05, 0.05, "< 0", "inconclusive"),
+    (0.0, -0.01, 0.005, 0.6, "< 0", "inconclusive"),
+    (0.0, -0.005, 0.01, 0.6, "< 0", "inconclusive"),
 ])
 def test_verdict_rule(est, lo, hi, p, hyp, expected):
     assert verdict(est, lo, hi, p, hyp) == expected
@@ -275,3 +287,115 @@ def test_pareto_mask_hand_points():
                     [0.88, 0.05, 1.0],   # tie with row 1: neither dominates
                     [np.nan, 0.0, 0.1]])  # missing accuracy → never on the frontier
     np.testing.assert_array_equal(pareto_mask(pts, [True, False, False]), [True, True, False, True, True, False])
+
+
+# ------------------------------------------------------------------------------------------------ SharedSamples
+def _seed_cells(c, g, y, a, b, present):
+    """Flat ``(group, y_true, a, b)`` cell of each sample, -1 where the seed lacks it (as deltas.seed_samples)."""
+    return np.where(present, ((g * c + y) * c + a) * c + b, -1)
+
+
+def test_shared_samples_joints_are_each_seeds_own_counts_and_swaps_transpose_them():
+    """Per seed, the joint counts are that seed's own ``joint_counts`` over the samples it saw (-1 cells left
+    out); swapping every sample exchanges A and B, i.e. transposes the last two axes. 3 classes and 2 groups of
+    different sizes, so a wrong radix or a swapped index lands in another cell."""
+    rng = np.random.default_rng(7)
+    n, c = 90, 3
+    g = (rng.random(n) < 0.3).astype(int)
+    y = rng.integers(0, c, size=n)
+    preds = [(rng.integers(0, c, size=n), rng.integers(0, c, size=n)) for _ in range(2)]
+    present = [np.ones(n, dtype=bool), rng.random(n) < 0.7]                 # seed 1 misses ~30% of the samples
+    cells = np.stack([_seed_cells(c, g, y, a, b, m) for (a, b), m in zip(preds, present)])
+    ss = SharedSamples(cells, g, (2, c, c, c))
+    want = np.stack([joint_counts(y[m], a[m], b[m], g[m], 2, c) for (a, b), m in zip(preds, present)])
+    np.testing.assert_array_equal(ss.joints(), want)
+    assert ss.count.sum() == n and ss.n_seeds == 2 and ss.joints().dtype == np.int64      # counts stay integers
+    np.testing.assert_array_equal(ss.joints(ss.count, ss.count), np.swapaxes(want, -1, -2))
+    half = ss.count // 2                                                      # swap some samples of each pattern
+    np.testing.assert_array_equal(ss.joints(ss.count, half).sum(axis=(-1, -2)), want.sum(axis=(-1, -2)))
+    # integer-valued float codes (pandas turns an int column with a gap into floats) mean the same samples
+    np.testing.assert_array_equal(SharedSamples(cells.astype(float), g.astype(float), (2, c, c, c)).joints(), want)
+
+
+def test_shared_samples_resample_keeps_strata_sizes_and_is_unbiased():
+    rng = np.random.default_rng(8)
+    n = 200
+    g = rng.integers(0, 3, size=n)
+    y, a, b = (rng.integers(0, 2, size=n) for _ in range(3))
+    ss = SharedSamples(_seed_cells(2, g, y, a, b, np.ones(n, dtype=bool))[None], g, (3, 2, 2, 2))
+    draws = ss.resample(4000, rng)
+    assert draws.shape == (4000, len(ss.count)) and draws.dtype == np.int64
+    for s in range(3):
+        sel = ss.strata == s
+        assert (draws[:, sel].sum(axis=1) == (g == s).sum()).all()           # each stratum keeps its size
+    # a multinomial draw of the stratum size over its patterns has mean = the observed pattern counts
+    np.testing.assert_allclose(draws.mean(axis=0), ss.count, atol=0.1 * ss.count.max())
+    assert draws.std(axis=0).min() > 0
+
+
+def test_shared_seeds_a_seed_without_a_group_makes_exactly_the_draws_that_pick_it_undefined():
+    """Seed 1 never saw group 1, so its group-1 accuracy delta is NaN. A bootstrap draw resamples the 2 seeds with
+    replacement: it is undefined iff it picks seed 1, which happens with probability 1 − (1/2)² = 3/4; the valid
+    draws are seed 0 alone, so their interval covers seed 0's estimate. The estimate (mean over seeds) is NaN."""
+    rng = np.random.default_rng(9)
+    n = 400
+    g, y = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
+    a = np.where(rng.random(n) < 0.8, y, 1 - y)
+    b = np.where(rng.random(n) < 0.2, 1 - a, a)
+    cells = np.stack([_seed_cells(2, g, y, a, b, np.ones(n, dtype=bool)), _seed_cells(2, g, y, a, b, g == 0)])
+
+    def group1_acc_delta(ca, cb):
+        return (group_rates(cb, None)["accuracy"][..., 1] - group_rates(ca, None)["accuracy"][..., 1])[..., None]
+
+    res = paired_comparison(SharedSamples(cells, g, (2, 2, 2, 2)), group1_acc_delta, n_bootstrap=2000,
+                            n_permutations=200, seed=0)
+    assert {k: v.shape for k, v in res.items()} == {k: (1,) for k in ("estimate", "ci_low", "ci_high", "p_value",
+                                                                       "n_valid")}
+    assert np.isnan(res["estimate"][0]) and np.isnan(res["p_value"][0])
+    assert 400 <= res["n_valid"][0] <= 600                                   # Binomial(2000, 1/4): 500 ± 58 (3 sd)
+    m = g == 1
+    seed0 = np.mean(b[m] == y[m]) - np.mean(a[m] == y[m])
+    assert res["ci_low"][0] <= seed0 <= res["ci_high"][0]
+
+
+def test_memory_chunks_do_not_change_the_draws_and_defaults_are_documented(monkeypatch):
+    """Draws made in many small memory chunks equal the draws made at once (the generator is consumed row by row),
+    for a 2-column statistic; and paired_comparison's defaults are 1000 / 1000 draws, seed 0, 95 %."""
+    from fairq.analysis import stats
+
+    rng = np.random.default_rng(3)
+    n = 200
+    g, y = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
+    a = np.where(rng.random(n) < 0.8, y, 1 - y)
+    b = np.where(rng.random(n) < 0.2, 1 - a, a)
+    joint = joint_counts(y, a, b, g, 2, 2)
+
+    def two(ca, cb):
+        return np.concatenate([_acc_delta(ca, cb),
+                               _dp_delta(ca, cb)], axis=-1)
+
+    whole = stats.bootstrap_draws(joint, two, 50, np.random.default_rng(0))
+    whole_p = stats.permutation_draws(joint, two, 50, np.random.default_rng(0))
+    monkeypatch.setattr(stats, "_CHUNK_CELLS", 7 * joint.size)              # chunks of 7 draws: 7+7+…+1
+    np.testing.assert_array_equal(stats.bootstrap_draws(joint, two, 50, np.random.default_rng(0)), whole)
+    np.testing.assert_array_equal(stats.permutation_draws(joint, two, 50, np.random.default_rng(0)), whole_p)
+    assert whole.shape == whole_p.shape == (50, 2)
+    monkeypatch.undo()
+    documented = paired_comparison([joint], _acc_delta, n_bootstrap=1000, n_permutations=1000, seed=0,
+                                   confidence=0.95)
+    for key, value in paired_comparison([joint], _acc_delta).items():
+        np.testing.assert_array_equal(value, documented[key], err_msg=key)
+
+
+def test_percentile_ci_per_column_default_level_and_cohens_h_clips():
+    import warnings
+
+    draws = np.stack([np.arange(1001.0), 10 * np.arange(1001.0), np.full(1001, np.nan)], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                   # an all-NaN column is skipped quietly
+        lo, hi, valid = percentile_ci(draws)                             # default: 95 %
+    np.testing.assert_allclose(lo[:2], [25.0, 250.0])
+    np.testing.assert_allclose(hi[:2], [975.0, 9750.0])
+    assert np.isnan(lo[2]) and np.isnan(hi[2]) and valid.tolist() == [1001, 1001, 0]
+    assert cohens_h(1.2, 0.5) == cohens_h(1.0, 0.5) and cohens_h(-0.1, 0.5) == cohens_h(0.0, 0.5)
+    assert cohens_h(0.5, 1.3) == cohens_h(0.5, 1.0) and cohens_h(0.5, -2.0) == cohens_h(0.5, 0.0)

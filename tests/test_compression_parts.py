@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
 
 from fairq.compression import (
@@ -400,3 +401,93 @@ def test_keep_first_layer_policy():
                                                      act_bits=None), None, val)
     rows = {r["layer"]: r for r in plan.rows}
     assert rows["0"]["policy"] == "first" and rows["0"]["bits"] is None and rows["4"]["policy"] == "keep_fp32"
+
+
+def test_quantize_weight_hand_values_per_channel_symmetric_and_per_tensor_affine():
+    """Min-max qparams by hand. Symmetric 4-bit: scale = max|w_row| / 7.5, zero point 0, codes round(w / scale)
+    clamped to [-8, 7]. Affine 3-bit per tensor over [0, 1.4]: scale = 1.4 / 7 = 0.2, zero point -4."""
+    w = torch.tensor([[-0.7, 1.0], [0.25, 2.0]])
+    qw = quantize_weight(w, 4, per_channel=True, symmetric=True)
+    torch.testing.assert_close(qw.scale, torch.tensor([1.0 / 7.5, 2.0 / 7.5]))
+    assert qw.zero_point.tolist() == [0, 0] and qw.bits == 4
+    assert qw.codes.tolist() == [[-5, 7], [1, 7]]   # -5.25 → -5, 7.5 → 7 (clamped), 0.9375 → 1
+    torch.testing.assert_close(qw.dequantize(), torch.tensor([[-5.0, 7.0], [2.0, 14.0]]) / 7.5)
+    w = torch.tensor([[0.0, 0.62], [1.4, 0.27]])
+    qw = quantize_weight(w, 3, per_channel=False, symmetric=False)
+    assert float(qw.scale) == pytest.approx(0.2) and int(qw.zero_point) == -4
+    assert qw.codes.tolist() == [[-4, -1], [3, -3]]     # round(w / 0.2) − 4
+    torch.testing.assert_close(qw.dequantize(), torch.tensor([[0.0, 0.6], [1.4, 0.2]]))
+
+
+def test_quantize_with_two_channels_and_a_zero_point_clamps_to_the_signed_range():
+    """Per-channel qparams of a 2-channel 4-D weight (conv layout) broadcast along axis 0; codes are
+    clamp(round(w / s) + z, -4, 3) at 3 bits."""
+    w = torch.tensor([-1.0, 0.0, 0.3, 0.8, 5.0]).repeat(2, 1).reshape(2, 5, 1, 1)
+    qw = quantize_with(w, 3, torch.tensor([0.25, 0.5]), torch.tensor([1, -1]))
+    assert qw.codes.dtype == torch.int8
+    assert qw.codes[:, :, 0, 0].tolist() == [[-3, 1, 2, 3, 3], [-3, -1, 0, 1, 3]]
+    torch.testing.assert_close(qw.dequantize()[:, :, 0, 0],
+                               torch.tensor([[-1.0, 0.0, 0.25, 0.5, 0.5], [-1.0, 0.0, 0.5, 1.0, 2.0]]))
+
+
+def test_simulated_layer_validates_activation_settings_and_rejects_other_modules():
+    lin = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="act_mode must be"):
+        FakeQuantLayer.from_float(lin, 4, act_mode="per_token")
+    with pytest.raises(ValueError, match="needs act_bits and calibrated act_qparams"):
+        FakeQuantLayer.from_float(lin, 4, act_bits=8, act_mode="static")
+    with pytest.raises(ValueError, match="needs act_bits and calibrated act_qparams"):
+        FakeQuantLayer.from_float(lin, 4, act_mode="static", act_qparams=(torch.tensor(1.0), torch.tensor(0)))
+    with pytest.raises(TypeError, match="only nn.Conv2d and nn.Linear"):
+        FakeQuantLayer.from_float(nn.Conv1d(3, 2, 1), 4)
+    plain = FakeQuantLayer.from_float(lin, 4, act_bits=8)          # no act_mode: activations stay float
+    assert plain.act_bits is None and plain.act_mode is None
+    x = torch.tensor([[0.123, -0.456, 0.789]])
+    assert torch.equal(plain.quantize_input(x), x)
+
+
+def test_static_and_dynamic_input_quantization_of_a_simulated_linear():
+    """Static: the calibrated scale/zero point (affine → unsigned codes [0, 15] at 4 bits, symmetric → [-8, 7]);
+    dynamic: this batch's range. The output is F.linear of the quantized input with the dequantized weight."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    x = torch.tensor([[-1.0, 0.26, 9.0]])
+    static = FakeQuantLayer.from_float(lin, 8, act_bits=4, act_mode="static",
+                                       act_qparams=(torch.tensor(0.5), torch.tensor(2)))
+    assert (static.act_quant_min, static.act_quant_max) == (0, 15)
+    torch.testing.assert_close(static.quantize_input(x), torch.tensor([[-1.0, 0.5, 6.5]]))   # (clamp(q+2)−2)·0.5
+    torch.testing.assert_close(static(x), F.linear(torch.tensor([[-1.0, 0.5, 6.5]]), static.weight, lin.bias))
+    sym = FakeQuantLayer.from_float(lin, 8, act_bits=4, act_mode="static", act_symmetric=True,
+                                    act_qparams=(torch.tensor(0.5), torch.tensor(0)))
+    assert (sym.act_quant_min, sym.act_quant_max) == (-8, 7)
+    torch.testing.assert_close(sym.quantize_input(x), torch.tensor([[-1.0, 0.5, 3.5]]))
+    dyn = FakeQuantLayer.from_float(lin, 8, act_bits=4, act_mode="dynamic")
+    assert dyn.act_bits == 4
+    torch.testing.assert_close(dyn.quantize_input(x), dynamic_fake_quant(x, 4))
+    assert not torch.equal(dyn.quantize_input(x), x)
+
+
+def test_loading_a_state_dict_refreshes_the_dequantized_weight():
+    torch.manual_seed(0)
+    a = FakeQuantLayer.from_float(nn.Linear(4, 3), 4)
+    b = FakeQuantLayer.from_float(nn.Linear(4, 3), 4)
+    assert not torch.equal(a.weight, b.weight)
+    assert "_weight_deq" not in a.state_dict()                    # derived from the codes, not stored
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b.weight, a.weight)
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(b(x), a(x))
+
+
+def test_simulated_conv_computes_with_the_dequantized_weight_and_the_conv_settings():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=1, groups=1, bias=True)
+    fq = FakeQuantLayer.from_float(conv, 4, per_channel=True, symmetric=True)
+    x = torch.randn(1, 2, 7, 7)
+    torch.testing.assert_close(fq(x), F.conv2d(x, fq.weight, conv.bias, stride=2, padding=1))
+    assert fq.bias is not None and not fq.bias.requires_grad and not fq.same_pad
+    grouped = nn.Conv2d(4, 4, 3, groups=2, padding=2, dilation=2, bias=False)
+    fg = FakeQuantLayer.from_float(grouped, 8)
+    x = torch.randn(1, 4, 6, 6)
+    torch.testing.assert_close(fg(x), F.conv2d(x, fg.weight, None, padding=2, dilation=2, groups=2))
+    assert fg.bias is None

@@ -220,3 +220,62 @@ def test_many_groups_gap_bias():
     cov = {k: v / reps for k, v in cov.items()}
     print("many-groups coverage", cov)
     assert cov["percentile"] < 0.7 < cov["delta"] and cov["basic"] > cov["percentile"]
+
+
+def test_count_resampling_keeps_group_totals_for_any_cell_shape_and_tiny_groups():
+    """[G, cells] of any trailing shape: each group keeps its total; a one-sample group always redraws its one cell;
+    an empty group draws nothing; negative counts and a 1-D array are refused."""
+    counts = np.array([[3, 1, 0], [0, 1, 0], [0, 0, 0]])              # 2-D: group 1 has one sample, group 2 none
+    d = resample_group_counts(counts, 500, np.random.default_rng(0))
+    assert d.shape == (500, 3, 3) and d.dtype.kind == "i"
+    np.testing.assert_array_equal(d.sum(axis=-1), np.broadcast_to([4, 1, 0], (500, 3)))
+    assert (d[:, 1] == [0, 1, 0]).all() and (d[:, 2] == 0).all() and (d[:, 0, 2] == 0).all()
+    assert 0.70 <= d[:, 0, 0].mean() / 4 <= 0.80                         # cell share 3/4, sd of the mean ≈ 0.01
+    with pytest.raises(ValueError, match="non-negative"):
+        resample_group_counts(-counts, 2, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"must be \[G, \.\.\.cells\]"):
+        resample_group_counts(np.array([3, 1]), 2, np.random.default_rng(0))
+
+
+def test_arguments_are_checked_at_their_boundaries():
+    ok = dict(n_resamples=1, confidence=0.5)
+    out = bootstrap_ci_from_counts(COUNTS, GROUPS, min_group_size=1, **ok)       # one resample is allowed
+    one = out.n_valid == 1
+    assert (out.n_valid <= 1).all() and one.any() and (out.ci_low[one] == out.ci_high[one]).all()
+    for bad, match in ((dict(n_resamples=0), "n_resamples must be >= 1"), (dict(confidence=0.0), "confidence"),
+                       (dict(confidence=1.0), "confidence"), (dict(confidence=1.5), "confidence"),
+                       (dict(method="bca"), "method must be one of")):
+        with pytest.raises(ValueError, match=match):
+            bootstrap_ci_from_counts(COUNTS, GROUPS, **{**ok, **bad})
+        with pytest.raises(ValueError, match=match):
+            paired_bootstrap_ci_from_counts(np.stack([COUNTS] * 2, axis=-1), GROUPS, **{**ok, **bad})
+
+
+def test_defaults_are_the_documented_ones():
+    """1000 percentile resamples at 95 % with seed 0 and min_group_size 20, for every entry point."""
+    from fairq.metrics import DEFAULT_MIN_GROUP_SIZE
+
+    assert DEFAULT_MIN_GROUP_SIZE == 20
+    documented = dict(n_resamples=1000, confidence=0.95, seed=0, min_group_size=20, method="percentile")
+    joint = np.stack([COUNTS, COUNTS[..., ::-1]], axis=-1)
+    pd.testing.assert_frame_equal(bootstrap_ci_from_counts(COUNTS, GROUPS),
+                                  bootstrap_ci_from_counts(COUNTS, GROUPS, **documented))
+    pd.testing.assert_frame_equal(paired_bootstrap_ci_from_counts(joint, GROUPS),
+                                  paired_bootstrap_ci_from_counts(joint, GROUPS, **documented))
+    rng = np.random.default_rng(4)
+    y, a, b, sf = _simulate(rng)
+    pd.testing.assert_frame_equal(bootstrap_ci(y, a, sf), bootstrap_ci(y, a, sf, pos_label=1, **documented))
+    pd.testing.assert_frame_equal(paired_bootstrap_ci(y, a, b, sf),
+                                  paired_bootstrap_ci(y, a, b, sf, pos_label=1, **documented))
+    assert (bootstrap_ci(y, a, sf).n_valid == 1000).all()
+
+
+def test_an_empty_group_gets_no_rows_and_leaves_the_others_unchanged():
+    counts = np.concatenate([COUNTS, np.zeros((1, 2, 2), dtype=int)])
+    groups = pd.DataFrame({"g": [0, 1, 2]})
+    out = bootstrap_ci_from_counts(counts, groups, n_resamples=50, min_group_size=1)
+    assert "g=2" not in set(out.group)
+    pd.testing.assert_frame_equal(out, bootstrap_ci_from_counts(COUNTS, GROUPS, n_resamples=50, min_group_size=1))
+    joint = counts[..., None] * np.eye(2, dtype=int)                   # B predicts exactly what A does
+    paired = paired_bootstrap_ci_from_counts(joint, groups, n_resamples=50, min_group_size=1)
+    assert "g=2" not in set(paired.group) and (paired.delta == 0).all()

@@ -71,6 +71,27 @@ def test_thin_wrappers_equal_dict():
         fm.demographic_parity_difference(y_true, y_pred, sf)
 
 
+
+def test_thin_factory_names_documents_and_passes_every_argument_through():
+    """The wrappers are built by ``_thin`` at import time (before a test can intervene), so build one here.
+    Hand case, two groups of 4: A has TPR 1/2, B has TPR 1, both FPR 0 → equal opportunity 0.5 with class 1
+    positive; with class 0 positive the "TPR" is 1 − FPR = 1 in both groups → 0. At the default
+    min_group_size = 20 neither group qualifies → NaN."""
+    from fairq.metrics.fairness import _thin
+
+    metric = _thin("equal_opportunity_difference", r"\max_g TPR_g - \min_g TPR_g")
+    assert metric.__name__ == metric.__qualname__ == "equal_opportunity_difference"
+    assert metric.__doc__.startswith("Equal opportunity difference between sensitive groups.")
+    assert r".. math:: \max_g TPR_g - \min_g TPR_g" in metric.__doc__
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    p = np.array([1, 0, 0, 0, 1, 1, 0, 0])
+    sf = {"g": np.repeat(["A", "B"], 4)}
+    assert metric(y, p, sensitive_features=sf, min_group_size=1) == pytest.approx(0.5)
+    assert metric(y, p, sensitive_features=sf, min_group_size=1, pos_label=0) == pytest.approx(0.0)
+    assert np.isnan(metric(y, p, sensitive_features=sf))
+    with pytest.raises(ValueError, match="not in"):
+        metric(y, p, sensitive_features=sf, labels=["no", "yes"])
+
 def test_dict_and_array_inputs_and_string_labels():
     y_true, y_pred, sf = _random_binary(4, levels=(("race", 3),))
     a = fairness_metrics(y_true, y_pred, {"race": sf["race"].to_numpy()}, min_group_size=1)
@@ -239,3 +260,65 @@ def test_bad_input_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         fairness_metrics(args["y_true"], args["y_pred"], args["sensitive_features"],
                          pos_label=args.get("pos_label", 1))
+
+
+def test_sensitive_feature_forms_get_fairlearns_names_and_one_id_per_observed_combination():
+    import torch
+
+    from fairq.metrics import group_labels
+
+    levels = np.array([1, 0, 1, 1])
+    for form in (pd.Series(levels), levels, torch.tensor(levels), levels[:, None]):
+        gid, groups = encode_groups(form)
+        assert list(groups.columns) == ["sensitive_feature_0"] and groups.index.name == "group_id"
+        np.testing.assert_array_equal(gid, [1, 0, 1, 1])
+    gid, groups = encode_groups(pd.Series(levels, name="sex"))
+    assert list(groups.columns) == ["sex"]
+    gid, groups = encode_groups(np.array([[1, 5], [0, 5], [1, 6], [1, 5]]))
+    assert list(groups.columns) == ["sensitive_feature_0", "sensitive_feature_1"]
+    assert group_labels(groups) == ["sensitive_feature_0=0, sensitive_feature_1=5",
+                                    "sensitive_feature_0=1, sensitive_feature_1=5",
+                                    "sensitive_feature_0=1, sensitive_feature_1=6"]
+    np.testing.assert_array_equal(gid, [1, 0, 2, 1])
+    frame = pd.DataFrame({"race": ["b", "a", "b"]}, index=[10, 20, 30])       # its index is not an attribute
+    assert list(encode_groups(frame)[1].columns) == ["race"]
+    assert list(encode_groups({"race": torch.tensor([2, 1, 2])})[0]) == [1, 0, 1]
+    for bad, match in (({}, "empty mapping"), (pd.DataFrame(index=range(3)), "no columns"),
+                       (pd.DataFrame([[1, 2]], columns=["a", "a"]), "duplicate column names"),
+                       ({"race": np.zeros((3, 2))}, r"sensitive_features\['race'\] must be 1-D")):
+        with pytest.raises(ValueError, match=match):
+            encode_groups(bad)
+
+
+def test_more_level_combinations_than_int64_ids_still_get_one_id_per_observed_row():
+    """20 attributes of 10 levels: 10^20 combinations do not fit a flat int64 index, so rows are compared instead."""
+    rows = np.random.default_rng(0).integers(0, 10, size=(40, 20))
+    rows[:10] = np.arange(10)[:, None]                                   # every attribute has all 10 levels
+    rows[[25, 37]] = rows[13]                                            # three samples share one combination
+    gid, groups = encode_groups(rows)
+    uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(gid, inverse.ravel())
+    np.testing.assert_array_equal(groups.to_numpy(), uniq)
+    assert gid[13] == gid[25] == gid[37] and len(groups) == len(uniq) < 40
+
+
+def test_label_encoding_edge_cases():
+    from fairq.metrics import encode_labels
+
+    t, p, classes, pos = encode_labels([1, 1], [1, 1])                  # one observed label = the positive one
+    assert list(classes) == ["<negative>", 1] and pos == 1 and list(t) == [1, 1]
+    t, p, classes, pos = encode_labels([0, 0], [0, 0])                  # one observed label, the negative one
+    assert list(classes) == [0, 1] and pos == 1 and list(p) == [0, 0]
+    t, p, classes, pos = encode_labels(np.array([["no"], ["yes"]]), ["yes", "yes"], pos_label="no")  # [n, 1]
+    assert list(classes) == ["no", "yes"] and pos == 0 and list(t) == [0, 1] and list(p) == [1, 1]
+    t, p, classes, pos = encode_labels([2, 0], [1, 1], labels=[2, 1, 0])
+    assert list(t) == [0, 2] and list(p) == [1, 1] and pos is None      # three classes: multiclass
+    for kw, match in ((dict(y_true=[], y_pred=[]), "no labels"), (dict(y_true=[0, 1], y_pred=[0]), "differ in length"),
+                      (dict(y_true=[1], y_pred=[1], pos_label=None), "only one class"),
+                      (dict(y_true=[0, 1], y_pred=[0, 1], labels=[0, 1, 1]), "labels has duplicates"),
+                      (dict(y_true=[0, 3], y_pred=[0, 1], labels=[0, 1]), r"y_true has labels not in .*3"),
+                      (dict(y_true=[0, 1], y_pred=[5, 1], labels=[0, 1]), r"y_pred has labels not in"),
+                      (dict(y_true=np.zeros((2, 2)), y_pred=[0, 1]), "y_true must be 1-D"),
+                      (dict(y_true=[0, 1], y_pred=np.zeros((2, 2))), "y_pred must be 1-D")):
+        with pytest.raises(ValueError, match=match):
+            encode_labels(**kw)

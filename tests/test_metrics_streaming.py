@@ -156,3 +156,34 @@ def test_binary_probabilities_and_logits_threshold(values, labels):
     m = GroupConfusionMetric(1, 2)
     m.update(torch.tensor(values), torch.zeros(len(values), dtype=torch.long), torch.zeros(len(values)))
     assert m.counts[0, 0].tolist() == [labels.count(0), labels.count(1)]
+
+
+def test_fairness_metrics_syncs_like_compute_and_keeps_the_metric_settings():
+    """``fairness_metrics()`` gathers the counts across processes when ``sync_on_compute`` (a stand-in gather that
+    returns two identical 'processes' doubles every n) and not otherwise; ``pos_index`` and ``min_group_size``
+    reach the metrics (hand case: groups of 4 → NaN gaps at the default min_group_size 20)."""
+    target = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
+    preds = torch.tensor([1, 0, 0, 0, 1, 1, 0, 0])                       # TPR 1/2 vs 1, FPR 0 vs 0
+    gid = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
+    def two_processes(tensor, group=None):
+        return [tensor, tensor]
+
+    for sync, factor in ((True, 2), (False, 1)):
+        m = GroupConfusionMetric(2, 2, min_group_size=1, dist_sync_fn=two_processes, sync_on_compute=sync,
+                                 distributed_available_fn=lambda: True)
+        m.update(preds, target, gid)
+        assert m.fairness_metrics()["per_group"]["n"].tolist() == [4 * factor, 4 * factor], sync
+        assert int(m.counts.sum()) == 8                                     # the local state is left as it was
+    m = GroupConfusionMetric(2, 2, min_group_size=1)
+    m.update(preds, target, gid)
+    assert m.fairness_metrics()["equal_opportunity_difference"] == pytest.approx(0.5)
+    m0 = GroupConfusionMetric(2, 2, min_group_size=1, pos_index=0)      # class 0 positive: "TPR" = 1 − FPR = 1, 1
+    m0.update(preds, target, gid)
+    assert m0.fairness_metrics()["equal_opportunity_difference"] == pytest.approx(0.0)
+    default = GroupConfusionMetric(2, 2)
+    default.update(preds, target, gid)
+    assert np.isnan(default.fairness_metrics()["equal_opportunity_difference"])
+    assert float(default.compute()["accuracy"]) == pytest.approx(7 / 8)
+    with pytest.raises(ValueError, match="^codes must be integer level codes, not floats$"):
+        intersectional_group_ids(torch.tensor([[0.0, 1.0]]), [2, 2])
