@@ -92,8 +92,9 @@ def test_text_cells_meet_the_contract(text_run):
     from fairq.text.task import CONTRACT
 
     m = pd.read_csv(text_run / "metrics.csv")
-    assert list(m["method"]) == ["baseline", "ptq_dynamic", "ptq_static", "ptq_static", "mixed_precision", "qat",
-                                 *["magnitude_prune"] * 4, "head_prune", "distill"]
+    assert list(m["method"]) == ["baseline", "ptq_dynamic", "ptq_static", "ptq_static", "mixed_precision", "rtn",
+                                 "gptq", "awq", "smoothquant", "qat", *["magnitude_prune"] * 4, "head_prune",
+                                 "distill"]
     assert set(m["backend"]) == {"fp32", "int8", "simulated"} and set(m["task"]) == {"masked_lm_bias"}
     for col in CONTRACT:
         assert col in m.columns, col
@@ -170,7 +171,8 @@ def test_text_analysis_tables_and_report(text_run):
     comp = scores[scores["method"] != "baseline"]
     assert {"delta", "ci_low", "ci_high", "p_adjusted"} <= set(comp.columns)
     ss = comp[comp["metric"] == "stereoset_intra_ss"]
-    assert len(ss) == 11 and (ss["ci_low"] <= ss["delta"] + 1e-9).all() and (ss["delta"] <= ss["ci_high"] + 1e-9).all()
+    n_cells = len(pd.read_csv(text_run / "metrics.csv")) - 1  # every compressed cell, vs its FP32 baseline
+    assert n_cells == 15 and len(ss) == n_cells and (ss["ci_low"] <= ss["delta"] + 1e-9).all() and (ss["delta"] <= ss["ci_high"] + 1e-9).all()
     assert set(flips["benchmark"]) >= {"stereoset", "crows", "bbq"}
     assert (flips["flips"] <= flips["n"]).all()
     report = (text_run / "report.html").read_text()
