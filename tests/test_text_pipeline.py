@@ -172,7 +172,8 @@ def test_text_analysis_tables_and_report(text_run):
     assert {"delta", "ci_low", "ci_high", "p_adjusted"} <= set(comp.columns)
     ss = comp[comp["metric"] == "stereoset_intra_ss"]
     n_cells = len(pd.read_csv(text_run / "metrics.csv")) - 1  # every compressed cell, vs its FP32 baseline
-    assert n_cells == 15 and len(ss) == n_cells and (ss["ci_low"] <= ss["delta"] + 1e-9).all() and (ss["delta"] <= ss["ci_high"] + 1e-9).all()
+    assert n_cells == 15 and len(ss) == n_cells
+    assert (ss["ci_low"] <= ss["delta"] + 1e-9).all() and (ss["delta"] <= ss["ci_high"] + 1e-9).all()
     assert set(flips["benchmark"]) >= {"stereoset", "crows", "bbq"}
     assert (flips["flips"] <= flips["n"]).all()
     report = (text_run / "report.html").read_text()
