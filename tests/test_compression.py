@@ -5,7 +5,6 @@ The method × model tests are generated from ``METHODS``: registering a method a
 import dataclasses
 import io
 import sys
-import time
 import types
 import warnings
 
@@ -236,26 +235,40 @@ def test_latency_reports_median_and_batch_size():
     assert model.training, "measure_latency must restore the training mode"
 
 
-class _Sleeper(nn.Module):
-    """A model whose forward takes a known wall time (sleep: steady whatever the CPU load)."""
+class _FakeClock:
+    """A ``perf_counter`` that only moves when a model "runs": timings exact whatever the machine's load."""
 
-    def __init__(self, ms: float):
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _Sleeper(nn.Module):
+    """A model whose forward takes a known time on a fake clock."""
+
+    def __init__(self, ms: float, clock: _FakeClock):
         super().__init__()
-        self.ms = ms
+        self.ms, self.clock = ms, clock
         self.calls = 0
 
     def forward(self, x):
         self.calls += 1
-        time.sleep(self.ms / 1000.0)
+        self.clock.now += self.ms / 1000.0
         return x
 
 
-def test_paired_latency_alternates_with_the_reference_and_reports_the_ratio():
-    slow, fast = _Sleeper(24.0).eval(), _Sleeper(6.0).train()
+def test_paired_latency_alternates_with_the_reference_and_reports_the_ratio(monkeypatch):
+    import fairq.compression.measure as measure
+
+    clock = _FakeClock()
+    monkeypatch.setattr(measure, "time", clock)
+    slow, fast = _Sleeper(24.0, clock).eval(), _Sleeper(6.0, clock).train()
     res = measure_latency_paired(slow, fast, torch.randn(4, 3), warmup=1, repeats=4)
     assert slow.calls == fast.calls == 5, "each repeat must time one forward of each model"
-    assert 3.0 < res["latency_ratio_vs_fp32"] < 5.0 and res["latency_ms"] >= 24.0
-    assert res["reference_latency_ms"] >= 6.0 and res["batch_size"] == 4 and res["repeats"] == 4
+    assert res["latency_ratio_vs_fp32"] == pytest.approx(4.0) and res["latency_ms"] == pytest.approx(24.0)
+    assert res["reference_latency_ms"] == pytest.approx(6.0) and res["batch_size"] == 4 and res["repeats"] == 4
     assert fast.training and not slow.training, "modes must be restored"
 
 
