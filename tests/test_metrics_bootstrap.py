@@ -279,3 +279,36 @@ def test_an_empty_group_gets_no_rows_and_leaves_the_others_unchanged():
     joint = counts[..., None] * np.eye(2, dtype=int)                   # B predicts exactly what A does
     paired = paired_bootstrap_ci_from_counts(joint, groups, n_resamples=50, min_group_size=1)
     assert "g=2" not in set(paired.group) and (paired.delta == 0).all()
+
+
+def test_the_sample_level_entry_points_pass_every_setting_to_the_count_level_ones():
+    """``bootstrap_ci`` / ``paired_bootstrap_ci`` = the ``*_from_counts`` functions on hand-built counts, with every
+    setting away from its default: a positive label at index 0, a declared class no sample has (so the last joint
+    cell is empty), a group below the default minimum size, and ``y_true`` a tensor that requires grad."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    g = np.repeat([0, 1], [45, 12])                                      # group 1: below the default 20
+    y, a, b = (rng.integers(0, 2, len(g)) for _ in range(3))
+    sf = pd.Series(np.where(g == 0, "u", "v"), name="s")
+    groups = pd.DataFrame({"s": ["u", "v"]})
+    kw = dict(n_resamples=37, confidence=0.8, seed=5, min_group_size=7, method="basic")
+
+    def counts(c, code):                                                 # [G, C, C] and [G, C, C, C] by hand
+        single, joint = np.zeros((2, c, c), dtype=int), np.zeros((2, c, c, c), dtype=int)
+        for gi, t, pa, pb in zip(g, code(y), code(a), code(b)):
+            single[gi, t, pb] += 1
+            joint[gi, t, pa, pb] += 1
+        return single, joint
+
+    y_grad = torch.tensor(y, dtype=torch.float32, requires_grad=True)
+    single, joint = counts(2, lambda v: v)
+    pd.testing.assert_frame_equal(bootstrap_ci(y_grad, b, sf, pos_label=0, **kw),
+                                  bootstrap_ci_from_counts(single, groups, pos_index=0, **kw))
+    pd.testing.assert_frame_equal(paired_bootstrap_ci(y_grad, a, b, sf, pos_label=0, **kw),
+                                  paired_bootstrap_ci_from_counts(joint, groups, pos_index=0, **kw))
+    assert "s=v" in set(bootstrap_ci(y, b, sf, **kw).group)
+    single, joint = counts(3, lambda v: v)                                # declared class 2: never seen
+    pd.testing.assert_frame_equal(bootstrap_ci(y, b, sf, labels=[0, 1, 2], **kw),
+                                  bootstrap_ci_from_counts(single, groups, pos_index=1, **kw))
+    pd.testing.assert_frame_equal(paired_bootstrap_ci(y, a, b, sf, labels=[0, 1, 2], **kw),
+                                  paired_bootstrap_ci_from_counts(joint, groups, pos_index=1, **kw))

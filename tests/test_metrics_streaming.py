@@ -187,3 +187,13 @@ def test_fairness_metrics_syncs_like_compute_and_keeps_the_metric_settings():
     assert float(default.compute()["accuracy"]) == pytest.approx(7 / 8)
     with pytest.raises(ValueError, match="^codes must be integer level codes, not floats$"):
         intersectional_group_ids(torch.tensor([[0.0, 1.0]]), [2, 2])
+
+
+def test_the_package_exports_the_streaming_part_lazily():
+    import fairq.metrics as metrics
+    from fairq.metrics import streaming
+
+    for name in ("GroupConfusionMetric", "intersectional_group_ids", "radix_groups"):
+        assert getattr(metrics, name) is getattr(streaming, name)
+    with pytest.raises(AttributeError, match=r"module 'fairq.metrics' has no attribute 'nope'"):
+        metrics.nope  # noqa: B018
