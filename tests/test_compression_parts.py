@@ -205,6 +205,7 @@ def test_mse_observer_picks_the_best_clipping_on_the_grid(bits):
         errs.append(_qmse(x, *ref.calculate_qparams(), qmin, qmax))
     assert chosen <= min(errs) * 1.02, (chosen, min(errs))
     assert chosen < errs[-1] / 2  # clipping the two outliers pays off a lot at these widths
+    assert (obs.grid, obs.min_ratio) == (100, 0.05), "the grid the reference above walks is the default one"
 
 
 # ---------------------------------------------------------------- fake-quant maths
