@@ -312,3 +312,116 @@ def test_the_sample_level_entry_points_pass_every_setting_to_the_count_level_one
                                   bootstrap_ci_from_counts(single, groups, pos_index=1, **kw))
     pd.testing.assert_frame_equal(paired_bootstrap_ci(y, a, b, sf, labels=[0, 1, 2], **kw),
                                   paired_bootstrap_ci_from_counts(joint, groups, pos_index=1, **kw))
+
+
+def _recomputed_paired_interval(joint, n_res, seed, conf, pos_index, min_group_size, method):
+    """Scalar-metric deltas of the same resamples (same generator), scored here with the public
+    ``scalar_metrics_from_counts``, then the percentile (or basic) interval by np.percentile."""
+    from fairq.metrics import scalar_metrics_from_counts
+
+    d = resample_group_counts(joint, n_res, np.random.default_rng(seed))
+    base = scalar_metrics_from_counts(d.sum(axis=-1), pos_index=pos_index, min_group_size=min_group_size)
+    comp = scalar_metrics_from_counts(d.sum(axis=-2), pos_index=pos_index, min_group_size=min_group_size)
+    point_b = scalar_metrics_from_counts(joint.sum(axis=-1), pos_index=pos_index, min_group_size=min_group_size)
+    point_c = scalar_metrics_from_counts(joint.sum(axis=-2), pos_index=pos_index, min_group_size=min_group_size)
+    alpha = 1 - conf
+    out = {}
+    for key in SCALAR_METRICS:
+        delta = comp[key] - base[key]
+        lo, hi = np.nanpercentile(delta, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        point = point_c[key] - point_b[key]
+        out[key] = (2 * point - hi, 2 * point - lo) if method == "basic" else (lo, hi)
+    return out
+
+
+@pytest.mark.parametrize("pos_index, min_group_size, method, conf", [
+    (0, 30, "basic", 0.8), (1, 1, "basic", 0.9), (0, 1, "percentile", 0.95)])
+def test_paired_interval_follows_every_setting(pos_index, min_group_size, method, conf):
+    """The paired interval of every scalar metric equals an independent recomputation from the same resamples, for
+    either positive class, a size threshold that leaves a group out, and both interval methods."""
+    joint = np.zeros((3, 2, 2, 2), dtype=int)
+    joint[0, 0, 0, 0], joint[0, 0, 0, 1], joint[0, 1, 1, 1], joint[0, 1, 1, 0], joint[0, 1, 0, 0] = 30, 9, 35, 6, 10
+    joint[1, 0, 0, 0], joint[1, 0, 1, 0], joint[1, 1, 1, 1], joint[1, 1, 0, 1] = 22, 6, 18, 4
+    joint[2, 0, 0, 0], joint[2, 1, 1, 1], joint[2, 1, 0, 1], joint[2, 0, 1, 1] = 8, 6, 3, 3   # 20 samples
+    groups = pd.DataFrame({"g": [0, 1, 2]})
+    out = paired_bootstrap_ci_from_counts(joint, groups, n_resamples=200, seed=9, confidence=conf, method=method,
+                                          pos_index=pos_index, min_group_size=min_group_size)
+    out = out.set_index(["metric", "group"])
+    expected = _recomputed_paired_interval(joint, 200, 9, conf, pos_index, min_group_size, method)
+    for key, (lo, hi) in expected.items():
+        got = out.loc[(key, "all")]
+        np.testing.assert_allclose([got.ci_low, got.ci_high], [lo, hi], atol=1e-12, err_msg=key)
+
+
+def test_point_estimates_follow_the_positive_class_and_size_threshold():
+    rng = np.random.default_rng(12)
+    g = np.repeat([0, 1, 2], [60, 40, 25])
+    y = rng.integers(0, 2, len(g))
+    a = np.where(rng.random(len(g)) < np.take([0.1, 0.3, 0.2], g), 1 - y, y)
+    sf = {"g": g}
+    for kw in (dict(pos_label=0, min_group_size=30), dict(pos_label=1, min_group_size=1)):
+        ref = fairness_metrics(y, a, sf, **kw)
+        got = bootstrap_ci(y, a, sf, n_resamples=20, **kw).set_index(["metric", "group"])
+        for key in SCALAR_METRICS:
+            assert got.loc[(key, "all"), "value"] == pytest.approx(ref[key], abs=1e-12, nan_ok=True), (kw, key)
+        pg = ref["per_group"].set_index("g")
+        for name in ("selection_rate", "tpr", "fpr"):
+            for lvl in (0, 1, 2):
+                assert got.loc[(name, f"g={lvl}"), "value"] == pytest.approx(pg.loc[lvl, name], abs=1e-12)
+
+
+def test_every_non_empty_group_gets_rows_and_multiclass_rows_are_accuracy_only():
+    counts = np.zeros((3, 3, 3), dtype=int)
+    counts[0] = [[3, 1, 0], [0, 2, 1], [1, 0, 4]]
+    counts[1, 2, 2] = 1                                                   # one sample
+    groups = pd.DataFrame({"g": ["a", "b", "c"]})                          # c: empty
+    out = bootstrap_ci_from_counts(counts, groups, n_resamples=30, min_group_size=1)
+    rows = out[out.group != "all"]
+    assert set(rows.metric) == {"accuracy"} and list(rows.group) == ["g=a", "g=b"]
+    joint = np.zeros((3, 3, 3, 3), dtype=int)
+    joint[0, 0, 0, 0], joint[0, 1, 1, 2], joint[1, 2, 2, 2] = 5, 4, 1
+    paired = paired_bootstrap_ci_from_counts(joint, groups, n_resamples=30, min_group_size=1)
+    assert list(paired[paired.group != "all"].group) == ["g=a", "g=b"]
+    with pytest.raises(ValueError, match=r"joint_counts must have shape \[G, C, C, C\]; got \(3, 2, 2, 3\)"):
+        paired_bootstrap_ci_from_counts(np.ones((3, 2, 2, 3), dtype=int), groups)
+
+
+def test_memory_chunks_do_not_change_the_bootstrap(monkeypatch):
+    """Resampling in several memory chunks (forced by a tiny chunk budget) draws exactly the same resamples."""
+    import fairq.metrics.bootstrap as bs
+
+    joint = np.stack([COUNTS, COUNTS[..., ::-1]], axis=-1)
+    whole = paired_bootstrap_ci_from_counts(joint, GROUPS, n_resamples=50, min_group_size=1)
+    single = bootstrap_ci_from_counts(COUNTS, GROUPS, n_resamples=50, min_group_size=1)
+    monkeypatch.setattr(bs, "_CHUNK_CELLS", 7 * joint.size)                # 7 resamples per chunk, 8 chunks
+    pd.testing.assert_frame_equal(paired_bootstrap_ci_from_counts(joint, GROUPS, n_resamples=50, min_group_size=1),
+                                  whole)
+    pd.testing.assert_frame_equal(bootstrap_ci_from_counts(COUNTS, GROUPS, n_resamples=50, min_group_size=1), single)
+
+
+def test_interval_per_column_full_partial_single_and_empty():
+    """``_interval``: a column without NaN, one with some NaN, one with a single valid resample (its interval is
+    that value) and an all-NaN one (NaN, without a warning); more resamples than columns and fewer."""
+    import warnings
+
+    from fairq.metrics.bootstrap import _interval
+
+    b = np.arange(10.0)
+    samples = np.stack([b, np.where(b < 6, np.nan, b), np.where(b == 3, 7.0, np.nan), np.full(10, np.nan)], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lo, hi, valid = _interval(samples, np.zeros(4), 0.8, "percentile")
+    np.testing.assert_array_equal(valid, [10, 4, 1, 0])                  # 4 valid = as many as columns
+    np.testing.assert_allclose(lo[:3], [np.percentile(b, 10), np.percentile(b[6:], 10), 7.0])
+    np.testing.assert_allclose(hi[:3], [np.percentile(b, 90), np.percentile(b[6:], 90), 7.0])
+    assert np.isnan(lo[3]) and np.isnan(hi[3])
+    wide = np.tile(samples[:3, :1], (1, 5))                                 # 3 resamples, 5 columns
+    wide[0, 1] = np.nan
+    lo, hi, valid = _interval(wide, np.zeros(5), 0.5, "percentile")
+    np.testing.assert_array_equal(valid, [3, 2, 3, 3, 3])
+    np.testing.assert_allclose(lo, [0.5, 1.25, 0.5, 0.5, 0.5])
+
+
+def test_an_empty_group_with_a_single_cell_draws_nothing():
+    d = resample_group_counts(np.array([[4], [0]]), 6, np.random.default_rng(0))
+    np.testing.assert_array_equal(d, np.broadcast_to([[4], [0]], (6, 2, 1)))

@@ -322,3 +322,62 @@ def test_label_encoding_edge_cases():
                       (dict(y_true=[0, 1], y_pred=np.zeros((2, 2))), "y_pred must be 1-D")):
         with pytest.raises(ValueError, match=match):
             encode_labels(**kw)
+
+
+def test_per_group_table_from_counts_by_hand():
+    """Every per_group column of metrics_from_counts, worked out by hand: binary with either positive class, the
+    min_group_size boundary (a group of exactly min_group_size is not small), one-sample and empty groups."""
+    counts = np.array([[[2, 1], [0, 2]],      # g0: n 5, TN 2, FP 1, TP 2
+                       [[0, 0], [1, 3]],      # g1: n 4, no negatives
+                       [[0, 0], [0, 1]],      # g2: n 1
+                       [[0, 0], [0, 0]]])     # g3: empty, dropped from per_group
+    pg = fm.metrics_from_counts(counts, min_group_size=5)["per_group"]
+    assert pg.index.name == "group_id" and list(pg.index) == [0, 1, 2] and list(pg["group"]) == [0, 1, 2]
+    expected = {"n": [5, 4, 1], "accuracy": [4 / 5, 3 / 4, 1.0], "selection_rate": [3 / 5, 3 / 4, 1.0],
+                "tpr": [1.0, 3 / 4, 1.0], "fpr": [1 / 3, np.nan, np.nan], "positives": [2, 4, 1],
+                "negatives": [3, 0, 0], "small_group": [False, True, True], "no_positives": [False, False, False],
+                "no_negatives": [False, True, True]}
+    for col, values in expected.items():
+        np.testing.assert_allclose(pg[col].to_numpy(dtype=float), values, err_msg=col)
+    neg = fm.metrics_from_counts(counts, pos_index=0, min_group_size=0)["per_group"]   # class 0 is positive
+    np.testing.assert_allclose(neg["selection_rate"], [2 / 5, 1 / 4, 0.0])
+    np.testing.assert_allclose(neg["positives"], [3, 0, 0])
+    assert not neg["small_group"].any(), "min_group_size 0 (or 1) flags no non-empty group"
+
+
+def test_multiclass_per_group_columns_are_named_by_class_and_counted_by_hand():
+    counts = np.zeros((2, 3, 3), dtype=int)
+    counts[0] = [[2, 1, 0], [0, 1, 1], [0, 0, 3]]
+    counts[1] = [[1, 0, 0], [0, 0, 2], [1, 0, 0]]
+    pg = fm.metrics_from_counts(counts, classes=["cat", "dog", "owl"], min_group_size=1)["per_group"]
+    assert "selection_rate" not in pg and "negatives" not in pg
+    np.testing.assert_allclose(pg["selection_rate_cat"], [2 / 8, 2 / 4])
+    np.testing.assert_allclose(pg["selection_rate_owl"], [4 / 8, 2 / 4])
+    np.testing.assert_allclose(pg["tpr_dog"], [1 / 2, 0.0])
+    np.testing.assert_allclose(pg["fpr_cat"], [0 / 5, 1 / 3])
+    np.testing.assert_allclose(pg["fpr_owl"], [1 / 5, 2 / 3])
+    np.testing.assert_allclose(pg["positives_owl"], [3, 1])
+    y = ["cat", "dog", "dog", "owl"]
+    by_name = fairness_metrics(y, ["dog", "dog", "owl", "owl"], {"s": [0, 0, 1, 1]}, min_group_size=1)["per_group"]
+    assert {"tpr_cat", "tpr_dog", "tpr_owl"} <= set(by_name.columns)
+
+
+@pytest.mark.parametrize("counts, kwargs, match", [
+    (np.zeros((2, 2, 3)), {}, r"counts must have shape \[G, C, C\]; got \(2, 2, 3\)"),
+    (np.zeros((2, 2)), {}, r"counts must have shape \[G, C, C\]"),
+    (np.zeros((2, 1, 1)), {}, "need at least two classes; counts has C=1"),
+    (np.ones((2, 2, 2)), dict(pos_index=2), "pos_index must be 0 or 1 for a binary problem; got 2"),
+    (np.ones((2, 2, 2)), dict(groups=pd.DataFrame({"s": [0, 1, 2]})), "groups has 3 rows but counts has 2 groups"),
+    (np.ones((2, 3, 3)), dict(classes=["a", "b"]), "classes has 2 entries but counts has C=3"),
+])
+def test_metrics_from_counts_refuses_bad_input_naming_the_problem(counts, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fm.metrics_from_counts(counts, **kwargs)
+    fm.metrics_from_counts(np.ones((2, 3, 3)), pos_index=2)  # pos_index is ignored for multiclass
+
+
+@pytest.mark.parametrize("name, args", [
+    ("y_true", ([[0, 1]], [0], [0])), ("y_pred", ([0], [[0, 1]], [0])), ("group_ids", ([0], [0], [[0, 1]]))])
+def test_group_confusion_errors_name_the_argument(name, args):
+    with pytest.raises(ValueError, match=rf"^{name} must be 1-D"):
+        group_confusion(*args, n_groups=1, num_classes=2)
