@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,10 @@ import pandas as pd
 import pytest
 
 from fairq.analysis import run_analysis
-from fairq.analysis.flips import (UNCERTAINTY_BINS, compression_exemplars, compute_flips, exemplar_makeup,
-                                  normalized_entropy, uncertainty_bin)
-from fairq.analysis.load import load_store
-from fairq.analysis.pairs import align
+from fairq.analysis.flips import (UNCERTAINTY_BINS, _flip_rows, compression_exemplars, compute_flips,
+                                  exemplar_makeup, normalized_entropy, uncertainty_bin)
+from fairq.analysis.load import load_store, store_from_frames
+from fairq.analysis.pairs import Paired, align
 
 Y = [1, 1, 0, 0, 1, 1, 0, 0]
 GROUP = ["x", "x", "x", "x", "y", "y", "y", "y"]
@@ -62,6 +63,62 @@ def test_entropy_renormalises_rows_and_bins_are_closed_on_the_left():
     np.testing.assert_array_equal(uncertainty_bin(np.array([1 / 3, 2 / 3, np.nextafter(1 / 3, 0), 1.0])),
                                   [1, 2, 0, 2])
 
+def test_entropy_of_counts_and_float32_rows_without_warnings_and_at_most_one():
+    """Integer rows (vote counts) are renormalised like probabilities; a zero probability adds 0 without a
+    RuntimeWarning (0·log 0 = 0); a uniform row is 1 for every C and never above it (float noise is clipped:
+    the value is documented to lie in [0, 1])."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h = normalized_entropy(np.array([[3, 1], [2, 2], [0, 0], [4, 0]]))
+        np.testing.assert_allclose(h, [-(0.75 * np.log2(0.75) + 0.25 * np.log2(0.25)), 1.0, 1.0, 0.0], atol=1e-12)
+        for c in range(2, 12):
+            h = normalized_entropy(np.full((1, c), 1.0 / c))[0]
+            assert h <= 1.0 and h == pytest.approx(1.0, abs=1e-12), c
+    # float32 probabilities (as a parquet file may store them) are evaluated in float64, not rounded to float32
+    p32 = np.array([[0.7, 0.2, 0.1], [0.333, 0.333, 0.334]], dtype=np.float32)
+    q = p32.astype(np.float64) / p32.astype(np.float64).sum(axis=1, keepdims=True)
+    h = normalized_entropy(p32)
+    assert h.dtype == np.float64
+    np.testing.assert_allclose(h, -(q * np.log(q)).sum(axis=1) / np.log(3), rtol=1e-14)
+
+
+def test_flip_table_small_groups_undefined_rates_and_column_types():
+    """3 classes, a 1-sample group ``a`` (baseline right, flipped) and a group ``b`` whose baseline is always
+    wrong. Counts by hand: rates of a 1-sample group are defined, rates with a zero denominator (no baseline
+    error, no baseline success, an empty uncertainty bin) are NaN; counts are ints, rates floats; no warnings."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    # sample:      0  1  2  3         normalized entropy of the baseline probabilities (bin)
+    t = np.array([0, 0, 1, 2])      # 0: [.98, .01, .01] → 0.10 (low)     1: uniform → 1 (high)
+    a = np.array([0, 1, 2, 0])      # 2: [.5, .5, 0] → log 2 / log 3 = 0.63 (medium)
+    b = np.array([1, 0, 0, 0])      # 3: [.5, .25, .25] → 0.95 (high)
+    probs = np.array([[0.98, 0.01, 0.01], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0], [0.5, 0.25, 0.25]])
+    pair = Paired(sample_id=np.arange(4), y_true=t, y_base=a, y_pred=b, sensitive=pd.DataFrame({"g": list("abbb")}),
+                  base_probs=probs, classes=[0, 1, 2], pos_index=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = _flip_rows(pair, np.array([0, 1, 1, 1]), ["g=a", "g=b"]).set_index("group")
+    nan = np.nan
+    want = {  # flips: 0 correct→wrong, 1 wrong→correct, 2 wrong→wrong (a different wrong class), 3 none
+        "n": [1, 3], "flips": [1, 2], "flip_rate": [1.0, 2 / 3],
+        "correct_to_wrong": [1, 0], "wrong_to_correct": [0, 1], "wrong_to_wrong": [0, 1],
+        "correct_to_wrong_rate": [1.0, 0.0], "wrong_to_correct_rate": [0.0, 1 / 3], "wrong_to_wrong_rate": [0.0, 1 / 3],
+        "p_wrong_given_base_correct": [1.0, nan], "p_correct_given_base_wrong": [nan, 1 / 3],
+        "n_low": [1, 0], "flips_low": [1, 0], "flip_rate_low": [1.0, nan],
+        "n_medium": [0, 1], "flips_medium": [0, 1], "flip_rate_medium": [nan, 1.0],
+        "n_high": [0, 2], "flips_high": [0, 1], "flip_rate_high": [nan, 0.5],
+    }
+    for col, values in want.items():
+        assert rows[col].dtype.kind == ("f" if "rate" in col or col.startswith("p_") else "i"), col
+        np.testing.assert_allclose(rows[col].to_numpy(), values, rtol=1e-12, err_msg=col)
+    for col in ("flip_rate_ci_low", "flip_rate_ci_high"):
+        assert rows[col].dtype.kind == "f", col
+    for grp, k, n in (("g=a", 1, 1), ("g=b", 2, 3)):                         # Wilson 95 % (statsmodels)
+        lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
+        assert rows.loc[grp, ["flip_rate_ci_low", "flip_rate_ci_high"]].tolist() == [pytest.approx(lo),
+                                                                                       pytest.approx(hi)]
+
+
 def test_flips_by_group_direction_and_uncertainty(tmp_path):
     store = load_store(write_store(tmp_path, {"b": ("baseline", 32, BASE), "c1": ("ptq_static", 4, C1)}))
     flips = compute_flips(store, {"c1": align(store.cells["b"], store.cells["c1"])})
@@ -77,6 +134,10 @@ def test_flips_by_group_direction_and_uncertainty(tmp_path):
     # bins: low {0}, medium {1, 2, 4, 6, 7}, high {3, 5}; flips on 0, 3, 5
     assert [overall[f"n_{b}"] for b in UNCERTAINTY_BINS] == [1, 5, 2]
     assert [overall[f"flips_{b}"] for b in UNCERTAINTY_BINS] == [1, 0, 2]
+    assert [overall[f"flip_rate_{b}"] for b in UNCERTAINTY_BINS] == [1.0, 0.0, 1.0]
+    assert [overall[f"{k}_rate"] for k in ("correct_to_wrong", "wrong_to_correct")] == [1 / 8, 2 / 8]
+    # each group has one baseline error, and C1 fixes both: 1 / 1
+    assert (x["p_correct_given_base_wrong"], y["p_correct_given_base_wrong"]) == (1.0, 1.0)
     from statsmodels.stats.proportion import proportion_confint
 
     for row, k, n in ((overall, 3, 8), (x, 2, 4), (y, 1, 4)):                 # Wilson 95 % (statsmodels)
@@ -109,3 +170,24 @@ def test_run_analysis_on_tiny_store_writes_flips_csv(tmp_path):
     acc = deltas[(deltas["cell"] == "c1") & (deltas["metric"] == "accuracy") & (deltas["group"] == "all")].iloc[0]
     assert acc["value"] == pytest.approx(7 / 8) and acc["baseline_value"] == pytest.approx(6 / 8)
     assert acc["test"] == "mcnemar_exact" and acc["p_value"] == pytest.approx(1.0)  # 1 vs 2 discordant: p = 1
+
+
+def test_exemplar_votes_refuse_a_seed_whose_ids_mean_other_samples():
+    """Baseline seed 1 was evaluated on another data set under the same ids (labels differ on s1..s4): the error
+    names the two cells, counts the 4 mismatching ids of 6, shows the first 3 and names the setting to fix."""
+    y = np.array([0, 1, 0, 1, 0, 1])
+    other = np.array([0, 0, 1, 0, 1, 1])
+    rows, frames = [], {}
+    for cid, method, seed, labels in (("b0", "baseline", 0, y), ("b1", "baseline", 1, other),
+                                      ("q0", "ptq_static", 0, y)):
+        frames[cid] = pd.DataFrame({"sample_id": [f"s{i}" for i in range(6)], "y_true": labels, "y_pred": labels,
+                                    "prob": labels.astype(float), "a": ["x", "y"] * 3})
+        rows.append({"cell": cid, "dataset": "d", "model": "m", "method": method, "seed": seed,
+                     "sensitive_attributes": "a", "predictions": ""})
+    with pytest.raises(ValueError) as err:
+        compression_exemplars(store_from_frames(pd.DataFrame(rows), frames))
+    msg = str(err.value)
+    assert msg.startswith("cells 'b0' and 'b1' give 4 of 6 shared sample ids different labels"), msg
+    shown = msg[msg.index("(e.g. "):msg.index("):")]
+    assert all(f"s{i}" in shown for i in (1, 2, 3)) and "s4" not in shown, msg
+    assert "not evaluated on the same samples" in msg and msg.endswith("(data.init_args.seed)."), msg

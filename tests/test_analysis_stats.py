@@ -12,6 +12,7 @@ from fairq.analysis.findings import verdict
 from fairq.analysis.pareto import pareto_mask
 from fairq.analysis.stats import (SharedSamples, benjamini_hochberg, cohens_h, joint_counts, mcnemar_test,
                                   paired_comparison, percentile_ci, permutation_p, permute_joint)
+from fairq.analysis.stats import _two_sided_p
 from fairq.metrics import group_rates, scalar_metrics_from_counts
 
 
@@ -49,6 +50,16 @@ def test_mcnemar_chi2_on_hand_table():
 
 def test_mcnemar_no_discordant_pairs():
     assert mcnemar_test(0, 0) == (1.0, 0, "mcnemar_exact")
+
+
+def test_mcnemar_counts_a_single_pair_and_switches_to_chi2_at_25():
+    """One discordant pair is counted (exact p = 1); 24 pairs still get the exact binomial test, 25 the chi² test
+    with continuity correction (both computed by hand here, scipy only for the distributions)."""
+    assert mcnemar_test(1, 0) == (1.0, 1, "mcnemar_exact") and mcnemar_test(0, 1) == (1.0, 1, "mcnemar_exact")
+    p, disc, how = mcnemar_test(15, 9)                     # exact: 2·P(X ≤ 9), X ~ Bin(24, 1/2)
+    assert (disc, how) == (24, "mcnemar_exact") and p == pytest.approx(2 * sps.binom.cdf(9, 24, 0.5), rel=1e-12)
+    p, disc, how = mcnemar_test(20, 5)                     # chi² = (|20 − 5| − 1)² / 25 = 7.84, 1 dof
+    assert (disc, how) == (25, "mcnemar_chi2") and p == pytest.approx(sps.chi2.sf(7.84, 1), rel=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------ effect size
@@ -121,6 +132,19 @@ def test_permutation_test_detects_a_real_negative_effect():
     obs = _dp_delta(joint.sum(-1), joint.sum(-2))[0]
     assert obs < -0.1
     assert permutation_p([joint], _dp_delta, np.atleast_1d(obs), 499, rng)[0] < 0.01
+
+
+def test_two_sided_p_counts_ties_leaves_out_nan_draws_and_works_per_column():
+    """p = (1 + #{|T*| ≥ |T|}) / (1 + #valid draws) per column: a draw as large as |T| counts (up to float noise),
+    NaN draws are left out of both counts, and a NaN T or a column without a valid draw gives NaN."""
+    nan = np.nan
+    null = np.array([[1.0, 0.1, nan, 0.3, 5.0],
+                     [-2.0, 0.2, nan, nan, 0.1],
+                     [0.5, 0.3, nan, nan, 0.2],
+                     [nan, 0.4, nan, nan, 0.3]])
+    observed = np.array([-1.0, 0.25, 0.0, 0.1 + 0.2, nan])   # 0.1 + 0.2 is 0.30000000000000004
+    # column 0: |1|, |-2| ≥ 1 of 3 valid → 3/4; column 1: 0.3, 0.4 of 4 → 3/5; column 3: the one draw ties → 2/2
+    np.testing.assert_array_equal(_two_sided_p(observed, null), [3 / 4, 3 / 5, nan, 1.0, nan])
 
 
 # ------------------------------------------------------------------------------------------------ percentiles
