@@ -381,3 +381,26 @@ def test_metrics_from_counts_refuses_bad_input_naming_the_problem(counts, kwargs
 def test_group_confusion_errors_name_the_argument(name, args):
     with pytest.raises(ValueError, match=rf"^{name} must be 1-D"):
         group_confusion(*args, n_groups=1, num_classes=2)
+
+
+def test_group_confusion_checks_lengths_and_ranges_naming_the_argument():
+    with pytest.raises(ValueError, match=r"^lengths differ: y_true 2, y_pred 1, group_ids 2$"):
+        group_confusion([0, 1], [0], [0, 0], n_groups=1, num_classes=2)
+    ok = dict(y_true=[0, 1], y_pred=[1, 0], group_ids=[0, 1])
+    for name, bad, hi in (("y_true", [0, 2], 2), ("y_pred", [-1, 0], 2), ("group_ids", [0, 2], 2)):
+        args = {**ok, name: bad}
+        with pytest.raises(ValueError, match=rf"^{name} must lie in \[0, {hi}\); got values in \[{min(bad)}, "
+                                             rf"{max(bad)}\]$"):
+            group_confusion(args["y_true"], args["y_pred"], args["group_ids"], n_groups=2, num_classes=2)
+    counts = group_confusion([1, 1], [1, 0], [1, 1], n_groups=2, num_classes=2)   # top codes are in range
+    assert counts.sum() == 2 and counts[1, 1].tolist() == [1, 1]
+
+
+def test_unknown_labels_are_listed_alone_and_at_most_ten():
+    from fairq.metrics import encode_labels
+
+    with pytest.raises(ValueError, match=r"^y_pred has labels not in \[0, 1\]: \[7\]$"):
+        encode_labels([0, 1, 0], [0, 7, 1], labels=[0, 1])
+    many = list(range(2, 14))                                               # 12 unknown labels
+    with pytest.raises(ValueError, match=r": \[2, 3, 4, 5, 6, 7, 8, 9, 10, 11\]$"):
+        encode_labels([0] * 12, many, labels=[0, 1])

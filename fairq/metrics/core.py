@@ -168,7 +168,8 @@ def _encode(values: np.ndarray, classes: np.ndarray, name: str) -> np.ndarray:
     codes = pd.Index(classes).get_indexer(values)
     if (codes < 0).any():
         unknown = pd.unique(values[codes < 0])[:10]
-        raise ValueError(f"{name} has labels not in {list(classes)}: {list(unknown)}")
+        # tolist(): plain Python values in the message ([0, 1], not [np.int64(0), np.int64(1)] under numpy 2)
+        raise ValueError(f"{name} has labels not in {np.asarray(classes).tolist()}: {np.asarray(unknown).tolist()}")
     return codes.astype(np.int64)
 
 
