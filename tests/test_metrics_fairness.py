@@ -404,3 +404,51 @@ def test_unknown_labels_are_listed_alone_and_at_most_ten():
     many = list(range(2, 14))                                               # 12 unknown labels
     with pytest.raises(ValueError, match=r": \[2, 3, 4, 5, 6, 7, 8, 9, 10, 11\]$"):
         encode_labels([0] * 12, many, labels=[0, 1])
+
+
+def test_vectorised_gaps_are_per_resample_and_ignore_an_undefined_rate():
+    """scalar_metrics_from_counts on a batch [B, G, C, C]: each resample is scored on its own (a resample with one
+    eligible group has NaN gaps while the others do not), and a gap undefined for one rate (no negatives in a group:
+    no FPR gap) leaves the max over the other — hand-worked values."""
+    g0 = [[5, 1], [2, 4]]                                  # TPR 4/6, FPR 1/6, selection 5/12
+    batch = np.array([[g0, [[3, 3], [1, 5]]],              # r0: both rates in both groups
+                      [g0, [[0, 0], [1, 5]]],              # r1: group 1 has no negatives
+                      [g0, [[3, 3], [0, 0]]],              # r2: group 1 has no positives
+                      [g0, [[0, 0], [0, 0]]]])             # r3: group 1 empty: one eligible group
+    out = fm.scalar_metrics_from_counts(batch, pos_index=1, min_group_size=1)
+    eo = out["equalized_odds_difference"]
+    np.testing.assert_allclose(eo, [max(abs(4 / 6 - 5 / 6), abs(1 / 6 - 3 / 6)), 1 / 6, 2 / 6, np.nan])
+    np.testing.assert_allclose(out["equal_opportunity_difference"], [1 / 6, 1 / 6, np.nan, np.nan])
+    np.testing.assert_allclose(out["demographic_parity_difference"], [8 / 12 - 5 / 12, 5 / 6 - 5 / 12,
+                                                                      3 / 6 - 5 / 12, np.nan])
+    for r in range(4):                                     # the batch equals one call per resample
+        one = fm.scalar_metrics_from_counts(batch[r], pos_index=1, min_group_size=1)
+        for key, value in one.items():
+            np.testing.assert_allclose(out[key][r], value, err_msg=f"{key} r{r}")
+
+
+def test_tensor_inputs_that_require_grad_are_accepted():
+    torch = pytest.importorskip("torch")
+    y = torch.tensor([0.0, 1.0, 1.0, 0.0], requires_grad=True)
+    s = torch.tensor([0.0, 0.0, 1.0, 1.0], requires_grad=True)
+    counts = group_confusion(y, y, [0, 0, 1, 1], n_groups=2, num_classes=2)
+    assert counts.sum() == 4 and counts[:, 0, 1].sum() == 0
+    gid, groups = encode_groups(s)
+    assert gid.tolist() == [0, 0, 1, 1] and len(groups) == 2
+
+
+@pytest.mark.parametrize("sf, match", [
+    (np.zeros((3, 2, 2)), r"sensitive_features must be a DataFrame, a dict name -> 1-D array, or a 1-D/2-D array; "
+                          r"got an array of shape \(3, 2, 2\)"),
+    ({"race": ["a", None, "b"]}, r"\{'race': 1\}; drop or impute those samples first"),
+    ({"mixed": [pd.Timestamp("2020-01-01"), 3]}, r"sensitive attribute 'mixed' has levels that cannot be sorted"),
+])
+def test_sensitive_feature_errors_say_what_to_do(sf, match):
+    with pytest.raises(ValueError, match=match):
+        encode_groups(sf)
+
+
+def test_a_missing_positive_label_says_how_to_fix_it():
+    with pytest.raises(ValueError, match=r"^pos_label='yes' is not one of the labels \['a', 'b'\]; "
+                                         r"pass pos_label= with the positive class$"):
+        fairness_metrics(["a", "b"], ["a", "b"], {"s": [0, 1]}, pos_label="yes")

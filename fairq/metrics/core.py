@@ -146,18 +146,19 @@ def encode_labels(y_true, y_pred, *, pos_label=1, labels: Sequence | None = None
     else:
         classes = np.asarray(list(labels))
         if len(pd.unique(classes)) != len(classes):
-            raise ValueError(f"labels has duplicates: {list(classes)}")
+            raise ValueError(f"labels has duplicates: {np.asarray(classes).tolist()}")
     if len(classes) == 0:
         raise ValueError("no labels: y_true and y_pred are empty")
     t = _encode(yt, classes, "y_true")
     p = _encode(yp, classes, "y_pred")
     pos_index = None
     if len(classes) == 1:
-        raise ValueError(f"only one class {list(classes)}; a binary problem needs labels=[negative, positive]")
+        raise ValueError(f"only one class {np.asarray(classes).tolist()}; "
+                         "a binary problem needs labels=[negative, positive]")
     if len(classes) == 2:
         hits = [i for i, c in enumerate(classes) if c == pos_label]
         if not hits:
-            raise ValueError(f"pos_label={pos_label!r} is not one of the labels {list(classes)}; "
+            raise ValueError(f"pos_label={pos_label!r} is not one of the labels {np.asarray(classes).tolist()}; "
                              "pass pos_label= with the positive class")
         pos_index = hits[0]
     return t, p, classes, pos_index
