@@ -488,3 +488,20 @@ def test_paired_claims_use_common_seeds_the_run_settings_and_one_seed_stream_eac
         assert r["claim"] == f"bias_aware_calibration w4a8 calibration=balanced [cpu] {verb} vs ptq_static w4a8 [cpu]"
         assert r["estimate"] == pytest.approx(cells.at["bac4_s0", metric] - cells.at["ptq4_s0", metric])
         assert r["ci_low"] <= r["estimate"] <= r["ci_high"] and 0 < r["p_value"] <= 1
+
+
+def test_a_mitigation_is_judged_against_ptq_of_the_same_simulation(tmp_path):
+    """A per-layer-input simulated mitigation is judged against the per-layer-input PTQ twin, not against the
+    deployed-graph PTQ cell listed first."""
+    out = make_store(tmp_path, n=300)
+    m = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    m["backend"] = "simulated"
+    m["simulation"] = np.where(m["method"] == "bias_aware_calibration", "layer_input", "")
+    twin = m[m["cell"] == "ptq4_s0"].iloc[0].copy()
+    twin["cell"], twin["variant"], twin["simulation"] = ("ptq4_li_s0", "backend=simulated_simulation=layer_input",
+                                                         "layer_input")
+    pd.concat([m, pd.DataFrame([twin])]).to_csv(out / "metrics.csv", index=False)
+    res = run_analysis(out, n_bootstrap=20, progress=False, figures=False, report=False)
+    mit = res["findings"][res["findings"]["finding"] == "mitigation_vs_ptq"]
+    assert len(mit) == 3
+    assert set(mit["reference"]) == {"ptq_static w4a8 backend=simulated_simulation=layer_input"}
