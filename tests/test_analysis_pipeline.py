@@ -505,3 +505,29 @@ def test_a_mitigation_is_judged_against_ptq_of_the_same_simulation(tmp_path):
     mit = res["findings"][res["findings"]["finding"] == "mitigation_vs_ptq"]
     assert len(mit) == 3
     assert set(mit["reference"]) == {"ptq_static w4a8 backend=simulated_simulation=layer_input"}
+
+
+def test_mitigation_gaps_of_a_multiclass_target_are_the_one_vs_rest_gaps():
+    from fairq.analysis.findings import compute_findings
+
+    rng = np.random.default_rng(11)
+    n = 240
+    gender, race = list(rng.choice(["f", "m"], size=n)), list(rng.choice(["a", "b"], size=n))
+    y = rng.integers(0, 3, size=n)
+    hit = np.array([g == "f" and r == "b" for g, r in zip(gender, race)])
+    preds = {"b0": np.where(rng.random(n) < 0.8, y, rng.integers(0, 3, size=n))}
+    preds["p4"] = np.where(hit & (rng.random(n) < 0.5), 2, preds["b0"])  # INT4 pushes one group towards class 2
+    preds["m4"] = np.where(hit & (rng.random(n) < 0.5), preds["b0"], preds["p4"])
+    rows = {"b0": {"method": "baseline", "weight_bits": 32, "act_bits": 32},
+            "p4": {"method": "ptq_static", "weight_bits": 4, "act_bits": 8},
+            "m4": {"method": "bias_aware_calibration", "variant": "calibration=balanced", "weight_bits": 4,
+                   "act_bits": 8, "reference_method": "ptq_static"}}
+    store, pairs = _memory_store([({"cell": c, "dataset": "mc", **rows[c]}, gender, race, y, preds[c])
+                                  for c in rows])
+    f = compute_findings(store, pairs, pd.DataFrame(), pd.DataFrame(), n_bootstrap=20, n_permutations=20)
+    mit = f[f["finding"] == "mitigation_vs_ptq"].set_index("statistic")
+    sens = pd.DataFrame({"gender": gender, "race": race})
+    ref, new = (fairness_metrics(y, preds[c], sens) for c in ("p4", "m4"))
+    for metric in ("demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy"):
+        row = mit.loc[f"{metric}(mitigated) − {metric}(plain PTQ)"]
+        assert row["estimate"] == pytest.approx(new[metric] - ref[metric]), metric
