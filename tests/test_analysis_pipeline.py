@@ -361,7 +361,7 @@ def _memory_store(cells):
                      "sensitive_attributes": "gender;race", **row})
     store = store_from_frames(pd.DataFrame(rows), frames)
     pairs = {c: align(store.cells[store.baseline_of(c)], store.cells[c]) for c in store.metrics.index
-             if store.metrics.at[c, "method"] != "baseline"}
+             if store.metrics.at[c, "method"] != "baseline" and store.baseline_of(c) is not None}
     return store, pairs
 
 
@@ -389,11 +389,14 @@ def test_worst_vs_best_ranks_eligible_groups_by_the_baseline_and_differences_by_
         ({"cell": "t0", "dataset": "aa", "method": "baseline", "weight_bits": 32, "act_bits": 32}, *tiny),
         ({"cell": "t1", "dataset": "aa", "method": "ptq_dynamic", "weight_bits": 8, "act_bits": nan}, *tiny),
         ({"cell": "b0", "dataset": "synth", "method": "baseline", "weight_bits": 32, "act_bits": 32}, *base),
+        # an orphan (no baseline of its seed: values but no pairs) is skipped, not the end of the search
+        ({"cell": "o7", "dataset": "synth", "method": "ptq_static", "weight_bits": 4, "act_bits": 8, "seed": 7},
+         *comp),
         ({"cell": "d0", "dataset": "synth", "method": "ptq_dynamic", "weight_bits": 8, "act_bits": nan}, *comp)])
     f = compute_findings(store, pairs, pd.DataFrame(), pd.DataFrame(), n_bootstrap=30, n_permutations=30,
                          seed=1, min_group_size=40)
     assert list(f.columns) == FINDING_COLUMNS
-    assert len(f) == 1  # "aa" has < 2 eligible groups: no claim there, and the next dataset still gets one
+    assert len(f) == 1  # "aa" has < 2 eligible groups, o7 no pairs: no claim there, the next config gets one
     row = f.iloc[0]
     expected = {"finding": "worst_vs_best", "dataset": "synth", "model": "tiny", "target": "label",
                 "config": "ptq_dynamic w8", "reference": "baseline",
