@@ -343,3 +343,194 @@ def test_a_mitigation_is_judged_against_plain_ptq_on_its_own_backend(tmp_path):
     mit = res["findings"][res["findings"]["finding"] == "mitigation_vs_ptq"]
     assert len(mit) and set(mit["reference"]) == {"ptq_static w4a8 backend=simulated"}
     assert mit["claim"].str.contains(r"\[simulated\] .* vs ptq_static w4a8 backend=simulated \[simulated\]").all()
+
+
+# ------------------------------------------------------------------ findings on tiny in-memory stores, by hand
+def _memory_store(cells):
+    """``cells``: (metrics row, gender list, race list, y_true, y_pred) → an in-memory store plus the pairs that
+    :func:`run_analysis` would build (each compressed cell aligned to its dataset's baseline)."""
+    from fairq.analysis.load import store_from_frames
+    from fairq.analysis.pairs import align
+
+    rows, frames = [], {}
+    for row, gender, race, y, pred in cells:
+        ids = [f"{row['dataset']}{i:04d}" for i in range(len(y))]
+        frames[row["cell"]] = pd.DataFrame({"sample_id": ids, "y_true": y, "y_pred": pred, "gender": gender,
+                                            "race": race})
+        rows.append({"model": "tiny", "target": "label", "variant": "", "seed": 0,
+                     "sensitive_attributes": "gender;race", **row})
+    store = store_from_frames(pd.DataFrame(rows), frames)
+    pairs = {c: align(store.cells[store.baseline_of(c)], store.cells[c]) for c in store.metrics.index
+             if store.metrics.at[c, "method"] != "baseline" and store.baseline_of(c) is not None}
+    return store, pairs
+
+
+def _groups(spec):
+    """``[(gender, race, n, n_correct), ...]`` → gender, race, y_true (all 1) and y_pred (the first n_correct of
+    each group right)."""
+    g, r, pred = [], [], []
+    for gender, race, n, k in spec:
+        g += [gender] * n
+        r += [race] * n
+        pred += [1] * k + [0] * (n - k)
+    return g, r, [1] * len(pred), pred
+
+
+def test_worst_vs_best_ranks_eligible_groups_by_the_baseline_and_differences_by_hand():
+    from fairq.analysis.findings import FINDING_COLUMNS, compute_findings
+
+    # Baseline: f/a 50 % (40 samples: exactly min_group_size), m/a 90 %, m/b 0 % but only 10 samples (ineligible).
+    # The compressed cell reverses the ranking (f/a 95 %, m/a 30 %): groups are ranked by the *baseline*.
+    base = _groups([("f", "a", 40, 20), ("m", "a", 80, 72), ("m", "b", 10, 0)])
+    comp = _groups([("f", "a", 40, 38), ("m", "a", 80, 24), ("m", "b", 10, 10)])
+    tiny = _groups([("f", "a", 6, 3), ("m", "a", 6, 5)])  # a first dataset whose groups are all too small
+    nan = float("nan")
+    store, pairs = _memory_store([
+        ({"cell": "t0", "dataset": "aa", "method": "baseline", "weight_bits": 32, "act_bits": 32}, *tiny),
+        ({"cell": "t1", "dataset": "aa", "method": "ptq_dynamic", "weight_bits": 8, "act_bits": nan}, *tiny),
+        ({"cell": "b0", "dataset": "synth", "method": "baseline", "weight_bits": 32, "act_bits": 32}, *base),
+        # an orphan (no baseline of its seed: values but no pairs) is skipped, not the end of the search
+        ({"cell": "o7", "dataset": "synth", "method": "ptq_static", "weight_bits": 4, "act_bits": 8, "seed": 7},
+         *comp),
+        ({"cell": "d0", "dataset": "synth", "method": "ptq_dynamic", "weight_bits": 8, "act_bits": nan}, *comp)])
+    f = compute_findings(store, pairs, pd.DataFrame(), pd.DataFrame(), n_bootstrap=30, n_permutations=30,
+                         seed=1, min_group_size=40)
+    assert list(f.columns) == FINDING_COLUMNS
+    assert len(f) == 1  # "aa" has < 2 eligible groups, o7 no pairs: no claim there, the next config gets one
+    row = f.iloc[0]
+    expected = {"finding": "worst_vs_best", "dataset": "synth", "model": "tiny", "target": "label",
+                "config": "ptq_dynamic w8", "reference": "baseline",
+                "claim": "ptq_dynamic w8 lowers the accuracy of the worst baseline group (gender=f, race=a) more than "
+                         "that of the best (gender=m, race=a)",
+                "statistic": "Δacc(worst group) − Δacc(best group)", "hypothesis": "< 0", "test": "permutation",
+                "n_seeds": 1}
+    assert {k: row[k] for k in expected} == expected
+    assert row["estimate"] == pytest.approx((0.95 - 0.5) - (0.3 - 0.9))
+    assert row["ci_low"] <= row["estimate"] <= row["ci_high"] and 0 < row["p_value"] <= 1
+
+
+def test_fewer_bits_picks_the_extreme_widths_and_matching_activation_bits():
+    from fairq.analysis.findings import compute_findings
+
+    rng = np.random.default_rng(5)
+    gender = ["f"] * 60 + ["m"] * 85
+    race = ["a"] * 120 + ["b"] * 25  # m/b: 25 samples, below min_group_size=30
+    y = rng.integers(0, 2, size=145)
+    nan = float("nan")
+    cells = [({"cell": "b0", "method": "baseline", "weight_bits": 32, "act_bits": 32}, y)]
+    # A configuration with one (missing) width comes first: it is skipped, not the end of the search.
+    specs = [("dist", "distillation", "", nan, nan), ("p8", "ptq_static", "", 8, 8), ("p4", "ptq_static", "", 4, 8),
+             ("p2", "ptq_static", "", 2, 8),
+             # no activation width in common: the first of each width (w8a16, listed before w8a8)
+             ("x4", "ptq_static", "x", 4, 4), ("x16", "ptq_static", "x", 8, 16), ("x8", "ptq_static", "x", 8, 8),
+             # a common activation width (8) is preferred over the first-listed one (w4a4)
+             ("y44", "ptq_static", "y", 4, 4), ("y48", "ptq_static", "y", 4, 8), ("y88", "ptq_static", "y", 8, 8)]
+    preds = {}
+    for cid, method, variant, wb, ab in specs:
+        pred = np.where(rng.random(145) < 0.75, y, 1 - y)
+        pred[120:] = 1 - y[120:]  # the small group, all wrong, must not count as the worst group
+        preds[cid] = pred
+        cells.append(({"cell": cid, "method": method, "variant": variant, "weight_bits": wb, "act_bits": ab}, pred))
+    store, pairs = _memory_store([({"dataset": "synth", **row}, gender, race, y, pred) for row, pred in cells])
+    f = compute_findings(store, pairs, pd.DataFrame(), pd.DataFrame(), n_bootstrap=20, n_permutations=20,
+                         seed=0, min_group_size=30)
+    fewer = f[f["finding"] == "fewer_bits"]
+    expected = {("ptq_static w2a8", "ptq_static w8a8"): ("p2", "p8"),
+                ("ptq_static w4a4 x", "ptq_static w8a16 x"): ("x4", "x16"),
+                ("ptq_static w4a8 y", "ptq_static w8a8 y"): ("y48", "y88")}
+    assert sorted(zip(fewer["config"], fewer["reference"])) == sorted(2 * list(expected))
+    sens = pd.DataFrame({"gender": gender, "race": race})
+    for _, r in fewer.iterrows():
+        lo, hi = expected[(r["config"], r["reference"])]
+        metric = r["statistic"].split("(")[0]
+        what = {"accuracy": "accuracy", "worst_group_accuracy": "worst-group accuracy"}[metric]
+        assert (r["dataset"], r["model"], r["target"], r["hypothesis"], r["test"], r["n_seeds"]) == \
+               ("synth", "tiny", "label", "< 0", "permutation", 1)
+        assert r["claim"] == f"{r['config']} has lower {what} than {r['reference']}"
+        assert r["statistic"] == f"{metric}(low bits) − {metric}(high bits)"
+        m_lo, m_hi = (fairness_metrics(y, preds[c], sens, min_group_size=30)[metric] for c in (lo, hi))
+        assert r["estimate"] == pytest.approx(m_lo - m_hi), (r["config"], metric)
+        assert r["ci_low"] <= r["estimate"] <= r["ci_high"] and 0 < r["p_value"] <= 1
+
+
+def test_paired_claims_use_common_seeds_the_run_settings_and_one_seed_stream_each(tmp_path, monkeypatch):
+    import fairq.analysis.findings as findings_module
+
+    out = make_store(tmp_path, n=300, seeds=(0, 1))
+    metrics = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    metrics[metrics["cell"] != "bac4_s1"].to_csv(out / "metrics.csv", index=False)  # mitigation: seed 0 only
+    calls = []
+    real = findings_module.paired_comparison
+
+    def spy(joints, stat, **kw):
+        calls.append(kw)
+        return real(joints, stat, **kw)
+
+    monkeypatch.setattr(findings_module, "paired_comparison", spy)
+    res = run_analysis(out, n_bootstrap=40, n_permutations=30, alpha=0.1, progress=False, figures=False,
+                       report=False)
+    f = res["findings"]
+    paired = f[f["test"] == "permutation"]
+    assert len(calls) == len(paired) == 3 + 2 + 3  # worst_vs_best ×3 (w8, w4, bac), fewer_bits ×2, mitigation ×3
+    for kw in calls:
+        assert (kw["n_bootstrap"], kw["n_permutations"], kw["confidence"]) == (40, 30, pytest.approx(0.9))
+        assert isinstance(kw["seed"], int)
+    assert len({kw["seed"] for kw in calls}) == len(calls)  # every claim draws its own resamples
+    assert (f.loc[f["finding"] == "fewer_bits", "n_seeds"] == 2).all()
+    mit = f[f["finding"] == "mitigation_vs_ptq"]
+    assert (mit["n_seeds"] == 1).all() and len(mit) == 3
+    cells = metrics.set_index("cell")
+    verbs = {"demographic_parity_difference": ("< 0", "reduces the demographic-parity gap"),
+             "equalized_odds_difference": ("< 0", "reduces the equalized-odds gap"),
+             "worst_group_accuracy": ("> 0", "raises worst-group accuracy")}
+    for _, r in mit.iterrows():
+        metric = r["statistic"].split("(")[0]
+        hyp, verb = verbs[metric]
+        assert (r["dataset"], r["model"], r["target"], r["hypothesis"], r["test"]) == \
+               ("synth", "tiny", "label", hyp, "permutation")
+        assert r["claim"] == f"bias_aware_calibration w4a8 calibration=balanced [cpu] {verb} vs ptq_static w4a8 [cpu]"
+        assert r["estimate"] == pytest.approx(cells.at["bac4_s0", metric] - cells.at["ptq4_s0", metric])
+        assert r["ci_low"] <= r["estimate"] <= r["ci_high"] and 0 < r["p_value"] <= 1
+
+
+def test_a_mitigation_is_judged_against_ptq_of_the_same_simulation(tmp_path):
+    """A per-layer-input simulated mitigation is judged against the per-layer-input PTQ twin, not against the
+    deployed-graph PTQ cell listed first."""
+    out = make_store(tmp_path, n=300)
+    m = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    m["backend"] = "simulated"
+    m["simulation"] = np.where(m["method"] == "bias_aware_calibration", "layer_input", "")
+    twin = m[m["cell"] == "ptq4_s0"].iloc[0].copy()
+    twin["cell"], twin["variant"], twin["simulation"] = ("ptq4_li_s0", "backend=simulated_simulation=layer_input",
+                                                         "layer_input")
+    pd.concat([m, pd.DataFrame([twin])]).to_csv(out / "metrics.csv", index=False)
+    res = run_analysis(out, n_bootstrap=20, progress=False, figures=False, report=False)
+    mit = res["findings"][res["findings"]["finding"] == "mitigation_vs_ptq"]
+    assert len(mit) == 3
+    assert set(mit["reference"]) == {"ptq_static w4a8 backend=simulated_simulation=layer_input"}
+
+
+def test_mitigation_gaps_of_a_multiclass_target_are_the_one_vs_rest_gaps():
+    from fairq.analysis.findings import compute_findings
+
+    rng = np.random.default_rng(11)
+    n = 240
+    gender, race = list(rng.choice(["f", "m"], size=n)), list(rng.choice(["a", "b"], size=n))
+    y = rng.integers(0, 3, size=n)
+    hit = np.array([g == "f" and r == "b" for g, r in zip(gender, race)])
+    preds = {"b0": np.where(rng.random(n) < 0.8, y, rng.integers(0, 3, size=n))}
+    preds["p4"] = np.where(hit & (rng.random(n) < 0.5), 2, preds["b0"])  # INT4 pushes one group towards class 2
+    preds["m4"] = np.where(hit & (rng.random(n) < 0.5), preds["b0"], preds["p4"])
+    rows = {"b0": {"method": "baseline", "weight_bits": 32, "act_bits": 32},
+            "p4": {"method": "ptq_static", "weight_bits": 4, "act_bits": 8},
+            "m4": {"method": "bias_aware_calibration", "variant": "calibration=balanced", "weight_bits": 4,
+                   "act_bits": 8, "reference_method": "ptq_static"}}
+    store, pairs = _memory_store([({"cell": c, "dataset": "mc", **rows[c]}, gender, race, y, preds[c])
+                                  for c in rows])
+    f = compute_findings(store, pairs, pd.DataFrame(), pd.DataFrame(), n_bootstrap=20, n_permutations=20)
+    mit = f[f["finding"] == "mitigation_vs_ptq"].set_index("statistic")
+    sens = pd.DataFrame({"gender": gender, "race": race})
+    ref, new = (fairness_metrics(y, preds[c], sens) for c in ("p4", "m4"))
+    for metric in ("demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy"):
+        row = mit.loc[f"{metric}(mitigated) − {metric}(plain PTQ)"]
+        assert row["estimate"] == pytest.approx(new[metric] - ref[metric]), metric

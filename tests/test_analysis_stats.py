@@ -301,6 +301,21 @@ def test_verdict_rejects_unknown_hypothesis():
         verdict(0.1, 0.0, 0.2, 0.01, "!= 0")
 
 
+def test_apply_rules_judges_every_row_with_the_given_alpha_and_margin():
+    import pandas as pd
+
+    from fairq.analysis.findings import apply_rules
+
+    frame = pd.DataFrame({"finding": ["a", "b", "c"], "hypothesis": ["> 0", "< 0", "> 0"],
+                          "estimate": [0.10, -0.10, 0.01], "ci_low": [0.05, -0.15, -0.03],
+                          "ci_high": [0.15, -0.05, 0.03], "p_adjusted": [0.10, 0.001, 0.5]})
+    # defaults: alpha 0.05 (row a: p = 0.10 is not significant), margin 1 point (row c: ±3 points is not inside)
+    assert list(apply_rules(frame)["verdict"]) == ["inconclusive", "supported", "inconclusive"]
+    assert list(apply_rules(frame, alpha=0.2)["verdict"]) == ["supported", "supported", "inconclusive"]
+    assert list(apply_rules(frame, margin=0.05)["verdict"]) == ["inconclusive", "supported", "not supported"]
+    assert "verdict" not in frame.columns  # the input is left as it was
+
+
 # ------------------------------------------------------------------------------------------------ Pareto
 def test_pareto_mask_hand_points():
     # columns: accuracy (max), gap (min), size (min)
