@@ -452,3 +452,37 @@ def test_a_missing_positive_label_says_how_to_fix_it():
     with pytest.raises(ValueError, match=r"^pos_label='yes' is not one of the labels \['a', 'b'\]; "
                                          r"pass pos_label= with the positive class$"):
         fairness_metrics(["a", "b"], ["a", "b"], {"s": [0, 1]}, pos_label="yes")
+
+
+def test_scalar_gaps_by_hand_size_threshold_and_the_no_negatives_rule():
+    """Hand-worked scalars with min_group_size 5: a group of exactly 5 counts, a smaller one with an extreme FPR
+    does not, a group without negatives has no FPR (and stays in the other gaps), a group with a single negative
+    does have one; an empty group changes nothing and no division warns."""
+    import warnings
+
+    counts = np.array([[[4, 1], [1, 4]],     # g0 n 10: sel .5, tpr .8, fpr .2, acc .8
+                       [[2, 2], [0, 1]],     # g1 n 5 (= min size): sel .6, tpr 1, fpr .5, acc .6
+                       [[0, 4], [0, 0]],     # g2 n 4 (too small): fpr 1, sel 1
+                       [[0, 0], [2, 4]],     # g3 n 6: no negatives; sel 4/6, tpr 4/6, acc 4/6
+                       [[0, 1], [1, 4]],     # g4 n 6: one negative, fpr 1; sel 5/6, tpr .8, acc 4/6
+                       [[0, 0], [0, 0]]])    # g5 empty
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = fm.scalar_metrics_from_counts(counts, pos_index=1, min_group_size=5)
+        rates = fm.group_rates(counts)
+    expected = {"accuracy": 19 / 31, "demographic_parity_difference": 5 / 6 - 1 / 2,
+                "demographic_parity_ratio": (1 / 2) / (5 / 6), "disparate_impact": (1 / 2) / (5 / 6),
+                "equal_opportunity_difference": 1 - 4 / 6, "predictive_equality_difference": 1.0 - 0.2,
+                "equalized_odds_difference": 0.8, "worst_group_accuracy": 0.6, "accuracy_difference": 0.8 - 0.6}
+    for key, value in expected.items():
+        assert float(out[key]) == pytest.approx(value, abs=1e-12), key
+    default = fm.scalar_metrics_from_counts(counts, min_group_size=5)                   # pos_index defaults to 1
+    assert {k: float(v) for k, v in default.items()} == pytest.approx({k: float(v) for k, v in out.items()})
+    np.testing.assert_allclose(rates["selection_rate"][:, 0], fm.group_rates(counts, 1)["selection_rate"][:, 0])
+    np.testing.assert_allclose(rates["fpr"][:, 0], [0.2, 0.5, 1.0, np.nan, 1.0, np.nan])
+    tiny = np.array([[[1, 0], [0, 1]], [[1, 0], [0, 0]], [[0, 1], [0, 0]]])   # two 1-sample groups
+    assert fm.scalar_metrics_from_counts(tiny, min_group_size=1)["worst_group_accuracy"] == 0.0
+    assert fm.scalar_metrics_from_counts(tiny, min_group_size=0)["worst_group_accuracy"] == 0.0
+    for bad in (np.ones((2, 2)), np.ones((2, 2, 3))):
+        with pytest.raises(ValueError, match=r"counts must have shape \[\.\.\., G, C, C\]"):
+            fm.group_rates(bad)
