@@ -480,6 +480,9 @@ def test_scalar_gaps_by_hand_size_threshold_and_the_no_negatives_rule():
     assert {k: float(v) for k, v in default.items()} == pytest.approx({k: float(v) for k, v in out.items()})
     np.testing.assert_allclose(rates["selection_rate"][:, 0], fm.group_rates(counts, 1)["selection_rate"][:, 0])
     np.testing.assert_allclose(rates["fpr"][:, 0], [0.2, 0.5, 1.0, np.nan, 1.0, np.nan])
+    for key, values in (("tp", [4, 1, 0, 4, 4, 0]), ("fp", [1, 2, 4, 0, 1, 0]), ("pred_positives", [5, 3, 4, 4, 5, 0]),
+                        ("positives", [5, 1, 0, 6, 5, 0]), ("negatives", [5, 4, 4, 0, 1, 0])):
+        np.testing.assert_array_equal(rates[key][:, 0], values, err_msg=key)                # documented keys
     tiny = np.array([[[1, 0], [0, 1]], [[1, 0], [0, 0]], [[0, 1], [0, 0]]])   # two 1-sample groups
     assert fm.scalar_metrics_from_counts(tiny, min_group_size=1)["worst_group_accuracy"] == 0.0
     assert fm.scalar_metrics_from_counts(tiny, min_group_size=0)["worst_group_accuracy"] == 0.0
