@@ -304,8 +304,13 @@ def test_the_sample_level_entry_points_pass_every_setting_to_the_count_level_one
     single, joint = counts(2, lambda v: v)
     pd.testing.assert_frame_equal(bootstrap_ci(y_grad, b, sf, pos_label=0, **kw),
                                   bootstrap_ci_from_counts(single, groups, pos_index=0, **kw))
-    pd.testing.assert_frame_equal(paired_bootstrap_ci(y_grad, a, b, sf, pos_label=0, **kw),
+    b_grad = torch.tensor(b, dtype=torch.float32, requires_grad=True)
+    pd.testing.assert_frame_equal(paired_bootstrap_ci(y_grad, a, b_grad, sf, pos_label=0, **kw),
                                   paired_bootstrap_ci_from_counts(joint, groups, pos_index=0, **kw))
+    with pytest.raises(ValueError, match=r"^prediction vector 1 has 56 samples but y_true has 57$"):
+        paired_bootstrap_ci(y, a, b[1:], sf)
+    with pytest.raises(ValueError, match=r"^sensitive_features has 56 rows but y_true has 57 samples$"):
+        bootstrap_ci(y, b, sf[1:])
     assert "s=v" in set(bootstrap_ci(y, b, sf, **kw).group)
     single, joint = counts(3, lambda v: v)                                # declared class 2: never seen
     pd.testing.assert_frame_equal(bootstrap_ci(y, b, sf, labels=[0, 1, 2], **kw),
