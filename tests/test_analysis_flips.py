@@ -191,3 +191,45 @@ def test_exemplar_votes_refuse_a_seed_whose_ids_mean_other_samples():
     shown = msg[msg.index("(e.g. "):msg.index("):")]
     assert all(f"s{i}" in shown for i in (1, 2, 3)) and "s4" not in shown, msg
     assert "not evaluated on the same samples" in msg and msg.endswith("(data.init_args.seed)."), msg
+
+
+def test_exemplar_makeup_by_hand_with_a_model_without_exemplars():
+    """Every column of exemplar_makeup worked out by hand: a one-sample group that is an exemplar (rate 1), and a
+    model with no exemplar at all (shares undefined, no division warning); one row per group, a fresh index."""
+    import warnings
+
+    ex = pd.DataFrame({"dataset": "d", "model": ["m1"] * 5 + ["m2"] * 2, "target": "y",
+                       "g": ["x", "x", "x", "y", "z", "x", "y"],
+                       "exemplar": [True, False, False, True, True, False, False]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = exemplar_makeup(ex, {("d", "m1", "y"): ["g"], ("d", "m2", "y"): ["g"]})
+    assert list(out.index) == list(range(5))
+    assert set(out.columns) == {"dataset", "model", "target", "attributes", "group", "n_test", "share_test",
+                                "n_exemplars", "share_exemplars", "representation", "exemplar_rate",
+                                "n_exemplars_total"}
+    m1 = out[out["model"] == "m1"].set_index("group")
+    assert (m1["dataset"] == "d").all() and (m1["target"] == "y").all() and (m1["attributes"] == "g").all()
+    assert list(m1.index) == ["g=x", "g=y", "g=z"] and m1["n_exemplars"].dtype.kind == "i"
+    np.testing.assert_array_equal(m1["n_test"], [3, 1, 1])
+    np.testing.assert_array_equal(m1["n_exemplars"], [1, 1, 1])
+    np.testing.assert_allclose(m1["share_test"], [0.6, 0.2, 0.2])
+    np.testing.assert_allclose(m1["share_exemplars"], [1 / 3] * 3)
+    np.testing.assert_allclose(m1["representation"], [(1 / 3) / 0.6, (1 / 3) / 0.2, (1 / 3) / 0.2])
+    np.testing.assert_allclose(m1["exemplar_rate"], [1 / 3, 1.0, 1.0])
+    assert (m1["n_exemplars_total"] == 3).all()
+    m2 = out[out["model"] == "m2"].set_index("group")
+    assert m2["share_exemplars"].isna().all() and m2["representation"].isna().all()
+    np.testing.assert_allclose(m2["exemplar_rate"], [0.0, 0.0])
+    assert (m2["n_exemplars_total"] == 0).all()
+
+
+def test_exemplars_can_be_limited_to_method_families(tmp_path):
+    out = write_store(tmp_path, {"b": ("baseline", 32, BASE), "c1": ("ptq_static", 4, C1), "c4": ("qat", 4, C4)})
+    metrics = pd.read_csv(out / "metrics.csv")
+    metrics["family"] = metrics["method"].map({"baseline": "baseline", "ptq_static": "ptq", "qat": "qat"})
+    metrics.to_csv(out / "metrics.csv", index=False)
+    store = load_store(out)
+    assert set(compression_exemplars(store, families=("ptq",))["n_compressed"]) == {1}
+    assert set(compression_exemplars(store)["n_compressed"]) == {2}
+    assert compression_exemplars(store, families=("pruning",)).empty
