@@ -233,3 +233,35 @@ def test_exemplars_can_be_limited_to_method_families(tmp_path):
     assert set(compression_exemplars(store, families=("ptq",))["n_compressed"]) == {1}
     assert set(compression_exemplars(store)["n_compressed"]) == {2}
     assert compression_exemplars(store, families=("pruning",)).empty
+
+
+def test_exemplars_use_the_samples_every_cell_has_and_every_model(tmp_path):
+    """A compressed cell missing two samples limits every model row to the common samples; a model without a
+    compressed cell (listed first) is skipped without ending the scan; a model sharing a single sample still gets its
+    row; the labels are those of the samples' ids; one fresh index over all models."""
+    out = write_store(tmp_path, {"b": ("baseline", 32, BASE), "c1": ("ptq_static", 4, C1), "c4": ("qat", 4, C4)})
+    pred = out / "predictions"
+    c1 = pd.read_parquet(pred / "c1.parquet")
+    c1[~c1["sample_id"].isin(["id0", "id5"])].to_parquet(pred / "c1_part.parquet", index=False)
+    c1[c1["sample_id"] == "id3"].to_parquet(pred / "c1_one.parquet", index=False)
+    m = pd.read_csv(out / "metrics.csv")
+    alone = m[m["cell"] == "b"].assign(cell="b0", model="m0")                       # no compressed cell
+    one = m[m["cell"].isin(["b", "c1"])].assign(model="m3")
+    one["cell"] = one["cell"] + "_m3"
+    one.loc[one["cell"] == "c1_m3", "predictions"] = "predictions/c1_one.parquet"
+    m.loc[m["cell"] == "c1", "predictions"] = "predictions/c1_part.parquet"
+    pd.concat([alone, m, one]).to_csv(out / "metrics.csv", index=False)
+    ex = compression_exemplars(load_store(out))
+    assert list(ex.index) == list(range(len(ex))) and set(ex["model"]) == {"m", "m3"}
+    main = ex[ex["model"] == "m"].set_index("sample_id")
+    ids = [f"id{i}" for i in (1, 2, 3, 4, 6, 7)]
+    assert sorted(main.index) == ids and (main["n_compressed"] == 2).all()
+    pos = [int(i[2:]) for i in main.index]
+    np.testing.assert_array_equal(main["y_true"], np.take(Y, pos))
+    np.testing.assert_array_equal(main["baseline_label"], np.take(BASE, pos))
+    c1v, c4v = np.take(C1, pos), np.take(C4, pos)
+    np.testing.assert_array_equal(main["compressed_label"], np.where(c1v == c4v, c1v, 0))  # a 1–1 tie: class 0
+    np.testing.assert_array_equal(main["g"], np.take(GROUP, pos))
+    single = ex[ex["model"] == "m3"]
+    assert list(single["sample_id"]) == ["id3"] and list(single["compressed_label"]) == [C1[3]]
+    assert compression_exemplars(load_store(out), families=("ptq",)).empty  # no family column: nothing matches
