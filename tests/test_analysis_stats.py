@@ -438,3 +438,40 @@ def test_percentile_ci_per_column_default_level_and_cohens_h_clips():
     assert np.isnan(lo[2]) and np.isnan(hi[2]) and valid.tolist() == [1001, 1001, 0]
     assert cohens_h(1.2, 0.5) == cohens_h(1.0, 0.5) and cohens_h(-0.1, 0.5) == cohens_h(0.0, 0.5)
     assert cohens_h(0.5, 1.3) == cohens_h(0.5, 1.0) and cohens_h(0.5, -2.0) == cohens_h(0.5, 0.0)
+
+
+def test_flips_uncertain_pools_seeds_and_tests_high_against_low_by_hand():
+    """The flips_uncertain claim of one configuration: flips and counts of the high- and low-uncertainty bins summed
+    over seeds, the difference of rates, statsmodels' score test and Newcombe interval at the run's confidence; a
+    configuration without flips gets p = 1 and no interval; one without low-uncertainty samples gets no claim; only
+    the ``group == "all"`` rows count."""
+    from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
+
+    import pandas as pd
+
+    from fairq.analysis.findings import _flips_uncertain
+
+    base = dict(dataset="d", model="m", target="y", method="ptq_static", variant="", weight_bits=4, act_bits=8,
+                backend="simulated", config="ptq_static w4a8", group="all", n_medium=5, flips_medium=1)
+    rows = [dict(base, seed=0, flips_high=6, n_high=20, flips_low=1, n_low=40),
+            dict(base, seed=1, flips_high=4, n_high=10, flips_low=2, n_low=30),
+            dict(base, seed=1, group="g=a", flips_high=9, n_high=9, flips_low=0, n_low=9),      # not pooled
+            dict(base, method="qat", config="qat w4a8", seed=0, flips_high=0, n_high=8, flips_low=0, n_low=8),
+            dict(base, method="rtn", config="rtn w4a8", seed=0, flips_high=3, n_high=8, flips_low=0, n_low=0)]
+    out = _flips_uncertain(None, pd.DataFrame(rows), confidence=0.9)
+    assert [r["config"] for r in out] == ["ptq_static w4a8", "qat w4a8"]
+    claim, none = out
+    assert claim["estimate"] == pytest.approx(10 / 30 - 3 / 70)
+    p = test_proportions_2indep(10, 30, 3, 70, method="score").pvalue
+    lo, hi = confint_proportions_2indep(10, 30, 3, 70, compare="diff", method="newcomb", alpha=0.1)
+    assert claim["p_value"] == pytest.approx(p) and (claim["ci_low"], claim["ci_high"]) == (pytest.approx(lo),
+                                                                                            pytest.approx(hi))
+    assert (claim["finding"], claim["reference"], claim["hypothesis"], claim["n_seeds"]) == (
+        "flips_uncertain", "baseline", "> 0", 2)
+    assert (claim["dataset"], claim["model"], claim["target"]) == ("d", "m", "y")
+    assert claim["test"] == "two-proportion score" and "ptq_static w4a8 [simulated]" in claim["claim"]
+    assert claim["statistic"] == "flip rate (high) − flip rate (low)"
+    assert none["p_value"] == 1.0 and np.isnan(none["ci_low"]) and np.isnan(none["ci_high"])
+    assert none["estimate"] == 0.0 and none["n_seeds"] == 1
+    assert _flips_uncertain(None, pd.DataFrame(), 0.95) == []
+    assert _flips_uncertain(None, pd.DataFrame(rows).drop(columns="flips_high"), 0.95) == []
