@@ -456,11 +456,18 @@ def test_flips_uncertain_pools_seeds_and_tests_high_against_low_by_hand():
     rows = [dict(base, seed=0, flips_high=6, n_high=20, flips_low=1, n_low=40),
             dict(base, seed=1, flips_high=4, n_high=10, flips_low=2, n_low=30),
             dict(base, seed=1, group="g=a", flips_high=9, n_high=9, flips_low=0, n_low=9),      # not pooled
+            dict(base, method="rtn", config="rtn w4a8", seed=0, flips_high=3, n_high=8, flips_low=0, n_low=0),
             dict(base, method="qat", config="qat w4a8", seed=0, flips_high=0, n_high=8, flips_low=0, n_low=8),
-            dict(base, method="rtn", config="rtn w4a8", seed=0, flips_high=3, n_high=8, flips_low=0, n_low=0)]
+            dict(base, method="awq", config="awq w4a8", seed=0, flips_high=0, n_high=0, flips_low=1, n_low=5),
+            dict(base, method="gptq", config="gptq w4a8", seed=0, flips_high=1, n_high=1, flips_low=0, n_low=1),
+            dict(base, method="smoothquant", config="sq w4a8", seed=0, flips_high=2, n_high=10, flips_low=2,
+                 n_low=20)]
     out = _flips_uncertain(None, pd.DataFrame(rows), confidence=0.9)
-    assert [r["config"] for r in out] == ["ptq_static w4a8", "qat w4a8"]
-    claim, none = out
+    assert [r["config"] for r in out] == ["ptq_static w4a8", "qat w4a8", "gptq w4a8", "sq w4a8"]
+    claim, none, one, equal_flips = out
+    assert one["estimate"] == 1.0 and 0 < one["p_value"] < 1            # one sample in each bin still counts
+    assert equal_flips["p_value"] == pytest.approx(test_proportions_2indep(2, 10, 2, 20, method="score").pvalue)
+    assert equal_flips["p_value"] < 1 and not np.isnan(equal_flips["ci_low"])
     assert claim["estimate"] == pytest.approx(10 / 30 - 3 / 70)
     p = test_proportions_2indep(10, 30, 3, 70, method="score").pvalue
     lo, hi = confint_proportions_2indep(10, 30, 3, 70, compare="diff", method="newcomb", alpha=0.1)
