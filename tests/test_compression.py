@@ -126,19 +126,36 @@ def test_every_method_on_every_tiny_model(zoo, method, bits):
 
 # ---------------------------------------------------------------- level audit for every k
 def test_levels_for_every_k_and_scheme(zoo):
+    """The layer-input simulation (``FakeQuantLayer``), symmetric and affine, per channel and per tensor."""
     for k in range(2, 9):
         for per_channel, symmetric in [(True, True), (True, False), (False, True), (False, False)]:
-            # affine weights exist only in the layer-input simulation (the real kernels take symmetric ones)
             cfg = PTQConfig(weight_bits=k, act_bits=None, per_channel=per_channel, symmetric=symmetric,
-                            backend="simulated", simulation="graph" if symmetric else "layer_input")
+                            backend="simulated", simulation="layer_input")
             q = quantize(zoo.model, cfg, zoo.calib)
             assert _assert_levels(q) > 0
             if not per_channel:  # one scale for the whole tensor: ≤ 2**k values in the whole layer
                 for name, w in effective_weights(q).items():
                     assert torch.unique(w).numel() <= 2**k, name
     # 8 bits really uses more than 4 bits' worth of levels (the audit can fail)
-    q8 = quantize(zoo.model, PTQConfig(weight_bits=8, act_bits=None, backend="simulated"), zoo.calib)
+    q8 = quantize(zoo.model, PTQConfig(weight_bits=8, act_bits=None, backend="simulated",
+                                       simulation="layer_input"), zoo.calib)
     assert max(_max_levels_per_channel(w) for w in effective_weights(q8).values()) > 16
+
+
+def test_graph_simulation_levels_for_every_k(zoo):
+    """The default graph simulation (symmetric weights only, as the kernels take them), per channel and per
+    tensor. Kept apart from the layer-input audit: each case is a ``torch.export``, seconds on BERT, and mutation
+    testing of ``fakequant.py`` (which this path does not use) need not pay for it."""
+    for k in range(2, 9):
+        for per_channel in (True, False):
+            cfg = PTQConfig(weight_bits=k, act_bits=None, per_channel=per_channel, backend="simulated")
+            q = quantize(zoo.model, cfg, zoo.calib)
+            assert _assert_levels(q) > 0
+            if not per_channel:
+                for name, w in effective_weights(q).items():
+                    assert torch.unique(w).numel() <= 2**k, name
+            if k == 8:
+                assert max(_max_levels_per_channel(w) for w in effective_weights(q).values()) > 16
 
 
 def test_per_channel_beats_per_tensor_on_uneven_channels():
