@@ -534,3 +534,111 @@ def test_mitigation_gaps_of_a_multiclass_target_are_the_one_vs_rest_gaps():
     for metric in ("demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy"):
         row = mit.loc[f"{metric}(mitigated) − {metric}(plain PTQ)"]
         assert row["estimate"] == pytest.approx(new[metric] - ref[metric]), metric
+
+
+# ------------------------------------------------------------------ which plain-PTQ cells a mitigation is judged against
+_MIT = "bias_aware_calibration"
+
+
+def _cells_table(rows, *, simulation=True, reference_config=True):
+    """A metrics table as ``findings._configs`` gives it (config columns as strings), indexed by cell id; each row
+    ``(cell, config label, overrides)``; ``simulation`` / ``reference_config`` False: an older store without them."""
+    base = {"dataset": "d", "model": "m", "target": "t", "method": "ptq_static", "variant": "", "weight_bits": "4",
+            "act_bits": "8", "backend": "cpu", "seed": 0, "reference_method": "", "simulation": np.nan,
+            "reference_config": ""}
+    table = pd.DataFrame([{**base, "cell": c, "config": label, **kw} for c, label, kw in rows]).set_index("cell")
+    return table.drop(columns=[c for c, keep in (("simulation", simulation), ("reference_config", reference_config))
+                               if not keep])
+
+
+def _chosen(table, mitigation="mit"):
+    from fairq.analysis.findings import _reference_cells
+
+    return list(_reference_cells(table, table.loc[[mitigation]]).index)
+
+
+def _mitigation(variant="calibration=balanced", **kw):
+    return ("mit", f"mitigation {variant}", {"method": _MIT, "variant": variant, "reference_method": "ptq_static",
+                                            **kw})
+
+
+def test_a_mitigation_is_judged_against_the_control_it_named_first():
+    rows = [("plain", "ptq w4a8", {}),
+            ("same", "ptq w4a8 calibration=balanced", {"variant": "calibration=balanced"}),
+            ("named", "ptq w4a8 draw=natural", {"variant": "draw=natural"}),
+            ("named_s1", "ptq w4a8 draw=natural", {"variant": "draw=natural", "seed": 1}),
+            _mitigation(reference_config="ptq w4a8 draw=natural")]
+    assert _chosen(_cells_table(rows)) == ["named", "named_s1"]  # the configuration with all its seeds
+    # a named control that was not stored (or is the setting itself): the same options, else the default cell
+    rows[-1] = _mitigation(reference_config="ptq w4a8 not-stored")
+    assert _chosen(_cells_table(rows)) == ["same"]
+    rows[-1] = _mitigation(reference_config="mitigation calibration=balanced")
+    assert _chosen(_cells_table(rows)) == ["same"]
+    # an older store without reference_config (or without a named one): the same options first
+    rows[-1] = _mitigation()
+    assert _chosen(_cells_table(rows)) == _chosen(_cells_table(rows, reference_config=False)) == ["same"]
+
+
+@pytest.mark.parametrize("backend, plain_variant", [("cpu", ""), ("simulated", "backend=simulated"),
+                                                    ("simulated", "backend=simulated_simulation=layer_input")])
+def test_without_a_same_options_control_a_mitigation_is_judged_against_the_default_ptq_cell(backend, plain_variant):
+    rows = [("mse", "ptq w4a8 observer=mse", {"variant": "observer=mse", "backend": backend}),
+            ("plain", f"ptq w4a8 {plain_variant}", {"variant": plain_variant, "backend": backend}),
+            ("pct", "ptq w4a8 observer=percentile", {"variant": "observer=percentile", "backend": backend}),
+            _mitigation(backend=backend)]
+    assert _chosen(_cells_table(rows)) == ["plain"]
+    # no default cell either: the first candidate stored, rather than no claim
+    assert _chosen(_cells_table([r for r in rows if r[0] != "plain"])) == ["mse"]
+
+
+def test_reference_candidates_share_data_model_target_bits_method_backend_and_simulation():
+    other = [("ds", {"dataset": "d2"}), ("mo", {"model": "m2"}), ("ta", {"target": "t2"}),
+             ("wb", {"weight_bits": "8"}), ("ab", {"act_bits": ""}), ("me", {"method": "ptq_dynamic"}),
+             ("be", {"backend": "int8"}), ("si", {"simulation": "layer_input"})]
+    rows = [(c, f"ptq {c}", kw) for c, kw in other] + [("ok", "ptq ok", {"variant": "x=1"}), _mitigation()]
+    assert _chosen(_cells_table(rows)) == ["ok"]
+    assert _chosen(_cells_table(rows[:-2] + rows[-1:])) == []  # only mismatching cells: no reference
+    # a missing simulation matches a missing one, in the mitigation and in the candidates alike
+    rows = [("graph", "ptq graph", {"simulation": "graph"}), ("none", "ptq none", {}), _mitigation()]
+    assert _chosen(_cells_table(rows)) == ["none"]
+    rows[-1] = _mitigation(simulation="graph")
+    assert _chosen(_cells_table(rows)) == ["graph"]
+    assert _chosen(_cells_table(rows, simulation=False)) == ["graph"]  # older store: no simulation to compare
+    # the reference method is the one the mitigation recorded, and a setting is never its own reference
+    rows = [("dyn", "ptq dyn", {"method": "ptq_dynamic"}), ("self", "mitigation calibration=balanced",
+                                                             {"method": _MIT, "variant": "calibration=balanced"}),
+            _mitigation(reference_method="ptq_dynamic")]
+    assert _chosen(_cells_table(rows)) == ["dyn"]
+    assert _chosen(_cells_table(rows[1:])) == []
+
+
+def test_every_mitigation_with_a_reference_gets_every_defined_claim(monkeypatch):
+    """A mitigation without a reference, or a claim that is undefined (``_paired_claim`` gives None), skips only
+    itself; each row names its configuration, reference and claim."""
+    import fairq.analysis.findings as findings_module
+
+    table = _cells_table([("mit", "mitigation a", {"method": _MIT, "variant": "a", "reference_method": "none"}),
+                          ("ptq", "ptq w4a8", {}),
+                          ("mit2", "mitigation b", {"method": _MIT, "variant": "b", "reference_method": "ptq_static"})])
+    calls = []
+
+    def fake(store, a_cells, b_cells, metric, **kw):
+        calls.append((a_cells, b_cells, metric, kw["tag"]))
+        if metric == "demographic_parity_difference":
+            return None
+        return {"estimate": 0.5, "ci_low": 0.1, "ci_high": 0.9, "p_value": 0.01, "test": "permutation",
+                "n_seeds": 1}
+
+    monkeypatch.setattr(findings_module, "_paired_claim", fake)
+    rows = findings_module._mitigation_vs_ptq(None, table, n_bootstrap=10, n_permutations=10, seed=3,
+                                              min_group_size=5, confidence=0.9)
+    assert [c[:3] for c in calls] == [({"0": "ptq"}, {"0": "mit2"}, metric) for metric, _, _ in
+                                      findings_module._MITIGATION_CLAIMS]
+    assert len({c[3] for c in calls}) == 3  # one seed stream per claim
+    got = pd.DataFrame(rows)
+    assert list(got["statistic"]) == ["equalized_odds_difference(mitigated) − equalized_odds_difference(plain PTQ)",
+                                      "worst_group_accuracy(mitigated) − worst_group_accuracy(plain PTQ)"]
+    assert (got["config"] == "mitigation b").all() and (got["reference"] == "ptq w4a8").all()
+    assert list(got["claim"]) == ["mitigation b [cpu] reduces the equalized-odds gap vs ptq w4a8 [cpu]",
+                                  "mitigation b [cpu] raises worst-group accuracy vs ptq w4a8 [cpu]"]
+    assert list(got["hypothesis"]) == ["< 0", "> 0"] and (got["estimate"] == 0.5).all()

@@ -81,8 +81,13 @@ def _configs(store: Store) -> pd.DataFrame:
     for c in CONFIG_COLUMNS:
         # missing → "" first: pandas ≥ 3 keeps NaN through astype(str), and groupby would then drop every cell
         # without activation quantization (pruned, distilled, weight-only) from the findings
-        m[c] = m[c].where(m[c].notna(), "").astype(str)
+        m[c] = _text(m[c])
     return m
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Strings with missing values as ``""`` (``fillna("")`` on an all-missing float column is deprecated)."""
+    return values.where(values.notna(), "").astype(str)
 
 
 def _worst_best(pairs: list[Paired], min_group_size: int) -> tuple[list[np.ndarray], list[str], int, int] | None:
@@ -211,35 +216,45 @@ _MITIGATION_CLAIMS = (("demographic_parity_difference", "< 0", "reduces the demo
                       ("worst_group_accuracy", "> 0", "raises worst-group accuracy"))
 
 
+def _reference_cells(m: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """The plain-PTQ cells (one configuration, all its seeds) a mitigation configuration ``frame`` is judged
+    against, from the run's metrics table ``m`` (as :func:`_configs` gives it); empty when there is none.
+
+    Candidates share the dataset, model, target, weight and activation bits, the method the mitigation recorded
+    as its ``reference_method``, the backend (a simulated mitigation is never judged against real INT8 kernels)
+    and the simulation (deployed graph vs per-layer input; missing = missing); a setting is never its own
+    reference. Among them: the control cell the setting named (``reference_config``, e.g. gptq's natural-draw
+    twin of a balanced draw) when stored; else (older stores) the one with the same options (``variant``, e.g.
+    balanced calibration with a percentile observer vs plain PTQ with that observer); else the default PTQ cell
+    (or its backend-pinned twin, the control a simulated mitigation stores next to real INT8 PTQ); else the
+    first candidate.
+    """
+    sel = np.ones(len(m), dtype=bool)
+    for k in ("dataset", "model", "target", "weight_bits", "act_bits"):
+        sel &= m[k].to_numpy() == frame[k].iloc[0]
+    backend = frame["backend"].iloc[0]
+    cand = m[sel & (m["method"].to_numpy() == frame["reference_method"].iloc[0])
+             & (m["backend"].to_numpy() == backend)]
+    if "simulation" in m.columns:
+        sim = _text(m["simulation"])
+        cand = cand[sim.loc[cand.index].to_numpy() == _text(frame["simulation"]).iloc[0]]
+    cand = cand[cand["config"].to_numpy() != frame["config"].iloc[0]]
+    if cand.empty:
+        return cand
+    same = cand[cand["variant"] == frame["variant"].iloc[0]]
+    plain = cand[cand["variant"].isin(["", f"backend={backend}", "backend=simulated_simulation=layer_input"])]
+    named = str(frame["reference_config"].iloc[0]) if "reference_config" in m.columns else ""
+    exact = cand[cand["config"].to_numpy() == named] if named else cand.iloc[:0]
+    cand = exact if not exact.empty else same if not same.empty else (plain if not plain.empty else cand)
+    return cand[cand["config"] == cand["config"].iloc[0]]
+
+
 def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group_size, confidence):
     rows = []
-    keys = ["dataset", "model", "target", "weight_bits", "act_bits"]
     for cfg, frame in m[is_mitigation(m)].groupby(list(CONFIG_COLUMNS), sort=False):
-        sel = np.ones(len(m), dtype=bool)
-        for k in keys:
-            sel &= m[k].to_numpy() == frame[k].iloc[0]
-        # The plain method a mitigation is judged against is recorded with its cells (``reference_method``), and
-        # it must run on the same backend: a simulated mitigation is never judged against real INT8 kernels.
-        backend = frame["backend"].iloc[0]
-        cand = m[sel & (m["method"].to_numpy() == frame["reference_method"].iloc[0])
-                 & (m["backend"].to_numpy() == backend)]
-        if "simulation" in m.columns:  # and the same simulation (deployed graph vs per-layer input)
-            sim = m["simulation"].fillna("").astype(str)
-            cand = cand[sim.loc[cand.index].to_numpy() == str(frame["simulation"].fillna("").iloc[0])]
-        cand = cand[cand["config"].to_numpy() != frame["config"].iloc[0]]  # a setting is never its own reference
-        if cand.empty:
+        ref = _reference_cells(m, frame)
+        if ref.empty:
             continue
-        # The control cell the setting named (``reference_config``, e.g. gptq's natural-draw twin of a balanced
-        # draw) when stored. Else (older stores): the natural control of a mitigation run with non-default options
-        # (e.g. balanced calibration with a percentile observer) is plain PTQ with the same options; else the
-        # default PTQ cell (or its backend-pinned twin, the control a simulated mitigation stores next to real
-        # INT8 PTQ).
-        same = cand[cand["variant"] == frame["variant"].iloc[0]]
-        plain = cand[cand["variant"].isin(["", f"backend={backend}", "backend=simulated_simulation=layer_input"])]
-        named = str(frame["reference_config"].iloc[0]) if "reference_config" in m.columns else ""
-        exact = cand[cand["config"].to_numpy() == named] if named else cand.iloc[:0]
-        cand = exact if not exact.empty else same if not same.empty else (plain if not plain.empty else cand)
-        ref = cand[cand["config"] == cand["config"].iloc[0]]
         for metric, hyp, verb in _MITIGATION_CLAIMS:
             res = _paired_claim(store, _by_seed(ref), _by_seed(frame), metric, n_bootstrap=n_bootstrap,
                                 n_permutations=n_permutations, seed=seed, min_group_size=min_group_size,
