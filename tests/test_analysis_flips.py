@@ -193,6 +193,34 @@ def test_exemplar_votes_refuse_a_seed_whose_ids_mean_other_samples():
     assert "not evaluated on the same samples" in msg and msg.endswith("(data.init_args.seed)."), msg
 
 
+def test_exemplars_of_a_later_model_and_a_class_the_labels_lack():
+    """A model whose cells share no sample is skipped without skipping the models after it; classes are those
+    of every cell of a model (no ``num_classes`` stored: 0 .. the largest label seen): the labels and the baseline
+    hold only 1 / 2, compressed cells also predict 0, and a code means one class in every cell."""
+    rows, frames = [], {}
+
+    def cell(cid, model, method, ids, y, pred):
+        frames[cid] = pd.DataFrame({"sample_id": ids, "y_true": y, "y_pred": pred, "g": ["x", "y"] * 2})
+        rows.append({"cell": cid, "dataset": "d", "model": model, "target": "t", "method": method, "seed": 0,
+                     "sensitive_attributes": "g", "predictions": ""})
+
+    ids = ["s0", "s1", "s2", "s3"]
+    cell("b_apart", "apart", "baseline", ids, [1] * 4, [1] * 4)
+    cell("q_apart", "apart", "ptq_static", ["t0", "t1", "t2", "t3"], [1] * 4, [1] * 4)
+    y = [1, 2, 1, 2]
+    cell("b", "m", "baseline", ids, y, [1, 2, 2, 2])
+    cell("q1", "m", "ptq_static", ids, y, [0, 2, 1, 2])
+    cell("q2", "m", "ptq_dynamic", ids, y, [0, 1, 1, 2])
+    ex = compression_exemplars(store_from_frames(pd.DataFrame(rows), frames))
+    assert set(ex["model"]) == {"m"}
+    assert list(ex["y_true"]) == [1, 2, 1, 2]
+    assert list(ex["baseline_label"]) == [1, 2, 2, 2]
+    # votes: s0 0,0; s1 2,1 (tie → the first class: 1); s2 1,1; s3 2,2
+    assert list(ex["compressed_label"]) == [0, 1, 1, 2]
+    assert list(ex["compressed_agreement"]) == [1.0, 0.5, 1.0, 1.0]
+    assert list(ex["exemplar"]) == [True, False, True, False]  # s1: one vote for 1 does not beat one for 2
+
+
 def test_exemplar_makeup_by_hand_with_a_model_without_exemplars():
     """Every column of exemplar_makeup worked out by hand: a one-sample group that is an exemplar (rate 1), and a
     model with no exemplar at all (shares undefined, no division warning); one row per group, a fresh index."""
