@@ -642,3 +642,61 @@ def test_every_mitigation_with_a_reference_gets_every_defined_claim(monkeypatch)
     assert list(got["claim"]) == ["mitigation b [cpu] reduces the equalized-odds gap vs ptq w4a8 [cpu]",
                                   "mitigation b [cpu] raises worst-group accuracy vs ptq w4a8 [cpu]"]
     assert list(got["hypothesis"]) == ["< 0", "> 0"] and (got["estimate"] == 0.5).all()
+
+
+def _exemplar_rows(model, spec):
+    """``spec``: ``[(g, r, n, n_baseline_right, n_exemplars), ...]`` → rows of a compression_exemplars table."""
+    rows = []
+    for g, r, n, right, ex in spec:
+        for i in range(n):
+            rows.append({"dataset": "d", "model": model, "target": "t", "sample_id": f"{model}-{g}{r}{i}",
+                         "y_true": 1, "baseline_label": int(i < right), "compressed_label": 1,
+                         "exemplar": i >= n - ex, "g": g, "r": r})
+    return rows
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.8])
+def test_exemplars_worst_group_claim_by_hand(confidence):
+    """The worst group is the eligible intersectional group (n ≥ min_group_size, here 5) with the lowest baseline
+    accuracy on the exemplar table's samples; its share of exemplars vs of the test set, scipy's exact binomial
+    test and Wilson interval. Models with one eligible group or without exemplars come first and give no row."""
+    from types import SimpleNamespace
+
+    from scipy.stats import binomtest
+
+    from fairq.analysis.findings import _exemplars_worst
+
+    ex = pd.DataFrame(
+        _exemplar_rows("one_group", [("x", "p", 6, 1, 2), ("y", "q", 4, 0, 2)])      # (y, q) too small
+        + _exemplar_rows("no_exemplars", [("x", "p", 6, 1, 0), ("y", "q", 6, 5, 0)])
+        + _exemplar_rows("m", [("x", "p", 5, 1, 3),     # accuracy 0.2, exactly min_group_size: the worst
+                               ("x", "q", 12, 9, 2),    # 0.75
+                               ("y", "p", 4, 0, 1),     # 0.0 but 4 < 5: not eligible
+                               ("y", "q", 19, 11, 1)]))  # 0.58
+    models = ("one_group", "no_exemplars", "m")
+    cells = {f"b_{mo}_{s}": {"method": "baseline", "dataset": "d", "model": mo, "target": "t"}
+             for mo in models for s in (0, 1)}
+    cells.update({f"q_{mo}": {"method": "ptq_static", "dataset": "d", "model": mo, "target": "t"} for mo in models})
+    m = pd.DataFrame.from_dict(cells, orient="index")
+    store = SimpleNamespace(cells={c: SimpleNamespace(sensitive=pd.DataFrame(columns=["g", "r"])) for c in cells})
+
+    rows = _exemplars_worst(store, m, ex, 5, confidence)
+    assert len(rows) == 1
+    row = rows[0]
+    k, n_ex, share = 3, 7, 5 / 40
+    test = binomtest(k, n_ex, p=share)
+    ci = test.proportion_ci(confidence_level=confidence, method="wilson")
+    assert (row["finding"], row["dataset"], row["model"], row["target"], row["config"], row["reference"]) == \
+           ("exemplars_worst_group", "d", "m", "t", "all compressed cells", "baseline")
+    assert row["claim"] == "compression-identified exemplars over-represent the worst baseline group (g=x, r=p)"
+    assert (row["statistic"], row["hypothesis"], row["test"], row["n_seeds"]) == \
+           ("share of exemplars − share of test set", "> 0", "exact binomial", 2)
+    assert row["estimate"] == pytest.approx(3 / 7 - 5 / 40)
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(ci.low - share), pytest.approx(ci.high - share))
+    assert row["p_value"] == pytest.approx(test.pvalue) and test.pvalue < 0.05  # two-sided, and small here
+    assert row["ci_low"] < row["estimate"] < row["ci_high"]
+    # a larger min_group_size leaves (x, p) out: (y, q) is then the worst
+    rows = _exemplars_worst(store, m, ex, 6, confidence)
+    assert [r["claim"].endswith("(g=y, r=q)") for r in rows] == [True]
+    assert rows[0]["estimate"] == pytest.approx(1 / 7 - 19 / 40)
+    assert _exemplars_worst(store, m, ex.iloc[:0], 5, confidence) == []
