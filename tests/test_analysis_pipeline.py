@@ -700,3 +700,6 @@ def test_exemplars_worst_group_claim_by_hand(confidence):
     assert [r["claim"].endswith("(g=y, r=q)") for r in rows] == [True]
     assert rows[0]["estimate"] == pytest.approx(1 / 7 - 19 / 40)
     assert _exemplars_worst(store, m, ex.iloc[:0], 5, confidence) == []
+    # min_group_size 1: a one-sample group the baseline gets right has accuracy 1 (not the worst)
+    single = pd.DataFrame(_exemplar_rows("m", [("x", "p", 1, 1, 1), ("y", "q", 4, 3, 1)]))
+    assert _exemplars_worst(store, m, single, 1, confidence)[0]["claim"].endswith("(g=y, r=q)")
