@@ -193,6 +193,24 @@ def test_exemplar_votes_refuse_a_seed_whose_ids_mean_other_samples():
     assert "not evaluated on the same samples" in msg and msg.endswith("(data.init_args.seed)."), msg
 
 
+def test_flips_table_layout(tmp_path):
+    """``flips.csv``: the cell's id columns and config, then attributes / group, then the counts; a fresh index;
+    no compressed cell → the same leading columns, no rows."""
+    from fairq.analysis.load import ID_COLUMNS
+
+    out = write_store(tmp_path, {"b": ("baseline", 32, BASE), "c1": ("ptq_static", 4, C1),
+                                 "c2": ("ptq_static", 8, C2)})
+    store = load_store(out)
+    f = compute_flips(store, {c: align(store.cells["b"], store.cells[c]) for c in ("c1", "c2")})
+    lead = [*ID_COLUMNS, "config", "attributes", "group", "n", "flips", "flip_rate"]
+    assert list(f.columns[:len(lead)]) == lead
+    assert f.index.equals(pd.RangeIndex(len(f))) and len(f) == 2 * 3  # per cell: all, g=x, g=y
+    assert list(f["cell"]) == ["c1"] * 3 + ["c2"] * 3 and list(f["attributes"]) == ["all", "g", "g"] * 2
+    assert list(f["group"]) == ["all", "g=x", "g=y"] * 2
+    empty = compute_flips(store, {})
+    assert list(empty.columns) == lead and empty.empty
+
+
 def test_exemplars_of_a_later_model_and_a_class_the_labels_lack():
     """A model whose cells share no sample is skipped without skipping the models after it; classes are those
     of every cell of a model (no ``num_classes`` stored: 0 .. the largest label seen): the labels and the baseline

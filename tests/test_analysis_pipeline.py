@@ -703,3 +703,18 @@ def test_exemplars_worst_group_claim_by_hand(confidence):
     # min_group_size 1: a one-sample group the baseline gets right has accuracy 1 (not the worst)
     single = pd.DataFrame(_exemplar_rows("m", [("x", "p", 1, 1, 1), ("y", "q", 4, 3, 1)]))
     assert _exemplars_worst(store, m, single, 1, confidence)[0]["claim"].endswith("(g=y, r=q)")
+
+
+def test_compute_findings_defaults_are_run_analysis_defaults():
+    """``compute_findings`` called with its defaults decides claims as ``run_analysis`` does with its own."""
+    import inspect
+
+    from fairq.analysis.findings import compute_findings
+
+    ra, cf = (inspect.signature(f).parameters for f in (run_analysis, compute_findings))
+    assert cf["n_bootstrap"].default == ra["n_bootstrap"].default == 1000
+    assert ra["n_permutations"].default is None  # run_analysis: as many permutations as resamples
+    assert cf["n_permutations"].default == ra["n_bootstrap"].default
+    assert cf["seed"].default == ra["seed"].default
+    assert cf["confidence"].default == pytest.approx(1 - ra["alpha"].default)
+    assert cf["min_group_size"].default == ra["min_group_size"].default

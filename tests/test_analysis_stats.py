@@ -462,7 +462,7 @@ def test_flips_uncertain_pools_seeds_and_tests_high_against_low_by_hand():
             dict(base, method="gptq", config="gptq w4a8", seed=0, flips_high=1, n_high=1, flips_low=0, n_low=1),
             dict(base, method="smoothquant", config="sq w4a8", seed=0, flips_high=2, n_high=10, flips_low=2,
                  n_low=20)]
-    out = _flips_uncertain(None, pd.DataFrame(rows), confidence=0.9)
+    out = _flips_uncertain(pd.DataFrame(rows), confidence=0.9)
     assert [r["config"] for r in out] == ["ptq_static w4a8", "qat w4a8", "gptq w4a8", "sq w4a8"]
     claim, none, one, equal_flips = out
     assert one["estimate"] == 1.0 and 0 < one["p_value"] < 1            # one sample in each bin still counts
@@ -480,5 +480,5 @@ def test_flips_uncertain_pools_seeds_and_tests_high_against_low_by_hand():
     assert claim["statistic"] == "flip rate (high) − flip rate (low)"
     assert none["p_value"] == 1.0 and np.isnan(none["ci_low"]) and np.isnan(none["ci_high"])
     assert none["estimate"] == 0.0 and none["n_seeds"] == 1
-    assert _flips_uncertain(None, pd.DataFrame(), 0.95) == []
-    assert _flips_uncertain(None, pd.DataFrame(rows).drop(columns="flips_high"), 0.95) == []
+    assert _flips_uncertain(pd.DataFrame(), 0.95) == []
+    assert _flips_uncertain(pd.DataFrame(rows).drop(columns="flips_high"), 0.95) == []

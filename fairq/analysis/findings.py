@@ -146,7 +146,7 @@ def _paired_claim(store, a_cells: dict, b_cells: dict, metric: str, *, n_bootstr
 
 
 # ---------------------------------------------------------------------------------------------------- claims
-def _worst_vs_best(store, m, pairs, *, n_bootstrap, n_permutations, seed, min_group_size, confidence):
+def _worst_vs_best(m, pairs, *, n_bootstrap, n_permutations, seed, min_group_size, confidence):
     rows = []
     comp = m[m["method"] != "baseline"]
     for cfg, frame in comp.groupby(list(CONFIG_COLUMNS), sort=False):
@@ -268,7 +268,7 @@ def _mitigation_vs_ptq(store, m, *, n_bootstrap, n_permutations, seed, min_group
     return rows
 
 
-def _flips_uncertain(m, flips: pd.DataFrame, confidence: float):
+def _flips_uncertain(flips: pd.DataFrame, confidence: float):
     from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
 
     rows = []
@@ -345,7 +345,7 @@ def compute_findings(store: Store, pairs: dict[str, Paired], flips: pd.DataFrame
     m = _configs(store)
     kw = dict(n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed, min_group_size=min_group_size,
               confidence=confidence)
-    rows = (_worst_vs_best(store, m, pairs, **kw) + _fewer_bits(store, m, **kw)
-            + _mitigation_vs_ptq(store, m, **kw) + _flips_uncertain(m, flips, confidence)
+    rows = (_worst_vs_best(m, pairs, **kw) + _fewer_bits(store, m, **kw)
+            + _mitigation_vs_ptq(store, m, **kw) + _flips_uncertain(flips, confidence)
             + _exemplars_worst(store, m, exemplars, min_group_size, confidence))
     return pd.DataFrame(rows, columns=FINDING_COLUMNS)

@@ -106,7 +106,7 @@ def compute_flips(store: Store, pairs: dict[str, Paired]) -> pd.DataFrame:
             parts.append(r)
         f = pd.concat(parts, ignore_index=True)
         for col in reversed(list(ID_COLUMNS) + ["config"]):
-            f.insert(0, col, row.get(col, ""))
+            f.insert(0, col, row[col])  # every store has them (load fills missing ones with "")
         frames.append(f)
     if not frames:
         return pd.DataFrame(columns=list(ID_COLUMNS) + ["config", "attributes", "group", "n", "flips", "flip_rate"])
