@@ -23,6 +23,8 @@ def test_bh_matches_hand_values_and_keeps_nan():
     # minimum from the top: 0.04, 0.0533, 0.0533, 0.2.
     expected = [0.04, 0.16 / 3, 0.16 / 3, 0.2, np.nan]
     np.testing.assert_allclose(benjamini_hochberg(p), expected, rtol=1e-12)
+    # a missing p-value as None (an object column of findings) is NaN too
+    np.testing.assert_allclose(benjamini_hochberg([None, *p[:4]]), [np.nan, *expected[:4]], rtol=1e-12)
 
 
 def test_bh_matches_statsmodels_on_random_list():
