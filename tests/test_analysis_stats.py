@@ -428,6 +428,39 @@ def test_memory_chunks_do_not_change_the_draws_and_defaults_are_documented(monke
         np.testing.assert_array_equal(value, documented[key], err_msg=key)
 
 
+def test_memory_chunks_are_the_largest_that_fit(monkeypatch):
+    """``_chunks(total, per_item)``: as many items per chunk as ``_CHUNK_CELLS`` holds, one when an item alone is
+    larger, the last chunk the remainder."""
+    from fairq.analysis import stats
+
+    monkeypatch.setattr(stats, "_CHUNK_CELLS", 10)
+    assert list(stats._chunks(25, 1)) == [10, 10, 5]
+    assert list(stats._chunks(25, 3)) == [3] * 8 + [1]
+    assert list(stats._chunks(3, 11)) == [1, 1, 1]
+    assert list(stats._chunks(0, 2)) == []
+
+
+def test_a_statistic_with_one_value_per_draw_gives_one_column():
+    """A statistic may return ``[...]`` (one value) or ``[..., K]``: draws are ``[B, K]`` and results ``[K]``
+    either way."""
+    from fairq.analysis import stats
+
+    joint = joint_counts(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), np.array([1, 1, 0, 0]),
+                         np.array([0, 0, 1, 1]), 2, 2)
+
+    def flat(ca, cb):
+        return _acc_delta(ca, cb)[..., 0]
+
+    for draws in (stats.bootstrap_draws, stats.permutation_draws):
+        one, k = (draws(joint, f, 20, np.random.default_rng(1)) for f in (flat, _acc_delta))
+        assert one.shape == (20, 1)
+        np.testing.assert_array_equal(one, k)
+    one, k = (paired_comparison([joint, joint], f, n_bootstrap=20, n_permutations=20) for f in (flat, _acc_delta))
+    for key, value in k.items():
+        assert np.shape(one[key]) == np.shape(value) == (1,), key
+        np.testing.assert_array_equal(one[key], value, err_msg=key)
+
+
 def test_percentile_ci_per_column_default_level_and_cohens_h_clips():
     import warnings
 

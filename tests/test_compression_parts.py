@@ -466,6 +466,9 @@ def test_static_and_dynamic_input_quantization_of_a_simulated_linear():
     assert dyn.act_bits == 4
     torch.testing.assert_close(dyn.quantize_input(x), dynamic_fake_quant(x, 4))
     assert not torch.equal(dyn.quantize_input(x), x)
+    dyn_sym = FakeQuantLayer.from_float(lin, 8, act_bits=4, act_mode="dynamic", act_symmetric=True)
+    torch.testing.assert_close(dyn_sym.quantize_input(x), dynamic_fake_quant(x, 4, symmetric=True))
+    assert not torch.equal(dyn_sym.quantize_input(x), dyn.quantize_input(x))  # the option reaches the layer
 
 
 def test_loading_a_state_dict_refreshes_the_dequantized_weight():

@@ -313,9 +313,11 @@ def test_label_encoding_edge_cases():
     assert list(classes) == ["no", "yes"] and pos == 0 and list(t) == [0, 1] and list(p) == [1, 1]
     t, p, classes, pos = encode_labels([2, 0], [1, 1], labels=[2, 1, 0])
     assert list(t) == [0, 2] and list(p) == [1, 1] and pos is None      # three classes: multiclass
-    for kw, match in ((dict(y_true=[], y_pred=[]), "no labels"), (dict(y_true=[0, 1], y_pred=[0]), "differ in length"),
-                      (dict(y_true=[1], y_pred=[1], pos_label=None), "only one class"),
-                      (dict(y_true=[0, 1], y_pred=[0, 1], labels=[0, 1, 1]), "labels has duplicates"),
+    for kw, match in ((dict(y_true=[], y_pred=[]), r"^no labels: y_true and y_pred are empty$"),
+                      (dict(y_true=[0, 1], y_pred=[0]), "differ in length"),
+                      (dict(y_true=[1], y_pred=[1], pos_label=None),
+                       r"^only one class \[1\]; a binary problem needs labels=\[negative, positive\]$"),
+                      (dict(y_true=[0, 1], y_pred=[0, 1], labels=[0, 1, 1]), r"^labels has duplicates: \[0, 1, 1\]$"),
                       (dict(y_true=[0, 3], y_pred=[0, 1], labels=[0, 1]), r"y_true has labels not in .*3"),
                       (dict(y_true=[0, 1], y_pred=[5, 1], labels=[0, 1]), r"y_pred has labels not in"),
                       (dict(y_true=np.zeros((2, 2)), y_pred=[0, 1]), "y_true must be 1-D"),
