@@ -413,6 +413,9 @@ def test_quantize_weight_hand_values_per_channel_symmetric_and_per_tensor_affine
     assert qw.zero_point.tolist() == [0, 0] and qw.bits == 4
     assert qw.codes.tolist() == [[-5, 7], [1, 7]]   # -5.25 → -5, 7.5 → 7 (clamped), 0.9375 → 1
     torch.testing.assert_close(qw.dequantize(), torch.tensor([[-5.0, 7.0], [2.0, 14.0]]) / 7.5)
+    default = quantize_weight(w, 4)                  # the default: per channel, symmetric
+    assert default.codes.tolist() == qw.codes.tolist() and default.scale.tolist() == qw.scale.tolist()
+    assert default.zero_point.tolist() == [0, 0]
     w = torch.tensor([[0.0, 0.62], [1.4, 0.27]])
     qw = quantize_weight(w, 3, per_channel=False, symmetric=False)
     assert float(qw.scale) == pytest.approx(0.2) and int(qw.zero_point) == -4
