@@ -188,8 +188,7 @@ def test_exemplar_votes_refuse_a_seed_whose_ids_mean_other_samples():
         compression_exemplars(store_from_frames(pd.DataFrame(rows), frames))
     msg = str(err.value)
     assert msg.startswith("cells 'b0' and 'b1' give 4 of 6 shared sample ids different labels"), msg
-    shown = msg[msg.index("(e.g. "):msg.index("):")]
-    assert all(f"s{i}" in shown for i in (1, 2, 3)) and "s4" not in shown, msg
+    assert "(e.g. ['s1', 's2', 's3']): " in msg, msg  # plain ids, not numpy reprs
     assert "not evaluated on the same samples" in msg and msg.endswith("(data.init_args.seed)."), msg
 
 

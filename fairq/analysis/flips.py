@@ -124,7 +124,7 @@ def _check_same_meaning(cells, common: np.ndarray) -> None:
         bad = (got != want).any(axis=1)
         if bad.any():
             raise ValueError(f"cells {ref.id!r} and {c.id!r} give {int(bad.sum())} of {len(common)} shared sample ids "
-                             f"different labels or sensitive attributes (e.g. {list(common[bad][:3])}): they were not "
+                             f"different labels or sensitive attributes (e.g. {common[bad][:3].tolist()}): they were not "
                              "evaluated on the same samples. Keep the data seed fixed across training seeds "
                              "(data.init_args.seed).")
 
@@ -181,7 +181,6 @@ def compression_exemplars(store: Store, families=None) -> pd.DataFrame:
                               "exemplar": exemplar})
         for a in first.sensitive:
             frame[a] = first.frame[a].to_numpy()[idx]
-        frame.attrs["sensitive"] = list(first.sensitive)
         out.append(frame)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
