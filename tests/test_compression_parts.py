@@ -438,11 +438,11 @@ def test_simulated_layer_validates_activation_settings_and_rejects_other_modules
     lin = nn.Linear(3, 2)
     with pytest.raises(ValueError, match="act_mode must be"):
         FakeQuantLayer.from_float(lin, 4, act_mode="per_token")
-    with pytest.raises(ValueError, match="needs act_bits and calibrated act_qparams"):
+    with pytest.raises(ValueError, match="^static activation quantization needs act_bits and calibrated act_qparams$"):
         FakeQuantLayer.from_float(lin, 4, act_bits=8, act_mode="static")
     with pytest.raises(ValueError, match="needs act_bits and calibrated act_qparams"):
         FakeQuantLayer.from_float(lin, 4, act_mode="static", act_qparams=(torch.tensor(1.0), torch.tensor(0)))
-    with pytest.raises(TypeError, match="only nn.Conv2d and nn.Linear"):
+    with pytest.raises(TypeError, match="^cannot fake-quantize Conv1d: only nn.Conv2d and nn.Linear$"):
         FakeQuantLayer.from_float(nn.Conv1d(3, 2, 1), 4)
     plain = FakeQuantLayer.from_float(lin, 4, act_bits=8)          # no act_mode: activations stay float
     assert plain.act_bits is None and plain.act_mode is None
@@ -459,6 +459,7 @@ def test_static_and_dynamic_input_quantization_of_a_simulated_linear():
     static = FakeQuantLayer.from_float(lin, 8, act_bits=4, act_mode="static",
                                        act_qparams=(torch.tensor(0.5), torch.tensor(2)))
     assert (static.act_quant_min, static.act_quant_max) == (0, 15)
+    assert static.act_zero_point.dtype == torch.int32  # the zero-point dtype torch's fake-quant ops take
     torch.testing.assert_close(static.quantize_input(x), torch.tensor([[-1.0, 0.5, 6.5]]))   # (clamp(q+2)−2)·0.5
     torch.testing.assert_close(static(x), F.linear(torch.tensor([[-1.0, 0.5, 6.5]]), static.weight, lin.bias))
     sym = FakeQuantLayer.from_float(lin, 8, act_bits=4, act_mode="static", act_symmetric=True,
@@ -493,6 +494,7 @@ def test_simulated_conv_computes_with_the_dequantized_weight_and_the_conv_settin
     x = torch.randn(1, 2, 7, 7)
     torch.testing.assert_close(fq(x), F.conv2d(x, fq.weight, conv.bias, stride=2, padding=1))
     assert fq.bias is not None and not fq.bias.requires_grad and not fq.same_pad
+    assert fq.symmetric is True and "(per_channel, symmetric)" in repr(fq)  # sizes count zero points by this flag
     grouped = nn.Conv2d(4, 4, 3, groups=2, padding=2, dilation=2, bias=False)
     fg = FakeQuantLayer.from_float(grouped, 8)
     x = torch.randn(1, 4, 6, 6)
