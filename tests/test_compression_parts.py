@@ -423,6 +423,23 @@ def test_quantize_weight_hand_values_per_channel_symmetric_and_per_tensor_affine
     torch.testing.assert_close(qw.dequantize(), torch.tensor([[0.0, 0.6], [1.4, 0.2]]))
 
 
+def test_grouped_dequantize_by_hand():
+    """A ``[out, groups]`` scale / zero point (GPTQ's ``group_size``) applies to equal consecutive input slices of
+    each output channel: (codes − z) · s per group, for a linear and a conv weight (slices span kernel taps)."""
+    from fairq.compression.fakequant import QuantizedWeight, dequantize
+
+    codes = torch.tensor([[1, 2, -3, 4], [0, -1, 5, 7]], dtype=torch.int8)
+    scale = torch.tensor([[0.5, 2.0], [0.25, 1.0]])
+    zp = torch.tensor([[0, 1], [-2, 3]], dtype=torch.int32)
+    want = torch.tensor([[0.5, 1.0, -8.0, 6.0], [0.5, 0.25, 2.0, 4.0]])
+    out = dequantize(codes, scale, zp)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, want)
+    conv = codes.reshape(2, 2, 2, 1)                 # [out, in, kh, kw]: group g = input channel g's two taps
+    torch.testing.assert_close(dequantize(conv, scale, zp), want.reshape(2, 2, 2, 1))
+    torch.testing.assert_close(QuantizedWeight(conv, scale, zp, 4).dequantize(), want.reshape(2, 2, 2, 1))
+
+
 def test_quantize_with_two_channels_and_a_zero_point_clamps_to_the_signed_range():
     """Per-channel qparams of a 2-channel 4-D weight (conv layout) broadcast along axis 0; codes are
     clamp(round(w / s) + z, -4, 3) at 3 bits."""
