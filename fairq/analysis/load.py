@@ -150,13 +150,7 @@ def _read_metrics(run: RunStore) -> pd.DataFrame:
                          f"plus the metric columns (see DESIGN.md, 'Output contract')")
     if metrics.empty:
         raise ValueError(f"{path} has no rows. Run `python main.py --phase baseline --output_dir {output_dir}` first.")
-    for col in ID_COLUMNS + ("sensitive_attributes",):
-        if col not in metrics.columns:
-            metrics[col] = ""
-    for col in _TEXT:
-        if col not in metrics.columns:
-            metrics[col] = ""
-        metrics[col] = metrics[col].fillna("").astype(str)
+    metrics = _with_text_columns(metrics)
     dup = metrics["cell"][metrics["cell"].duplicated()].unique()
     if len(dup):
         raise ValueError(f"{path}: cell ids must be unique; duplicated: {list(dup)[:5]}")
@@ -213,6 +207,23 @@ def make_cell(row: pd.Series, frame: pd.DataFrame, *, source: str = "predictions
     return Cell(row=row, frame=frame, sensitive=sensitive, probs=probs)
 
 
+def _with_text_columns(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Every id and text column present (older stores lack some: ``""``), text columns as strings, missing → ``""``.
+
+    Missing columns are added in one ``concat`` and the result is copied once: inserting them one by one left a wide
+    metrics table (100+ metric columns) fragmented, and pandas warned on every later insert.
+    """
+    names = list(dict.fromkeys(ID_COLUMNS + ("sensitive_attributes",) + _TEXT))
+    missing = [c for c in names if c not in metrics.columns]
+    if missing:
+        metrics = pd.concat([metrics, pd.DataFrame("", index=metrics.index, columns=missing)], axis=1)
+    else:
+        metrics = metrics.copy()
+    text = metrics[list(_TEXT)]
+    metrics[list(_TEXT)] = text.where(text.notna(), "").astype(str)
+    return metrics.copy()
+
+
 def _finish_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     # Name the backend in a label only where one configuration was evaluated on several (e.g. real vs simulated
     # INT8); a baseline on fp32 next to simulated cells is not that.
@@ -229,13 +240,7 @@ def _finish_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
 def store_from_frames(rows: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> Store:
     """An in-memory :class:`Store` (no files): ``rows`` as metrics.csv rows, ``frames`` cell id → predictions."""
     metrics = rows.copy()
-    for col in ID_COLUMNS + ("sensitive_attributes",):
-        if col not in metrics.columns:
-            metrics[col] = ""
-    for col in _TEXT:
-        if col not in metrics.columns:
-            metrics[col] = ""
-        metrics[col] = metrics[col].fillna("").astype(str)
+    metrics = _with_text_columns(metrics)
     metrics = _finish_metrics(metrics.set_index("cell", drop=False))
     metrics.index.name = None
     cells = {cid: make_cell(row, frames[cid], source=f"predictions of {cid!r}") for cid, row in metrics.iterrows()}
