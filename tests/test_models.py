@@ -49,3 +49,22 @@ def test_unknown_name_lists_close_matches():
 def test_torchvision_only_name_and_prefix():
     assert type(create_model("squeezenet1_1", num_classes=4, pretrained=False)).__name__ == "SqueezeNet"
     assert type(create_model("tv/resnet18", num_classes=4, pretrained=False)).__module__.startswith("torchvision")
+
+
+def test_models_built_for_one_input_size_are_told_the_data_s_size():
+    """ViT-family models size position embeddings / windows at construction; the keyword that sets it comes from
+    the builder's signature, timm's ``fixed_input_size`` flag, or torchvision's ViTs — not from the name."""
+    from fairq.models import input_size_keyword
+
+    assert input_size_keyword("tiny_vit") == "img_size"
+    assert input_size_keyword("tiny_cnn") is None and input_size_keyword("tf_efficientnet_lite0") is None
+    for name in ("vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"):
+        assert input_size_keyword(name) == "img_size", name
+    assert input_size_keyword("resnet18") is None and input_size_keyword("convnext_atto") is None
+    assert input_size_keyword("tv/vit_b_16") == input_size_keyword("vit_b_32") == "image_size"
+    assert input_size_keyword("tv/resnet18") is None
+    # a DeiT (no "vit" in its name) and torchvision's ViT (its own keyword) run on 64-px inputs when built with it
+    for name in ("deit_tiny_patch16_224", "tv/vit_b_16"):
+        model = create_model(name, num_classes=3, pretrained=False, **{input_size_keyword(name): 64}).eval()
+        with torch.no_grad():
+            assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3), name

@@ -5,6 +5,7 @@ Mirrors timm's ``create_model``: users call :func:`create_model` by name and nev
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import warnings
 from contextlib import contextmanager
@@ -140,6 +141,24 @@ def _build_timm(name: str, num_classes: int, pretrained: bool | None, **kwargs) 
         return model
     model.fairq_pretrained = f"timm:{name}"
     return model
+
+
+def input_size_keyword(name: str) -> str | None:
+    """The constructor keyword that sets the input size of a model built for one input size, or None.
+
+    Such models size their position embeddings / attention windows at construction, so a 64-px dataset needs them
+    built for 64 px; CNNs take any input size. Which ones, in :func:`create_model`'s resolution order: a fairq
+    builder with an ``img_size`` parameter; a timm model whose pretrained config says ``fixed_input_size`` (ViT,
+    DeiT, Swin, BEiT, LeViT, …: timm's own flag); torchvision's ViTs (``image_size``).
+    """
+    if name in _REGISTRY:
+        return "img_size" if "img_size" in inspect.signature(_REGISTRY[name]).parameters else None
+    tv_name = name[len(TORCHVISION_PREFIX):] if name.startswith(TORCHVISION_PREFIX) else None
+    if tv_name is None and _timm().is_model(name):
+        cfg = _timm().models.get_pretrained_cfg(name)
+        return "img_size" if cfg is not None and getattr(cfg, "fixed_input_size", False) else None
+    tv_name = tv_name or name
+    return "image_size" if tv_name.startswith("vit_") and tv_name in _tv_models() else None
 
 
 def create_model(name: str, num_classes: int, pretrained: bool | None = None, **kwargs) -> nn.Module:

@@ -139,9 +139,11 @@ class RunContext:
                             **self.model_kwargs(model_name))
 
     def model_kwargs(self, model_name: str) -> dict:
-        if "vit" in model_name:  # ViTs need the input size at construction
-            return {"img_size": int(self.data().image_size)}
-        return {}
+        """The data's input size for models built for one input size (ViT-family; see ``input_size_keyword``)."""
+        from fairq.models import input_size_keyword
+
+        key = input_size_keyword(model_name)
+        return {key: int(self.data().image_size)} if key else {}
 
     def load_baseline(self, model_name: str) -> nn.Module:
         """The baseline weights of ``model_name`` written by the baseline phase (or the datamodule's task's own
