@@ -130,8 +130,7 @@ def make_context(parser: ArgumentParser, cfg: Namespace, name: str):
     store = RunStore(output_dir)
     init = parser.instantiate(cfg)
     init.data.sampling_seed = int(cfg.seed)
-    models = [cfg.text.model] if cfg.text.model else list(cfg.models)  # --text.model NAME: the masked LM to run
-    return RunContext(store=store, datamodule=init.data, models=models, seed=cfg.seed,
+    return RunContext(store=store, datamodule=init.data, models=run_models(cfg), seed=cfg.seed,
                       pretrained=cfg.pretrained, trainer=_trainer_kwargs(cfg.trainer.as_dict()),
                       optim=cfg.optim.as_dict(), evaluation=cfg.evaluation.as_dict(),
                       sections={s: cfg[s].as_dict() for s in ("quantization", "mitigation", "analysis", "text")})
@@ -176,11 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def validate_sections(cfg: Namespace) -> None:
-    """Plan every method entry now (seconds, nothing loaded): a typo fails before any data or model is touched."""
-    from fairq.sections import plan_run
+def run_models(cfg: Namespace) -> list[str]:
+    """The models a run trains and compresses: ``--text.model NAME`` (the masked LM to run), else ``--models``."""
+    return [cfg.text.model] if cfg.text.model else list(cfg.models)
 
-    plan_run({s: cfg[s].as_dict() for s in ("quantization", "mitigation")})
+
+def validate_sections(cfg: Namespace) -> None:
+    """Plan every method entry now (seconds, nothing loaded): a typo fails before any data or model is touched.
+    An entry's ``models:`` is checked against the run's models for the phases that run, with either launcher (a
+    Ray sweep would otherwise skip the entry in its workers)."""
+    from fairq.sections import check_entry_models, plan_run
+
+    planned = plan_run({s: cfg[s].as_dict() for s in ("quantization", "mitigation")})
+    phases = PHASES if cfg.phase == "all" else (cfg.phase,)
+    check_entry_models({p: cells for p, cells in planned.items() if p in phases}, run_models(cfg))
 
 
 def _main(argv: list[str]) -> int:

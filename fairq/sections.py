@@ -216,6 +216,16 @@ def calibration_samples(sections: dict, name: str) -> int:
     return int(own or quant)
 
 
+def check_entry_models(planned: dict[str, list[PlannedCell]], models) -> None:
+    """An entry's ``models:`` must name models of this run: a typo would otherwise skip the entry silently."""
+    models = list(models)
+    for cells in planned.values():
+        for p in cells:
+            unknown = [m for m in (p.models or ()) if m not in models]
+            if unknown:
+                raise ConfigError(f"{p.entry} ({p.method}): models {unknown} are not models of this run ({models})")
+
+
 def plan_run(sections: dict) -> dict[str, list[PlannedCell]]:
     """Plan the ``quantization`` and ``mitigation`` sections of a run (raises :class:`ConfigError` on any problem)."""
     quant = section_of(sections.get("quantization"), QuantizationSection)

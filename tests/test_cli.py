@@ -57,3 +57,26 @@ def test_trainer_strategy_and_devices_reach_lightning(tmp_path):
                             "--output_dir", str(tmp_path)])
     kw = _trainer_kwargs(cfg.trainer.as_dict())
     assert kw["strategy"] == "ddp" and int(kw["devices"]) == 2 and kw["num_nodes"] == 2
+
+
+@pytest.mark.parametrize("launcher", ["local", "ray"])
+def test_an_entry_naming_a_model_the_run_lacks_fails_before_any_work(launcher, tmp_path, capsys):
+    """Checked at startup with either launcher (a Ray sweep used to skip such an entry in its workers)."""
+    import json
+
+    from fairq.cli import main
+
+    methods = json.dumps([{"method": "ptq_static", "bits": 8}, {"method": "ptq_static", "bits": 4,
+                                                                "models": ["tiny_vit", "tiny_cnm"]}])
+    rc = main(["--phase", "all", "--launcher", launcher, "--output_dir", str(tmp_path), "--models", "[tiny_cnn]",
+               "--quantization.methods", methods])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert ("quantization.methods[1] (ptq_static): models ['tiny_vit', 'tiny_cnm'] are not models of this run "
+            "(['tiny_cnn'])") in err, err
+    assert not any(tmp_path.iterdir())  # nothing written, no data touched
+    # only the phases that run need their entries' models: the baseline alone is fine
+    from fairq.cli import validate_sections
+
+    validate_sections(parse_args(["--phase", "baseline", "--models", "[tiny_cnn]", "--quantization.methods",
+                                  methods])[1])

@@ -20,7 +20,9 @@ METRICS = ["accuracy", "worst_group_accuracy", "demographic_parity_difference", 
 
 def test_ray_launcher_missing_says_how_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
-    assert main(["--phase", "all", "--launcher", "ray", "--output_dir", str(tmp_path), *TINY]) == 2
+    # both default models: the default config's soft-head-pruning entry names tiny_vit (checked first)
+    assert main(["--phase", "all", "--launcher", "ray", "--output_dir", str(tmp_path), *TINY,
+                 "--models", "[tiny_cnn, tiny_vit]"]) == 2
     err = capsys.readouterr().err
     assert "pip install -r requirements-ray.txt" in err and "Traceback" not in err
     assert not (tmp_path / "metrics.csv").exists()

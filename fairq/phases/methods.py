@@ -18,8 +18,7 @@ import torch
 
 from fairq.compression import compress
 from fairq.compression.registry import MethodInputs, method_of
-from fairq.errors import ConfigError
-from fairq.sections import calibration_samples, plan_run
+from fairq.sections import calibration_samples, check_entry_models, plan_run
 
 from .context import RunContext
 
@@ -104,11 +103,7 @@ def run_section(ctx: RunContext, phase: str) -> list[dict]:
     """Run every planned setting of the ``phase`` config section on every configured model."""
     planned = plan_run(ctx.sections)[phase]  # validated at startup too; bad entries fail before any work
     n_calib = calibration_samples(ctx.sections, phase)
-    for p in planned:
-        unknown = [m for m in (p.models or ()) if m not in ctx.models]
-        if unknown:
-            raise ConfigError(f"{p.entry} ({p.method}): models {unknown} are not models of this run "
-                              f"({list(ctx.models)})")
+    check_entry_models({phase: planned}, ctx.models)
     rows = []
     for model_name in ctx.models:
         cells = _ModelCells(ctx, phase, model_name, int(n_calib))
