@@ -269,7 +269,7 @@ class FaceDataModule(FairqDataModule):
         cls = BatchedImageDataset if batched else CachedImageDataset
         return cls(
             self._cache.path, f["_row"].to_numpy(), f["target"].to_numpy(), self.sensitive_codes(split),
-            f["sample_id"].tolist(), hflip=augment, task=self.task,
+            f["sample_id"].tolist(), hflip=augment, task=self.task, datamodule=self,
         )
 
     def _loader(self, dataset, batch_size: int, *, shuffle: bool = False, sampler=None) -> DataLoader:

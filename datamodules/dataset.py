@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +44,7 @@ class CachedImageDataset(Dataset):
         sample_ids: Sequence[str],
         hflip: bool = False,
         task=None,
+        datamodule=None,
     ):
         self.cache_path = Path(cache_path)
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -50,6 +53,9 @@ class CachedImageDataset(Dataset):
         self.sample_ids = list(sample_ids)
         self.hflip = hflip
         self.task = task  # how batches of this dataset are read (fairq.batches.ClassificationTask): self-describing
+        # the datamodule that made it (a weak reference: a dataset must not keep its datamodule alive), so an API call
+        # given only a test loader can draw calibration / training batches from the same datamodule's training split
+        self._datamodule = weakref.ref(datamodule) if datamodule is not None else None
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255.0)
         self._pixels: np.ndarray | None = None
@@ -64,9 +70,15 @@ class CachedImageDataset(Dataset):
             self._pixels = np.load(self.cache_path, mmap_mode="r")
         return self._pixels
 
+    @property
+    def datamodule(self):
+        """The datamodule that made this dataset, or None (gone, or not made by one)."""
+        return self._datamodule() if self._datamodule is not None else None
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_pixels"] = None
+        state["_datamodule"] = None  # a weak reference does not pickle (DataLoader workers under spawn)
         return state
 
     def _normalise_into(self, pixels: np.ndarray, out: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from fairq.batches import ClassificationTask
+
+log = logging.getLogger("fairq")
 
 __all__ = ["compute_fairness_metrics", "compare_quantization_methods", "QuantizationComparison"]
 
@@ -59,6 +62,18 @@ def task_of(loader):
         task = getattr(obj, "task", None) if obj is not None else None
         if task is not None:
             return task
+    return None
+
+
+def datamodule_of(loader):
+    """The fairq datamodule a loader was made by (or the datamodule itself), or None for any other loader."""
+    if hasattr(loader, "test_dataloader") and hasattr(loader, "task"):
+        return loader
+    dataset = getattr(loader, "dataset", None)
+    for obj in (dataset, getattr(dataset, "dataset", None)):  # through a Subset too
+        dm = getattr(obj, "datamodule", None) if obj is not None else None
+        if dm is not None:
+            return dm
     return None
 
 
@@ -267,18 +282,53 @@ _WHAT = {"calibration": ("calibration_data", "calibration batches, e.g. dm.calib
          "validation": ("validation_data", "validation batches with sensitive codes, e.g. dm.val_dataloader()")}
 
 
-def _check_inputs(specs, **given) -> None:
-    """Name the argument a method needs before any work, e.g. QAT without ``train_loader``."""
+#: Calibration draw of :func:`compare_quantization_methods` when it takes one from a datamodule (the CLI's default).
+DEFAULT_CALIBRATION_SAMPLES = 256
+
+
+def _from_datamodule(dm, need: str, seed: int):
+    """The batches a method ``need`` s, from the datamodule's training / validation split (never its test split)."""
+    if need == "calibration":
+        return dm.calibration_dataloader(DEFAULT_CALIBRATION_SAMPLES, seed=seed), \
+            f"{DEFAULT_CALIBRATION_SAMPLES} samples drawn from its training split"
+    if need == "balanced_calibration":
+        return dm.calibration_dataloader(DEFAULT_CALIBRATION_SAMPLES, balanced=True, seed=seed), \
+            f"{DEFAULT_CALIBRATION_SAMPLES} samples drawn equally per group from its training split"
+    if need == "training":
+        return dm.train_dataloader(), "its training split"
+    return dm.val_dataloader(), "its validation split"
+
+
+def _method_inputs(specs, datamodule, seed: int, **given) -> dict[str, dict]:
+    """Each method's data: ``{label: {argument: batches}}``.
+
+    What the caller passed wins; a method that needs data the caller did not pass gets it from the test loader's
+    fairq datamodule (its training / validation split, said in the log); with a loader that is not fairq's, the
+    argument is named before any work, e.g. QAT without ``train_loader``."""
     from fairq.compression.registry import get_method, resolve_alias
 
+    out, drawn = {}, {}
     for label, spec in specs:
         if not isinstance(spec, Mapping):
             continue
         needs = get_method(resolve_alias(spec["method"])[0]).needs
+        inputs = {}
         for need, (arg, what) in _WHAT.items():
-            if need in needs and given[arg] is None:
-                raise ValueError(f"{label!r} needs {what}: pass {arg}=... to compare_quantization_methods "
-                                 "(calibration is never taken from the test set)")
+            if need not in needs:
+                continue
+            if given[arg] is not None:
+                inputs[arg] = given[arg]
+            elif datamodule is not None:
+                if need not in drawn:
+                    drawn[need] = _from_datamodule(datamodule, need, seed)
+                    log.info("compare_quantization_methods: no %s given — %s for %s: %s of the test loader's "
+                             "datamodule", arg, what.split(",")[0], label, drawn[need][1])
+                inputs[arg] = drawn[need][0]
+            else:
+                raise ValueError(f"{label!r} needs {what}: pass {arg}=... to compare_quantization_methods, or a "
+                                 "loader made by a fairq datamodule (calibration is never taken from the test set)")
+        out[label] = inputs
+    return out
 
 
 def compare_quantization_methods(model, methods, test_loader, sensitive_attrs: str | Sequence[str] | None = None, *,
@@ -306,7 +356,10 @@ def compare_quantization_methods(model, methods, test_loader, sensitive_attrs: s
         Calibration batches for the methods that need them (static PTQ); never taken from the test set.
     train_loader, validation_data : iterable, optional
         Training batches (QAT, fairness fine-tuning) and validation batches (mixed precision, preservation) for the
-        methods that declare they need them; a method whose data is missing is a clear error before any work.
+        methods that declare they need them. Not given, they come from the test loader's fairq datamodule (a
+        seeded draw of ``DEFAULT_CALIBRATION_SAMPLES`` training samples — group-balanced for a method that asks for
+        it —, its training loader, its validation loader; the log says so); with another loader, a method whose
+        data is missing is a clear error before any work.
     bit_width : int, default 8
         Bits of the entries given by method name only.
     n_bootstrap : int
@@ -326,15 +379,18 @@ def compare_quantization_methods(model, methods, test_loader, sensitive_attrs: s
     from fairq.metrics import DEFAULT_MIN_GROUP_SIZE
 
     specs = _method_specs(methods, bit_width)
-    _check_inputs(specs, calibration_data=calibration_data, train_loader=train_loader, validation_data=validation_data)
+    inputs = _method_inputs(specs, datamodule_of(test_loader), seed, calibration_data=calibration_data,
+                            train_loader=train_loader, validation_data=validation_data)
     loader, task, attrs = _resolve(test_loader, sensitive_attrs, sensitive_names, sensitive_levels)
     frames = {"baseline": _predict(model, loader, task, progress, "baseline")}
     models, sizes = {}, {"baseline": model_size_mb(model)}
     for label, spec in specs:
         if isinstance(spec, Mapping):
             opts = {k: v for k, v in spec.items() if k not in ("method", "bit_width")}
-            qmodel = apply_quantization(model, spec["method"], spec["bit_width"], calibration_data,
-                                        train_loader=train_loader, val_data=validation_data, **opts)
+            data = inputs[label]
+            qmodel = apply_quantization(model, spec["method"], spec["bit_width"], data.get("calibration_data"),
+                                        train_loader=data.get("train_loader"), val_data=data.get("validation_data"),
+                                        **opts)
         else:
             qmodel = spec
         models[label] = qmodel

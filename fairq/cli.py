@@ -180,29 +180,42 @@ def run_models(cfg: Namespace) -> list[str]:
     return [cfg.text.model] if cfg.text.model else list(cfg.models)
 
 
-def validate_sections(cfg: Namespace) -> None:
-    """Plan every method entry now (seconds, nothing loaded): a typo fails before any data or model is touched.
-    An entry's ``models:`` is checked against the run's models for the phases that run, with either launcher (a
-    Ray sweep would otherwise skip the entry in its workers)."""
-    from fairq.sections import check_entry_models, plan_run
+def validate_sections(cfg: Namespace) -> list[str]:
+    """Check the run at startup (seconds, nothing loaded or trained), so a typo fails before any data or model is
+    touched: the run's models first (an unknown name: the model registry's error with close matches), then every
+    method entry of the phases that run, with either launcher. Returns one line per entry skipped in this run (its
+    ``models:`` names real models, none of them in this run)."""
+    from fairq.models import check_model_name
+    from fairq.sections import check_entry_models, check_methods_apply, plan_run
 
+    models = run_models(cfg)
+    vision = not cfg.text.model
+    if vision:
+        for name in models:
+            check_model_name(name)
     planned = plan_run({s: cfg[s].as_dict() for s in ("quantization", "mitigation")})
     phases = PHASES if cfg.phase == "all" else (cfg.phase,)
-    check_entry_models({p: cells for p, cells in planned.items() if p in phases}, run_models(cfg))
+    active = {p: cells for p, cells in planned.items() if p in phases}
+    skipped = check_entry_models(active, models)
+    if vision:  # a text run's models are masked LMs: every method applies to a BERT
+        check_methods_apply(active, models)
+    return skipped
 
 
 def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_third_party()
     parser, cfg, name = parse_args(argv)
-    validate_sections(cfg)
+    skipped = validate_sections(cfg)
+    for line in skipped:
+        log.info(line)
     if cfg.launcher == "ray":
         from fairq.launch import import_ray
 
         import_ray()  # a missing Ray is said now, before any work
     ctx = make_context(parser, cfg, name)
     config_path = ctx.store.path("config.yaml")
-    config_path.write_text(parser.dump(cfg))
+    config_path.write_text(parser.dump(cfg) + "".join(f"# {line}\n" for line in skipped))
     ctx.store.write_json("environment.json", environment_info())
     phases = PHASES if cfg.phase == "all" else (cfg.phase,)
     seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]

@@ -216,14 +216,68 @@ def calibration_samples(sections: dict, name: str) -> int:
     return int(own or quant)
 
 
-def check_entry_models(planned: dict[str, list[PlannedCell]], models) -> None:
-    """An entry's ``models:`` must name models of this run: a typo would otherwise skip the entry silently."""
+def _is_any_model(name: str) -> bool:
+    """A name some run could use: a vision model (fairq, timm, torchvision) or a masked LM available here."""
+    from fairq.models import is_model
+    from fairq.text.models import is_masked_lm
+
+    return is_model(name) or is_masked_lm(name)
+
+
+def check_entry_models(planned: dict[str, list[PlannedCell]], models) -> list[str]:
+    """Check each entry's ``models:`` against the run's ``models``; returns one line per entry skipped in this run.
+
+    An entry whose ``models:`` names real models (fairq, timm, torchvision, an available masked LM), none of them in
+    this run, does not run here: a config written for other models (the default's ``soft_head_pruning`` entry is
+    for ``tiny_vit``) still runs with ``--models`` changed. A name that is no model anywhere is a typo: a
+    :class:`ConfigError` with close matches (it would otherwise skip the entry silently).
+    """
+    from fairq.models import close_model_names
+
     models = list(models)
+    skipped = []
     for cells in planned.values():
-        for p in cells:
-            unknown = [m for m in (p.models or ()) if m not in models]
-            if unknown:
-                raise ConfigError(f"{p.entry} ({p.method}): models {unknown} are not models of this run ({models})")
+        entries = {}
+        for p in cells:  # one line per entry, not per planned cell of a sweep
+            entries.setdefault(p.entry, p)
+        for p in entries.values():
+            if not p.models:
+                continue
+            for m in p.models:
+                if m not in models and not _is_any_model(m):
+                    close = close_model_names(m, extra=models)
+                    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+                    raise ConfigError(f"{p.entry} ({p.method}): models: {m!r} is no model{hint}; this run's "
+                                      f"models are {models}")
+            if not any(m in models for m in p.models):
+                skipped.append(f"{p.entry} ({p.method}): skipped in this run — its models: {list(p.models)} are "
+                               f"not among the run's models {models}")
+    return skipped
+
+
+def check_methods_apply(planned: dict[str, list[PlannedCell]], models) -> None:
+    """Every entry that runs on a model must be able to (``head_prune`` needs attention heads: a CNN has none).
+
+    Checked on each model's weightless skeleton (:func:`fairq.models.skeleton`, seconds), so a run stops at startup,
+    not after training its baselines; the message names the method, the model and the ``models:`` fix."""
+    from fairq.compression.registry import get_method, unmet_requirements
+    from fairq.models import skeleton
+
+    models = list(models)
+    cells = [p for ps in planned.values() for p in ps if get_method(p.method).requires]
+    if not cells:
+        return
+    skeletons = {m: skeleton(m) for m in models if any(p.runs_on(m) for p in cells)}
+    for p in cells:
+        method = get_method(p.method)
+        for m, model in skeletons.items():
+            missing = unmet_requirements(method, model) if p.runs_on(m) else []
+            if missing:
+                able = [o for o, sk in skeletons.items() if not unmet_requirements(method, sk)]
+                fix = (f"restrict the entry to models that have them, e.g. models: {able}" if able else
+                       "restrict the entry with models: [...] to such a model, or remove it")
+                raise ConfigError(f"{p.entry} ({p.method}): model {m!r} has no {' and no '.join(missing)}, which "
+                                  f"{p.method} needs; {fix}")
 
 
 def plan_run(sections: dict) -> dict[str, list[PlannedCell]]:

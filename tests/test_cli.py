@@ -60,8 +60,9 @@ def test_trainer_strategy_and_devices_reach_lightning(tmp_path):
 
 
 @pytest.mark.parametrize("launcher", ["local", "ray"])
-def test_an_entry_naming_a_model_the_run_lacks_fails_before_any_work(launcher, tmp_path, capsys):
-    """Checked at startup with either launcher (a Ray sweep used to skip such an entry in its workers)."""
+def test_an_entry_naming_no_model_fails_before_any_work(launcher, tmp_path, capsys):
+    """A typo in an entry's ``models:`` is checked at startup with either launcher (a Ray sweep used to skip such an
+    entry in its workers), with close matches among the run's models and the registries."""
     import json
 
     from fairq.cli import main
@@ -72,11 +73,70 @@ def test_an_entry_naming_a_model_the_run_lacks_fails_before_any_work(launcher, t
                "--quantization.methods", methods])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert ("quantization.methods[1] (ptq_static): models ['tiny_vit', 'tiny_cnm'] are not models of this run "
-            "(['tiny_cnn'])") in err, err
+    assert ("fairq: error: quantization.methods[1] (ptq_static): models: 'tiny_cnm' is no model (did you mean "
+            "'tiny_cnn'") in err, err
+    assert "this run's models are ['tiny_cnn']" in err, err
     assert not any(tmp_path.iterdir())  # nothing written, no data touched
     # only the phases that run need their entries' models: the baseline alone is fine
     from fairq.cli import validate_sections
 
-    validate_sections(parse_args(["--phase", "baseline", "--models", "[tiny_cnn]", "--quantization.methods",
-                                  methods])[1])
+    assert validate_sections(parse_args(["--phase", "baseline", "--models", "[tiny_cnn]", "--quantization.methods",
+                                         methods])[1]) == []
+
+
+def test_an_unknown_run_model_stops_the_run_in_seconds_with_close_matches(tmp_path, capsys):
+    """The run's own models are checked first, with the model registry's message (not an entry's)."""
+    import time
+
+    from fairq.cli import main
+
+    t0 = time.perf_counter()
+    rc = main(["--phase", "all", "--output_dir", str(tmp_path), "--models", "[resnet5O]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and time.perf_counter() - t0 < 60
+    assert err.startswith("fairq: error: unknown model 'resnet5O' (did you mean 'resnet50'"), err
+    assert "methods[" not in err and not any(tmp_path.iterdir())
+
+
+def test_an_entry_for_real_models_outside_the_run_is_skipped_and_recorded(tmp_path, caplog):
+    """The default's ``soft_head_pruning`` entry is for ``tiny_vit``: a run of other models skips it (one log line,
+    a comment in ``config.yaml``) instead of failing; an entry naming one of the run's models still runs on it."""
+    import logging
+
+    from fairq.cli import main, validate_sections
+
+    for models in ("[resnet18]", "[vit_tiny_patch16_224]", "[tv/resnet18]"):
+        skipped = validate_sections(parse_args(["--phase", "all", "--models", models])[1])
+        assert skipped == [f"quantization.methods[16] (soft_head_pruning): skipped in this run — its models: "
+                           f"['tiny_vit'] are not among the run's models ['{models[1:-1]}']"], skipped
+    assert validate_sections(parse_args(["--phase", "all", "--models", "[tiny_cnn, tiny_vit]"])[1]) == []
+    # the skip is logged once and recorded in the run's config.yaml (the quantization phase alone then stops: no
+    # baseline yet — after the config is written)
+    with caplog.at_level(logging.INFO, logger="fairq"):
+        rc = main(["--phase", "quantization", "--output_dir", str(tmp_path), "--models", "[resnet18]"])
+    assert rc == 2
+    lines = [r.getMessage() for r in caplog.records if "skipped in this run" in r.getMessage()]
+    assert len(lines) == 1 and "soft_head_pruning" in lines[0]
+    assert f"# {lines[0]}" in (tmp_path / "config.yaml").read_text().splitlines()
+
+
+@pytest.mark.parametrize("method", ["soft_head_pruning", "head_prune"])
+def test_a_method_that_cannot_apply_to_a_model_fails_at_startup(method, tmp_path, capsys):
+    """Without a ``models:`` restriction, a head method on a CNN stops the run before the baselines are trained,
+    naming the method, the model and the ``models:`` fix (the run's models that have heads)."""
+    import json
+
+    from fairq.cli import main
+
+    methods = json.dumps([{"method": "ptq_static", "bits": 8}, {"method": method}])
+    rc = main(["--phase", "all", "--output_dir", str(tmp_path), "--models", "[resnet18, vit_tiny_patch16_224]",
+               "--quantization.methods", methods])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and not any(tmp_path.iterdir())
+    assert (f"fairq: error: quantization.methods[1] ({method}): model 'resnet18' has no attention heads (a timm "
+            f"ViT or a BERT-style encoder), which {method} needs; restrict the entry to models that have them, e.g. "
+            f"models: ['vit_tiny_patch16_224']") in err, err
+    rc = main(["--phase", "all", "--output_dir", str(tmp_path), "--models", "[tv/resnet18]",
+               "--quantization.methods", methods])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model 'tv/resnet18' has no attention heads" in err and "or remove it" in err, err

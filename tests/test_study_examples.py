@@ -71,10 +71,48 @@ def test_example_compare_quantization_methods(setup, tmp_path):
 
 
 def test_compare_names_the_missing_training_data_before_any_work(setup):
+    """A loader that is not fairq's has no datamodule to draw from: the missing argument is named."""
     dm, model = setup
+    plain = list(dm.test_dataloader())  # batches alone: no datamodule behind them
     with pytest.raises(ValueError, match=r"'QAT_INT8' needs training batches.*train_loader="):
-        compare_quantization_methods(model=model, methods=["PTQ_INT8", "QAT_INT8"], test_loader=dm.test_dataloader(),
-                                     sensitive_attrs=["Male"], calibration_data=dm.calibration_dataloader(64))
+        compare_quantization_methods(model=model, methods=["PTQ_INT8", "QAT_INT8"], test_loader=plain,
+                                     sensitive_attrs=["Male"], sensitive_names=["Male", "Young"],
+                                     calibration_data=dm.calibration_dataloader(64))
+
+
+def test_example_compare_verbatim_takes_its_data_from_the_loader_s_datamodule(setup, caplog):
+    """The study's second example as written (no calibration or training data): a fairq loader knows its
+    datamodule, so calibration and QAT batches come from that datamodule's training split — never the test split —
+    and the log says so."""
+    import logging
+
+    from fairq.api import _method_inputs, _method_specs, datamodule_of
+
+    dm, model = setup
+    test_loader = dm.test_dataloader()
+    assert datamodule_of(test_loader) is dm and datamodule_of(dm) is dm and datamodule_of([]) is None
+    with caplog.at_level(logging.INFO, logger="fairq"):
+        results = compare_quantization_methods(model=model, methods=["PTQ_INT8", "PTQ_INT4", "QAT_INT8", "bias_aware"],
+                                               test_loader=test_loader, sensitive_attrs=["Male", "Young"],
+                                               n_bootstrap=20)
+    assert list(results.to_frame().index) == ["baseline", "PTQ_INT8", "PTQ_INT4", "QAT_INT8", "bias_aware"]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "no calibration_data given" in said and "no train_loader given" in said and "training split" in said
+    # what each method got: training-split batches only
+    inputs = _method_inputs(_method_specs(["PTQ_INT8", "QAT_INT8", "bias_aware"], 8), dm, 0,
+                            calibration_data=None, train_loader=None, validation_data=None)
+    test_ids = set(dm.test_dataloader().dataset.sample_ids)
+    train_ids = set(dm.dataset("train").sample_ids)
+    calib = inputs["PTQ_INT8"]["calibration_data"]
+    calib_ids = {calib.dataset.dataset.sample_ids[i] for i in calib.dataset.indices}
+    assert len(calib_ids) == min(256, len(train_ids)) and calib_ids <= train_ids and not calib_ids & test_ids
+    balanced = inputs["bias_aware"]["calibration_data"]
+    assert {balanced.dataset.dataset.sample_ids[i] for i in balanced.dataset.indices} <= train_ids
+    assert set(inputs["QAT_INT8"]["train_loader"].dataset.sample_ids) == train_ids
+    # what the caller passes wins
+    mine = dm.calibration_dataloader(32)
+    assert _method_inputs(_method_specs(["PTQ_INT8"], 8), dm, 0, calibration_data=mine, train_loader=None,
+                          validation_data=None)["PTQ_INT8"]["calibration_data"] is mine
 
 
 def test_example_fairness_aware_quantizer_reports_the_measured_gap_honestly(setup):

@@ -31,6 +31,23 @@ from torch import nn
 #: the datamodule and a Lightning trainer factory.
 NEEDS = ("calibration", "balanced_calibration", "validation", "training")
 
+#: What a handler may declare it requires of a model's architecture (name → what it means); a run checks every
+#: entry's requirements against its models' skeletons at startup, before anything is trained
+#: (:func:`unmet_requirements`).
+REQUIRES = {"attention_heads": "attention heads (a timm ViT or a BERT-style encoder)"}
+
+
+def _has_attention_heads(model: nn.Module) -> bool:
+    from .structured import attention_blocks
+
+    try:
+        return bool(attention_blocks(model))
+    except ValueError:  # attention of a kind head methods cannot handle (timm's scale_norm / gate)
+        return False
+
+
+_REQUIREMENT_CHECKS = {"attention_heads": _has_attention_heads}
+
 
 @dataclass
 class MethodInputs:
@@ -128,6 +145,7 @@ class Method:
     handler: Handler
     needs: frozenset[str]
     family: str
+    requires: frozenset[str] = frozenset()
 
 
 #: method name → config class (e.g. ``"ptq_static"`` → ``PTQConfig``).
@@ -137,26 +155,35 @@ _BY_CONFIG: dict[type, Method] = {}
 
 
 def register_method(name: str, config_cls: type, handler: Handler, *, needs: Iterable[str] = (),
-                    family: str = "quantization") -> Method:
+                    family: str = "quantization", requires: Iterable[str] = ()) -> Method:
     """Register ``handler(model, config, inputs) -> MethodResult`` for ``config_cls`` under ``name``.
 
     ``needs``: what the handler uses from a run (a subset of :data:`NEEDS`); ``family``: a free label recorded with
-    every cell (``quantization``, ``mitigation``, …). The handler gets a private deep copy of the model.
+    every cell (``quantization``, ``mitigation``, …); ``requires``: what it needs of a model's architecture (keys of
+    :data:`REQUIRES`), checked at startup. The handler gets a private deep copy of the model.
     """
-    needs = frozenset(needs)
+    needs, requires = frozenset(needs), frozenset(requires)
     unknown = needs - set(NEEDS)
     if unknown:
         raise ValueError(f"method {name!r} declares unknown needs {sorted(unknown)}; known: {NEEDS}")
+    unknown = requires - set(REQUIRES)
+    if unknown:
+        raise ValueError(f"method {name!r} declares unknown requirements {sorted(unknown)}; known: {sorted(REQUIRES)}")
     if name in METHODS:
         raise ValueError(f"compression method {name!r} registered twice")
     if config_cls in _BY_CONFIG:
         raise ValueError(f"{config_cls.__name__} already handles method {_BY_CONFIG[config_cls].name!r}; "
                          "give each method its own config class (a subclass is fine)")
-    method = Method(name, config_cls, handler, needs, family)
+    method = Method(name, config_cls, handler, needs, family, requires)
     METHODS[name] = config_cls
     _REGISTRY[name] = method
     _BY_CONFIG[config_cls] = method
     return method
+
+
+def unmet_requirements(method: Method, model: nn.Module) -> list[str]:
+    """What ``method`` requires (:data:`REQUIRES`) that ``model`` (or its weightless skeleton) lacks."""
+    return [REQUIRES[r] for r in sorted(method.requires) if not _REQUIREMENT_CHECKS[r](model)]
 
 
 def unregister_method(name: str) -> None:

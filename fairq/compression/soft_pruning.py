@@ -150,4 +150,4 @@ def handle_soft_head_pruning(model: nn.Module, config: SoftHeadPruningConfig, in
 
 
 register_method("soft_head_pruning", SoftHeadPruningConfig, handle_soft_head_pruning,
-                needs={"validation", "training"}, family="soft_pruning")
+                needs={"validation", "training"}, family="soft_pruning", requires={"attention_heads"})

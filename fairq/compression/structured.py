@@ -364,4 +364,4 @@ def handle_head_prune(model: nn.Module, config: HeadPruneConfig, inputs: MethodI
 
 
 register_method("head_prune", HeadPruneConfig, handle_head_prune,
-                needs={"calibration", "validation", "training"}, family="pruning")
+                needs={"calibration", "validation", "training"}, family="pruning", requires={"attention_heads"})

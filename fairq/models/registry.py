@@ -66,16 +66,54 @@ def _hub_offline():
         constants.HF_HUB_OFFLINE = old
 
 
+def close_model_names(name: str, extra=()) -> list[str]:
+    """Up to three model names close to ``name`` (``extra`` names first: a run's own models)."""
+    pool = dict.fromkeys([*extra, *_REGISTRY, *_timm().list_models(), *sorted(_tv_models()),
+                          *(TORCHVISION_PREFIX + n for n in sorted(_tv_models()))])
+    return difflib.get_close_matches(name, list(pool), n=3, cutoff=0.6)
+
+
 def _unknown(name: str) -> ValueError:
     from fairq.errors import UnknownModelError
 
-    pool = list(_REGISTRY) + list(_timm().list_models()) + [TORCHVISION_PREFIX + n for n in _tv_models()]
-    close = difflib.get_close_matches(name, pool, n=5, cutoff=0.5)
-    hint = f" Close matches: {', '.join(close)}." if close else ""
+    close = close_model_names(name)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
     return UnknownModelError(
-        f"Unknown model {name!r}: not a fairq model ({', '.join(list_models())}), a timm name or a torchvision "
-        f"name (prefix {TORCHVISION_PREFIX!r} to force torchvision).{hint}"
+        f"unknown model {name!r}{hint}: not a fairq model ({', '.join(list_models())}), a timm name or a "
+        f"torchvision name (prefix {TORCHVISION_PREFIX!r} to force torchvision)"
     )
+
+
+def _resolve(name: str) -> str | None:
+    """Which builder :func:`create_model` uses for ``name`` (``fairq``, ``torchvision``, ``timm``), or None."""
+    if name in _REGISTRY:
+        return "fairq"
+    if name.startswith(TORCHVISION_PREFIX):
+        return "torchvision" if name[len(TORCHVISION_PREFIX):] in _tv_models() else None
+    if _timm().is_model(name):
+        return "timm"
+    return "torchvision" if name in _tv_models() else None
+
+
+def is_model(name: str) -> bool:
+    """Whether :func:`create_model` can build ``name`` (builds nothing)."""
+    return _resolve(name) is not None
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`fairq.errors.UnknownModelError` with close matches unless ``name`` is a model (builds nothing:
+    a run checks its models with this at startup, in seconds)."""
+    if not is_model(name):
+        raise _unknown(name)
+
+
+def skeleton(name: str) -> nn.Module:
+    """``name``'s architecture without weights (parameters on PyTorch's ``meta`` device: no memory, no init cost),
+    for questions about its structure (does it have attention heads?) before anything is trained."""
+    check_model_name(name)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return create_model(name, num_classes=2, pretrained=False)
 
 
 def _build_torchvision(name: str, num_classes: int, pretrained: bool | None, **kwargs) -> nn.Module:
@@ -169,17 +207,14 @@ def create_model(name: str, num_classes: int, pretrained: bool | None = None, **
     ``fairq_pretrained`` attribute records where its weights came from (None = random init).
     Resolution order: fairq registry, ``tv/NAME`` (torchvision), timm names, torchvision names.
     """
-    if name in _REGISTRY:
+    kind = _resolve(name)
+    if kind == "fairq":
         model = _REGISTRY[name](num_classes=num_classes, pretrained=pretrained, **kwargs)
-    elif name.startswith(TORCHVISION_PREFIX):
-        tv_name = name[len(TORCHVISION_PREFIX):]
-        if tv_name not in _tv_models():
-            raise _unknown(name)
-        model = _build_torchvision(tv_name, num_classes, pretrained, **kwargs)
-    elif _timm().is_model(name):
+    elif kind == "timm":
         model = _build_timm(name, num_classes, pretrained, **kwargs)
-    elif name in _tv_models():
-        model = _build_torchvision(name, num_classes, pretrained, **kwargs)
+    elif kind == "torchvision":
+        tv_name = name[len(TORCHVISION_PREFIX):] if name.startswith(TORCHVISION_PREFIX) else name
+        model = _build_torchvision(tv_name, num_classes, pretrained, **kwargs)
     else:
         raise _unknown(name)
     model.fairq_name = name

@@ -103,7 +103,7 @@ def run_section(ctx: RunContext, phase: str) -> list[dict]:
     """Run every planned setting of the ``phase`` config section on every configured model."""
     planned = plan_run(ctx.sections)[phase]  # validated at startup too; bad entries fail before any work
     n_calib = calibration_samples(ctx.sections, phase)
-    check_entry_models({phase: planned}, ctx.models)
+    check_entry_models({phase: planned}, ctx.models)  # a typo in an entry's models: raises (the CLI logs skips)
     rows = []
     for model_name in ctx.models:
         cells = _ModelCells(ctx, phase, model_name, int(n_calib))

@@ -82,3 +82,16 @@ def load_masked_lm(name: str):
         raise ModelNotAvailableError(_fetch_hint(name) if not local.is_dir() else f"{local}: {err}") from None
     model.fairq_source = json.dumps({"name": name, "class": type(model).__name__})
     return model.eval(), tok
+
+
+def is_masked_lm(name: str) -> bool:
+    """Whether ``name`` is a masked LM a text run can load here: the embedded default, a local folder, or a name in
+    the local Hugging Face cache (builds nothing; a run's startup check of an entry's ``models:`` uses it)."""
+    if name == EMBEDDED or Path(name).expanduser().is_dir():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - not a valid repo id: no model of that name here
+        return False
