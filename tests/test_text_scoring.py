@@ -449,3 +449,149 @@ def test_local_folder_with_nsp_head_scores_intersentence(tmp_path, monkeypatch):
     mlm = transformers.BertForMaskedLM(cfg)
     empty, why = intersentence_frame(mlm, HFTokenizer(tok), [item])
     assert empty.empty and "next-sentence" in why
+
+
+# ---------------------------------------------------------------------------------------------------- BBQ, official rules
+def _info(*pairs):
+    return {f"ans{k}": list(p) for k, p in enumerate(pairs)}
+
+
+AGE = _info(("grandfather", "old"), ("grandson", "nonOld"), ("Unknown", "unknown"))
+
+
+@pytest.mark.parametrize("info,ksg,category,polarity,expected", [
+    # Age: exact match ("old" is in "nonold", so a substring rule would find both answers)
+    (AGE, '["old"]', "Age", "neg", 0),
+    (AGE, '["nonOld"]', "Age", "neg", 1),
+    (AGE, '["nonOld"]', "Disability_status", "neg", -1),  # outside Age: both match → NA
+    # the non-negative flip: the other answer that is not "unknown" (here past the unknown at index 1)
+    (AGE, '["old"]', "Age", "nonneg", 1),
+    (_info(("grandfather", "old"), ("Unknown", "unknown"), ("grandson", "nonOld")), '["old"]', "Age", "nonneg", 2),
+    # M/F mapping of man/boy/woman/girl, in the answers and in the template
+    (_info(("man", "man"), ("woman", "woman"), ("Unknown", "unknown")), '["F"]', "Gender_identity", "neg", 1),
+    (_info(("boy", "boy"), ("Unknown", "unknown"), ("girl", "girl")), '["women"]', "Gender_identity", "neg", 2),
+    # "M-"/"F-" prefixes removed from the answers' groups
+    (_info(("Unknown", "unknown"), ("Jamal", "M-Black"), ("Jake", "M-White")), '["Black", "African American"]',
+     "Race_ethnicity", "neg", 1),
+    # African is not African American
+    (_info(("African", "African"), ("African American", "African American"), ("Unknown", "unknown")),
+     '["Black", "African American"]', "Race_ethnicity", "neg", 1),
+    # trans grouping: "transgender women, transgender men" → "trans", then "^trans" in the answer's group
+    (_info(("trans woman", "trans_F"), ("cis woman", "nonTrans_F"), ("Unknown", "unknown")),
+     '["transgender women", "transgender men"]', "Gender_identity", "neg", 0),
+    # low SES → lowSES
+    (_info(("Unknown", "unknown"), ("rich", "highSES"), ("poor", "lowSES")), '["low SES"]', "SES", "neg", 2),
+    # Nationality: the answer's text, not its region
+    (_info(("British", "Europe"), ("Mozambican", "Africa"), ("Unknown", "unknown")), '["British"]', "Nationality",
+     "neg", 0),
+    # more than one answer matches → NA; none matches → NA
+    (_info(("Mormon", "Mormon"), ("Christian", "Christian"), ("Unknown", "unknown")), '["Mormon", "Christian"]',
+     "Religion", "neg", -1),
+    (AGE, '["young"]', "Age", "neg", -1),
+])
+def test_bbq_target_follows_the_bbq_authors_rule(info, ksg, category, polarity, expected):
+    from fairq.text.bbq import bbq_target
+
+    assert bbq_target(info, ksg, category=category, polarity=polarity) == expected
+
+
+def _bbq_folder(root):
+    """An Age folder with its own templates (Q1 and Q26: old; Q27: a group no answer has) and 10 items."""
+    (root / "templates").mkdir(parents=True)
+    pd.DataFrame({"Q_id": [1, 1, 26, 27], "Category": "Age", "version": list("abaa"),
+                  "Known_stereotyped_groups": ['["old"]', '["old"]', '["old"]', '["young"]'],
+                  "Relevant_social_values": "x"}).to_csv(root / "templates" / "new_templates - Age.csv", index=False)
+    # (example_id, question_index, polarity, condition, label)
+    spec = [(0, "1", "neg", "ambig", 2), (1, "1", "nonneg", "ambig", 2), (2, "1", "neg", "ambig", 2),
+            (3, "1", "nonneg", "ambig", 2), (4, "1", "neg", "disambig", 0), (5, "1", "nonneg", "disambig", 1),
+            (6, "1", "neg", "disambig", 1), (7, "26", "neg", "ambig", 2), (8, "27", "neg", "ambig", 2),
+            (9, "1", "neg", "ambig", 2)]
+    lines = [json.dumps({"example_id": e, "question_index": q, "question_polarity": p, "context_condition": c,
+                         "category": "Age", "answer_info": AGE, "additional_metadata": {"stereotyped_groups": []},
+                         "context": "c", "question": "q", "ans0": "The grandfather", "ans1": "The grandson",
+                         "ans2": "Unknown", "label": lab}) for e, q, p, c, lab in spec]
+    (root / "Age.jsonl").write_text("\n".join(lines))
+    # predictions: 0 = old (the target of a negative question), 1 = nonOld (of a non-negative one), 2 = unknown
+    return pd.DataFrame({"category": "Age", "example_id": range(10), "pred": [0, 0, 2, 1, 0, 0, 0, 1, 2, np.nan]})
+
+
+def test_score_bbq_by_the_r_scripts_arithmetic(tmp_path):
+    from fairq.text import score_bbq
+
+    preds = _bbq_folder(tmp_path)
+    got = score_bbq(preds, tmp_path).set_index(["category", "label_type", "context_condition"])
+    assert list(got.index) == [("Age", "label", "ambig"), ("Age", "label", "disambig"), ("Age", "name", "ambig")]
+    # labels, ambiguous: items 0–3 (item 9 has no prediction): correct only 2 (unknown) → accuracy 1/4; non-unknown
+    # answers 0, 1, 3, of which the target was chosen by 0 (neg: old) and 3 (nonneg: nonOld) → s = 2·2/3 − 1 = 1/3;
+    # × (1 − 1/4) × 100 = 25. Item 8 (Q27: no answer is "young") has no target and counts nowhere.
+    r = got.loc[("Age", "label", "ambig")]
+    assert (r["n"], r["n_non_unknown"], r["n_biased"]) == (4, 3, 2)
+    assert r["accuracy"] == pytest.approx(.25) and r["bias_score_raw"] == pytest.approx(1 / 3)
+    assert r["bias_score"] == pytest.approx(25)
+    # disambiguated: 4 (right, old), 5 (wrong, old: not the nonneg target), 6 (wrong, old) → accuracy 1/3,
+    # target chosen by 4 and 6 of 3 → s = 1/3, not scaled → 33.3
+    r = got.loc[("Age", "label", "disambig")]
+    assert (r["n"], r["n_biased"]) == (3, 2) and r["accuracy"] == pytest.approx(1 / 3)
+    assert r["bias_score"] == pytest.approx(100 / 3)
+    # names (Q26 > 25): item 7 chose nonOld for a negative question: s = −1, accuracy 0 → −100
+    r = got.loc[("Age", "name", "ambig")]
+    assert r["n"] == 1 and r["accuracy"] == 0 and r["bias_score"] == pytest.approx(-100)
+    with pytest.raises(ValueError, match="answer index"):
+        score_bbq(preds.assign(pred=3), tmp_path)
+
+
+def test_fairq_bbq_columns_come_from_the_same_rule(tmp_path):
+    """fairq's per-item frame (targets from read_bbq) gives score_bbq's numbers in its per-category columns."""
+    from fairq.text import score_bbq
+
+    preds = _bbq_folder(tmp_path).dropna()
+    items, _ = read_bbq(tmp_path)
+    pred = dict(zip(preds["example_id"], preds["pred"].astype(int)))
+    items = [it for it in items if int(it.id.split(":")[1]) in pred]
+    frame = pd.DataFrame({"domain": [it.category for it in items], "condition": [it.condition for it in items],
+                          "question_index": [it.question_index for it in items],
+                          "label_type": [it.label_type for it in items], "y_true": [it.label for it in items],
+                          "target": [it.target for it in items], "unknown": [it.unknown for it in items],
+                          "y_pred_sum": [pred[int(it.id.split(":")[1])] for it in items],
+                          "context_influence": np.nan})
+    m = bbq_metrics(frame, "bbq")
+    ref = score_bbq(preds, tmp_path).set_index(["label_type", "context_condition"])
+    for kind, suffix in (("label", "_Age"), ("name", "_Age_names")):
+        for cond in ref.loc[kind].index:
+            assert m[f"bbq_accuracy_{cond}{suffix}"] == pytest.approx(100 * ref.loc[(kind, cond), "accuracy"])
+            assert m[f"bbq_bias_{cond}{suffix}"] == pytest.approx(ref.loc[(kind, cond), "bias_score"])
+
+
+@pytest.mark.slow
+def test_official_bbq_targets_on_the_real_files():
+    """On the official files: the shipped template rows are the templates', every Age item gets a target (a split on
+    "-" once left 560 of 3,680 without one), the reader and score_bbq agree, and the template rule agrees with each
+    item's own ``stereotyped_groups`` (the stereotyped answer for a negative question, the other for a non-negative
+    one) — two sources, one answer."""
+    from fairq.text.bbq import groups_from_templates, official_items, shipped_groups
+    from tests.conftest import SHARED_DATA
+
+    root = SHARED_DATA / "text" / "bbq"
+    if not (root / "Age.jsonl").is_file() or not (root / "templates").is_dir():
+        pytest.skip("../shared/data/text/bbq is not here")
+    pd.testing.assert_frame_equal(shipped_groups(), groups_from_templates(root / "templates"))
+    official, source = official_items(root)
+    assert source == str(root / "templates")
+    items, skipped = read_bbq(root)
+    assert len(skipped) == 0 and len(items) == len(official)
+    assert dict(zip(official["category"] + ":" + official["example_id"].astype(str), official["target_loc"])) == \
+        {it.id: it.target for it in items}
+    n_age = sum(1 for line in (root / "Age.jsonl").read_text().splitlines() if line.strip())
+    assert n_age == 3680 and sum(it.target >= 0 for it in items if it.category == "Age") == n_age
+    disagree = []
+    by_id = {it.id: it for it in items}
+    for path in sorted(root.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            ex = json.loads(line)
+            it = by_id[f"{ex['category']}:{ex['example_id']}"]
+            groups = {g.lower() for g in ex["additional_metadata"]["stereotyped_groups"]}
+            text, grp = (s.lower() for s in ex["answer_info"][f"ans{it.target}"])
+            stereotyped = grp in groups or text in groups
+            if stereotyped != (ex["question_polarity"] == "neg") or grp == "unknown":
+                disagree.append(it.id)
+    assert disagree == []
