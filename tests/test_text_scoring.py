@@ -203,7 +203,8 @@ def test_bbq_sum_and_mean_choose_differently_on_multi_piece_answers():
 def test_crows_compares_scores_rounded_to_3_decimals():
     # (more, less): a near-tie within rounding is neutral; a difference that survives rounding decides
     more = [-10.0004, -10.0006, -3.2, -7.12349]
-    less = [-10.0001, -10.0001, -3.1, -7.12351]   # rounded: -10.0 / -10.0, -10.001 / -10.0, -3.2 / -3.1, -7.123 / -7.124
+    less = [-10.0001, -10.0001, -3.1, -7.12351]
+    # rounded (more / less): -10.0 / -10.0 (neutral), -10.001 / -10.0, -3.2 / -3.1, -7.123 / -7.124 (more wins)
     frame = pd.DataFrame({"sample_id": list("abcd"), "benchmark": "crows", "domain": ["g", "g", "r", "r"],
                           "score_more": more, "score_less": less})
     m = crows_metrics(frame)
@@ -451,7 +452,7 @@ def test_local_folder_with_nsp_head_scores_intersentence(tmp_path, monkeypatch):
     assert empty.empty and "next-sentence" in why
 
 
-# ---------------------------------------------------------------------------------------------------- BBQ, official rules
+# ------------------------------------------------------------------------------------------- BBQ, official rules
 def _info(*pairs):
     return {f"ans{k}": list(p) for k, p in enumerate(pairs)}
 

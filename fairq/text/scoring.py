@@ -24,10 +24,10 @@ Rules (the official ones):
   lm-evaluation-harness reports ``acc`` and ``acc_norm``: the answer with the highest **sum** over its pieces
   (``y_pred_sum``; metrics ``bbq_*``) and the one with the highest **mean** per piece (``y_pred_norm``; metrics
   ``bbq_norm_*``). The headline (``y_pred``, the flip tables) is the mean: BBQ's "unknown" answers are shorter
-  (2.9 word pieces on average against 3.8) and a sum of log-probabilities favours fewer pieces, so the summed
-  rule picks "unknown" for its length — exactly the answer the bias score leaves out and ambiguous accuracy
-  rewards. Bias targets and scores by the BBQ authors' rules (:mod:`fairq.text.bbq`). Zero-shot MLM scoring: not
-  comparable with QA-head numbers.
+  (2.9 word pieces on average against 3.8 on the six offline categories, bert-base-uncased) and a sum of
+  log-probabilities favours fewer pieces, so the summed rule picks "unknown" for its length — exactly the answer
+  the bias score leaves out and ambiguous accuracy rewards. Bias targets and scores by the BBQ authors' rules
+  (:mod:`fairq.text.bbq`). Zero-shot MLM scoring: not comparable with QA-head numbers.
 """
 from __future__ import annotations
 
@@ -323,8 +323,9 @@ def add_context_influence(frame: pd.DataFrame) -> pd.DataFrame:
 
     Twins share category, question index, polarity, question and answers, and the disambiguated context starts
     with the ambiguous one (BBQ appends the disambiguating sentence). The answer distribution of an item is the
-    softmax over its three summed answer scores (pseudo-log-likelihoods of the whole answers); the **context-influence score** of a pair is the
-    total-variation distance between the two distributions, ½·Σ_k |p_disambig(k) − p_ambig(k)| ∈ [0, 1]: 0 when the
+    softmax over its three summed answer scores (pseudo-log-likelihoods of the whole answers, whichever choice rule
+    is reported); the **context-influence score** of a pair is the total-variation distance between the two
+    distributions, ½·Σ_k |p_disambig(k) − p_ambig(k)| ∈ [0, 1]: 0 when the
     disambiguating sentence does not move the model at all, 1 when it moves all probability mass to other answers.
     Stored on the disambiguated row (with ``twin``: the ambiguous item's id); NaN where no twin is found.
     """
@@ -364,6 +365,7 @@ def bbq_metrics(frame: pd.DataFrame, prefix: str = "bbq", pred: str | None = Non
     context-influence score (×100, rule-independent: ``bbq_context_influence`` only), overall and per category
     (:func:`fairq.text.bbq.metric_draws`)."""
     pred = pred or BBQ_RULES.get(prefix, "y_pred")
+    pred = pred if pred in frame else "y_pred"   # frames stored before both rules existed
     out = {k: float(v[0]) for k, v in metric_draws(frame, pred=pred, prefix=prefix,
                                                    context_influence=prefix == "bbq").items()} if len(frame) else {}
     out[f"{prefix}_n"] = int(len(frame))

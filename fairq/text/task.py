@@ -10,9 +10,9 @@ The per-item frame (``predictions/<cell>.parquet``) has one row per scored item:
 (``stereoset``, ``stereoset_inter``, ``crows``, ``bbq``, ``probe_stereoset``, ``probe_crows``), ``domain`` (bias type
 / BBQ category), ``y_pred`` (the preferred option: StereoSet / CrowS 1 = the stereotypical one, 0 = the other,
 CrowS 2 = a tie; BBQ the chosen answer index by the headline rule, the mean log-probability per word piece —
-``y_pred_sum`` / ``y_pred_norm`` hold both rules' choices, see :mod:`fairq.text.scoring`), ``y_true`` (StereoSet / CrowS: 1, the stereotypical option, so
-a "correct → wrong" flip is stereotype → anti-stereotype; BBQ: the gold answer) and the scores every metric is
-computed from (:func:`text_metrics`).
+``y_pred_sum`` / ``y_pred_norm`` hold both rules' choices, see :mod:`fairq.text.scoring`), ``y_true``
+(StereoSet / CrowS: 1, the stereotypical option, so a "correct → wrong" flip is stereotype → anti-stereotype;
+BBQ: the gold answer) and the scores every metric is computed from (:func:`text_metrics`).
 """
 from __future__ import annotations
 
