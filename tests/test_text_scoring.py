@@ -596,3 +596,22 @@ def test_official_bbq_targets_on_the_real_files():
             if stereotyped != (ex["question_polarity"] == "neg") or grp == "unknown":
                 disagree.append(it.id)
     assert disagree == []
+
+
+def test_score_bbq_joins_template_rows_as_the_r_script_does(tmp_path):
+    """Identical template rows of a question join once (the script's group_by); two distinct rows (Gender_identity
+    question 12 in the release) join twice, so the R analysis counts those items twice — score_bbq too; fairq's
+    per-item frame keeps one row per item with the target both rows agree on."""
+    from fairq.text import score_bbq
+
+    preds = _bbq_folder(tmp_path)
+    base = score_bbq(preds, tmp_path).set_index(["label_type", "context_condition"])
+    csv_path = tmp_path / "templates" / "new_templates - Age.csv"
+    t = pd.read_csv(csv_path)
+    t.loc[1, "Relevant_social_values"] = "y"          # Q1 now has two distinct rows, same group
+    t.to_csv(csv_path, index=False)
+    twice = score_bbq(preds, tmp_path).set_index(["label_type", "context_condition"])
+    assert twice.loc[("label", "ambig"), "n"] == 2 * base.loc[("label", "ambig"), "n"] == 8
+    assert twice.loc[("label", "ambig"), "bias_score"] == pytest.approx(base.loc[("label", "ambig"), "bias_score"])
+    items, _ = read_bbq(tmp_path)
+    assert len(items) == 10 and [it.target for it in items[:2]] == [0, 1]
