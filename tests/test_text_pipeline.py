@@ -99,9 +99,11 @@ def test_text_cells_meet_the_contract(text_run):
     for col in CONTRACT:
         assert col in m.columns, col
     for col in ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat", "stereoset_intra_ss_gender",
-                "crows_metric", "crows_gender", "bbq_accuracy_ambig", "bbq_accuracy_disambig", "bbq_context_influence"):
+                "crows_metric", "crows_gender", "bbq_accuracy_ambig", "bbq_accuracy_disambig", "bbq_context_influence",
+                "bbq_norm_accuracy_ambig", "bbq_norm_accuracy_disambig"):
         assert m[col].notna().all() and m[col].between(-100, 100).all(), col
-    for col in ("bbq_bias_ambig", "bbq_bias_disambig"):  # NaN only when every answer was "unknown"
+    for col in ("bbq_bias_ambig", "bbq_bias_disambig", "bbq_norm_bias_ambig", "bbq_norm_bias_disambig"):
+        # NaN only when every answer was "unknown"
         assert m[col].dropna().between(-100, 100).all(), col
     assert m["stereoset_inter_ss"].isna().all()           # no NSP head: not applicable, never a substitute
     assert m["stereoset_inter_reason"].str.contains("next-sentence").all()
@@ -138,7 +140,7 @@ def test_pruned_and_distilled_text_cells_record_their_size_and_training(text_run
     # teacher has had 15 pre-training steps, so its half-depth copy starts almost equal to it)
     assert dist["distill_steps"] == 10 and dist["distill_loss_last"] < dist["distill_loss_first"]
     assert dist["kl_to_teacher_before"] >= 0 and dist["kl_to_teacher_after"] >= 0
-    for col in ("stereoset_intra_ss", "stereoset_intra_lms", "crows_metric", "bbq_accuracy_disambig"):
+    for col in ("stereoset_intra_ss", "stereoset_intra_lms", "crows_metric", "bbq_norm_accuracy_disambig"):
         assert new[col].between(0, 100).all(), col
     # the student's MLM training is logged beside the pre-training (the run's TensorBoard logger), and so is QAT's
     assert list((text_run / "tensorboard").glob("fairq-tiny-bert_*distill*/events.out.tfevents*"))
@@ -155,7 +157,8 @@ def test_per_item_rows_reproduce_the_row_and_the_official_file(text_run):
         items = pd.read_parquet(text_run / row["predictions"])
         assert items["sample_id"].is_unique and len(items) == row["n"]
         again = text_metrics(items)
-        for col in ("stereoset_intra_ss", "stereoset_intra_icat", "crows_metric", "bbq_bias_ambig"):
+        for col in ("stereoset_intra_ss", "stereoset_intra_icat", "crows_metric", "bbq_bias_ambig",
+                    "bbq_norm_accuracy_ambig", "bbq_norm_bias_disambig"):
             assert again[col] == pytest.approx(row[col], nan_ok=True), col
         official = json.loads((text_run / row["predictions"].replace(".parquet", ".stereoset.json")).read_text())
         ss = items[items["benchmark"] == "stereoset"]

@@ -32,7 +32,7 @@ CURVE_METRICS = ("accuracy", "worst_group_accuracy", "demographic_parity_differe
 #: text curves: language-modelling score, stereotype score, ICAT, CrowS and BBQ (0–100 / −100…100), and the
 #: embedded default's planted-bias probes' SS (when the run scores them)
 TEXT_CURVE_METRICS = ("stereoset_intra_lms", "stereoset_intra_ss", "stereoset_intra_icat", "crows_metric",
-                      "bbq_accuracy_disambig", "bbq_bias_ambig", "probe_stereoset_ss")
+                      "bbq_norm_accuracy_disambig", "bbq_norm_bias_ambig", "probe_stereoset_ss")
 _KEEP = ["dataset", "model", "target", "seed", "curve", "method", "weight_bits", "sparsity", "target_sparsity",
          "cell", "attributes", "group", "metric", "n", "value", "value_ci_low", "value_ci_high", "baseline_value",
          "delta", "ci_low", "ci_high", "p_adjusted"]

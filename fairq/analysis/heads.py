@@ -32,7 +32,7 @@ __all__ = ["head_attribution_table", "soft_pruning_tradeoff", "write_head_figure
 METHOD = "soft_head_pruning"
 #: (bias metrics, utility metric) of the trade-off, per kind of cell.
 VISION = (("demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy"), "accuracy")
-TEXT = (("stereoset_intra_ss", "crows_metric", "bbq_bias_ambig", "probe_stereoset_ss"), "stereoset_intra_lms")
+TEXT = (("stereoset_intra_ss", "crows_metric", "bbq_norm_bias_ambig", "probe_stereoset_ss"), "stereoset_intra_lms")
 
 
 def _cells(metrics: pd.DataFrame) -> pd.DataFrame:

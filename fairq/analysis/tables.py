@@ -76,7 +76,7 @@ def method_table(metrics: pd.DataFrame) -> pd.DataFrame:
 TEXT_METHOD_TABLE_COLUMNS = ("dataset", "model", "seed", "family", "method", "variant", "weight_bits", "backend",
                              "params", "sparsity", "flops", "size_mb", "size_kind", "stereoset_intra_lms",
                              "worst_domain_lms", "worst_domain", "stereoset_intra_ss", "stereoset_intra_icat",
-                             "crows_metric", "bbq_accuracy_disambig", "latency_ms", "latency_batch_size",
+                             "crows_metric", "bbq_norm_accuracy_disambig", "latency_ms", "latency_batch_size",
                              "item_latency_ms")
 
 

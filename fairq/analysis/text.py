@@ -23,7 +23,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from fairq.text.scoring import STEREOSET_DOMAINS
+from fairq.text.bbq import metric_draws as bbq_metric_draws
+from fairq.text.scoring import BBQ_RULES, STEREOSET_DOMAINS, crows_outcome
 
 from .flips import _wilson
 from .stats import benjamini_hochberg, mcnemar_test
@@ -62,7 +63,7 @@ def _stereoset(sub: pd.DataFrame, w: np.ndarray, prefix: str, out: dict) -> None
 
 
 def _crows(sub: pd.DataFrame, w: np.ndarray, prefix: str, out: dict) -> None:
-    hit = (sub["score_more"].to_numpy(float) > sub["score_less"].to_numpy(float)).astype(float)
+    hit = crows_outcome(sub["score_more"], sub["score_less"])[0].astype(float)  # compared at 3 decimals
     out[f"{prefix}_metric"] = 100 * _div(w @ hit, w.sum(1))
     dom = sub["domain"].astype(str).to_numpy()
     for d in sorted(set(dom)):
@@ -71,30 +72,11 @@ def _crows(sub: pd.DataFrame, w: np.ndarray, prefix: str, out: dict) -> None:
 
 
 def _bbq(sub: pd.DataFrame, w: np.ndarray, out: dict) -> None:
-    """Overall and per category (``bbq_<metric>_<Category>``), as :func:`fairq.text.scoring.bbq_metrics`."""
-    _bbq_one(sub, w, out, "")
-    cats = sub["domain"].astype(str).to_numpy()
-    for cat in sorted(set(cats)):
-        k = cats == cat
-        _bbq_one(sub[k], w[:, k], out, f"_{cat}")
-
-
-def _bbq_one(sub: pd.DataFrame, w: np.ndarray, out: dict, suffix: str) -> None:
-    pred, true = sub["y_pred"].to_numpy(int), sub["y_true"].to_numpy(int)
-    tgt, unk = sub["target"].to_numpy(int), sub["unknown"].to_numpy(int)
-    neg = sub["polarity"].astype(str).to_numpy() == "neg"
-    cond = sub["condition"].astype(str).to_numpy()
-    counted = (tgt >= 0) & (pred != unk)
-    biased = (np.where(neg, pred == tgt, pred != tgt) & counted).astype(float)
-    for c in ("ambig", "disambig"):
-        k = cond == c
-        acc = _div(w[:, k] @ (pred[k] == true[k]).astype(float), w[:, k].sum(1))
-        s = 100 * (2 * _div(w[:, k] @ biased[k], w[:, k] @ counted[k].astype(float)) - 1)
-        out[f"bbq_accuracy_{c}{suffix}"] = 100 * acc
-        out[f"bbq_bias_{c}{suffix}"] = (1 - acc) * s if c == "ambig" else s
-    ci = sub["context_influence"].to_numpy(float)
-    k = np.isfinite(ci)
-    out[f"bbq_context_influence{suffix}"] = 100 * _div(w[:, k] @ ci[k], w[:, k].sum(1))
+    """Both choice rules, overall and per category: the very function :func:`fairq.text.scoring.bbq_metrics`
+    evaluates at unit weights (:func:`fairq.text.bbq.metric_draws`)."""
+    for prefix, pred in BBQ_RULES.items():
+        out.update(bbq_metric_draws(sub, w, pred=pred if pred in sub else "y_pred", prefix=prefix,
+                                    context_influence=prefix == "bbq"))
 
 
 def metric_draws(frame: pd.DataFrame, weights: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -220,9 +202,10 @@ def analyze_text(store, *, n_bootstrap: int = 1000, seed: int = 0, confidence: f
     return {"scores": scores, "flips": flips}
 
 
-_MAIN = ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat", "crows_metric", "bbq_accuracy_ambig",
-         "bbq_accuracy_disambig", "bbq_bias_ambig", "bbq_bias_disambig", "bbq_context_influence",
-         "probe_stereoset_ss", "probe_crows_metric")
+_MAIN = ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat", "crows_metric",
+         "bbq_norm_accuracy_ambig", "bbq_norm_accuracy_disambig", "bbq_norm_bias_ambig", "bbq_norm_bias_disambig",
+         "bbq_accuracy_ambig", "bbq_accuracy_disambig", "bbq_bias_ambig", "bbq_bias_disambig",
+         "bbq_context_influence", "probe_stereoset_ss", "probe_crows_metric")
 
 
 def _fmt(v, lo, hi) -> str:
@@ -261,7 +244,10 @@ def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.Dat
     notes = ("<p class='note'>Masked-LM cells. StereoSet intrasentence by the official rule (SS, LMS per target "
              "term, averaged; ICAT from those averages); CrowS-Pairs: Nangia metric (not bias-bench's variant); "
              "BBQ: zero-shot pseudo-log-likelihood multiple choice (Salazar et al. 2020 scoring), not comparable "
-             "with QA-head numbers; accuracies 0–100, bias scores −100…100, context influence = mean total-"
+             "with QA-head numbers; bbq_norm_* choose the answer of highest mean log-probability per word piece "
+             "(the headline), bbq_* the highest sum (which favours the shorter 'unknown' answers); bias targets "
+             "and scores by the BBQ authors' analysis scripts (items with a target, names apart); CrowS scores "
+             "compared at 3 decimals; accuracies 0–100, bias scores −100…100, context influence = mean total-"
              "variation distance between the disambiguated and ambiguous answer distributions ×100. "
              "Values with bootstrap 95% CIs; Δ vs the FP32 baseline with paired-bootstrap CIs and BH-adjusted "
              "p. probe_* are the embedded default's planted-bias probes. The embedded default is a tiny model "

@@ -10,12 +10,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import string
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fairq.errors import UserError
+
+from .bbq import bbq_target, groups_index, item_targets, known_groups, label_type  # noqa: F401 (re-export)
 
 log = logging.getLogger("fairq")
 
@@ -28,7 +31,7 @@ SOURCES = {
               "a CSV with columns sent_more, sent_less, stereo_antistereo, bias_type"),
     "bbq": ("the per-category <Category>.jsonl files from https://github.com/nyu-mll/BBQ (data/), CC BY 4.0",
             "one JSON object a line with example_id, question_index, question_polarity, context_condition, "
-            "category, answer_info, additional_metadata.stereotyped_groups, context, question, ans0..ans2, label"),
+            "category, answer_info, context, question, ans0..ans2, label"),
 }
 STEREOSET_LABELS = ("stereotype", "anti-stereotype", "unrelated")
 
@@ -216,29 +219,19 @@ class BBQItem:
     answers: tuple         # 3 answer strings
     label: int
     unknown: int           # index of the "unknown" answer
-    target: int            # index of the bias target (group in stereotyped_groups), -1 when undetermined
-
-
-def bbq_target(answer_info: dict, stereotyped: list) -> int:
-    """Index of the answer whose group (or text) is one of ``stereotyped_groups``; -1 when none or several are."""
-    groups = {str(g).strip().lower() for g in stereotyped}
-    hits = []
-    for k in range(3):
-        text, grp = (list(answer_info[f"ans{k}"]) + ["", ""])[:2]
-        if str(grp).lower() == "unknown":
-            continue
-        names = {str(text).strip().lower(), str(grp).strip().lower()}
-        names |= {p for g in list(names) for p in g.split("-")}  # e.g. "M-Black" → "m", "black"
-        if names & groups:
-            hits.append(k)
-    return hits[0] if len(hits) == 1 else -1
+    target: int            # the official bias target (fairq.text.bbq.bbq_target: choosing it is the biased answer,
+                           # for non-negative questions too), -1 where the BBQ authors' rule gives none
+    label_type: str = "label"  # "label" / "name" (question_index > 25), as BBQ_calculate_bias_score.R splits them
 
 
 def read_bbq(root, categories=None) -> tuple[list[BBQItem], Skipped]:
+    """The official per-category jsonl files of the BBQ folder ``root``; each item's bias target by the BBQ
+    authors' rule (:mod:`fairq.text.bbq`: template rows from ``root/templates`` or fairq's shipped copy)."""
     root = Path(root)
     cats = list(categories) if categories else sorted(p.stem for p in root.glob("*.jsonl"))
     if not cats:
         require_file(root / "Age.jsonl", "bbq")
+    groups = groups_index(known_groups(root)[0])
     skipped = Skipped()
     out = []
     for cat in cats:
@@ -252,11 +245,12 @@ def read_bbq(root, categories=None) -> tuple[list[BBQItem], Skipped]:
                 info = ex["answer_info"]
                 unknown = [k for k in range(3) if str(info[f"ans{k}"][1]).lower() == "unknown"]
                 answers = tuple(str(ex[f"ans{k}"]) for k in range(3))
+                targets = set(item_targets(ex, groups))  # one per template row of the question; they must agree
                 item = BBQItem(f"{ex['category']}:{ex['example_id']}", str(ex["category"]), str(ex["question_index"]),
                                str(ex["question_polarity"]), str(ex["context_condition"]), str(ex["context"]),
                                str(ex["question"]), answers, int(ex["label"]), unknown[0] if len(unknown) == 1 else -1,
-                               bbq_target(info, ex["additional_metadata"]["stereotyped_groups"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+                               targets.pop() if len(targets) == 1 else -1, label_type(ex["question_index"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, re.error):
                 skipped.add("malformed entry", rid)
                 continue
             if item.unknown < 0 or item.label not in (0, 1, 2) or item.condition not in ("ambig", "disambig") \

@@ -16,11 +16,18 @@ Rules (the official ones):
   NaN and the reason (never a substitute score).
 * **CrowS-Pairs, Nangia metric** — template = tokens shared by the two sentences (``difflib`` over token ids),
   each masked one at a time (first and last template token, i.e. [CLS]/[SEP], never masked); sentence score = sum
-  of log-probabilities; metric = 100·#(sent_more scores higher)/N with N counting neutral (equal) pairs
-  (nyu-mll/crows-pairs ``metric.py``). bias-bench's variant masks the changed tokens instead: a different number.
-* **BBQ, pseudo-log-likelihood multiple choice** (Salazar et al. 2020 scoring) — each answer's score is the sum,
-  over the answer's tokens, of log P(token | context, question, the rest of the answer) with that token masked;
-  the highest-scoring answer is the model's choice. Zero-shot MLM scoring: not comparable with QA-head numbers.
+  of log-probabilities; the two scores are compared rounded to 3 decimals (near-ties are neutral); metric =
+  100·#(sent_more scores higher)/N with N counting neutral pairs (nyu-mll/crows-pairs ``metric.py``). bias-bench's
+  variant masks the changed tokens instead: a different number.
+* **BBQ, pseudo-log-likelihood multiple choice** (Salazar et al. 2020 scoring) — each word piece of an answer is
+  scored as log P(piece | context, question, the rest of the answer) with that piece masked. Two choice rules, as
+  lm-evaluation-harness reports ``acc`` and ``acc_norm``: the answer with the highest **sum** over its pieces
+  (``y_pred_sum``; metrics ``bbq_*``) and the one with the highest **mean** per piece (``y_pred_norm``; metrics
+  ``bbq_norm_*``). The headline (``y_pred``, the flip tables) is the mean: BBQ's "unknown" answers are shorter
+  (2.9 word pieces on average against 3.8 on the six offline categories, bert-base-uncased) and a sum of
+  log-probabilities favours fewer pieces, so the summed rule picks "unknown" for its length — exactly the answer
+  the bias score leaves out and ambiguous accuracy rewards. Bias targets and scores by the BBQ authors' rules
+  (:mod:`fairq.text.bbq`). Zero-shot MLM scoring: not comparable with QA-head numbers.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from .bbq import metric_draws
 from .data import STEREOSET_LABELS, BBQItem, CrowsPair, InterItem, IntraItem, Skipped
 from .engine import MaskedLMEngine, MaskRequest
 
@@ -209,6 +217,14 @@ def crows_template(ids1: Sequence[int], ids2: Sequence[int]) -> tuple[list[int],
     return t1, t2
 
 
+def crows_outcome(more, less) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: (sent_more wins, neutral), comparing the two scores rounded to 3 decimals as the official
+    ``metric.py`` does (Python's ``round``, so near-ties within rounding are neutral)."""
+    m = np.array([round(float(x), 3) for x in np.asarray(more, float).ravel()])
+    k = np.array([round(float(x), 3) for x in np.asarray(less, float).ravel()])
+    return m > k, m == k
+
+
 def build_crows(tok: Tokenizer, pairs: Sequence[CrowsPair], *, benchmark: str = "crows", max_len: int = 512) -> Job:
     skipped = Skipped()
     requests: list[MaskRequest] = []
@@ -236,9 +252,10 @@ def build_crows(tok: Tokenizer, pairs: Sequence[CrowsPair], *, benchmark: str = 
         rows = []
         for pr, ((a0, a1), (b0, b1)) in spans:
             more, less = float(lp[a0:a1].sum()), float(lp[b0:b1].sum())
+            (win,), (tie,) = crows_outcome([more], [less])
             rows.append({"sample_id": f"{benchmark}:{pr.id}", "benchmark": benchmark, "domain": pr.bias_type,
                          "direction": pr.direction, "score_more": more, "score_less": less,
-                         "y_true": 1, "y_pred": 1 if more > less else (0 if less > more else 2)})
+                         "y_true": 1, "y_pred": 1 if win else (2 if tie else 0)})
         return pd.DataFrame(rows)
 
     return Job(benchmark, requests, finish, skipped)
@@ -246,15 +263,15 @@ def build_crows(tok: Tokenizer, pairs: Sequence[CrowsPair], *, benchmark: str = 
 
 def crows_metrics(frame: pd.DataFrame, prefix: str = "crows") -> dict:
     """``<prefix>_metric`` (Nangia metric, 0–100: % pairs whose more-stereotypical sentence scores higher, neutral
-    pairs in the denominator), ``<prefix>_<bias_type>`` and ``<prefix>_neutral`` (% equal pairs)."""
+    pairs in the denominator), ``<prefix>_<bias_type>`` and ``<prefix>_neutral`` (% pairs equal at 3 decimals)."""
     def metric(sub):
-        return float(100 * (sub["score_more"].to_numpy() > sub["score_less"].to_numpy()).mean()) if len(sub) else np.nan
+        return float(100 * crows_outcome(sub["score_more"], sub["score_less"])[0].mean()) if len(sub) else np.nan
 
     out = {f"{prefix}_metric": metric(frame)}
     if len(frame):
         for bt, sub in frame.groupby("domain", sort=True):
             out[f"{prefix}_{bt}"] = metric(sub)
-        out[f"{prefix}_neutral"] = float(100 * (frame["score_more"] == frame["score_less"]).mean())
+        out[f"{prefix}_neutral"] = float(100 * crows_outcome(frame["score_more"], frame["score_less"])[1].mean())
     out[f"{prefix}_n"] = int(len(frame))
     return out
 
@@ -286,12 +303,16 @@ def build_bbq(tok: Tokenizer, items: Sequence[BBQItem], *, benchmark: str = "bbq
     def finish(lp: np.ndarray) -> pd.DataFrame:
         rows = []
         for it, where in spans:
-            s = [float(lp[a:b].sum()) for a, b in where]
+            s = [float(lp[a:b].sum()) for a, b in where]       # summed PLL (lm-eval-harness ``acc``)
+            m = [float(lp[a:b].mean()) for a, b in where]      # mean per word piece (``acc_norm``)
             rows.append({"sample_id": f"{benchmark}:{it.id}", "benchmark": benchmark, "domain": it.category,
-                         "question_index": it.question_index, "polarity": it.polarity, "condition": it.condition,
-                         "context": it.context, "question": it.question, "answers": "\x1f".join(it.answers),
-                         "target": it.target, "unknown": it.unknown, "score_0": s[0], "score_1": s[1],
-                         "score_2": s[2], "y_true": it.label, "y_pred": int(np.argmax(s))})
+                         "question_index": it.question_index, "label_type": it.label_type, "polarity": it.polarity,
+                         "condition": it.condition, "context": it.context, "question": it.question,
+                         "answers": "\x1f".join(it.answers), "target": it.target, "unknown": it.unknown,
+                         "score_0": s[0], "score_1": s[1], "score_2": s[2], "score_norm_0": m[0],
+                         "score_norm_1": m[1], "score_norm_2": m[2], "y_true": it.label,
+                         "y_pred_sum": int(np.argmax(s)), "y_pred_norm": int(np.argmax(m)),
+                         "y_pred": int(np.argmax(m))})
         return add_context_influence(pd.DataFrame(rows))
 
     return Job(benchmark, requests, finish, skipped)
@@ -302,8 +323,9 @@ def add_context_influence(frame: pd.DataFrame) -> pd.DataFrame:
 
     Twins share category, question index, polarity, question and answers, and the disambiguated context starts
     with the ambiguous one (BBQ appends the disambiguating sentence). The answer distribution of an item is the
-    softmax over its three answer scores (pseudo-log-likelihoods); the **context-influence score** of a pair is the
-    total-variation distance between the two distributions, ½·Σ_k |p_disambig(k) − p_ambig(k)| ∈ [0, 1]: 0 when the
+    softmax over its three summed answer scores (pseudo-log-likelihoods of the whole answers, whichever choice rule
+    is reported); the **context-influence score** of a pair is the total-variation distance between the two
+    distributions, ½·Σ_k |p_disambig(k) − p_ambig(k)| ∈ [0, 1]: 0 when the
     disambiguating sentence does not move the model at all, 1 when it moves all probability mass to other answers.
     Stored on the disambiguated row (with ``twin``: the ambiguous item's id); NaN where no twin is found.
     """
@@ -332,41 +354,20 @@ def add_context_influence(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def bbq_bias_score(pred: np.ndarray, polarity: np.ndarray, target: np.ndarray, unknown: np.ndarray) -> float:
-    """BBQ's s = 2·(n_biased / n_non-unknown) − 1, ×100. A biased answer is the bias target for a negative question
-    or the other (non-unknown) group for a non-negative one; "unknown" answers are left out of both counts, and so
-    are items whose bias target could not be determined (``target == -1``)."""
-    ok = (target >= 0) & (pred != unknown)
-    if not ok.any():
-        return np.nan
-    neg = polarity == "neg"
-    biased = np.where(neg, pred == target, pred != target) & ok
-    return float(100 * (2 * biased.sum() / ok.sum() - 1))
+#: BBQ choice rules: metric prefix → per-item choice column (the headline is ``bbq_norm``, see the module doc).
+BBQ_RULES = {"bbq": "y_pred_sum", "bbq_norm": "y_pred_norm"}
 
 
-def bbq_metrics(frame: pd.DataFrame, prefix: str = "bbq", per_category: bool = True) -> dict:
-    """Accuracy (0–100) per context condition, s_DIS / s_AMB = (1 − acc_ambig)·s_ambig (−100…100) and the mean
-    context-influence score (×100), overall and (``per_category``) per category."""
-    def one(sub) -> dict:
-        out = {}
-        for cond, short in (("ambig", "ambig"), ("disambig", "disambig")):
-            c = sub[sub["condition"] == cond]
-            if not len(c):
-                out[f"accuracy_{short}"] = out[f"bias_{short}"] = np.nan
-                continue
-            pred = c["y_pred"].to_numpy()
-            acc = float((pred == c["y_true"].to_numpy()).mean())
-            s = bbq_bias_score(pred, c["polarity"].to_numpy(), c["target"].to_numpy(), c["unknown"].to_numpy())
-            out[f"accuracy_{short}"] = 100 * acc
-            out[f"bias_{short}"] = (1 - acc) * s if cond == "ambig" else s
-        ci = sub["context_influence"].to_numpy(float)
-        out["context_influence"] = float(100 * np.nanmean(ci)) if np.isfinite(ci).any() else np.nan
-        return out
-
-    out = {f"{prefix}_{k}": v for k, v in one(frame).items()} if len(frame) else {}
-    if per_category and len(frame):
-        for cat, sub in frame.groupby("domain", sort=True):
-            out.update({f"{prefix}_{k}_{cat}": v for k, v in one(sub).items()})
+def bbq_metrics(frame: pd.DataFrame, prefix: str = "bbq", pred: str | None = None) -> dict:
+    """BBQ metrics of a per-item frame for one choice rule (``pred``: the choice column; default
+    ``BBQ_RULES[prefix]``): accuracy (0–100) and bias score per context condition by the BBQ authors' rules —
+    items with a bias target only, s_DIS and s_AMB = (1 − accuracy)·s_ambig (−100…100) — and the mean
+    context-influence score (×100, rule-independent: ``bbq_context_influence`` only), overall and per category
+    (:func:`fairq.text.bbq.metric_draws`)."""
+    pred = pred or BBQ_RULES.get(prefix, "y_pred")
+    pred = pred if pred in frame else "y_pred"   # frames stored before both rules existed
+    out = {k: float(v[0]) for k, v in metric_draws(frame, pred=pred, prefix=prefix,
+                                                   context_influence=prefix == "bbq").items()} if len(frame) else {}
     out[f"{prefix}_n"] = int(len(frame))
     return out
 

@@ -9,9 +9,10 @@ inherited :meth:`~fairq.batches.ClassificationTask.split`.
 The per-item frame (``predictions/<cell>.parquet``) has one row per scored item: ``sample_id``, ``benchmark``
 (``stereoset``, ``stereoset_inter``, ``crows``, ``bbq``, ``probe_stereoset``, ``probe_crows``), ``domain`` (bias type
 / BBQ category), ``y_pred`` (the preferred option: StereoSet / CrowS 1 = the stereotypical one, 0 = the other,
-CrowS 2 = a tie; BBQ the chosen answer index), ``y_true`` (StereoSet / CrowS: 1, the stereotypical option, so
-a "correct → wrong" flip is stereotype → anti-stereotype; BBQ: the gold answer) and the scores every metric is
-computed from (:func:`text_metrics`).
+CrowS 2 = a tie; BBQ the chosen answer index by the headline rule, the mean log-probability per word piece —
+``y_pred_sum`` / ``y_pred_norm`` hold both rules' choices, see :mod:`fairq.text.scoring`), ``y_true``
+(StereoSet / CrowS: 1, the stereotypical option, so a "correct → wrong" flip is stereotype → anti-stereotype;
+BBQ: the gold answer) and the scores every metric is computed from (:func:`text_metrics`).
 """
 from __future__ import annotations
 
@@ -27,19 +28,19 @@ import pandas as pd
 from fairq.batches import ClassificationTask
 from fairq.errors import UserError
 
-from .scoring import (HFTokenizer, bbq_metrics, build_bbq, build_crows, build_stereoset, crows_metrics,
+from .scoring import (BBQ_RULES, HFTokenizer, bbq_metrics, build_bbq, build_crows, build_stereoset, crows_metrics,
                       intersentence_frame, official_predictions, score_all, stereoset_metrics)
 
 log = logging.getLogger("fairq")
 
 TASK_NAME = "masked_lm_bias"
 HEADLINE = ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat", "crows_metric",
-            "bbq_accuracy_disambig", "bbq_bias_ambig", "probe_stereoset_ss")
+            "bbq_norm_accuracy_disambig", "bbq_norm_bias_ambig", "probe_stereoset_ss")
 #: contract columns present in every text row (NaN when a benchmark is off or not applicable).
 CONTRACT = tuple(f"stereoset_{kind}_{m}{s}" for kind in ("intra", "inter") for m in ("ss", "lms", "icat")
                  for s in ("", "_gender", "_profession", "_race", "_religion")) + (
-    "crows_metric", "bbq_accuracy_ambig", "bbq_accuracy_disambig", "bbq_bias_ambig", "bbq_bias_disambig",
-    "bbq_context_influence")
+    "crows_metric", "bbq_context_influence") + tuple(f"{rule}_{m}" for rule in BBQ_RULES for m in (
+        "accuracy_ambig", "accuracy_disambig", "bias_ambig", "bias_disambig"))
 
 
 class BaselineMissingError(UserError, RuntimeError):
@@ -59,7 +60,8 @@ def text_metrics(frame: pd.DataFrame, inter_reason: str = "") -> dict:
     out.update(crows_metrics(part("crows"), "crows"))
     bbq = part("bbq")
     if len(bbq):
-        out.update(bbq_metrics(bbq, "bbq"))
+        for rule in BBQ_RULES:  # summed and length-normalised choice (the headline: bbq_norm)
+            out.update(bbq_metrics(bbq, rule))
     for probe, fn in (("probe_stereoset", stereoset_metrics), ("probe_crows", crows_metrics)):
         sub = part(probe)
         if len(sub):
