@@ -339,3 +339,45 @@ def test_a_tied_mlm_decoder_is_quantized_without_touching_the_word_embeddings():
         assert torch.equal(q.bert.embeddings.word_embeddings.weight, before), type(cfg_).__name__
         decoder = {b for n, b in layer_bits(q).items() if n.startswith("cls.predictions.decoder")}
         assert decoder == {cfg_.weight_bits}, type(cfg_).__name__  # (inside a ScaledInput after AWQ/SmoothQuant)
+
+
+def _obq_reference(w, h, s, z, bits, order, damp=0.01):
+    """GPTQ's column loop written the OBQ way (Frantar et al. 2022, eq. 2–3), in float64, independently of fairq's
+    Cholesky form: quantize column ``j`` (the next in ``order``), spread its error over the columns not yet
+    quantized through the inverse of the damped Hessian restricted to them, drop ``j``; both give the same codes."""
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    w, h = w.double().clone(), h.double()
+    h = h + damp * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    codes = torch.zeros_like(w)
+    remaining = list(order)
+    while remaining:
+        j = remaining[0]
+        hinv = torch.linalg.inv(h[remaining][:, remaining])
+        c = torch.clamp(torch.round(w[:, j] / s[:, j]) + z[:, j], qmin, qmax)
+        codes[:, j] = c
+        err = (w[:, j] - (c - z[:, j]) * s[:, j]) / hinv[0, 0]
+        w[:, remaining] -= err[:, None] * hinv[0][None, :]
+        remaining = remaining[1:]
+    return codes
+
+
+def test_gptq_codes_follow_the_obq_reference_in_the_documented_column_order():
+    """``act_order`` quantizes columns by *decreasing* Hessian diagonal (GPTQ's "act-order" heuristic): fairq's
+    codes equal the OBQ reference taken in that order, and — on these data — differ from the increasing order,
+    so a reversed permutation cannot pass. Without ``act_order`` the order is the natural one."""
+    g = torch.Generator().manual_seed(3)
+    d, out, bits = 10, 6, 3
+    x = torch.randn(200, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
+    x = x * torch.linspace(0.2, 3.0, d, dtype=torch.float64)[torch.randperm(d, generator=g)]  # uneven columns
+    h = (2 / len(x)) * x.T @ x
+    w = torch.randn(out, d, generator=g, dtype=torch.float64)
+    s = (w.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)).expand(out, d).contiguous()
+    z = torch.zeros(out, d, dtype=torch.float64)
+    decreasing = torch.argsort(torch.diagonal(h), descending=True).tolist()
+    ours = gptq_codes(w[None].float(), h[None].float(), s[None].float(), z[None].float(), bits, act_order=True,
+                      block_size=4)[0]
+    assert torch.equal(ours.double(), _obq_reference(w, h, s, z, bits, decreasing))
+    assert not torch.equal(ours.double(), _obq_reference(w, h, s, z, bits, decreasing[::-1]))
+    natural = gptq_codes(w[None].float(), h[None].float(), s[None].float(), z[None].float(), bits, block_size=4)[0]
+    assert torch.equal(natural.double(), _obq_reference(w, h, s, z, bits, list(range(d))))
+    assert not torch.equal(natural, ours)
