@@ -59,6 +59,8 @@ class FaceDataModule(FairqDataModule):
     max_samples_per_split
         Keep at most this many samples per split (seeded draw) for tiny runs.
 
+    Notes
+    -----
     Dataset subclasses declare only their own parameters and defaults and forward the loader options above as
     ``**kwargs``; jsonargparse follows ``super().__init__(**kwargs)`` to this signature, so the CLI and
     ``--print_config`` still list every one of them.
