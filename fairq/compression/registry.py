@@ -217,7 +217,7 @@ def get_method(name: str) -> Method:
 
 
 #: The Beyond-Naive-Quantization study's method spellings → (fairq method, bits or None = the caller's). One table,
-#: read only by :func:`resolve_alias`; the README lists it. Aliases are names, never a second code path.
+#: read only by :func:`resolve_alias`; docs/user-guide/python-api.md lists it. Aliases are names, never a second code path.
 ALIASES: dict[str, tuple[str, int | None]] = {
     "PTQ": ("ptq_static", None), "PTQ_INT8": ("ptq_static", 8), "PTQ_INT4": ("ptq_static", 4),
     "PTQ_INT2": ("ptq_static", 2), "QAT": ("qat", None), "QAT_INT8": ("qat", 8), "QAT_INT4": ("qat", 4),
