@@ -302,8 +302,9 @@ def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.Dat
              "BBQ: zero-shot pseudo-log-likelihood multiple choice (Salazar et al. 2020 scoring), not comparable "
              "with QA-head numbers; accuracies 0–100, bias scores −100…100, context influence = mean total-"
              "variation distance between the disambiguated and ambiguous answer distributions ×100. "
-             "Values with bootstrap 95% CIs; Δ vs the FP32 baseline with paired-bootstrap CIs and BH-adjusted "
-             "p. probe_* are the embedded default's planted-bias probes. The embedded default is a tiny model "
+             "Values with cluster-bootstrap 95% CIs (resampled units: StereoSet target terms, BBQ templates, "
+             "CrowS pairs, within domains); Δ vs the FP32 baseline with paired cluster-bootstrap CIs and "
+             "BH-adjusted p. probe_* are the embedded default's planted-bias probes. The embedded default is a tiny model "
              "trained on a generated corpus: its real-benchmark numbers describe that tiny model only.</p>")
     inter = ""
     if "stereoset_inter_reason" in metrics.columns:
