@@ -1,6 +1,6 @@
 """Text calibration: statistics leave ``[PAD]`` out (the same sentences batched with more padding give the same GPTQ
-Hessians, AWQ / SmoothQuant magnitudes and activation ranges, on the per-layer and the PT2E graph path), and the
-calibration sentences come from a general corpus that no benchmark scores."""
+Hessians, AWQ / SmoothQuant magnitudes, activation ranges on the per-layer and the PT2E graph path, and mixed
+precision's KL sensitivities), and the calibration sentences come from a general corpus that no benchmark scores."""
 import copy
 
 import pytest
@@ -107,6 +107,20 @@ def test_advanced_ptq_does_not_see_padding(setup, method):
         with torch.no_grad():
             outs.append(q(**x).logits)
     torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)
+
+
+def test_mixed_precision_kl_sensitivity_does_not_see_padding(setup):
+    from fairq.compression.sensitivity import layer_sensitivity
+
+    model, tight, padded, _ = setup
+    layers = dict(list(quantizable_layers(model).items())[:3])
+    a = layer_sensitivity(model, layers, (4,), tight, metric="kl")
+    b = layer_sensitivity(model, layers, (4,), padded, metric="kl")
+    assert a.keys() == b.keys()
+    for name in a:
+        for bits in a[name]:
+            assert a[name][bits] == pytest.approx(b[name][bits], rel=1e-4, abs=1e-7), (name, bits)
+    assert any(v > 0 for r in a.values() for v in r.values())
 
 
 def test_graph_simulation_ranges_do_not_see_padding(setup):
