@@ -4,9 +4,11 @@ Reads the official files under ``root`` (``stereoset_dev.json`` — the official
 ``crows_pairs_anonymized.csv``, ``bbq/<Category>.jsonl``); ``*_items`` keep a seeded subset (StereoSet and BBQ
 stratified by domain / category and, for BBQ, by context condition with ambiguous/disambiguated twins kept
 together) so a config can run in minutes — ``describe()`` (``data.json``) says what was kept. The task it hands
-out (:class:`fairq.text.task.TextTask`) evaluates cells; calibration / validation batches are tokenized
-sentences that are never scored by an MLM: the StereoSet intersentence context sentences (scored only by models
-with an NSP head), or, without StereoSet, sentences of the embedded default's corpus.
+out (:class:`fairq.text.task.TextTask`) evaluates cells; calibration / validation / latency batches are tokenized
+sentences of a general English corpus that no benchmark scores (:mod:`fairq.text.corpus`: WordNet's gloss usage
+examples, shipped) — not benchmark text: calibrating on the scored items' own sentences (or on sentences about
+their target terms, as StereoSet's intersentence contexts are) would fit the compression to the text it is then
+judged on.
 
 Training (methods that train: ``distill``, ``qat``, pruning with ``finetune_epochs``): ``train_dataloader()`` gives
 MLM batches (``input_ids``, ``attention_mask`` and token-level ``labels``, ``-100`` where not masked; masking by
@@ -186,7 +188,6 @@ class TextDataModule(FairqDataModule):
             intra, inter, skipped = td.read_stereoset(root / "stereoset_dev.json")
             skipped.log("StereoSet")
             self._skipped["stereoset"] = skipped.to_dict()
-            self._calibration_text = [it.context for it in inter]
             self.items["stereoset"] = _subset(intra, self.limits["stereoset"], lambda it: it.bias_type, self.seed)
             self.heldout["stereoset"] = self._heldout(intra, self.items["stereoset"], lambda it: it.bias_type)
             if self.use["stereoset_inter"]:
@@ -216,10 +217,9 @@ class TextDataModule(FairqDataModule):
             self.items["probe_stereoset"], self.items["probe_crows"] = probes()
             self._sizes["probes"] = {"stereoset": len(self.items["probe_stereoset"]),
                                      "crows": len(self.items["probe_crows"])}
-        if not self._calibration_text:
-            from fairq.text.embedded import TinyBertSpec, generate_corpus
+        from fairq.text.corpus import general_sentences
 
-            self._calibration_text = generate_corpus(TinyBertSpec(n_sentences=2000, seed=self.seed + 1))
+        self._calibration_text = general_sentences()
         self._ready = True
 
     def _heldout(self, items: list, scored: list, key) -> list:
@@ -255,7 +255,8 @@ class TextDataModule(FairqDataModule):
 
     def calibration_dataloader(self, n: int, *, balanced: bool = False, seed: int = 0,
                                batch_size: Optional[int] = None) -> list[dict]:
-        """``n`` sentences never scored by an MLM (see the module doc); ``balanced`` has no groups here to balance."""
+        """``n`` sentences (a seeded draw) of the general English calibration pool, which no benchmark scores
+        (:mod:`fairq.text.corpus`; see the module doc); ``balanced`` has no groups here to balance."""
         self.setup()
         rng = np.random.default_rng([seed, 7919])
         idx = rng.choice(len(self._calibration_text), size=min(n, len(self._calibration_text)), replace=False)

@@ -321,8 +321,12 @@ def test_a_balanced_cell_is_stored_with_its_natural_control_and_judged_against_i
     assert set(judged["config"]) == {"gptq w4 calibration=balanced"}
 
 
-def test_a_tied_mlm_decoder_is_quantized_without_touching_the_word_embeddings():
+def test_a_tied_mlm_decoder_stays_fp32_and_tied():
+    """The decoder *is* the word-embedding table: no method quantizes it (a quantized second copy would make the
+    model larger than FP32, see fairq.compression.modules.tied_output_layers); every other Linear is quantized."""
     import transformers
+
+    from fairq.compression.modules import tied_output_layers
 
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -330,15 +334,20 @@ def test_a_tied_mlm_decoder_is_quantized_without_touching_the_word_embeddings():
     model = transformers.BertForMaskedLM(cfg).eval()
     emb = model.bert.embeddings.word_embeddings.weight
     assert model.cls.predictions.decoder.weight is emb  # tied, as in every BERT MLM
+    assert tied_output_layers(model) == ["cls.predictions.decoder"]
     before = emb.detach().clone()
     calib = [dict(input_ids=torch.randint(0, 64, (4, 10)), attention_mask=torch.ones(4, 10, dtype=torch.long))]
     smoothed, _ = smooth(copy.deepcopy(model), AWQConfig(weight_bits=4), calib)
     assert (_outputs(smoothed, calib) - _outputs(model, calib)).abs().max() <= 1e-4
-    for cfg_ in (GPTQConfig(weight_bits=3), AWQConfig(weight_bits=3), SmoothQuantConfig(weight_bits=4)):
+    for cfg_ in (GPTQConfig(weight_bits=3), AWQConfig(weight_bits=3), SmoothQuantConfig(weight_bits=4),
+                 RTNConfig(weight_bits=4)):
         q = compress(model, cfg_, MethodInputs(calibration=calib)).model
-        assert torch.equal(q.bert.embeddings.word_embeddings.weight, before), type(cfg_).__name__
-        decoder = {b for n, b in layer_bits(q).items() if n.startswith("cls.predictions.decoder")}
-        assert decoder == {cfg_.weight_bits}, type(cfg_).__name__  # (inside a ScaledInput after AWQ/SmoothQuant)
+        emb_q = q.bert.embeddings.word_embeddings.weight
+        assert torch.equal(emb_q, before), type(cfg_).__name__
+        assert q.cls.predictions.decoder.weight is emb_q, type(cfg_).__name__  # still one tensor
+        bits = layer_bits(q)
+        assert not any(b for n, b in bits.items() if n.startswith("cls.predictions.decoder")), type(cfg_).__name__
+        assert sum(b == cfg_.weight_bits for b in bits.values()) >= 7, type(cfg_).__name__  # the rest is quantized
 
 
 def _obq_reference(w, h, s, z, bits, order, damp=0.01):

@@ -272,3 +272,14 @@ def test_the_shipped_text_config_runs_on_the_real_files(tmp_path, monkeypatch):
     assert len(m) == 19 and m["stereoset_intra_ss"].notna().all()
     soft = m[m["method"] == "soft_head_pruning"]
     assert sorted(soft["alpha"]) == [0.25, 0.5, 1.0] and soft["head_attribution"].notna().all()
+
+
+def test_no_text_cell_is_larger_than_its_fp32_model(text_run):
+    """BERT's MLM decoder is tied to the word embeddings: a quantized copy of it next to the FP32 table made the
+    INT8 / INT4 cells larger than FP32. Every cell of the shipped config must be at most the FP32 size."""
+    m = pd.read_csv(text_run / "metrics.csv")
+    fp32 = float(m.loc[m["method"] == "baseline", "size_mb"].iloc[0])
+    big = m.loc[m["size_mb"] > fp32 * (1 + 1e-9), ["method", "weight_bits", "size_mb", "size_kind"]]
+    assert big.empty, f"cells larger than FP32 ({fp32:.3f} MB):\n{big}"
+    quantized = m[m["method"].isin(["ptq_static", "gptq", "awq", "rtn", "ptq_dynamic"])]
+    assert (quantized["size_mb"] < fp32).all()  # and quantization saves something

@@ -339,6 +339,36 @@ def test_compiled_engine_gives_the_eager_scores():
     assert compiled.compile  # it compiled (no silent fall-back to eager)
 
 
+@pytest.mark.slow  # three inductor compilations (~20–60 s each on 2 cores)
+def test_compiled_engine_sees_weights_changed_in_place():
+    """Freezing bakes weights into the compiled program: after an in-place change, a new engine (and the same
+    engine) must answer with the new weights, not the program cached for the old ones."""
+    model = _tiny_bert()
+    reqs = _random_requests(40, seed=6)
+    first = MaskedLMEngine(model, batch_size=16, compile=True)
+    before = first.logprobs(reqs)
+    with torch.no_grad():
+        for p in model.bert.encoder.parameters():
+            p.data.mul_(1.5)  # .data: no version-counter bump, as a careless in-place edit would do
+    eager = MaskedLMEngine(model, batch_size=16).logprobs(reqs)
+    assert np.abs(eager - before).max() > 1e-2  # the change matters
+    again = MaskedLMEngine(model, batch_size=16, compile=True)
+    np.testing.assert_allclose(again.logprobs(reqs), eager, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(first.logprobs(reqs), eager, atol=1e-5, rtol=0)
+    assert again.compile and first.compile  # compiled, not fallen back to eager
+
+
+def test_weights_digest_follows_the_values():
+    from fairq.text.engine import weights_digest
+
+    model = _tiny_bert()
+    d = weights_digest(model)
+    assert weights_digest(model) == d
+    with torch.no_grad():
+        next(model.parameters()).data[0, 0] += 1e-3
+    assert weights_digest(model) != d
+
+
 def test_engine_falls_back_to_full_logits_for_unsplit_models():
     bert = _tiny_bert()
 

@@ -2,35 +2,46 @@
 
 From the per-item rows of each cell (``predictions/<cell>.parquet``, see :mod:`fairq.text.task`):
 
-- ``tables/text_scores.csv`` — every headline text metric per cell with a bootstrap CI (items resampled within
-  each benchmark) and, for compressed cells, the paired delta vs the FP32 baseline: the same resamples applied to
-  both cells, percentile CI, a two-sided bootstrap p-value and its Benjamini–Hochberg adjustment over every text
-  test of the run (``stats.benjamini_hochberg``);
+- ``tables/text_scores.csv`` — every headline text metric per cell with a cluster-bootstrap CI and, for compressed
+  cells, the paired delta vs the FP32 baseline: the same resamples applied to both cells, percentile CI, a
+  two-sided bootstrap p-value and its Benjamini–Hochberg adjustment over every text test of the run
+  (``stats.benjamini_hochberg``);
 - ``tables/text_flips.csv`` — items whose preferred option changes under compression, per benchmark and domain:
   flip rate with a Wilson 95% interval, direction (StereoSet / CrowS: to the stereotype / to the anti-stereotype;
   BBQ: correct → wrong / wrong → correct) and McNemar's test of the two directions (``stats.mcnemar_test``),
   BH-adjusted together with the deltas;
 - an HTML section for ``report.html``.
 
-Metrics are recomputed from resampling *weights* in closed form (per-term counts for SS / LMS, weighted ratios
-for CrowS / BBQ), which gives exactly :func:`fairq.text.task.text_metrics` at unit weights (tested).
+**What is resampled.** Items are not independent: StereoSet's SS / LMS are averaged over target terms, BBQ's items
+come from shared templates (both name orders, ambiguous / disambiguated twins, negative / non-negative questions),
+so resampling single items understates the variance. The bootstrap resamples the units the metrics are built from
+(:func:`fairq.text.task.resampling_units`: StereoSet target terms, BBQ templates, CrowS-Pairs pairs), stratified by
+benchmark × domain (the benchmarks' fixed design), and every item of a drawn unit gets the unit's weight. Within a
+stratum of ``G`` units it is Rao & Wu's (1988) rescaled bootstrap: ``G − 1`` units drawn with replacement,
+weights × ``G / (G − 1)`` — the plain bootstrap's variance is ``(G − 1) / G`` too small, which matters for strata
+of a few units (StereoSet religion: 3 terms); a stratum of a single unit keeps weight 1 (it contributes no
+variance). Measured by ``benchmarks/validate_findings.py --claim text``.
+
+Metrics are recomputed from these per-item resampling *weights* in closed form (per-term weighted counts for SS /
+LMS, each term counted by the mean weight of its items; weighted ratios for CrowS / BBQ), which gives exactly
+:func:`fairq.text.task.text_metrics` at unit weights (tested).
 """
 from __future__ import annotations
 
 import html
-import warnings
 
 import numpy as np
 import pandas as pd
 
 from fairq.text.bbq import metric_draws as bbq_metric_draws
 from fairq.text.scoring import BBQ_RULES, STEREOSET_DOMAINS, crows_outcome
+from fairq.text.task import resampling_units
 
 from .flips import _wilson
 from .stats import benjamini_hochberg, mcnemar_test
 
 TEXT_TASK = "masked_lm_bias"
-__all__ = ["TEXT_TASK", "metric_draws", "analyze_text", "text_report_html"]
+__all__ = ["TEXT_TASK", "metric_draws", "cluster_weights", "paired_draws", "analyze_text", "text_report_html"]
 
 
 def _div(a, b):
@@ -52,11 +63,13 @@ def _stereoset(sub: pd.DataFrame, w: np.ndarray, prefix: str, out: dict) -> None
         onehot = np.zeros((keep.sum(), terms.max() + 1))
         onehot[np.arange(keep.sum()), terms] = 1
         wk = w[:, keep]
-        n = wk @ onehot
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any item of a term
-            ss = np.nanmean(np.where(n > 0, 100 * _div(wk @ (onehot * pro[keep, None]), n), np.nan), axis=1)
-            lms = np.nanmean(np.where(n > 0, 100 * _div(wk @ (onehot * rel[keep, None]), 2 * n), np.nan), axis=1)
+        # a term's rate = its weighted count ratio; the term counts in the average by the mean weight of its
+        # items (= how often a cluster draw took it): Σ_t m_t r_t / Σ_t m_t, with m_t r_t = Σ_i∈t w_i x_i / n_t
+        per_item = 1.0 / onehot.sum(0)
+        mult = (wk @ onehot) * per_item
+        total = mult.sum(1)
+        ss = 100 * _div((wk @ (onehot * pro[keep, None])) @ per_item, total)
+        lms = 100 * _div((wk @ (onehot * rel[keep, None])) @ per_item, 2 * total)
         out[f"{prefix}_ss{suffix}"] = ss
         out[f"{prefix}_lms{suffix}"] = lms
         out[f"{prefix}_icat{suffix}"] = lms * np.minimum(ss, 100 - ss) / 50
@@ -101,13 +114,29 @@ def metric_draws(frame: pd.DataFrame, weights: dict[str, np.ndarray] | None = No
     return out
 
 
+def cluster_weights(units: np.ndarray, strata: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n, len(units)]`` per-item weights of ``n`` cluster-bootstrap draws: within each stratum of ``G ≥ 2``
+    clusters, ``G − 1`` clusters drawn with replacement and their counts × ``G / (G − 1)`` (Rao–Wu rescaling; see
+    the module doc); every item takes its cluster's weight. A cluster belongs to the stratum of its first item."""
+    codes, uniq = pd.factorize(pd.Series(units, dtype=str), sort=True)
+    first = np.unique(codes, return_index=True)[1]
+    cl_stratum = np.asarray(strata, dtype=str)[first]
+    w = np.ones((n, len(uniq)))
+    for s in sorted(set(cl_stratum)):
+        members = np.flatnonzero(cl_stratum == s)
+        g = len(members)
+        if g >= 2:
+            w[:, members] = rng.multinomial(g - 1, np.full(g, 1.0 / g), size=n) * (g / (g - 1))
+    return w[:, codes]
+
+
 def _resample_weights(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Multinomial resample counts of the items, within each benchmark (sizes kept)."""
-    out = {}
-    for bench, sub in frame.groupby("benchmark", sort=True):
-        m = len(sub)
-        out[bench] = rng.multinomial(m, np.full(m, 1.0 / m), size=n).astype(float)
-    return out
+    """Cluster-bootstrap weights of the items, per benchmark: :func:`cluster_weights` over the units of
+    :func:`~fairq.text.task.resampling_units`, stratified by domain (columns in the benchmark's row order)."""
+    units = resampling_units(frame)
+    bench = frame["benchmark"].astype(str).to_numpy()
+    dom = frame["domain"].astype(str).to_numpy()
+    return {b: cluster_weights(units[bench == b], dom[bench == b], n, rng) for b in sorted(set(bench))}
 
 
 def _aligned(base: pd.DataFrame, other: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -151,6 +180,31 @@ def _q(x: np.ndarray, q: float) -> float:
     return float(np.quantile(x, q)) if len(x) else np.nan
 
 
+def paired_draws(base: pd.DataFrame, other: pd.DataFrame, *, n_bootstrap: int, rng: np.random.Generator,
+                 confidence: float = 0.95) -> dict[str, dict]:
+    """Per metric: ``other``'s value and CI, the baseline's value, the delta ``other − base`` with its paired
+    cluster-bootstrap percentile CI and two-sided bootstrap p (the same resampling weights on both frames, drawn
+    from ``base``'s units). The frames hold the same items in the same order (:func:`_aligned`)."""
+    q = (1 - confidence) / 2
+    w = _resample_weights(base, n_bootstrap, rng)
+    bd, od = metric_draws(base, w), metric_draws(other, w)
+    bp, op = metric_draws(base), metric_draws(other)
+    out = {}
+    for m in op:
+        if m not in bp:
+            continue
+        d = od[m] - bd[m]
+        ok = np.isfinite(d)
+        delta = float(op[m][0] - bp[m][0])
+        p = (min(1.0, 2 * min((d[ok] <= 0).mean(), (d[ok] >= 0).mean())) if ok.any() and np.isfinite(delta)
+             else np.nan)
+        out[m] = {"value": float(op[m][0]), "value_ci_low": _q(od[m], q), "value_ci_high": _q(od[m], 1 - q),
+                  "baseline_value": float(bp[m][0]), "delta": delta,
+                  "ci_low": np.quantile(d[ok], q) if ok.any() else np.nan,
+                  "ci_high": np.quantile(d[ok], 1 - q) if ok.any() else np.nan, "p_value": p}
+    return out
+
+
 def analyze_text(store, *, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
                  ) -> dict[str, pd.DataFrame]:
     """``{"scores": …, "flips": …}`` for the text cells of an analysis :class:`~fairq.analysis.load.Store`."""
@@ -171,24 +225,9 @@ def analyze_text(store, *, n_bootstrap: int = 1000, seed: int = 0, confidence: f
                                    "value_ci_low": _q(draws[m], q), "value_ci_high": _q(draws[m], 1 - q)})
             continue
         base, other = _aligned(store.cells[base_id].frame, frame)
-        w = _resample_weights(base, n_bootstrap, rng)
-        bd, od = metric_draws(base, w), metric_draws(other, w)
-        bp, op = metric_draws(base), metric_draws(other)
-        for m in op:
-            if m not in bp:
-                continue
-            d = od[m] - bd[m]
-            ok = np.isfinite(d)
-            delta = float(op[m][0] - bp[m][0])
-            p = (min(1.0, 2 * min((d[ok] <= 0).mean(), (d[ok] >= 0).mean())) if ok.any() and np.isfinite(delta)
-                 else np.nan)
+        for m, r in paired_draws(base, other, n_bootstrap=n_bootstrap, rng=rng, confidence=confidence).items():
             score_rows.append({"cell": cid, "model": row["model"], "method": row["method"],
-                               "config": row.get("config", ""), "metric": m, "value": float(op[m][0]),
-                               "value_ci_low": _q(od[m], q), "value_ci_high": _q(od[m], 1 - q),
-                               "baseline_value": float(bp[m][0]), "delta": delta,
-                               "ci_low": np.quantile(d[ok], q) if ok.any() else np.nan,
-                               "ci_high": np.quantile(d[ok], 1 - q) if ok.any() else np.nan, "p_value": p,
-                               "test": "paired_bootstrap"})
+                               "config": row.get("config", ""), "metric": m, **r, "test": "paired_bootstrap"})
         flip_rows += _flip_rows(row, base, other)
     scores, flips = pd.DataFrame(score_rows), pd.DataFrame(flip_rows)
     p = np.concatenate([scores["p_value"].to_numpy(float) if "p_value" in scores else np.zeros(0),
@@ -249,8 +288,9 @@ def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.Dat
              "and scores by the BBQ authors' analysis scripts (items with a target, names apart); CrowS scores "
              "compared at 3 decimals; accuracies 0–100, bias scores −100…100, context influence = mean total-"
              "variation distance between the disambiguated and ambiguous answer distributions ×100. "
-             "Values with bootstrap 95% CIs; Δ vs the FP32 baseline with paired-bootstrap CIs and BH-adjusted "
-             "p. probe_* are the embedded default's planted-bias probes. The embedded default is a tiny model "
+             "Values with cluster-bootstrap 95% CIs (resampled units: StereoSet target terms, BBQ templates, "
+             "CrowS pairs, within domains); Δ vs the FP32 baseline with paired cluster-bootstrap CIs and "
+             "BH-adjusted p. probe_* are the embedded default's planted-bias probes. The embedded default is a tiny model "
              "trained on a generated corpus: its real-benchmark numbers describe that tiny model only.</p>")
     inter = ""
     if "stereoset_inter_reason" in metrics.columns:

@@ -38,7 +38,8 @@ import torch.utils._pytree as pytree
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import iter_model_inputs, model_device
+from .data import iter_model_inputs, model_device, real_tokens, token_mask
+from .modules import tied_output_layers
 
 ENGINE_STATIC = "torchao-pt2e:X86InductorQuantizer->onednn"
 ENGINE_DYNAMIC = "torch.ao-quantize_dynamic:fbgemm"
@@ -176,8 +177,9 @@ def _quantizer(config, model: nn.Module, act_qrange: tuple[int, int] | None = No
                               observer_or_fake_quant_ctr=w_obs.with_args(**eps))
     quantizer = X86InductorQuantizer().set_global(QuantizationConfig(act, act, weight, None))
     patterns = tuple(getattr(config, "skip_modules", ()) or ())
+    tied = set(tied_output_layers(model))  # kept FP32 and tied (see fairq.compression.modules)
     for name, _ in model.named_modules():
-        if name and _skipped(name, patterns):
+        if name and (_skipped(name, patterns) or name in tied):
             quantizer.set_module_name_qconfig(name, None)
     return quantizer
 
@@ -507,11 +509,37 @@ def _warn_float_layers(model: nn.Module, layers: dict, config) -> None:
     """Name the float model's conv/linear layers that did not become int8 (other than skipped ones)."""
     patterns = tuple(getattr(config, "skip_modules", ()) or ())
     quantized = {name.split(":")[0] for name in layers}
+    tied = set(tied_output_layers(model))
     left = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n
-            and n not in quantized and not _skipped(n, patterns)]
+            and n not in quantized and not _skipped(n, patterns) and n not in tied]
     if left:
         warnings.warn(f"{len(left)} conv/linear layer(s) stay FP32 in the INT8 model (the quantizer did not "
                       f"annotate them): {', '.join(left[:10])}{' …' if len(left) > 10 else ''}", stacklevel=3)
+
+
+def _observe_real_tokens(prepared: nn.Module) -> list[nn.Module]:
+    """Let the activation observers of a prepared PT2E graph skip a text batch's ``[PAD]`` positions: each
+    observer sees :func:`~fairq.compression.data.real_tokens` of its input (``[B, T, d]`` activations of a padded
+    batch lose their padding rows; weights and other shapes are observed as they are) and passes its input on
+    unchanged. Returns the observers changed (``del mod.forward`` restores one)."""
+    from torch.ao.quantization.observer import ObserverBase as AoObserver
+
+    try:
+        from torchao.quantization.pt2e.observer import ObserverBase as TaoObserver
+    except ImportError:  # pragma: no cover - older torchao
+        TaoObserver = AoObserver
+    changed = []
+    for mod in prepared.modules():
+        if isinstance(mod, (AoObserver, TaoObserver)):
+            observe = mod.forward
+
+            def forward(x, _observe=observe):
+                _observe(real_tokens(x) if torch.is_tensor(x) else x)
+                return x
+
+            mod.forward = forward
+            changed.append(mod)
+    return changed
 
 
 def convert_pt2e_program(model: nn.Module, config, calibration_data, quantizer_fn
@@ -549,9 +577,13 @@ def convert_pt2e_program(model: nn.Module, config, calibration_data, quantizer_f
     else:
         raise RuntimeError(f"could not trace and annotate {type(model).__name__} with torch.export + PT2E; "
                            + " | ".join(e[:500] for e in errors))
+    observers = _observe_real_tokens(prepared)
     with torch.no_grad():
         for a, k in tqdm(batches, desc="PT2E calibration", leave=False):
-            prepared(*a, **k)
+            with token_mask(k):
+                prepared(*a, **k)
+    for mod in observers:
+        del mod.forward  # back to the class's own forward
     program = convert_pt2e(prepared)
     layers = _weight_table(program)
     if not layers:
@@ -592,7 +624,9 @@ def convert_dynamic_int8(model: nn.Module, config) -> nn.Module:
     patterns = tuple(getattr(config, "skip_modules", ()) or ())
     qconfig = per_channel_dynamic_qconfig if getattr(config, "per_channel", True) else default_dynamic_qconfig
     work = copy.deepcopy(model).eval()
-    names = [n for n, m in work.named_modules() if type(m) is nn.Linear and not _skipped(n, patterns)]
+    tied = set(tied_output_layers(work))  # kept FP32 and tied (see fairq.compression.modules)
+    names = [n for n, m in work.named_modules() if type(m) is nn.Linear and not _skipped(n, patterns)
+             and n not in tied]
     if not names:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantize dynamically "
                          f"(skip_modules={patterns})")

@@ -3,7 +3,8 @@
 Every layer is seen as a batched matmul ``[G, out_g, d_g] @ [G, d_g, n]`` (``G`` = convolution groups, 1 for a
 Linear): a convolution's input is unfolded (``F.unfold``, padding handled as the layer does), so its columns are
 ``(in_channel, kh, kw)`` in the order of ``weight.reshape(out, -1)``. The statistics are gathered with forward
-pre-hooks on the float layers while calibration batches run through the model.
+pre-hooks on the float layers while calibration batches run through the model; a text batch's ``[PAD]``
+positions are left out (:func:`fairq.compression.data.real_tokens`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import iter_model_inputs, model_device
+from .data import iter_model_inputs, model_device, real_tokens, token_mask
 from .modules import is_same_pad_conv, same_pad, set_layer
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ CHUNK_ELEMS = 2**24
 
 def _update(stats: InputStats, mod: nn.Module, x: torch.Tensor, *, hessian: bool, max_rows: int,
             generator: torch.Generator) -> None:
+    if isinstance(mod, nn.Linear):
+        x = real_tokens(x)  # a text batch's [PAD] positions are no calibration input (see fairq.compression.data)
     xc = _channel_view(mod, x).abs()
     s, m = xc.sum(0), xc.amax(0)
     stats.abs_sum = s if stats.abs_sum is None else stats.abs_sum + s
@@ -157,7 +160,8 @@ def collect_input_stats(model: nn.Module, layers: dict[str, nn.Module], data, *,
             for args, kwargs in iter_model_inputs(data, limit, device):
                 pending = set(layers)
                 try:
-                    model(*args, **kwargs)
+                    with token_mask(kwargs):
+                        model(*args, **kwargs)
                 except _Stop:
                     pass
                 n += 1

@@ -54,12 +54,31 @@ def is_quantizable(mod: nn.Module, types=(nn.Linear, nn.Conv2d)) -> bool:
     return False
 
 
+def tied_output_layers(model: nn.Module) -> list[str]:
+    """Names of the Linear layers whose weight *is* an ``nn.Embedding``'s table (a tied output projection: BERT's
+    MLM decoder = the word embeddings).
+
+    No method quantizes them: a quantized copy of the table next to the FP32 table the embedding still reads
+    would make a "compressed" model larger than its FP32 original (BERT's decoder is the largest matrix of a
+    small BERT), and quantizing the shared table itself would quantize the input embeddings too. So the tie
+    stays a tie and the projection stays FP32, as the embeddings do — as GPTQ's and AWQ's reference code leave an
+    LM's output head in full precision."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return [n for n, m in model.named_modules()
+            if n and isinstance(m, nn.Linear) and isinstance(getattr(m, "weight", None), nn.Parameter)
+            and id(m.weight) in tables]
+
+
 def quantizable_layers(model: nn.Module, skip: Iterable[str] = (), types=(nn.Linear, nn.Conv2d)) -> dict[str, nn.Module]:
-    """``{name: module}`` of the layers to quantize, in model order, minus names matching ``skip``."""
+    """``{name: module}`` of the layers to quantize, in model order, minus names matching ``skip`` and tied output
+    projections (:func:`tied_output_layers`)."""
     skip = tuple(skip)
     found, odd = {}, []
+    tied = set(tied_output_layers(model))
+    if tied:
+        log.info("left in full precision, tied to the embedding table: %s", ", ".join(sorted(tied)))
     for name, mod in model.named_modules():
-        if not name or matches(name, skip):
+        if not name or matches(name, skip) or name in tied:
             continue
         if is_quantizable(mod, types):
             found[name] = mod

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import iter_labelled_batches, iter_model_inputs, logits_of, model_device
+from .data import iter_labelled_batches, iter_model_inputs, logits_of, model_device, real_tokens, token_mask
 from .fakequant import FakeQuantLayer
 from .modules import set_layer
 
@@ -39,13 +39,15 @@ class _Evaluator:
     def score(self) -> float:
         """Mean loss / accuracy / KL(FP32 ‖ variant) over the cached batches."""
         total, n = 0.0, 0
-        for out, ref, (_, _, y) in zip(self._outputs(), self.reference, self.batches):
+        for out, ref, (_, k, y) in zip(self._outputs(), self.reference, self.batches):
             logp = torch.log_softmax(out.float(), -1)
             if self.metric == "loss":
                 total += float(F.nll_loss(logp, y.long(), reduction="sum"))
             elif self.metric == "accuracy":
                 total += float((logp.argmax(-1) == y).sum())
             else:
+                with token_mask(k):  # per-token outputs of a padded text batch: the [PAD] positions left out
+                    logp, ref = real_tokens(logp), real_tokens(ref)
                 total += float(F.kl_div(logp, ref, log_target=True, reduction="sum"))
             n += out.shape[0]
         return total / n

@@ -6,7 +6,7 @@ import warnings
 
 from torch import nn
 
-from .data import run_calibration
+from .data import real_tokens, run_calibration
 from .fakequant import FakeQuantLayer
 from .modules import quantizable_layers, set_layer
 from .observers import act_observer
@@ -34,7 +34,7 @@ class _Observing(nn.Module):
         return self.layer.bias
 
     def forward(self, x, *args, **kwargs):
-        self.observer(x.detach().float())
+        self.observer(real_tokens(x.detach().float()))  # without a text batch's [PAD] positions
         self.seen = True
         return self.layer(x, *args, **kwargs)
 

@@ -76,6 +76,10 @@ class MaskedLMEngine:
     test machine is ~2× faster than eager (eager FP32 GEMMs go to MKL, slow on AMD); it costs a one-off
     compilation (~30–60 s for a bert-base on 2 cores), so it pays off only on large item sets, and scores agree
     with eager to float32 rounding (summation order). A model that fails to compile falls back to eager (logged).
+    Freezing bakes the weights into the compiled program, and dynamo caches programs per code object with guards
+    on module identity, not on weight values: a model whose weights were changed in place would be answered by
+    the program of its old weights. So the program is keyed on a digest of the encoder's weights (checked at each
+    :meth:`logprobs` call): a different digest drops dynamo's caches and compiles afresh.
     """
 
     def __init__(self, model: nn.Module, *, pad_id: int = 0, batch_size: int = 64, max_tokens: int = 8192,
@@ -86,6 +90,7 @@ class MaskedLMEngine:
         self.encoder, self.head = mlm_parts(model)
         self.compile = bool(compile)
         self._compiled = None
+        self._compiled_key: str | None = None  # digest of the weights frozen into self._compiled
         self.forward_passes = 0  # batches run
         self.rows = 0  # input sequences run (≤ requests: shared inputs run once)
 
@@ -107,8 +112,6 @@ class MaskedLMEngine:
             return logits_of(self.model(input_ids=ids, attention_mask=att))[rows, pos]
         encoder = self.encoder
         if self.compile:
-            if self._compiled is None:
-                self._compiled = torch.compile(self.encoder, dynamic=True)
             try:
                 import torch._inductor.config as inductor_config
 
@@ -146,6 +149,11 @@ class MaskedLMEngine:
         order = sorted(range(len(inputs)), key=lambda i: (lengths[i], inputs[i][0]))
         out = np.empty(len(requests))
         self.model.eval()
+        if self.compile and self.head is not None:
+            key = weights_digest(self.encoder)
+            if key != self._compiled_key:
+                torch._dynamo.reset()  # a cached program may hold other (older) frozen weights of this module
+                self._compiled, self._compiled_key = torch.compile(self.encoder, dynamic=True), key
         device = model_device(self.model)
         batches = list(self._batches(order, lengths))
         for batch in tqdm(batches, desc=self.desc, disable=not self.progress, leave=False):
@@ -167,6 +175,19 @@ class MaskedLMEngine:
             self.forward_passes += 1
             self.rows += len(batch)
         return out
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A digest of every parameter and buffer of ``module`` (names, dtypes, shapes and bytes)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        t = t.detach().cpu()
+        t = (t.int_repr() if t.is_quantized else t).contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 @torch.inference_mode()

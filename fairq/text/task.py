@@ -12,7 +12,8 @@ The per-item frame (``predictions/<cell>.parquet``) has one row per scored item:
 CrowS 2 = a tie; BBQ the chosen answer index by the headline rule, the mean log-probability per word piece —
 ``y_pred_sum`` / ``y_pred_norm`` hold both rules' choices, see :mod:`fairq.text.scoring`), ``y_true``
 (StereoSet / CrowS: 1, the stereotypical option, so a "correct → wrong" flip is stereotype → anti-stereotype;
-BBQ: the gold answer) and the scores every metric is computed from (:func:`text_metrics`).
+BBQ: the gold answer), ``cluster`` (the resampling unit the analysis's bootstrap draws, :func:`resampling_units`)
+and the scores every metric is computed from (:func:`text_metrics`).
 """
 from __future__ import annotations
 
@@ -41,6 +42,33 @@ CONTRACT = tuple(f"stereoset_{kind}_{m}{s}" for kind in ("intra", "inter") for m
                  for s in ("", "_gender", "_profession", "_race", "_religion")) + (
     "crows_metric", "bbq_context_influence") + tuple(f"{rule}_{m}" for rule in BBQ_RULES for m in (
         "accuracy_ambig", "accuracy_disambig", "bias_ambig", "bias_disambig"))
+
+
+def resampling_units(frame: pd.DataFrame) -> np.ndarray:
+    """The cluster of each per-item row: the unit a benchmark's metrics are built from, which the analysis's
+    bootstrap resamples (``frame["cluster"]`` when stored; derived from the other columns otherwise).
+
+    * StereoSet (intra / inter, probes): the target term within its domain (``<domain>:<term>``) — SS and LMS are
+      computed per term and then averaged over terms;
+    * BBQ: the template within its category (``<category>:<question_index>``): every item generated from one
+      template — its name / group instantiations, both versions (BBQ's ``a`` / ``b`` swap the two names in the same
+      template), ambiguous / disambiguated twins and negative / non-negative questions — shares the template's
+      wording and stereotype, so they are one unit;
+    * CrowS-Pairs (and anything else): the item itself (one pair).
+
+    Every cluster lies within one ``domain`` (the bootstrap's strata)."""
+    if "cluster" in frame.columns:
+        return frame["cluster"].astype(str).to_numpy()
+    bench = frame["benchmark"].astype(str).to_numpy()
+    dom = frame["domain"].astype(str).to_numpy()
+    out = frame["sample_id"].astype(str).to_numpy().astype(object)
+    ss = np.char.startswith(bench.astype(str), "stereoset") | (bench == "probe_stereoset")
+    if ss.any():
+        out[ss] = [f"{d}:{t}" for d, t in zip(dom[ss], frame["term"].astype(str).to_numpy()[ss])]
+    bbq = bench == "bbq"
+    if bbq.any():
+        out[bbq] = [f"{d}:{q}" for d, q in zip(dom[bbq], frame["question_index"].astype(str).to_numpy()[bbq])]
+    return out.astype(str)
 
 
 class BaselineMissingError(UserError, RuntimeError):
@@ -165,6 +193,7 @@ class TextTask(ClassificationTask):
             reason = "not scored: intersentence is off in the config"
         seconds = time.perf_counter() - t0
         frame = pd.concat([f for f in frames.values() if len(f)], ignore_index=True)
+        frame["cluster"] = resampling_units(frame)
         for job in jobs:
             dm.skipped_while_scoring(job.benchmark, job.skipped)
         metrics = text_metrics(frame, reason)
