@@ -256,9 +256,18 @@ def test_weighted_text_metrics_equal_the_metrics_of_duplicated_items():
     rng = np.random.default_rng(1)
     weights, dup = {}, []
     for bench, sub in frame.groupby("benchmark", sort=True):
-        w = rng.integers(0, 4, len(sub)).astype(float)   # resample counts: 0 drops an item, 3 triples it
+        if bench == "stereoset":
+            # SS / LMS are averaged over target terms, and the bootstrap draws terms (the analysis's resampling
+            # unit): a term drawn k times counts as k terms, so its copies are relabelled as distinct terms
+            counts = dict(zip(sorted(sub["term"].unique()), rng.integers(0, 4, sub["term"].nunique())))
+            w = sub["term"].map(counts).to_numpy(float)
+            copies = [sub[sub["term"].map(counts) > k].assign(term=lambda f, k=k: f["term"] + f"#{k}")
+                      for k in range(3)]
+            dup.append(pd.concat(copies))
+        else:  # pooled over items: a duplicated item is a repeated row
+            w = rng.integers(0, 4, len(sub)).astype(float)   # resample counts: 0 drops an item, 3 triples it
+            dup.append(sub.loc[sub.index.repeat(w.astype(int))])
         weights[bench] = w[None, :]
-        dup.append(sub.loc[sub.index.repeat(w.astype(int))])
     dup = pd.concat(dup, ignore_index=True)
     weighted = metric_draws(frame, weights)
     again = text_metrics(dup)
