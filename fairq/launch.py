@@ -74,7 +74,9 @@ class CellWorker:
         from fairq.phases.methods import run_one
 
         rows = run_one(self.make_ctx(model, seed), phase, model, index, self.baselines)
-        for key in list(self.baselines)[:-self.KEEP]:  # oldest first: a sweep moves on model by model
+        if (model, seed) in self.baselines:  # most recently used last
+            self.baselines[model, seed] = self.baselines.pop((model, seed))
+        for key in list(self.baselines)[:-self.KEEP]:
             del self.baselines[key]
         return len(rows)
 
@@ -113,7 +115,7 @@ def run_ray(ctx, phases, seeds, phase_module, section, make_ctx) -> None:
                  for seed in seeds for model in ctx.models}
         baselines = list(cells) if "baseline" in phases else []
         n_tasks = len(baselines) + sum(map(len, cells.values()))
-        workers = _workers(ray, section, n_tasks, make_ctx)
+        workers = _workers(ray, section, n_tasks, make_ctx) if n_tasks else []  # none for --phase analysis
         pool = ActorPool(workers)
         log.info("=== ray: %d cells (%s) on %d warm workers", n_tasks,
                  ", ".join(p for p in phases if p != "analysis"), len(workers))
