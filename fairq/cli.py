@@ -81,7 +81,8 @@ def build_parser() -> ArgumentParser:
     parser.add_class_arguments(MitigationSection, "mitigation")
     parser.add_class_arguments(AnalysisSection, "analysis")
     parser.add_argument("--launcher", type=str, default="local", choices=["local", "ray"],
-                        help="where cells run: this process, or one Ray task per cell (see fairq/launch.py)")
+                        help="where cells run: this process, or warm Ray workers that run cell after cell (see "
+                             "fairq/launch.py)")
     parser.add_class_arguments(RaySection, "ray")
     parser.add_class_arguments(TextSection, "text")
     parser.add_argument("--debug", type=bool, default=False,
@@ -231,9 +232,9 @@ _WORKER_CONTEXTS: dict = {}
 
 
 def worker_context(config_path: str, output_dir: str, model: str, seed: int):
-    """A run's context in another process (a Ray worker): the resolved config the driver saved, one model, one
-    training seed. Built once per worker process and run (Ray reuses workers), so later tasks skip re-parsing the
-    config and re-opening the data."""
+    """A run's context in another process (a Ray worker, :class:`fairq.launch.CellWorker`): the resolved config the
+    driver saved, one model, one training seed. Built once per worker process and run, so every later cell of that
+    worker skips re-parsing the config and re-opening the data."""
     key = (config_path, output_dir)
     if key not in _WORKER_CONTEXTS:
         parser, cfg, name = parse_args(["--config", config_path, "--output_dir", output_dir])

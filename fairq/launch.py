@@ -1,17 +1,20 @@
 """Launchers: where a run's cells execute. The output folder is the single source of truth either way.
 
 * ``local`` (default): this process, phase by phase and seed by seed.
-* ``ray``: every cell is a Ray task — a baseline per model × seed, then every quantization / mitigation setting of
-  that model and seed, each depending explicitly on its baseline's task (Ray starts it once the baseline's object
-  is ready; nothing sleeps or polls). Analysis runs in the driver once every task is done. ``ray.init`` joins
-  ``ray.address`` / ``$RAY_ADDRESS`` or starts a local Ray on this machine's cores.
+* ``ray``: the cells run on warm Ray workers — actors (:class:`CellWorker`) that import torch, read the config,
+  open the data and load a baseline once, then evaluate cell after cell. The driver hands cells to them with Ray's
+  ``ActorPool``: every baseline (model × seed) first, and each quantization / mitigation setting of a model and
+  seed as soon as that baseline is done, to whichever worker is free. Analysis runs in the driver once every cell
+  is done. ``ray.init`` joins ``ray.address`` / ``$RAY_ADDRESS`` or starts a local Ray on this machine's cores.
+  A worker computes with ``cpus_per_cell`` intra-op threads, the serial run with its own; the results are the same
+  (:mod:`fairq.threads`).
 
 Where results go (the assumption users must meet on a cluster): **workers write the output folder themselves**, so
 it must be on a filesystem every node sees (local disk for a single machine, NFS / a shared volume otherwise).
 Each cell is written as on one machine — predictions first, atomically, then its ``metrics.csv`` row under a file
-lock, replacing any row with the same cell id — so a task that is retried or killed mid-cell never duplicates or
-loses a row, and a rerun skips the cells already there. Data is prepared (and its image cache built) by the driver
-before any task starts, so workers only read it.
+lock, replacing any row with the same cell id — so a worker that is killed mid-cell (Ray restarts it and re-runs
+its unfinished cell) never duplicates or loses a row, and a rerun skips the cells already there. Data is prepared
+(and its image cache built) by the driver before any worker starts, so workers only read it.
 """
 from __future__ import annotations
 
@@ -41,24 +44,41 @@ def run_local(ctx, phases, seeds, phase_module) -> None:
             log.info("=== phase %s done in %.1f s", phase, time.perf_counter() - t0)
 
 
-def baseline_task(make_ctx, model: str, seed: int) -> str:
-    """Ray task: fine-tune and evaluate one baseline (skipped when its cell is stored already). ``make_ctx(model,
-    seed)`` rebuilds the run's context in the worker (from the resolved config the driver saved)."""
-    from fairq.phases import baseline
+class CellWorker:
+    """A warm Ray worker (an actor): imports torch, reads the run's config and opens its data once, keeps the
+    baselines it loaded (the last :attr:`KEEP` ``(model, seed)`` pairs), then runs one cell per call.
 
-    _quiet_worker()
-    ctx = make_ctx(model, seed)
-    baseline.run(ctx)
-    return ctx.cell(model, "baseline", 32, 32)
+    ``make_ctx(model, seed)`` rebuilds the run's context in the worker (from the resolved config the driver saved);
+    ``threads``: the intra-op threads of every cell here (the cell's ``cpus_per_cell``; results do not depend on
+    it, :mod:`fairq.threads`)."""
 
+    KEEP = 2
 
-def cell_task(make_ctx, phase: str, model: str, seed: int, index: int, baseline_done=None) -> int:
-    """Ray task: one planned setting of a section on one model and seed; ``baseline_done`` is the baseline task's
-    result, which makes the dependency explicit (Ray runs this task only once that object exists)."""
-    from fairq.phases.methods import run_one
+    def __init__(self, make_ctx, threads: int):
+        import torch
 
-    _quiet_worker()
-    return len(run_one(make_ctx(model, seed), phase, model, index))
+        _quiet_worker()
+        torch.set_num_threads(max(1, int(threads)))
+        self.make_ctx = make_ctx
+        self.baselines: dict = {}
+
+    def baseline(self, model: str, seed: int) -> tuple[str, int]:
+        """Fine-tune and evaluate one baseline (skipped when its cell is stored already)."""
+        from fairq.phases import baseline
+
+        baseline.run(self.make_ctx(model, seed))
+        return model, seed
+
+    def cell(self, phase: str, model: str, seed: int, index: int) -> int:
+        """The ``index``-th planned setting of section ``phase`` on one model and seed; the number of rows stored."""
+        from fairq.phases.methods import run_one
+
+        rows = run_one(self.make_ctx(model, seed), phase, model, index, self.baselines)
+        if (model, seed) in self.baselines:  # most recently used last
+            self.baselines[model, seed] = self.baselines.pop((model, seed))
+        for key in list(self.baselines)[:-self.KEEP]:
+            del self.baselines[key]
+        return len(rows)
 
 
 def _quiet_worker() -> None:
@@ -74,10 +94,12 @@ def import_ray():
 
 
 def run_ray(ctx, phases, seeds, phase_module, section, make_ctx) -> None:
-    """Fan the run's cells out as Ray tasks (module docstring), then analyse in the driver."""
+    """Fan the run's cells out to warm Ray workers (module docstring), then analyse in the driver."""
     from fairq.sections import plan_run
 
     ray = import_ray()
+    from ray.util import ActorPool
+
     env = {k: v for k, v in os.environ.items() if k.startswith("FAIRQ_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
     address = section.address or os.environ.get("RAY_ADDRESS") or None
@@ -87,31 +109,51 @@ def run_ray(ctx, phases, seeds, phase_module, section, make_ctx) -> None:
                  logging_level=logging.WARNING)
     try:
         ctx.data()  # prepare data and its image cache once, before any worker reads it
-        opts = dict(num_cpus=section.cpus_per_cell, num_gpus=section.gpus_per_cell, max_retries=section.max_retries)
-        base = ray.remote(baseline_task).options(**opts)
-        cell = ray.remote(cell_task).options(**opts)
         planned = plan_run(ctx.sections)
-        refs, deps = [], {}
-        for seed in seeds:
-            for model in ctx.models:
-                if "baseline" in phases:
-                    deps[(model, seed)] = base.remote(make_ctx, model, seed)
-                    refs.append(deps[(model, seed)])
-                for phase in ("quantization", "mitigation"):
-                    if phase not in phases:
-                        continue
-                    for i in range(len(planned[phase])):
-                        refs.append(cell.remote(make_ctx, phase, model, seed, i, deps.get((model, seed))))
-        log.info("=== ray: %d tasks (%s) on %s", len(refs), ", ".join(p for p in phases if p != "analysis"),
-                 ray.cluster_resources().get("CPU", 0))
+        cells = {(model, seed): [(phase, model, seed, i) for phase in ("quantization", "mitigation")
+                                 if phase in phases for i in range(len(planned[phase]))]
+                 for seed in seeds for model in ctx.models}
+        baselines = list(cells) if "baseline" in phases else []
+        n_tasks = len(baselines) + sum(map(len, cells.values()))
+        workers = _workers(ray, section, n_tasks, make_ctx) if n_tasks else []  # none for --phase analysis
+        pool = ActorPool(workers)
+        log.info("=== ray: %d cells (%s) on %d warm workers", n_tasks,
+                 ", ".join(p for p in phases if p != "analysis"), len(workers))
         t0 = time.perf_counter()
-        ray.get(refs)
-        log.info("=== ray: every task done in %.1f s", time.perf_counter() - t0)
+        for model, seed in baselines:
+            pool.submit(lambda w, v: w.baseline.remote(*v), (model, seed))
+        if not baselines:  # the baselines are stored already: every cell can start
+            for todo in cells.values():
+                _submit_cells(pool, todo)
+        while pool.has_next():
+            done = pool.get_next_unordered()  # raises when a cell failed beyond its retries
+            if isinstance(done, tuple):  # a baseline: its model's cells may start now
+                _submit_cells(pool, cells[done])
+        log.info("=== ray: every cell done in %.1f s", time.perf_counter() - t0)
     finally:
         if started:
             ray.shutdown()
     if "analysis" in phases:
         run_local(ctx, ("analysis",), seeds, phase_module)
+
+
+def _submit_cells(pool, todo) -> None:
+    for args in todo:
+        pool.submit(lambda w, v: w.cell.remote(*v), args)
+
+
+def _workers(ray, section, n_tasks: int, make_ctx) -> list:
+    """As many warm workers as the cluster fits (its CPUs ÷ ``cpus_per_cell``, GPUs ÷ ``gpus_per_cell``), at most
+    one per task. A worker that dies is restarted and its unfinished call re-run, ``max_retries`` times (a re-run
+    replaces, never duplicates, its cell)."""
+    res = ray.cluster_resources()
+    fits = [res.get("CPU", 0) / section.cpus_per_cell] if section.cpus_per_cell else []
+    if section.gpus_per_cell:
+        fits.append(res.get("GPU", 0) / section.gpus_per_cell)
+    n = max(1, min(int(min(fits, default=n_tasks)), n_tasks))
+    actor = ray.remote(CellWorker).options(num_cpus=section.cpus_per_cell, num_gpus=section.gpus_per_cell,
+                                           max_restarts=section.max_retries, max_task_retries=section.max_retries)
+    return [actor.remote(make_ctx, max(1, round(section.cpus_per_cell))) for _ in range(n)]
 
 
 def launch(launcher: str, ctx, phases, seeds, phase_module, *, ray_section=None, make_ctx=None) -> None:

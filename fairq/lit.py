@@ -73,6 +73,14 @@ class FairClassifier(L.LightningModule):
         b, logits, _ = self._step(batch, "val")
         return {"preds": logits.argmax(1), "target": b.target, "sensitive": b.sensitive}
 
+    def backward(self, loss, *args, **kwargs):
+        """Lightning's backward on one intra-op thread: trained weights do not depend on the thread count
+        (:mod:`fairq.threads`)."""
+        from fairq.threads import one_thread
+
+        with one_thread():
+            super().backward(loss, *args, **kwargs)
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)

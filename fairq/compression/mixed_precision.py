@@ -103,16 +103,31 @@ class _Costs:
         return (self.rest + weights) / MB
 
 
+#: significant digits the greedy allocation compares sensitivities and costs at (see :func:`allocate_bits`).
+SIGNIFICANT_DIGITS = 6
+
+
+def _rounded(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """``value`` to ``digits`` significant digits (infinities and zero unchanged)."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
 def allocate_bits(sensitivity: dict[str, dict[int, float]], candidates, cost: Callable[[dict], float],
                   budget: float, fixed: dict[str, int | None] | None = None) -> dict[str, int | None]:
     """Greedy allocation of ``candidates`` (``None`` = FP32) to the layers of ``sensitivity`` with
-    ``cost(full allocation) ≤ budget``; ``fixed`` layers keep their bits and count in the cost."""
+    ``cost(full allocation) ≤ budget``; ``fixed`` layers keep their bits and count in the cost.
+
+    Every choice compares sensitivities and cost ratios rounded to :data:`SIGNIFICANT_DIGITS` significant digits,
+    and equal keys are broken by the larger saving, then by layer name: two measurements that differ only in float
+    noise (another reduction order) give the same plan, and so does any order of ``sensitivity``'s keys."""
     fixed = dict(fixed or {})
     levels = sorted(candidates, key=_width, reverse=True)
     alloc = {n: levels[0] for n in sensitivity}
 
     def sens(n, b):
-        return 0.0 if b is None else max(sensitivity[n].get(b, math.inf), 0.0)
+        return 0.0 if b is None else _rounded(max(sensitivity[n].get(b, math.inf), 0.0))
 
     def total(a):
         return cost({**fixed, **a})
@@ -131,7 +146,7 @@ def allocate_bits(sensitivity: dict[str, dict[int, float]], candidates, cost: Ca
             saved = now - total({**alloc, n: nb})
             if saved <= 0:
                 continue
-            key = (max(sens(n, nb) - sens(n, b), 0.0) / saved, -saved, n)
+            key = (_rounded(max(sens(n, nb) - sens(n, b), 0.0) / saved), -_rounded(saved), n)
             best = min(best, (key, n, nb)) if best else (key, n, nb)
         alloc[best[1]] = best[2]
     while True:  # widen again where the budget leaves room, most sensitivity regained per unit first
@@ -144,7 +159,7 @@ def allocate_bits(sensitivity: dict[str, dict[int, float]], candidates, cost: Ca
             gain, after = sens(n, b) - sens(n, wb), total({**alloc, n: wb})
             if gain <= 0 or after > budget * (1 + 1e-9):
                 continue
-            key = (-gain / max(after - now, 1e-12), n)
+            key = (-_rounded(gain / max(after - now, 1e-12)), n)
             best = min(best, (key, n, wb)) if best else (key, n, wb)
         if best is None:
             return alloc

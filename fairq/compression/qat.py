@@ -20,6 +20,7 @@ from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, QCo
 from tqdm.auto import tqdm
 
 from fairq.batches import labelled_positions
+from fairq.threads import backward as thread_invariant_backward
 
 from .backend import load_int8, resolve_backend, tag_model
 from .config import PTQConfig, QATConfig
@@ -201,7 +202,7 @@ def train_briefly(model: nn.Module, train_loader, *, epochs: int = 1, lr: float 
             # a masked LM's token-level labels: the loss at the masked positions only
             loss = F.cross_entropy(*labelled_positions(logits_of(model(*args, **kwargs)), target.long()))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            thread_invariant_backward(loss)
             opt.step()
             bar.set_postfix(loss=float(loss.detach()))
             step += 1

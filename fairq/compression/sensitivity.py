@@ -29,7 +29,9 @@ class _Evaluator:
             self.batches = list(iter_labelled_batches(data, limit, device))
         if not self.batches:
             raise ValueError("sensitivity data yielded no batches")
-        self.reference = [torch.log_softmax(o.float(), -1) for o in self._outputs()]
+        # float64 from the logits on: the per-batch sums and their total do not round differently with the
+        # batch size or reduction order, so sensitivities differing in float32 noise come out equal
+        self.reference = [torch.log_softmax(o.double(), -1) for o in self._outputs()]
         self.base = self.score()
 
     @torch.no_grad()
@@ -40,7 +42,7 @@ class _Evaluator:
         """Mean loss / accuracy / KL(FP32 ‖ variant) over the cached batches."""
         total, n = 0.0, 0
         for out, ref, (_, k, y) in zip(self._outputs(), self.reference, self.batches):
-            logp = torch.log_softmax(out.float(), -1)
+            logp = torch.log_softmax(out.double(), -1)
             if self.metric == "loss":
                 total += float(F.nll_loss(logp, y.long(), reduction="sum"))
             elif self.metric == "accuracy":

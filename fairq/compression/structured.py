@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairq.batches import labelled_positions
+from fairq.threads import backward as thread_invariant_backward
 
 from .backend import tag_model
 from .config import _as_str_tuple, _check_choice, _check_positive, variant_of
@@ -148,7 +149,7 @@ def channel_prune(model: nn.Module, example, ratio: float, *, importance: str = 
     if importance == "taylor":
         model.zero_grad(set_to_none=True)
         for a, k, target in iter_labelled_batches(validation, val_batches, device=model_device(model)):
-            F.cross_entropy(logits_of(model(*a, **k)), target.long()).backward()
+            thread_invariant_backward(F.cross_entropy(logits_of(model(*a, **k)), target.long()))
     pruner.step()
     model.zero_grad(set_to_none=True)
     after = _widths(model)

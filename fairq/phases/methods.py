@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import torch
 
@@ -28,16 +29,17 @@ log = logging.getLogger("fairq")
 class _ModelCells:
     """Runs and stores the cells of one model (loads its baseline once, on first need)."""
 
-    def __init__(self, ctx: RunContext, phase: str, model_name: str, n_calib: int):
+    def __init__(self, ctx: RunContext, phase: str, model_name: str, n_calib: int, baselines: dict | None = None):
         self.ctx, self.phase, self.model_name, self.n_calib = ctx, phase, model_name, n_calib
-        self._baseline = None
+        self._baselines = {} if baselines is None else baselines  # (model, seed) → loaded baseline
         self.rows: list[dict] = []
 
     @property
     def baseline(self):
-        if self._baseline is None:
-            self._baseline = self.ctx.load_baseline(self.model_name)
-        return self._baseline
+        key = (self.model_name, self.ctx.seed)
+        if key not in self._baselines:
+            self._baselines[key] = self.ctx.load_baseline(self.model_name)
+        return self._baselines[key]
 
     def inputs(self, needs, cell: str) -> MethodInputs:
         """Exactly what the method declared, built from the run's datamodule."""
@@ -67,8 +69,11 @@ class _ModelCells:
         log.info("%s: %s%s (%s)", self.phase, "control " if control else "", cell, config)
         torch.manual_seed(self.ctx.seed)
         needs = config.uses(method.needs) if hasattr(config, "uses") else method.needs  # a setting may need less
-        result = compress(self.baseline, config, self.inputs(needs, cell))
+        baseline = self.baseline  # loaded (or cached) before the clock starts
+        t0 = time.perf_counter()
+        result = compress(baseline, config, self.inputs(needs, cell))
         extra = dict(result.record)
+        extra["compress_seconds"] = round(time.perf_counter() - t0, 3)  # the method's own cost (a sweep's planning)
         for art in result.artifacts:
             rel = f"{art.folder}/{cell}.json"
             self.ctx.store.write_json(rel, art.content)
@@ -90,10 +95,11 @@ def _config_json(config) -> str:
     return json.dumps(config.to_dict(), sort_keys=True, default=str)
 
 
-def run_one(ctx: RunContext, phase: str, model_name: str, index: int) -> list[dict]:
-    """Run the ``index``-th planned setting of section ``phase`` on one model (one task of a distributed sweep)."""
+def run_one(ctx: RunContext, phase: str, model_name: str, index: int, baselines: dict | None = None) -> list[dict]:
+    """Run the ``index``-th planned setting of section ``phase`` on one model (one task of a distributed sweep);
+    ``baselines`` (a dict the caller keeps) caches loaded baselines by ``(model, seed)`` across calls."""
     planned = plan_run(ctx.sections)[phase]
-    cells = _ModelCells(ctx, phase, model_name, calibration_samples(ctx.sections, phase))
+    cells = _ModelCells(ctx, phase, model_name, calibration_samples(ctx.sections, phase), baselines)
     if planned[index].runs_on(model_name):
         cells.run(planned[index].config)
     return cells.rows
