@@ -121,11 +121,12 @@ def test_shipped_model_predicts_heldout_english(shipped):
     model, tok = shipped
     correct, n = _top1(model, tok, HELDOUT)
     assert n > 250
-    # chance is 1/30,522; the untrained head (below) is near it. Lower 99 % bound of top-1 above 25 %.
-    assert binomtest(correct, n).proportion_ci(0.99).low > 0.25, (correct, n)
+    # chance is 1/30,522 and the same encoder with the head as initialised gets 0 / 254; the shipped model got
+    # 84 / 254 (33 %) when it was exported. Lower 99 % bound of its top-1 above 20 %.
+    assert binomtest(correct, n).proportion_ci(0.99).low > 0.20, (correct, n)
     fresh = mm.build_model().eval()  # the same encoder, head as initialised before training
-    fresh_correct, _ = _top1(fresh, tok, HELDOUT[:6])
-    assert fresh_correct <= 0.05 * n
+    fresh_correct, _ = _top1(fresh, tok, HELDOUT)
+    assert fresh_correct <= 0.02 * n
 
 
 def test_shipped_provenance_matches_file():

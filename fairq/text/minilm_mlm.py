@@ -252,6 +252,7 @@ def train(out: Path, *, steps: int, max_tokens: int, max_len: int, lr: float, he
         print(msg, file=log)
         print(msg, flush=True)
 
+    (out / "train_command.txt").write_text("python -m fairq.text.minilm_mlm " + " ".join(sys.argv[1:]) + "\n")
     tok = bert_uncased_tokenizer()
     texts = wordnet_texts()
     held = [t for t in texts if is_heldout(t)]
@@ -376,6 +377,8 @@ def export(out: Path, *, stereoset: Path | None, command: str) -> dict:
         "masking": "dynamic, 15 % of non-special tokens (>= 1 per sentence), 80/10/10",
         "heldout": heldout_metrics(model, tok, held),
         "file": DELTA_NAME, "dtype": "float16", "parameters": int(sum(v.numel() for v in delta.values())),
+        "train_command": (out / "train_command.txt").read_text().strip()
+        if (out / "train_command.txt").is_file() else None,
         "command": command,
         "loss_history": st["history"][::max(1, len(st["history"]) // 40)],
     }
