@@ -31,22 +31,18 @@ from torch import nn
 #: the datamodule and a Lightning trainer factory.
 NEEDS = ("calibration", "balanced_calibration", "validation", "training")
 
-#: What a handler may declare it requires of a model's architecture (name → what it means); a run checks every
-#: entry's requirements against its models' skeletons at startup, before anything is trained
-#: (:func:`unmet_requirements`).
-REQUIRES = {"attention_heads": "attention heads (a timm ViT or a BERT-style encoder)"}
+#: What a handler may declare it requires of a model's architecture (name → what it means), registered with
+#: :func:`register_requirement` by the module that knows how to check it; a run checks every entry's requirements
+#: against its models' skeletons at startup, before anything is trained (:func:`unmet_requirements`).
+REQUIRES: dict[str, str] = {}
+_REQUIREMENT_CHECKS: dict[str, Callable[[nn.Module], bool]] = {}
 
 
-def _has_attention_heads(model: nn.Module) -> bool:
-    from .structured import attention_blocks
-
-    try:
-        return bool(attention_blocks(model))
-    except ValueError:  # attention of a kind head methods cannot handle (timm's scale_norm / gate)
-        return False
-
-
-_REQUIREMENT_CHECKS = {"attention_heads": _has_attention_heads}
+def register_requirement(name: str, meaning: str, check: Callable[[nn.Module], bool]) -> None:
+    """Register a requirement a method may declare (``requires={name}``): ``check(model)`` says whether a model (or
+    its weightless skeleton) meets it; ``meaning`` completes "model X has no …" in the startup error."""
+    REQUIRES[name] = meaning
+    _REQUIREMENT_CHECKS[name] = check
 
 
 @dataclass

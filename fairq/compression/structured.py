@@ -32,7 +32,7 @@ from .config import _as_str_tuple, _check_choice, _check_positive, variant_of
 from .data import iter_labelled_batches, iter_model_inputs, logits_of, model_device
 from .modules import matches
 from .pruning import _PruneConfig, finetune
-from .registry import Artifact, MethodInputs, MethodResult, register_method
+from .registry import Artifact, MethodInputs, MethodResult, register_method, register_requirement
 from .sparsity import count_flops, count_params
 
 log = logging.getLogger(__name__)
@@ -289,6 +289,17 @@ def attention_blocks(model: nn.Module) -> list[_Heads]:
                 and isinstance(getattr(mod.output, "dense", None), nn.Linear):
             out.append(_Heads(name, mod, "bert"))
     return out
+
+
+def has_attention_heads(model: nn.Module) -> bool:
+    """Whether ``model`` has attention blocks the head methods can handle (its skeleton will do)."""
+    try:
+        return bool(attention_blocks(model))
+    except ValueError:  # attention of a kind head methods cannot handle (timm's scale_norm / gate)
+        return False
+
+
+register_requirement("attention_heads", "attention heads (a timm ViT or a BERT-style encoder)", has_attention_heads)
 
 
 @dataclass

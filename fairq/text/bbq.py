@@ -39,6 +39,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from .files import require_file
+
 SHIPPED = Path(__file__).with_name("bbq_known_stereotyped_groups.csv")
 SOURCE = ("nyu-mll/BBQ templates/new_templates - <Category>.csv (columns Category, Q_id, Known_stereotyped_groups, "
           "Relevant_social_values), CC BY 4.0")
@@ -269,8 +271,6 @@ def official_items(root, categories: Iterable[str] | None = None) -> tuple[pd.Da
     """One row per BBQ item × template row of its question (the R join), with the official ``target_loc``
     (−1 = NA), ``label_type``, the gold ``label`` and which answer is "unknown" (``unknown``: the first answer
     whose ``answer_info`` group is "unknown", −1 if none). Also returns where the template rows came from."""
-    from .data import require_file
-
     root = Path(root)
     groups, source = known_groups(root)
     index = groups_index(groups)

