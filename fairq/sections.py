@@ -82,8 +82,9 @@ class RaySection:
     """``--launcher ray``: where the Ray cluster is and what each cell asks of it.
 
     ``address``: a cluster to join (default: ``$RAY_ADDRESS``, else a local Ray on this machine's cores);
-    ``cpus_per_cell`` / ``gpus_per_cell``: each task's resource request (Ray sets its thread count from it);
-    ``max_retries``: how often a task whose worker died is re-run (a re-run replaces, never duplicates, its cell).
+    ``cpus_per_cell`` / ``gpus_per_cell``: each warm worker's resource request (the worker computes with that many
+    intra-op threads; results do not depend on it); ``max_retries``: how often a worker that died is restarted and
+    its unfinished cell re-run (a re-run replaces, never duplicates, its cell).
     """
 
     address: Optional[str] = None
