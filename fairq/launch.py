@@ -111,8 +111,8 @@ def run_ray(ctx, phases, seeds, phase_module, section, make_ctx) -> None:
         ctx.data()  # prepare data and its image cache once, before any worker reads it
         planned = plan_run(ctx.sections)
         cells = {(model, seed): [(phase, model, seed, i) for phase in ("quantization", "mitigation")
-                                 if phase in phases for i in range(len(planned[phase]))]
-                 for seed in seeds for model in ctx.models}
+                                 if phase in phases for i, p in enumerate(planned[phase]) if p.runs_on(model)]
+                 for seed in seeds for model in ctx.models}  # an entry's models: restricts it, as in run_section
         baselines = list(cells) if "baseline" in phases else []
         n_tasks = len(baselines) + sum(map(len, cells.values()))
         workers = _workers(ray, section, n_tasks, make_ctx) if n_tasks else []  # none for --phase analysis
