@@ -1,5 +1,5 @@
 """benchmarks/validate_findings.py --claim text runs on a text cell's stored per-item rows and prints its false-positive
-rate and coverage (the measured values are in README; here a few repetitions on a small synthetic structure)."""
+rate and coverage (the measured values are in benchmarks/README.md; here a few repetitions on a small synthetic structure)."""
 import sys
 from pathlib import Path
 
