@@ -125,7 +125,12 @@ def trained_keys(model) -> list[str]:
 # ------------------------------------------------------------------------------------------------------------ batches
 def mask_batch(ids, att, special, vocab_size: int, gen, prob: float = 0.15):
     """BERT dynamic masking: ``prob`` of the non-special tokens (at least one per row), 80 % [MASK], 10 % random,
-    10 % kept. Returns ``(masked ids, (rows, cols), targets)``."""
+    10 % kept. Returns ``(masked ids, (rows, cols), targets)``.
+
+    The rule of ``transformers.DataCollatorForLanguageModeling``, written here because training needs what the
+    collator does not give: the masked positions as indices (the loss gathers them before the 30,522-way vocabulary
+    projection, most of a step's cost otherwise), at least one target per row, and a seeded ``torch.Generator`` of
+    its own so a resumed run draws the same masks."""
     import torch
 
     cand = att.bool() & ~special
