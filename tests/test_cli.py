@@ -85,15 +85,13 @@ def test_an_entry_naming_no_model_fails_before_any_work(launcher, tmp_path, caps
 
 
 def test_an_unknown_run_model_stops_the_run_in_seconds_with_close_matches(tmp_path, capsys):
-    """The run's own models are checked first, with the model registry's message (not an entry's)."""
-    import time
-
+    """The run's own models are checked first, with the model registry's message (not an entry's), before any model
+    is built or data touched (how fast that is: the stop note measures it, not this test)."""
     from fairq.cli import main
 
-    t0 = time.perf_counter()
     rc = main(["--phase", "all", "--output_dir", str(tmp_path), "--models", "[resnet5O]"])
     err = capsys.readouterr().err
-    assert rc == 2 and time.perf_counter() - t0 < 60
+    assert rc == 2
     assert err.startswith("fairq: error: unknown model 'resnet5O' (did you mean 'resnet50'"), err
     assert "methods[" not in err and not any(tmp_path.iterdir())
 
