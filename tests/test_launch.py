@@ -59,6 +59,28 @@ def test_local_ray_gives_the_serial_runs_cells_and_numbers(tmp_path, monkeypatch
     assert (tmp_path / "ray" / "tables" / "findings.csv").exists()  # analysis ran in the driver
 
 
+def test_a_control_cell_is_the_same_row_whichever_section_reaches_it_first(tmp_path, monkeypatch):
+    """Ray may start bias-aware calibration (whose control is plain PTQ W4A8) before the quantization task of that
+    very cell. The control must still be the quantization section's cell: its phase and its calibration draw (the
+    mitigation section draws fewer samples here, so an order-dependent draw changes the numbers)."""
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
+    sections = ["--quantization.methods", json.dumps([{"method": "ptq_static", "bits": 4}]),
+                "--mitigation.methods", json.dumps([{"method": "bias_aware_calibration", "bits": 4}]),
+                "--mitigation.calibration_samples", "64"]
+    runs = {}
+    for name, order in (("in_order", ["all"]), ("mitigation_first", ["baseline", "mitigation", "quantization"])):
+        out = tmp_path / name
+        for phase in order:
+            assert main(["--phase", phase, "--output_dir", str(out), *TINY, *sections]) == 0
+        runs[name] = pd.read_csv(out / "metrics.csv").set_index("cell").sort_index()
+    first, second = runs["in_order"], runs["mitigation_first"]
+    assert list(first.index) == list(second.index) and len(first) == 3  # baseline, ptq_static w4a8, bias-aware
+    values = [c for c in first.columns if c not in TIMING]
+    pd.testing.assert_frame_equal(first[values], second[values], check_exact=True)
+    ptq = first[first["method"] == "ptq_static"].iloc[0]
+    assert ptq["phase"] == "quantization"
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_cell_is_retried_and_every_cell_is_stored_once(tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="Ray is optional (requirements-ray.txt); CI installs it")

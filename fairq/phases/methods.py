@@ -8,6 +8,11 @@ its entry names (``models:``, default all), runs :func:`fairq.compression.compre
 :class:`~fairq.compression.registry.MethodResult`: per-sample predictions and the metrics row (the result's record
 columns, its artifacts' paths, the config as JSON, the phase, the method's family and reference method).
 Resumable: cells already in ``metrics.csv`` are skipped before any work.
+
+A control cell (e.g. the plain PTQ a bias-aware calibration is judged against) that the quantization section also
+plans for the model *is* that quantization cell: it is stored with ``phase="quantization"`` and the quantization
+section's calibration draw, whichever section happens to reach it first. Under Ray a mitigation task may start
+before the quantization task of the same cell, so the row must not depend on that order.
 """
 from __future__ import annotations
 
@@ -41,14 +46,14 @@ class _ModelCells:
             self._baselines[key] = self.ctx.load_baseline(self.model_name)
         return self._baselines[key]
 
-    def inputs(self, needs, cell: str) -> MethodInputs:
-        """Exactly what the method declared, built from the run's datamodule."""
+    def inputs(self, needs, cell: str, n_calib: int) -> MethodInputs:
+        """Exactly what the method declared, built from the run's datamodule (calibration draws of ``n_calib``)."""
         ctx, dm = self.ctx, self.ctx.data()
         kw = {"seed": ctx.seed, "sensitive_names": list(dm.sensitive_names), "optim": dict(ctx.optim)}
         if "calibration" in needs:
-            kw["calibration"] = dm.calibration_dataloader(self.n_calib, balanced=False, seed=ctx.seed)
+            kw["calibration"] = dm.calibration_dataloader(n_calib, balanced=False, seed=ctx.seed)
         if "balanced_calibration" in needs:
-            kw["balanced_calibration"] = dm.calibration_dataloader(self.n_calib, balanced=True, seed=ctx.seed)
+            kw["balanced_calibration"] = dm.calibration_dataloader(n_calib, balanced=True, seed=ctx.seed)
         if "validation" in needs:
             kw["validation"] = dm.val_dataloader()
         if "training" in needs:
@@ -57,21 +62,34 @@ class _ModelCells:
                       make_trainer=lambda **overrides: ctx.make_trainer(run_name, **overrides))
         return MethodInputs(**kw)
 
+    def cell_of(self, config) -> str:
+        return self.ctx.cell(self.model_name, method_of(config).name, config.bits, getattr(config, "act_bits", None),
+                             config.variant())
+
+    def owner(self, cell: str) -> tuple[str, int]:
+        """The phase a control cell is stored under and the calibration draw it uses: the quantization section's
+        when that section plans the same cell for this model (module docstring), else this section's."""
+        if self.phase != "quantization":
+            planned = plan_run(self.ctx.sections)["quantization"]
+            if any(p.runs_on(self.model_name) and self.cell_of(p.config) == cell for p in planned):
+                return "quantization", calibration_samples(self.ctx.sections, "quantization")
+        return self.phase, self.n_calib
+
     def run(self, config, *, control: bool = False) -> None:
         method = method_of(config)
         for c in config.controls():
             self.run(c, control=True)
-        cell = self.ctx.cell(self.model_name, method.name, config.bits, getattr(config, "act_bits", None),
-                             config.variant())
+        cell = self.cell_of(config)
         if self.ctx.store.has_cell(cell):
             log.info("%s: %s already done, skipping", self.phase, cell)
             return
-        log.info("%s: %s%s (%s)", self.phase, "control " if control else "", cell, config)
+        phase, n_calib = self.owner(cell) if control else (self.phase, self.n_calib)
+        log.info("%s: %s%s (%s)", self.phase, f"control ({phase}) " if control else "", cell, config)
         torch.manual_seed(self.ctx.seed)
         needs = config.uses(method.needs) if hasattr(config, "uses") else method.needs  # a setting may need less
         baseline = self.baseline  # loaded (or cached) before the clock starts
         t0 = time.perf_counter()
-        result = compress(baseline, config, self.inputs(needs, cell))
+        result = compress(baseline, config, self.inputs(needs, cell, n_calib))
         extra = dict(result.record)
         extra["compress_seconds"] = round(time.perf_counter() - t0, 3)  # the method's own cost (a sweep's planning)
         for art in result.artifacts:
@@ -79,7 +97,7 @@ class _ModelCells:
             self.ctx.store.write_json(rel, art.content)
             if art.column:
                 extra[art.column] = rel
-        extra.update(config=_config_json(config), phase=self.phase, family=method.family,
+        extra.update(config=_config_json(config), phase=phase, family=method.family,
                      reference_method=config.reference_method)
         # the control cell this setting is judged against, exactly (analysis falls back to matching variants)
         ref = [c for c in config.controls() if method_of(c).name == config.reference_method]
