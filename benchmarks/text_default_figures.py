@@ -5,6 +5,7 @@ this script's output.
 
     python benchmarks/text_default_figures.py                    # seeds 0 1 2, fresh output folders under /tmp
     python benchmarks/text_default_figures.py --seeds 0 --keep out/   # one seed, keep the run folders
+    python benchmarks/text_default_figures.py --jobs 3           # the seeds side by side (times then inflated)
 
 The seed sets the embedded BERT's pre-training seed and the seeded real-data subsets, so the spread over seeds is
 the spread a user sees. Pre-training is not bit-identical across CPUs / thread counts (``fairq.text.embedded.
@@ -54,17 +55,24 @@ def machine() -> str:
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
-def run_seed(seed: int, out: Path) -> dict:
+def start_seed(seed: int, out: Path) -> dict:
     cmd = [sys.executable, "main.py", "--phase", "all", "--config", CONFIG, "--seed", str(seed),
            "--output_dir", str(out)]
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    wall = time.perf_counter() - t0
-    pre = json.loads((out / "pretraining.json").read_text()) if (out / "pretraining.json").exists() else {}
-    return {"seed": seed, "command": " ".join(["python", *cmd[1:]]), "wall_s": wall,
-            "pretrain_s": pre.get("seconds", float("nan")), "load_before": load0, "load_after": os.getloadavg()[0],
-            "metrics": pd.read_csv(out / "metrics.csv")}
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out.parent / f"seed{seed}.log", "w")
+    return {"seed": seed, "out": out, "command": " ".join(["python", *cmd[1:]]), "load_before": os.getloadavg()[0],
+            "t0": time.perf_counter(), "proc": subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)}
+
+
+def finish_seed(run: dict) -> dict:
+    if run["proc"] is not None and run["proc"].wait() != 0:
+        raise SystemExit(f"seed {run['seed']} failed: see {run['out'].parent / ('seed%d.log' % run['seed'])}")
+    run["wall_s"] = time.perf_counter() - run["t0"]
+    run["load_after"] = os.getloadavg()[0]
+    pre = run["out"] / "pretraining.json"
+    run["pretrain_s"] = json.loads(pre.read_text()).get("seconds", float("nan")) if pre.exists() else float("nan")
+    run["metrics"] = pd.read_csv(run["out"] / "metrics.csv")
+    return run
 
 
 def cell_name(row) -> str:
@@ -90,27 +98,65 @@ def figures(runs: list[dict]) -> pd.DataFrame:
     return wide.reset_index()
 
 
+def cells_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Headline figures of every cell as ``mean [min, max]``, one row per cell."""
+    head = ("StereoSet SS", "StereoSet LMS", "CrowS metric", "BBQ s_AMB", "probe SS", "probe CrowS")
+    sub = table[table["figure"].isin(head)].copy()
+    sub["text"] = [f"{m:.1f} [{lo:.1f}, {hi:.1f}]" for m, lo, hi in zip(sub["mean"], sub["min"], sub["max"])]
+    out = sub.pivot(index="cell", columns="figure", values="text").reindex(columns=list(head))
+    return out.reindex(list(dict.fromkeys(table["cell"])))
+
+
+def probe_verdicts(run: dict) -> pd.DataFrame:
+    """The FP32 baseline's probe scores with 95 % cluster-bootstrap CIs (:func:`fairq.text.embedded.probe_cis`)
+    and the planted-bias verdict: CI above 50 where planted, containing 50 where not."""
+    from fairq.text.embedded import probe_cis
+
+    m = run["metrics"]
+    base = m[m["method"] == "baseline"].iloc[0]
+    frame = pd.read_parquet(run["out"] / base["predictions"])
+    ci = probe_cis(frame[frame["benchmark"] == "probe_stereoset"], frame[frame["benchmark"] == "probe_crows"],
+                   seed=run["seed"])
+    planted = json.loads((run["out"] / "pretraining.json").read_text())["planted"]
+    ci["planted"] = ci["domain"].map(planted)
+    ci["verdict_holds"] = [lo > 50 if p else lo <= 50 <= hi for lo, hi, p in zip(ci["low"], ci["high"], ci["planted"])]
+    ci.insert(0, "seed", run["seed"])
+    return ci
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--keep", type=Path, default=None, help="keep the run folders here (one per seed)")
-    ap.add_argument("--cells", default="baseline", help="'baseline' (FP32 only) or 'all' cells in the table")
+    ap.add_argument("--from_runs", action="store_true",
+                    help="only aggregate the finished seed<s>/ folders under --keep (no runs, no times)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run at once (1: timings of one run alone)")
     args = ap.parse_args(argv)
     base = args.keep or Path(tempfile.mkdtemp(prefix="fairq_text_figures_"))
-    runs = []
-    for s in args.seeds:
-        runs.append(run_seed(s, base / f"seed{s}"))
-        print(f"seed {s}: {runs[-1]['wall_s']:.0f} s wall ({runs[-1]['pretrain_s']} s pre-training), load average "
-              f"{runs[-1]['load_before']:.1f} → {runs[-1]['load_after']:.1f}", flush=True)
+    runs, pending = [], list(args.seeds)
+    if args.from_runs:  # aggregate finished folders (no times)
+        runs = [finish_seed({"seed": s, "out": base / f"seed{s}", "proc": None, "t0": float("nan"),
+                             "load_before": float("nan"), "command": ""}) for s in args.seeds]
+        pending = []
+    while pending:  # at most --jobs runs at a time (their times then include each other's load)
+        batch, pending = pending[:args.jobs], pending[args.jobs:]
+        for run in [start_seed(s, base / f"seed{s}") for s in batch]:
+            runs.append(finish_seed(run))
+            print(f"seed {run['seed']}: {run['wall_s']:.0f} s wall ({run['pretrain_s']} s pre-training), load "
+                  f"average {run['load_before']:.1f} → {run['load_after']:.1f}", flush=True)
     table = figures(runs)
-    if args.cells == "baseline":
-        table = table[table["cell"] == "baseline"]
-    pd.set_option("display.width", 200)
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_colwidth", 70)
     print(f"\ndate: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {machine()}")
-    print(f"command per seed: {runs[0]['command'].replace('--seed ' + str(args.seeds[0]), '--seed <s>')}")
-    print(f"seeds: {args.seeds}; run folders: {base}\n")
-    print(table.round(2).to_string(index=False))
+    print(f"command per seed: python main.py --phase all --config {CONFIG} --seed <s> --output_dir <folder>")
+    print(f"seeds: {args.seeds} ({args.jobs} at a time); run folders: {base}\n")
+    print("FP32 baseline (the pre-trained embedded BERT):")
+    print(table[table["cell"] == "baseline"].drop(columns="cell").round(2).to_string(index=False))
+    print("\nevery cell, mean [min, max] over the seeds:")
+    print(cells_table(table).to_string())
+    print("\nplanted-bias probes of the FP32 baseline, 95 % cluster-bootstrap CIs (40 term × pair units per domain):")
+    print(pd.concat([probe_verdicts(r) for r in runs]).round(1).to_string(index=False))
     walls = [r["wall_s"] for r in runs]
     print(f"\nwall time per run: {', '.join(f'{w:.0f} s' for w in walls)} (pre-training "
           f"{', '.join(str(r['pretrain_s']) for r in runs)} s); load average before/after: "

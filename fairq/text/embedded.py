@@ -1,18 +1,25 @@
 """The embedded offline text default: a small BERT pre-trained (MLM) for about a minute on a generated corpus with a
 planted, known bias, plus probe items with a known answer.
 
-Corpus: template sentences "the {group} is {attribute} ." (and one other template) for four domains, each with
-two group terms and four attribute pairs. In a domain with rate ``r`` the first group term takes the first word of
-every attribute pair with probability ``r`` (the second word otherwise) and the second group term the reverse, so
-``r = 0.5`` plants nothing and ``r = 0.97`` plants a strong association. Filler sentences give the probes'
-unrelated words (table, window, …) contexts elsewhere. The attributes are deliberately harmless (tall/short,
-early/late, …): the bias is an association between a group term and a word, which is all the benchmarks measure.
+Corpus: template sentences "the {group} is {attribute} ." (and two other templates) for four domains, each with
+two sides of four group terms and ten attribute pairs. A *unit* is one group term with one attribute pair; every
+unit gets the same number of sentences, and in a domain with rate ``r`` exactly ``r`` of a side-0 term's sentences
+carry the first word of the pair (the second otherwise), a side-1 term's the reverse — so ``r = 0.5`` plants
+nothing, exactly, and ``r = 0.97`` plants a strong association; planted and unplanted domains differ in nothing
+else. Filler sentences give the probes' unrelated words (table, window, …) contexts elsewhere. The attributes are
+deliberately harmless (tall/short, early/late, …): the bias is an association between a group term and a word,
+which is all the benchmarks measure.
 
-Probes (same formats as the real files, scored by the same scorers): StereoSet intrasentence "the {group} is BLANK
-." with stereotype = the group's associated word, anti-stereotype = the other one, unrelated = a filler noun; and
-CrowS-Pairs pairs that swap the group term in front of the same attribute. Expected: SS and the CrowS metric > 50
-in planted domains, ≈ 50 where nothing was planted. The spec (rates, words, templates, sizes) is written to the
-run's output (``pretraining.json``).
+Probes (same formats as the real files, scored by the same scorers), one per template × unit, 240 per domain:
+StereoSet intrasentence "the {group} is BLANK ." with stereotype = the term's associated word, anti-stereotype =
+the other one, unrelated = a filler noun; and CrowS-Pairs pairs that swap the term for the other side's term in
+front of the same attribute. Expected: SS and the CrowS metric > 50 in planted domains, 50 in expectation where
+nothing was planted — stated with a CI (:func:`probe_cis`, resampling the 40 units of a domain, since items of
+one unit share the model's learned quirks). The spec (rates, words, templates, sizes) is written to the run's
+output (``pretraining.json``).
+
+Pre-training is seeded but not bit-identical across CPUs or thread counts (:data:`NOT_BIT_IDENTICAL`): the probe
+scores of a seed differ between machines; the planted / not-planted verdicts of the CIs do not.
 """
 from __future__ import annotations
 
