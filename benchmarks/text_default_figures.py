@@ -5,7 +5,7 @@ this script's output.
 
     python benchmarks/text_default_figures.py                    # seeds 0 1 2, fresh output folders under /tmp
     python benchmarks/text_default_figures.py --seeds 0 --keep out/   # one seed, keep the run folders
-    python benchmarks/text_default_figures.py --jobs 3           # the seeds side by side (times then inflated)
+    python benchmarks/text_default_figures.py --jobs 3 --threads 1   # the seeds side by side, one thread each
 
 The seed sets the embedded BERT's pre-training seed and the seeded real-data subsets, so the spread over seeds is
 the spread a user sees. Pre-training is not bit-identical across CPUs / thread counts (``fairq.text.embedded.
@@ -40,7 +40,7 @@ FIGURES = (("stereoset_intra_ss", "StereoSet SS"), ("stereoset_intra_lms", "Ster
            *((f"probe_crows_{d}", f"probe CrowS {d}") for d in ("gender", "profession", "race", "religion")))
 
 
-def machine() -> str:
+def machine(threads: int | None = None) -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -51,17 +51,18 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads or torch.get_num_threads()} threads per run), "
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
-def start_seed(seed: int, out: Path) -> dict:
+def start_seed(seed: int, out: Path, threads: int | None = None) -> dict:
     cmd = [sys.executable, "main.py", "--phase", "all", "--config", CONFIG, "--seed", str(seed),
            "--output_dir", str(out)]
     out.mkdir(parents=True, exist_ok=True)
     log = open(out.parent / f"seed{seed}.log", "w")
     return {"seed": seed, "out": out, "command": " ".join(["python", *cmd[1:]]), "load_before": os.getloadavg()[0],
-            "t0": time.perf_counter(), "proc": subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)}
+            "t0": time.perf_counter(), "proc": subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})})}
 
 
 def finish_seed(run: dict) -> dict:
@@ -130,6 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=Path, default=None, help="keep the run folders here (one per seed)")
     ap.add_argument("--from_runs", action="store_true",
                     help="only aggregate the finished seed<s>/ folders under --keep (no runs, no times)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per run (OMP_NUM_THREADS; default: torch's own, one per core)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run at once (1: timings of one run alone)")
     args = ap.parse_args(argv)
     base = args.keep or Path(tempfile.mkdtemp(prefix="fairq_text_figures_"))
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
         pending = []
     while pending:  # at most --jobs runs at a time (their times then include each other's load)
         batch, pending = pending[:args.jobs], pending[args.jobs:]
-        for run in [start_seed(s, base / f"seed{s}") for s in batch]:
+        for run in [start_seed(s, base / f"seed{s}", args.threads) for s in batch]:
             runs.append(finish_seed(run))
             print(f"seed {run['seed']}: {run['wall_s']:.0f} s wall ({run['pretrain_s']} s pre-training), load "
                   f"average {run['load_before']:.1f} → {run['load_after']:.1f}", flush=True)
@@ -148,7 +151,9 @@ def main(argv=None) -> int:
     pd.set_option("display.width", 250)
     pd.set_option("display.max_colwidth", 70)
     print(f"\ndate: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"machine: {machine()}")
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    print(f"machine: {machine(args.threads)}")
     print(f"command per seed: python main.py --phase all --config {CONFIG} --seed <s> --output_dir <folder>")
     print(f"seeds: {args.seeds} ({args.jobs} at a time); run folders: {base}\n")
     print("FP32 baseline (the pre-trained embedded BERT):")

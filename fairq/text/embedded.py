@@ -248,7 +248,8 @@ def pretrain(spec: TinyBertSpec, tokenizer, *, log_dir=None, progress: bool = Fa
     vocab = len(tokenizer)
     model = build_tiny_bert(spec, vocab)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
+    # fused: one kernel per step over all parameters — the 30,522-row embedding's dense update was ~45 % of a step
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, fused=True)
     warm = max(1, spec.steps // 20)
     # warm-up, then constant until the last 20% (the association is learned late: a decaying rate stalls it)
     sched = torch.optim.lr_scheduler.LambdaLR(
