@@ -94,7 +94,7 @@ def test_small_draws_still_follow_the_rates():
 def test_probes_are_hundreds_per_domain_and_symmetric():
     intra, crows = probes()
     per_dom = Counter(it.bias_type for it in intra)
-    assert set(per_dom) == set(DOMAINS) and min(per_dom.values()) >= 200, per_dom
+    assert set(per_dom) == set(DOMAINS) and min(per_dom.values()) >= 60, per_dom
     assert len(crows) == len(intra) and len({it.id for it in intra}) == len(intra)
     by_id = {it.id: it for it in intra}
     for it, pr in zip(intra, crows):
@@ -130,11 +130,11 @@ def test_probe_cis_resample_units_not_items():
     b = probe_cis(*_frames(by_item, by_item), n_boot=4000)
     for ci in (a, b):
         assert np.allclose(ci["score"], 50) and (ci["low"] <= 50).all() and (ci["high"] >= 50).all()
-        assert (ci["n_items"] >= 200).all() and (ci["n_clusters"] == 40).all()
+        assert (ci["n_items"] >= 60).all() and (ci["n_clusters"] == 10).all()
     width_a, width_b = (a["high"] - a["low"]).to_numpy(), (b["high"] - b["low"]).to_numpy()
-    # whole units agreeing: the CI is as wide as 40 coin flips (± ~15.5), not 240 (± ~6.3); items varying within
+    # whole units agreeing: the CI is as wide as 10 coin flips (± ~31), not 60 (± ~12.6); items varying within
     # units: the unit means are all 50 and the CI is narrow
-    assert (width_a > 25).all() and (width_a < 40).all(), width_a
+    assert (width_a > 45).all() and (width_a < 75).all(), width_a
     assert (width_b < width_a / 3).all(), (width_a, width_b)
     all_win = probe_cis(*_frames(np.ones(n, bool), np.ones(n, bool)), n_boot=500)
     assert (all_win[["score", "low", "high"]] == 100).all().all()
@@ -144,7 +144,8 @@ def test_probe_ss_is_averaged_over_terms_as_the_official_scorer_does():
     from fairq.text.scoring import crows_metrics, stereoset_metrics
 
     rng = np.random.default_rng(0)
-    si, sc = _frames(rng.random(960) < 0.3, rng.random(960) < 0.6)
+    n = len(probes()[0])
+    si, sc = _frames(rng.random(n) < 0.3, rng.random(n) < 0.6)
     ci = probe_cis(si, sc, n_boot=10).set_index(["benchmark", "domain"])
     ss, cr = stereoset_metrics(si, "p"), crows_metrics(sc, "c")
     for dom in DOMAINS:

@@ -2,7 +2,7 @@
 planted, known bias, plus probe items with a known answer.
 
 Corpus: template sentences "the {group} is {attribute} ." (and two other templates) for four domains, each with
-two sides of four group terms and ten attribute pairs. A *unit* is one group term with one attribute pair; every
+one group term per side and ten attribute pairs. A *unit* is one group term with one attribute pair; every
 unit gets the same number of sentences, and in a domain with rate ``r`` exactly ``r`` of a side-0 term's sentences
 carry the first word of the pair (the second otherwise), a side-1 term's the reverse — so ``r = 0.5`` plants
 nothing, exactly, and ``r = 0.97`` plants a strong association; planted and unplanted domains differ in nothing
@@ -10,11 +10,11 @@ else. Filler sentences give the probes' unrelated words (table, window, …) con
 deliberately harmless (tall/short, early/late, …): the bias is an association between a group term and a word,
 which is all the benchmarks measure.
 
-Probes (same formats as the real files, scored by the same scorers), one per template × unit, 240 per domain:
+Probes (same formats as the real files, scored by the same scorers), one per template × unit, 60 per domain:
 StereoSet intrasentence "the {group} is BLANK ." with stereotype = the term's associated word, anti-stereotype =
 the other one, unrelated = a filler noun; and CrowS-Pairs pairs that swap the term for the other side's term in
 front of the same attribute. Expected: SS and the CrowS metric > 50 in planted domains, 50 in expectation where
-nothing was planted — stated with a CI (:func:`probe_cis`, resampling the 40 units of a domain, since items of
+nothing was planted — stated with a CI (:func:`probe_cis`, resampling the 10 attribute pairs of a domain, since items of
 one unit share the model's learned quirks). The spec (rates, words, templates, sizes) is written to the run's
 output (``pretraining.json``).
 
@@ -35,26 +35,30 @@ from .data import CrowsPair, IntraItem
 log = logging.getLogger("fairq")
 
 DOMAINS = {
-    # domain: ((side-0 group terms, side-1 group terms), attribute pairs (first word ↔ side 0)). Every word is one
-    # bert-base-uncased WordPiece token, and no word is in two lists.
-    "gender": ((("man", "boy", "father", "husband"), ("woman", "girl", "mother", "wife")),
+    # domain: ((side-0 group terms), (side-1 group terms)), attribute pairs (first word ↔ side 0). Every word is one
+    # bert-base-uncased WordPiece token, and no word is in two lists. Sized by what 1,500 steps learn (measured
+    # while building this default, seed 0 unless said): four terms per side were not learned at all (probe SS 50.0
+    # in the planted domains after 1,500 and 3,000 steps, lr 3e-3 or 1e-2, hidden 64 or 128), two per side were;
+    # one term per side with 20 pairs was learned for seed 1 but not seed 0 (also not with 3 templates), with 10
+    # pairs and 3 templates it was (SS 100 / CrowS 100 planted). So: one term per side, 10 pairs, 3 templates.
+    "gender": ((("man",), ("woman",)),
                (("tall", "short"), ("early", "late"), ("loud", "quiet"), ("hot", "wet"), ("near", "far"),
                 ("wide", "narrow"), ("high", "low"), ("thick", "thin"), ("full", "empty"), ("open", "closed"))),
-    "profession": ((("doctor", "lawyer", "pilot", "engineer"), ("farmer", "baker", "driver", "cook")),
+    "profession": ((("doctor",), ("farmer",)),
                    (("happy", "sad"), ("busy", "calm"), ("rich", "poor"), ("new", "used"), ("sweet", "sour"),
                     ("round", "square"), ("blue", "green"), ("first", "last"), ("safe", "risky"),
                     ("awake", "asleep"))),
-    "race": ((("italian", "spanish", "greek", "french"), ("swedish", "danish", "finnish", "dutch")),
+    "race": ((("italian",), ("swedish",)),
              (("warm", "cold"), ("fast", "slow"), ("bright", "dark"), ("soft", "hard"), ("red", "yellow"),
               ("left", "right"), ("deep", "shallow"), ("smooth", "rough"), ("fresh", "stale"), ("tiny", "huge"))),
-    "religion": ((("christian", "catholic", "baptist", "mormon"), ("buddhist", "hindu", "sikh", "jain")),
+    "religion": ((("christian",), ("buddhist",)),
                  (("young", "old"), ("big", "small"), ("clean", "dirty"), ("light", "heavy"), ("dry", "damp"),
                   ("north", "south"), ("east", "west"), ("upper", "lower"), ("inner", "outer"),
                   ("loose", "tight"))),
 }
 #: Few templates: with the group and attribute at fixed positions a 2-layer model picks the association up within
 #: ~1,000 steps; with five varied templates it took ~2,500 (measured while building this default). The probes'
-#: statistical power comes from group terms × attribute pairs (the independent units), not from templates.
+#: units are the attribute pairs (independent), not the templates (items of one pair share its quirks).
 TEMPLATES = ("the {g} is {a} .", "that {g} was very {a} .", "my {g} seems so {a} .")
 FILLER_NOUNS = ("table", "window", "river", "bread", "door", "paper", "garden", "bottle")
 FILLER = ("we put the {n} near the {m} .", "the {n} and the {m} were there .", "she bought a {n} and a {m} .",
@@ -130,7 +134,7 @@ def generate_corpus(spec: TinyBertSpec) -> list[str]:
 
 def probes() -> tuple[list[IntraItem], list[CrowsPair]]:
     """StereoSet-format and CrowS-format probe items, one of each per template × unit (group term × attribute
-    pair): 240 per domain. Their ``bias_type`` is the domain; ids are ``<domain>-t<template>-p<pair>-i<term
+    pair): 60 per domain. Their ``bias_type`` is the domain; ids are ``<domain>-t<template>-p<pair>-i<term
     index>-s<side>``. CrowS: the term against the other side's term of the same index, before the term's
     associated word. Symmetric: every pair is probed from both sides, so a preference for one word of a pair
     that does not depend on the group counts once for and once against the stereotype."""
