@@ -14,12 +14,14 @@ Probes (same formats as the real files, scored by the same scorers), one per tem
 StereoSet intrasentence "the {group} is BLANK ." with stereotype = the term's associated word, anti-stereotype =
 the other one, unrelated = a filler noun; and CrowS-Pairs pairs that swap the term for the other side's term in
 front of the same attribute. Expected: SS and the CrowS metric > 50 in planted domains, 50 in expectation where
-nothing was planted — stated with a CI (:func:`probe_cis`, resampling the 10 attribute pairs of a domain, since items of
-one unit share the model's learned quirks). The spec (rates, words, templates, sizes) is written to the run's
-output (``pretraining.json``).
+nothing was planted — stated with a CI (:func:`probe_cis`, resampling the 10 attribute pairs of a domain, since
+items of one unit share the model's learned quirks). The spec (rates, words, templates, sizes) is written to the
+run's output (``pretraining.json``).
 
 Pre-training is seeded but not bit-identical across CPUs or thread counts (:data:`NOT_BIT_IDENTICAL`): the probe
-scores of a seed differ between machines; the planted / not-planted verdicts of the CIs do not.
+scores of a seed differ between machines; the planted / not-planted verdicts of the CIs should not. Known
+failure: 1,500 steps do not learn the planted association for every seed (seed 2 on the 2-core test machine:
+planted probe SS 50.0), which ``tests/test_text_embedded.py`` reports.
 """
 from __future__ import annotations
 
@@ -227,8 +229,8 @@ NOT_BIT_IDENTICAL = (
     "seeded, but not bit-identical across CPUs, thread counts or torch builds: float reductions (matmuls, "
     "softmax, AdamW) are summed in an order that depends on the SIMD width and the number of threads, and 1,500 "
     "steps amplify the last-bit differences into a different model. The same machine, thread count and build "
-    "give the same model. What holds everywhere is the planted ground truth, checked statistically: probe SS / "
-    "CrowS with a CI above 50 where planted, containing 50 where not (tests/test_text_embedded.py).")
+    "give the same model. What is checked on every machine is the planted ground truth, statistically: probe SS "
+    "/ CrowS with a CI above 50 where planted, containing 50 where not (tests/test_text_embedded.py).")
 
 
 def pretrain(spec: TinyBertSpec, tokenizer, *, log_dir=None, progress: bool = False):
