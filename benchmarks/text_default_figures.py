@@ -51,7 +51,8 @@ def machine(threads: int | None = None) -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({threads or torch.get_num_threads()} threads per run), "
+    n = threads or torch.get_num_threads()
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({n} threads per run), "
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
@@ -160,7 +161,8 @@ def main(argv=None) -> int:
     print(table[table["cell"] == "baseline"].drop(columns="cell").round(2).to_string(index=False))
     print("\nevery cell, mean [min, max] over the seeds:")
     print(cells_table(table).to_string())
-    print("\nplanted-bias probes of the FP32 baseline, 95 % cluster-bootstrap CIs (the 10 attribute pairs of a domain resampled):")
+    print("\nplanted-bias probes of the FP32 baseline, 95 % cluster-bootstrap CIs (a domain's attribute pairs "
+          "resampled):")
     print(pd.concat([probe_verdicts(r) for r in runs]).round(1).to_string(index=False))
     walls = [r["wall_s"] for r in runs]
     print(f"\nwall time per run: {', '.join(f'{w:.0f} s' for w in walls)} (pre-training "
