@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # fairq from this checkout, as the other benchmarks do
 CONFIG = "configs/stereoset.yaml"
 #: (column, label) of the figures the README quotes, in print order
 FIGURES = (("stereoset_intra_ss", "StereoSet SS"), ("stereoset_intra_lms", "StereoSet LMS"),
@@ -154,7 +155,9 @@ def main(argv=None) -> int:
     print(f"\ndate: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    print(f"machine: {machine(args.threads)}")
+    env = runs[0]["out"] / "environment.json"  # the threads the runs really used
+    used = json.loads(env.read_text()).get("torch_threads") if env.exists() else None
+    print(f"machine: {machine(used or args.threads)}")
     print(f"command per seed: python main.py --phase all --config {CONFIG} --seed <s> --output_dir <folder>")
     print(f"seeds: {args.seeds} ({args.jobs} at a time); run folders: {base}\n")
     print("FP32 baseline (the pre-trained embedded BERT):")
