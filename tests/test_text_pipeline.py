@@ -253,19 +253,29 @@ def test_analysis_closed_form_equals_the_cells_metrics(text_run):
 @pytest.mark.slow
 def test_the_shipped_text_config_runs_on_the_real_files(tmp_path, monkeypatch):
     """The real benchmark files have sentences of many lengths (the tiny fixtures do not): every shipped method entry
-    must score them (a traced simulation once lost the model's position limit and failed on longer items)."""
+    must score them (a traced simulation once lost the model's position limit and failed on longer items). Smaller
+    seeded subsets than the config's keep the suite within its budget; the test checks that they still hold items
+    longer than the tiny BERT's 128 positions, so the limit is exercised by every cell."""
+    from datamodules.text import TextDataModule
+    from fairq.text.models import bert_uncased_tokenizer
+    from fairq.text.scoring import HFTokenizer, build_bbq
     from tests.conftest import SHARED_DATA
 
     if not (SHARED_DATA / "text" / "stereoset_dev.json").is_file():
         pytest.skip("../shared/data/text is not here")
+    subsets = {"stereoset_items": 60, "crows_items": 60, "bbq_items": 120}
+    dm = TextDataModule(root=str(SHARED_DATA / "text"), **subsets)
+    dm.setup()
+    too_long = build_bbq(HFTokenizer(bert_uncased_tokenizer()), dm.items["bbq"], max_len=128).skipped
+    assert len(too_long), "the BBQ subset holds no item over 128 tokens: pick a larger or another subset"
     monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    assert main(["--phase", "quantization", "--config", str(CONFIG), "--output_dir", str(out),
-                 '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}']) == 2  # no baseline yet
-    assert main(["--phase", "baseline", "--config", str(CONFIG), "--output_dir", str(out),
-                 '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}']) == 0
-    assert main(["--phase", "quantization", "--config", str(CONFIG), "--output_dir", str(out),
-                 '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}']) == 0
+    args = ["--config", str(CONFIG), "--output_dir", str(out),
+            '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}',
+            *(a for k, v in subsets.items() for a in (f"--data.init_args.{k}", str(v)))]
+    assert main(["--phase", "quantization", *args]) == 2  # no baseline yet
+    assert main(["--phase", "baseline", *args]) == 0
+    assert main(["--phase", "quantization", *args]) == 0
     m = pd.read_csv(out / "metrics.csv")
     # baseline + one row per configured setting (sweeps expanded): 4 quantizers, 4 advanced PTQ, qat,
     # magnitude 30/50/70 % and 50 % then INT4, head_prune, distill, 3 soft-pruning α
