@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fairq.batches import ClassificationTask
+from fairq.batches import ClassificationTask, task_of  # noqa: F401 (task_of: public here)
 
 log = logging.getLogger("fairq")
 
@@ -52,19 +52,6 @@ class FairnessResult(dict):
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def task_of(loader):
-    """The :class:`fairq.batches.ClassificationTask` a loader or datamodule describes itself with, or None.
-
-    A fairq datamodule has ``.task``; its loaders' datasets carry the same task (``loader.dataset.task``, through
-    a ``Subset`` too), so a loader made by a fairq datamodule says which attribute each sensitive column is.
-    """
-    for obj in (loader, getattr(loader, "dataset", None), getattr(getattr(loader, "dataset", None), "dataset", None)):
-        task = getattr(obj, "task", None) if obj is not None else None
-        if task is not None:
-            return task
-    return None
-
-
 def datamodule_of(loader):
     """The fairq datamodule a loader was made by (or the datamodule itself), or None for any other loader."""
     if hasattr(loader, "test_dataloader") and hasattr(loader, "task"):

@@ -288,3 +288,33 @@ def frame_metrics(frame: pd.DataFrame, sensitive_names: Sequence[str], **kwargs)
     out = fairness_metrics(frame["y_true"].to_numpy(), frame["y_pred"].to_numpy(),
                            frame[list(sensitive_names)], **kwargs)
     return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in out.items() if k != "per_group"}
+
+
+# The two helpers below live here, the lowest layer, because fairq.lit (training), the text engine and the
+# mitigations all use them; a lower layer must not import a higher one (tests/test_engine_seams.py).
+def mlm_parts(model: nn.Module):
+    """``(encoder, head)`` of a masked LM, or ``(None, None)`` when the model is not split that way."""
+    head = None
+    cls = getattr(model, "cls", None)
+    if cls is not None:
+        head = getattr(cls, "predictions", cls)
+    elif isinstance(getattr(model, "lm_head", None), nn.Module):
+        head = model.lm_head
+    prefix = getattr(model, "base_model_prefix", None)
+    encoder = getattr(model, prefix, None) if prefix else None
+    if head is None or not isinstance(encoder, nn.Module) or encoder is model:
+        return None, None
+    return encoder, head
+
+
+def task_of(loader):
+    """The :class:`fairq.batches.ClassificationTask` a loader or datamodule describes itself with, or None.
+
+    A fairq datamodule has ``.task``; its loaders' datasets carry the same task (``loader.dataset.task``, through
+    a ``Subset`` too), so a loader made by a fairq datamodule says which attribute each sensitive column is.
+    """
+    for obj in (loader, getattr(loader, "dataset", None), getattr(getattr(loader, "dataset", None), "dataset", None)):
+        task = getattr(obj, "task", None) if obj is not None else None
+        if task is not None:
+            return task
+    return None

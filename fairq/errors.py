@@ -14,10 +14,11 @@ class ConfigError(UserError, ValueError):
     """A config section or method entry is invalid (names the entry and offers close matches)."""
 
 
-class InfeasibleError(ValueError):
+class InfeasibleError(UserError, ValueError):
     """A method cannot run on this model or data as configured (a budget below what any allocation reaches, no
     validation group large enough, no layer to quantize). The fairness-aware quantizer records such an option as
-    infeasible and moves on; any other exception is a bug and propagates."""
+    infeasible and moves on; any other exception is a bug and propagates. A user error: ``main.py`` prints its
+    message (what to change) without a traceback."""
 
 
 class UnknownModelError(UserError, ValueError):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairq.batches import IGNORE_INDEX, labelled_positions, logits_of, split_batch  # noqa: F401 (re-exported)
+from fairq.batches import IGNORE_INDEX, labelled_positions, logits_of, mlm_parts, split_batch  # noqa: F401 (re-exported)
 
 # penalty(logits, target, sensitive) -> scalar tensor added to the loss (fairness-constrained fine-tuning)
 Penalty = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -98,9 +98,8 @@ def masked_lm_logits(model: nn.Module, b) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits [N, V], labels [N])`` of a masked LM at the labelled (masked) positions of batch ``b``.
 
     The encoder's hidden states are gathered at those positions *before* the vocabulary projection (as the text
-    engine does, :func:`fairq.text.engine.mlm_parts`): with BERT's 30,522-token vocabulary the projection of every
+    engine does, :func:`fairq.batches.mlm_parts`): with BERT's 30,522-token vocabulary the projection of every
     position would cost several times the tiny encoder; models not split into encoder and head run whole."""
-    from fairq.text.engine import mlm_parts
 
     encoder, head = mlm_parts(model)
     if encoder is None:

@@ -1,6 +1,6 @@
 """The run's output directory: atomic, append-only, resumable.
 
-Layout (the output contract in DESIGN.md)::
+Layout (the output contract in docs/user-guide/output.md)::
 
     config.yaml  environment.json  data.json  metrics.csv
     predictions/<cell>.parquet  checkpoints/  tensorboard/  plans/

@@ -114,18 +114,48 @@ def _module_graph() -> dict[str, set[str]]:
     return {mod: {m for m in _imports(path, mod, names) if m in files and m != mod} for mod, path in files.items()}
 
 
-def test_compression_and_metrics_never_import_the_layers_above_them():
+#: Every package's layer, lowest first. A module may import its own layer and those below, never one above —
+#: e.g. fairq.lit → fairq.text, fairq.mitigation → datamodules and fairq.mitigation → fairq.api were upward imports
+#: (issue 24) and now fail here.
+LAYERS = (
+    ("fairq.errors", "fairq.threads", "fairq.store", "fairq.sampling"),
+    ("fairq.metrics",),
+    ("fairq.batches", "fairq.evaluate", "fairq.models"),
+    ("fairq.lit",),
+    ("fairq.compression",),
+    ("fairq.text", "fairq.mitigation", "fairq.methods"),
+    ("datamodules", "callbacks", "fairq.analysis", "fairq.sections"),
+    ("fairq.api", "fairq.phases"),
+    ("fairq.launch",),
+    ("fairq.cli",),
+)
+
+
+def _layer(mod: str) -> int | None:
+    for i, packages in enumerate(LAYERS):
+        if any(mod == p or mod.startswith(p + ".") for p in packages):
+            return i
+    return None
+
+
+def test_every_module_has_a_layer_and_imports_none_above_its_own():
     graph = _module_graph()
-    upper = ("fairq.mitigation", "fairq.phases", "fairq.analysis", "fairq.cli", "fairq.api", "fairq.methods",
-             "fairq.sections", "datamodules", "callbacks")
-    for low in ("fairq.compression", "fairq.metrics", "fairq.batches", "fairq.store"):
-        for mod, deps in graph.items():
-            if mod == low or mod.startswith(low + "."):
-                bad = [d for d in deps if d.startswith(upper)]
-                assert not bad, f"{mod} imports {bad}"
+    unplaced = sorted(m for m in graph if m != "fairq" and _layer(m) is None)
+    assert not unplaced, f"modules with no layer in LAYERS: {unplaced}"
+    upward = sorted(f"{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})" for m, deps in graph.items()
+                    if m != "fairq" for d in deps if d != "fairq" and _layer(d) > _layer(m))
+    assert not upward, "\n".join(upward)
     code = ("import sys, fairq.compression; bad = [m for m in sys.modules if m.startswith('fairq.mitigation')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    """The check itself: the edges that used to exist are each reported as upward."""
+    for low, high in (("fairq.lit", "fairq.text.engine"), ("fairq.mitigation.bias_aware_calibration",
+                                                           "datamodules.sampler"),
+                      ("fairq.mitigation.fairness_aware", "fairq.api")):
+        assert _layer(high) > _layer(low), (low, high)
 
 
 def test_the_package_has_no_import_cycle():
@@ -205,3 +235,14 @@ def test_nothing_above_datamodules_indexes_image_batches():
                 if '["image"]' in line and not line.lstrip().startswith(("#", '"', "'")) and "``" not in line:
                     offenders.append(f"{path.relative_to(ROOT)}:{i}")
     assert not offenders, offenders
+
+
+def test_an_infeasible_budget_is_a_user_error_without_a_traceback(tmp_path, capsys):
+    """InfeasibleError is a UserError: the run stops with status 2 and the message says what to change."""
+    code = main(["--phase", "all", "--output_dir", str(tmp_path / "run"), *TINY, "--data.init_args.cache_dir",
+                 str(tmp_path / "cache"), "--mitigation.methods", "[]", "--quantization.methods",
+                 json.dumps([{"method": "mixed_precision", "bits": 4, "budget_avg_bits": None,
+                              "budget_mb": 1e-9}])])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "is infeasible" in err and "raise the budget" in err and "Traceback" not in err

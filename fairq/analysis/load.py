@@ -1,7 +1,7 @@
 """Read the run store (``metrics.csv`` + ``predictions/<cell>.parquet``) for analysis, with clear errors.
 
 Analysis reads only these files; it never trains or evaluates. The layout is the store contract of
-``/work/shared/DESIGN.md``: one ``metrics.csv`` row per evaluated cell and one parquet of per-sample predictions
+``docs/user-guide/output.md``: one ``metrics.csv`` row per evaluated cell and one parquet of per-sample predictions
 per cell (``sample_id, y_true, y_pred, prob_0..prob_{C-1}`` (or ``prob`` when binary) and one string column per
 sensitive attribute).
 """
@@ -147,7 +147,7 @@ def _read_metrics(run: RunStore) -> pd.DataFrame:
     missing = [c for c in _REQUIRED if c not in metrics.columns]
     if missing:
         raise ValueError(f"{path} lacks the columns {missing}; the store contract needs at least {list(_REQUIRED)} "
-                         f"plus the metric columns (see DESIGN.md, 'Output contract')")
+                         f"plus the metric columns (see docs/user-guide/output.md)")
     if metrics.empty:
         raise ValueError(f"{path} has no rows. Run `python main.py --phase baseline --output_dir {output_dir}` first.")
     metrics = _with_text_columns(metrics)

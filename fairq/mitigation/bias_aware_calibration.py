@@ -1,7 +1,7 @@
 """Bias-aware calibration (``bias_aware_calibration``): static PTQ calibrated on a group-balanced draw.
 
 The calibration set has the same size as a natural one but holds equally many samples of every intersectional
-group (drawn with :func:`datamodules.sampler.balanced_indices`, the rule of the datamodules' balanced sampler, so
+group (drawn with :func:`fairq.sampling.balanced_indices`, the rule of the datamodules' balanced sampler, so
 the seed policy is the same). Activation ranges then reflect minority groups as much as majority ones.
 
 What the draw can change: with ``observer="minmax"`` only samples the natural draw *missed* can move a range,
@@ -66,7 +66,7 @@ def balanced_draw(sensitive, n: int, seed: int = 0) -> np.ndarray:
     A pool already balanced to within one sample per group, with ``n`` equal to its size, is returned as is
     (0..N-1); otherwise the datamodules' rule draws it (groups smaller than their quota with replacement).
     """
-    from datamodules.sampler import balanced_indices
+    from fairq.sampling import balanced_indices
 
     ids, _ = group_ids(sensitive)
     counts = np.bincount(ids.numpy())

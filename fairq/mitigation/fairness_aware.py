@@ -227,7 +227,7 @@ class FairnessAwareQuantizer:
             _check_gap("fairness_constraint", fairness_constraint)
             self.max_dp_gap = float(fairness_constraint)
         if self.names is None and _are_names(self.sensitive_attributes):
-            from fairq.api import task_of
+            from fairq.batches import task_of
 
             task = task_of(calibration_data) or task_of(validation_data)
             if task is None or not task.sensitive_names:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairq.batches import logits_of, model_device
+from fairq.batches import logits_of, mlm_parts, model_device  # noqa: F401 (mlm_parts re-exported)
 
 log = logging.getLogger("fairq")
 
@@ -36,21 +36,6 @@ class MaskRequest:
     ids: tuple
     pos: int
     target: int
-
-
-def mlm_parts(model: nn.Module):
-    """``(encoder, head)`` of a masked LM, or ``(None, None)`` when the model is not split that way."""
-    head = None
-    cls = getattr(model, "cls", None)
-    if cls is not None:
-        head = getattr(cls, "predictions", cls)
-    elif isinstance(getattr(model, "lm_head", None), nn.Module):
-        head = model.lm_head
-    prefix = getattr(model, "base_model_prefix", None)
-    encoder = getattr(model, prefix, None) if prefix else None
-    if head is None or not isinstance(encoder, nn.Module) or encoder is model:
-        return None, None
-    return encoder, head
 
 
 def nsp_head(model: nn.Module):
