@@ -47,7 +47,7 @@ def interleaved_pattern(n: int, fractions: Sequence[float]) -> np.ndarray:
     return out
 
 
-def _largest_remainder(n: int, frac: np.ndarray) -> np.ndarray:
+def largest_remainder(n: int, frac: np.ndarray) -> np.ndarray:
     """Integer counts summing to ``n`` closest to ``n * frac`` (ties go to the earlier entry)."""
     exact = n * frac
     counts = np.floor(exact).astype(int)

@@ -32,7 +32,7 @@ from datamodules import cache as image_cache
 from datamodules._registry import register_datamodule
 from datamodules.celeba import ATTR_FILE, IMAGE_DIR, PARTITION_FILE, CelebADataModule
 from datamodules.errors import DataFormatError
-from datamodules.splits import _largest_remainder, stratified_assign
+from datamodules.splits import largest_remainder, stratified_assign
 
 PARAMS_FILE = "synthetic_params.json"
 GENERATOR_VERSION = 1
@@ -77,7 +77,7 @@ def synthetic_parameters(
 def draw_labels(params: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Exact per-group counts and positives, shuffled: arrays ``Male``, ``Young``, ``Smiling``, ``group``."""
     n = params["n_samples"]
-    counts = _largest_remainder(n, np.asarray(params["group_proportions"]))
+    counts = largest_remainder(n, np.asarray(params["group_proportions"]))
     group = np.repeat(np.arange(len(GROUPS)), counts)
     smiling = np.zeros(n, dtype=np.int64)
     start = 0

@@ -107,13 +107,13 @@ class TextSection:
         if self.pretrain:
             import dataclasses as dc
 
-            from fairq.compression.registry import _did_you_mean
+            from fairq.compression.registry import did_you_mean
             from fairq.text.embedded import TinyBertSpec
 
             names = {f.name for f in dc.fields(TinyBertSpec)} - {"seed"}
             bad = sorted(set(self.pretrain) - names)
             if bad:
-                raise ConfigError(f"text.pretrain: unknown field(s) {bad}{_did_you_mean(bad[0], names)}; valid: "
+                raise ConfigError(f"text.pretrain: unknown field(s) {bad}{did_you_mean(bad[0], names)}; valid: "
                                   f"{sorted(names)} (the seed is --seed)")
 
 
@@ -170,7 +170,7 @@ def plan_section(name: str, section, *, default_bits=None) -> list[PlannedCell]:
 
     ``default_bits(method) -> list | None``: widths of an entry without ``bits`` (``None``: the config's default).
     """
-    from fairq.compression.registry import _did_you_mean, get_method
+    from fairq.compression.registry import did_you_mean, get_method
     from fairq.methods import load_methods
 
     registry = load_methods()
@@ -184,7 +184,7 @@ def plan_section(name: str, section, *, default_bits=None) -> list[PlannedCell]:
         if method is None:
             raise ConfigError(f"{where}: no 'method' in {raw}; registered methods: {', '.join(sorted(registry))}")
         if method not in registry:
-            raise ConfigError(f"{where}: unknown method {method!r}{_did_you_mean(method, registry)}; registered: "
+            raise ConfigError(f"{where}: unknown method {method!r}{did_you_mean(method, registry)}; registered: "
                               f"{', '.join(sorted(registry))}")
         spec = get_method(method)
         models = entry.pop("models", None)

@@ -18,7 +18,7 @@ from fairq.batches import ClassificationTask, predict, split_batch
 from fairq.cli import main
 from fairq.compression import MethodResult, register_method
 from fairq.compression.backend import tag_model
-from fairq.compression.config import _Config
+from fairq.compression.config import MethodConfig
 from fairq.compression.modules import quantizable_layers
 from fairq.compression.registry import Artifact, unregister_method
 
@@ -33,7 +33,7 @@ TINY = [
 
 # ------------------------------------------------------------------------------------ a method of this file only
 @dataclasses.dataclass
-class SignConfig(_Config):
+class SignConfig(MethodConfig):
     """Toy method: every Conv/Linear weight becomes ``scale · sign(w)`` per output channel (1 bit)."""
 
     weight_bits: int = 1
@@ -156,6 +156,19 @@ def test_the_layer_check_sees_an_upward_import():
                                                            "datamodules.sampler"),
                       ("fairq.mitigation.fairness_aware", "fairq.api")):
         assert _layer(high) > _layer(low), (low, high)
+
+
+def test_no_module_imports_another_modules_private_name():
+    """The extension API is public (issue 24): a name another module needs has no leading underscore."""
+    bad = []
+    for top in ("fairq", "datamodules", "callbacks"):
+        for path in (ROOT / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module != "__future__" and (
+                        node.level or (node.module or "").split(".")[0] in ("fairq", "datamodules", "callbacks")):
+                    bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, "\n".join(bad)
 
 
 def test_the_package_has_no_import_cycle():

@@ -75,7 +75,7 @@ def _soft_pruning(out: Path, store, scores: pd.DataFrame, *, text: bool, figures
     """Head attribution + α trade-off tables and figures of ``soft_head_pruning`` cells (:mod:`.heads`); returns
     ``(tables {name: frame}, figure paths, report html)``, all empty without such cells."""
     from .heads import head_attribution_table, heads_report_html, soft_pruning_tradeoff, write_head_figures
-    from .report import _table
+    from .report import html_table
 
     attribution = head_attribution_table(store.metrics, out)
     tradeoff = soft_pruning_tradeoff(scores, store.metrics, text=text)
@@ -83,7 +83,7 @@ def _soft_pruning(out: Path, store, scores: pd.DataFrame, *, text: bool, figures
         return {}, [], ""
     figs = write_head_figures(attribution, tradeoff, out / "figures", level) if figures else []
     tables = {"head_attribution": attribution, "soft_pruning_tradeoff": tradeoff}
-    return tables, figs, heads_report_html(attribution, tradeoff, figs, _table)
+    return tables, figs, heads_report_html(attribution, tradeoff, figs, html_table)
 
 
 def _text_tables(text, result: dict) -> dict[str, pd.DataFrame]:
@@ -124,16 +124,16 @@ def _finish_text_only(out: Path, text, result: dict, *, report: bool, figures: b
 
         from fairq.store import atomic_write_text
 
-        from .report import _CSS, _table
+        from .report import REPORT_CSS, html_table
         from .text import text_report_html
 
         head = (f"<h1>fairq analysis report</h1><p class='note'>{html.escape(str(out))} · {len(text.cells)} cells · "
                 f"{meta['n_bootstrap']} bootstrap resamples, seed {meta['seed']}, alpha {meta['alpha']} · "
                 "p-values Benjamini–Hochberg adjusted across the text tests of the run.</p>")
-        body = head + text_report_html(result, text.metrics, _table, methods=frames["text_methods"]) + heads_html
+        body = head + text_report_html(result, text.metrics, html_table, methods=frames["text_methods"]) + heads_html
         report_path = out / "report.html"
         atomic_write_text(report_path, "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fairq "
-                          f"analysis report</title><style>{_CSS}</style></head><body>{body}</body></html>")
+                          f"analysis report</title><style>{REPORT_CSS}</style></head><body>{body}</body></html>")
     return {"tables": tables, "figures": fig_paths, "report": report_path, "findings": pd.DataFrame(),
             "deltas": result["scores"], "text": result, "seconds": time.perf_counter() - t0}
 
@@ -251,10 +251,10 @@ def run_analysis(output_dir, *, n_bootstrap: int = 1000, seed: int = 0, alpha: f
                 "seed": seed, "alpha": alpha, "margin": margin, "n_tests": n_tests}
         extra = ""
         if text_result is not None:
-            from .report import _table
+            from .report import html_table
             from .text import text_report_html
 
-            extra = text_report_html(text_result, text.metrics, _table, methods=text_frames["text_methods"])
+            extra = text_report_html(text_result, text.metrics, html_table, methods=text_frames["text_methods"])
         extra = heads_html + extra
         report_path = write_report(out / "report.html", deltas=deltas, flips=flips, findings=findings,
                                    pareto=pareto, makeup=makeup, meta=meta, extra_html=extra)

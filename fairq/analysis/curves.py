@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .figures import LABELS, _plt, _primary, _save, slug
+from .figures import LABELS, pyplot, first_attribute_rows, save_figure, slug
 
 __all__ = ["CURVE_METRICS", "TEXT_CURVE_METRICS", "sparsity_curves", "text_sparsity_curves", "write_sparsity_figures"]
 
@@ -69,7 +69,7 @@ def sparsity_curves(deltas: pd.DataFrame, metrics: pd.DataFrame, curve_metrics=C
             m[col] = np.nan
     m["curve"] = m.apply(_curve_label, axis=1)
     pruned = m[m["family"].astype(str).eq("pruning")]
-    d = _primary(deltas)
+    d = first_attribute_rows(deltas)
     headline = d["metric"].isin(curve_metrics) & d["group"].eq("all")
     d = d[headline | (d["metric"].eq(group_metric) & ~d["group"].eq("all"))]
     info = m.set_index("cell")[["curve", "sparsity", "target_sparsity"]]
@@ -117,7 +117,7 @@ def write_sparsity_figures(curves: pd.DataFrame, fig_dir: Path, level: str = "95
     (group ``all``); ``group_metric``: the last panel, per group, for the unstructured curve."""
     if curves.empty:
         return []
-    plt = _plt()
+    plt = pyplot()
     fig_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for (ds, model), f in curves.groupby(["dataset", "model"], sort=False):
@@ -147,5 +147,5 @@ def write_sparsity_figures(curves: pd.DataFrame, fig_dir: Path, level: str = "95
         if len(groups):
             ax.legend(fontsize=5)
         fig.suptitle(f"{ds} / {model}: sparsity curves", fontsize=10)
-        paths.append(_save(fig, fig_dir / f"{slug(prefix, ds, model)}.png"))
+        paths.append(save_figure(fig, fig_dir / f"{slug(prefix, ds, model)}.png"))
     return paths

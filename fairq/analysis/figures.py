@@ -35,7 +35,7 @@ def slug(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(str(p) for p in parts if str(p))).strip("_")
 
 
-def _primary(deltas: pd.DataFrame) -> pd.DataFrame:
+def first_attribute_rows(deltas: pd.DataFrame) -> pd.DataFrame:
     first = deltas.groupby("cell", sort=False)["attributes"].transform("first")
     return deltas[deltas["attributes"] == first]
 
@@ -48,7 +48,7 @@ def config_order(frame: pd.DataFrame) -> list[str]:
 
 def heatmap_data(deltas: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
     """``{dataset: {metric: model × config table}}`` of headline metric values (mean over seeds)."""
-    d = _primary(deltas)
+    d = first_attribute_rows(deltas)
     d = d[(d["group"] == "all") & d["metric"].isin(HEADLINE_METRICS)]
     out = {}
     for ds, f in d.groupby("dataset", sort=False):
@@ -61,7 +61,7 @@ def heatmap_data(deltas: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
 
 def group_accuracy_data(deltas: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
     """``{(dataset, model): rows}`` per-group accuracy with CI, lowest seed, intersectional groups."""
-    d = _primary(deltas)
+    d = first_attribute_rows(deltas)
     d = d[(d["metric"] == "accuracy") & (d["group"] != "all")]
     out = {}
     for (ds, model), f in d.groupby(["dataset", "model"], sort=False):
@@ -100,7 +100,7 @@ def pareto_plot_data(pareto: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 # ------------------------------------------------------------------------------------------------ matplotlib
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -109,7 +109,7 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Write ``fig`` as PNG (atomically) and free it."""
     import io
 
@@ -117,13 +117,13 @@ def _save(fig, path: Path) -> Path:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    _plt().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
 def _heatmaps(data, fig_dir: Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     paths = []
     for ds, tables in data.items():
         first = next(iter(tables.values()))
@@ -148,12 +148,12 @@ def _heatmaps(data, fig_dir: Path) -> list[Path]:
             ax.set_title(LABELS[metric], fontsize=10)
             fig.colorbar(im, ax=ax, shrink=0.9)
         fig.suptitle(f"{ds}: method × model (mean over seeds, intersectional groups)")
-        paths.append(_save(fig, fig_dir / f"{slug('heatmaps', ds)}.png"))
+        paths.append(save_figure(fig, fig_dir / f"{slug('heatmaps', ds)}.png"))
     return paths
 
 
 def _group_bars(data, fig_dir: Path, level: str = "95%") -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     paths = []
     for (ds, model), f in data.items():
         groups = list(dict.fromkeys(f["group"]))
@@ -174,12 +174,12 @@ def _group_bars(data, fig_dir: Path, level: str = "95%") -> list[Path]:
         ax.set_ylim(max(0.0, lo - 0.05), 1.0)
         ax.set_title(f"{ds} / {model}: per-group accuracy (seed {f['seed'].iloc[0]})")
         ax.legend(fontsize=7, ncol=2)
-        paths.append(_save(fig, fig_dir / f"{slug('group_accuracy', ds, model)}.png"))
+        paths.append(save_figure(fig, fig_dir / f"{slug('group_accuracy', ds, model)}.png"))
     return paths
 
 
 def _flip_bins(data, fig_dir: Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     paths = []
     for ds, f in data.items():
         f = f.assign(label=f["model"].astype(str) + " · " + f["config"].astype(str))
@@ -194,12 +194,12 @@ def _flip_bins(data, fig_dir: Path) -> list[Path]:
         ax.set_ylabel("flip rate vs baseline")
         ax.set_title(f"{ds}: flips by baseline uncertainty")
         ax.legend(fontsize=7)
-        paths.append(_save(fig, fig_dir / f"{slug('flips_uncertainty', ds)}.png"))
+        paths.append(save_figure(fig, fig_dir / f"{slug('flips_uncertainty', ds)}.png"))
     return paths
 
 
 def _pareto(data, fig_dir: Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     paths = []
     for ds, f in data.items():
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
@@ -220,7 +220,7 @@ def _pareto(data, fig_dir: Path) -> list[Path]:
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{ds}: Pareto frontiers over (accuracy ↑, EO gap ↓, size ↓), one per size kind "
                      "(serialized bytes vs packed k-bit estimate)")
-        paths.append(_save(fig, fig_dir / f"{slug('pareto', ds)}.png"))
+        paths.append(save_figure(fig, fig_dir / f"{slug('pareto', ds)}.png"))
     return paths
 
 

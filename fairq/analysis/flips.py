@@ -43,7 +43,7 @@ def uncertainty_bin(entropy: np.ndarray) -> np.ndarray:
     return np.clip(np.digitize(entropy, UNCERTAINTY_EDGES[1:-1], right=False), 0, len(UNCERTAINTY_BINS) - 1)
 
 
-def _wilson(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def wilson_interval(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from statsmodels.stats.proportion import proportion_confint
 
     k, n = np.asarray(k, float), np.asarray(n, float)
@@ -63,7 +63,7 @@ def _flip_rows(pair: Paired, gid: np.ndarray, labels: list[str]) -> pd.DataFrame
     out["n"] = n
     out["flips"] = np.bincount(gid, weights=flip, minlength=g).astype(int)
     out["flip_rate"] = np.divide(out["flips"], n, out=np.full(g, np.nan), where=n > 0)
-    out["flip_rate_ci_low"], out["flip_rate_ci_high"] = _wilson(out["flips"], n)
+    out["flip_rate_ci_low"], out["flip_rate_ci_high"] = wilson_interval(out["flips"], n)
     kinds = {"correct_to_wrong": flip & (a == t), "wrong_to_correct": flip & (b == t),
              "wrong_to_wrong": flip & (a != t) & (b != t)}
     base_ok = np.bincount(gid, weights=a == t, minlength=g)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .figures import _plt, _primary, _save, slug
+from .figures import pyplot, first_attribute_rows, save_figure, slug
 
 __all__ = ["head_attribution_table", "soft_pruning_tradeoff", "write_head_figures", "heads_report_html"]
 
@@ -84,7 +84,7 @@ def soft_pruning_tradeoff(scores: pd.DataFrame, metrics: pd.DataFrame, *, text: 
     if cells.empty or scores is None or scores.empty:
         return pd.DataFrame(columns=cols)
     bias, utility = TEXT if text else VISION
-    d = scores if text else _primary(scores)
+    d = scores if text else first_attribute_rows(scores)
     d = d[d["metric"].isin((*bias, utility))]
     if not text:
         d = d[d["group"].astype(str).eq("all")]
@@ -118,7 +118,7 @@ def _heatmap(ax, grid, title, cmap, chosen, center=None):
         if np.isfinite(v):
             ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7)
     for i, j in chosen:
-        ax.add_patch(_plt().Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
+        ax.add_patch(pyplot().Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(grid.shape[1]))
@@ -131,7 +131,7 @@ def write_head_figures(attribution: pd.DataFrame, tradeoff: pd.DataFrame, fig_di
                        ) -> list[Path]:
     """The heatmap (first cell per dataset × model: every α cell of a sweep holds the same attribution) and the
     trade-off figure."""
-    plt = _plt()
+    plt = pyplot()
     paths = []
     fig_dir = Path(fig_dir)
     if not attribution.empty:
@@ -153,7 +153,7 @@ def write_head_figures(attribution: pd.DataFrame, tradeoff: pd.DataFrame, fig_di
             _heatmap(axes[1], cor, "mean |r| activation vs per-item bias score", "viridis", chosen)
             fig.suptitle(f"{ds} / {model}: head attribution on validation ({f['bias_name'].iloc[0]}); "
                          f"boxed = selected", fontsize=9)
-            paths.append(_save(fig, fig_dir / f"{slug('heads', ds, model)}.png"))
+            paths.append(save_figure(fig, fig_dir / f"{slug('heads', ds, model)}.png"))
     if not tradeoff.empty:
         fig_dir.mkdir(parents=True, exist_ok=True)
         for (ds, model), f in tradeoff.groupby(["dataset", "model"], sort=False):
@@ -188,7 +188,7 @@ def write_head_figures(attribution: pd.DataFrame, tradeoff: pd.DataFrame, fig_di
             axes[0][0].legend(fontsize=6)
             fig.suptitle(f"{ds} / {model}: soft head pruning, bias vs utility per α on test (filled: BH-adjusted "
                          f"p < 0.05 vs the baseline)", fontsize=9)
-            paths.append(_save(fig, fig_dir / f"{slug('soft_pruning', ds, model)}.png"))
+            paths.append(save_figure(fig, fig_dir / f"{slug('soft_pruning', ds, model)}.png"))
     return paths
 
 

@@ -15,7 +15,7 @@ from .tables import findings_overview, flips_overview, overview_table
 
 __all__ = ["write_report"]
 
-_CSS = """
+REPORT_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1250px;color:#222}
 h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:2em}
 table.t{border-collapse:collapse;font-size:12px;margin:8px 0}
@@ -27,7 +27,7 @@ table.t th{background:#f3f3f3;position:sticky;top:0}
 """
 
 
-def _table(frame: pd.DataFrame, *, verdict_col: str | None = None, max_rows: int | None = None) -> str:
+def html_table(frame: pd.DataFrame, *, verdict_col: str | None = None, max_rows: int | None = None) -> str:
     """Plain HTML table (escaped); rows tinted by verdict when ``verdict_col`` is given."""
     if frame is None or frame.empty:
         return "<p class='note'>No rows.</p>"
@@ -163,8 +163,8 @@ def write_report(path: Path, *, deltas: pd.DataFrame, flips: pd.DataFrame, findi
              f"<h2>Findings</h2><p class='note'>Rule: supported if the BH-adjusted p &lt; {alpha:g} and the "
              f"{level} CI is entirely on the hypothesised side of 0; not supported if it is significant the other way "
              f"or the CI lies within ±{margin * 100:g} percentage point(s); inconclusive otherwise.</p>",
-             _table(findings_overview(findings, level), verdict_col="verdict"),
-             "<h2>Overview (intersectional groups)</h2>", _table(overview_table(deltas))]
+             html_table(findings_overview(findings, level), verdict_col="verdict"),
+             "<h2>Overview (intersectional groups)</h2>", html_table(overview_table(deltas))]
     for title, figs in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         if title.startswith("Flips"):
@@ -177,13 +177,13 @@ def write_report(path: Path, *, deltas: pd.DataFrame, flips: pd.DataFrame, findi
             parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False,
                                      config={"displaylogo": False}))
             first = False
-    parts += ["<h2>Flips</h2>", _table(flips_overview(flips)),
-              "<h2>Compression-identified exemplars: group make-up</h2>", _table(makeup, max_rows=200),
-              "<h2>Pareto table</h2>", _table(pareto, max_rows=300),
+    parts += ["<h2>Flips</h2>", html_table(flips_overview(flips)),
+              "<h2>Compression-identified exemplars: group make-up</h2>", html_table(makeup, max_rows=200),
+              "<h2>Pareto table</h2>", html_table(pareto, max_rows=300),
               "<details><summary><b>All deltas</b> (tables/deltas.csv)</summary>",
-              _table(deltas, max_rows=2000), "</details>", extra_html]
+              html_table(deltas, max_rows=2000), "</details>", extra_html]
     doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fairq analysis report</title>"
-           f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+           f"<style>{REPORT_CSS}</style></head><body>{''.join(parts)}</body></html>")
     from fairq.store import atomic_write_text
 
     atomic_write_text(path, doc)

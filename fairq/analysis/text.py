@@ -37,7 +37,7 @@ from fairq.text.bbq import metric_draws as bbq_metric_draws
 from fairq.text.scoring import BBQ_RULES, STEREOSET_DOMAINS, crows_outcome
 from fairq.text.task import resampling_units
 
-from .flips import _wilson
+from .flips import wilson_interval
 from .stats import benjamini_hochberg, mcnemar_test
 
 TEXT_TASK = "masked_lm_bias"
@@ -167,7 +167,7 @@ def _one_flip(cell_row, bench, dom, b, o) -> dict:
         dir1, dir2 = int(((a != 1) & (c == 1)).sum()), int(((a == 1) & (c != 1)).sum())
         names = ("to_stereotype", "to_anti_or_tie")
     p, _, method = mcnemar_test(dir1, dir2)
-    lo, hi = _wilson(np.array([flips]), np.array([len(a)]))
+    lo, hi = wilson_interval(np.array([flips]), np.array([len(a)]))
     return {"cell": cell_row["cell"], "model": cell_row["model"], "method": cell_row["method"],
             "config": cell_row.get("config", cell_row["method"]), "benchmark": bench, "domain": dom,
             "n": len(a), "flips": flips, "flip_rate": flips / len(a) if len(a) else np.nan,

@@ -26,7 +26,7 @@ from torch import nn
 
 from fairq.errors import UserError
 
-from .config import PTQConfig, _check_choice
+from .config import PTQConfig, check_choice
 from .ptq import quantize_ptq
 from .registry import MethodInputs, MethodResult, method_of, register_method
 
@@ -45,7 +45,7 @@ class AdvancedPTQConfig(PTQConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_choice("calibration", self.calibration, CALIBRATIONS)
+        check_choice("calibration", self.calibration, CALIBRATIONS)
 
     @property
     def reference_method(self) -> str:  # type: ignore[override]  (per setting, not per class)

@@ -16,7 +16,7 @@ SIMULATIONS = ("graph", "layer_input")
 MIN_BITS, MAX_BITS = 2, 8
 
 
-def _check_bits(name: str, value, allow_none: bool = False) -> None:
+def check_bits(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
@@ -24,12 +24,12 @@ def _check_bits(name: str, value, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be an int in {MIN_BITS}..{MAX_BITS}{extra}, got {value!r}")
 
 
-def _check_choice(name: str, value, choices) -> None:
+def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def _as_str_tuple(name: str, value) -> tuple[str, ...]:
+def as_str_tuple(name: str, value) -> tuple[str, ...]:
     if isinstance(value, str):
         value = (value,)
     value = tuple(value)
@@ -38,7 +38,7 @@ def _as_str_tuple(name: str, value) -> tuple[str, ...]:
     return value
 
 
-def _check_positive(name: str, value, allow_none: bool = False, integer: bool = False) -> None:
+def check_positive(name: str, value, allow_none: bool = False, integer: bool = False) -> None:
     if value is None and allow_none:
         return
     kind = int if integer else (int, float)
@@ -46,7 +46,7 @@ def _check_positive(name: str, value, allow_none: bool = False, integer: bool = 
         raise ValueError(f"{name} must be a positive {'int' if integer else 'number'}, got {value!r}")
 
 
-class _Config:
+class MethodConfig:
     """Shared helpers of every method config: ``bit_width`` → field mapping, dict round-trip, the cell's variant
     tag and the control cells a method is compared with."""
 
@@ -84,7 +84,7 @@ class _Config:
         explicit plans and :attr:`run_fields` excluded), so two settings of one method and width are two cells."""
         return variant_of(self, skip=self.run_fields)
 
-    def controls(self) -> list["_Config"]:
+    def controls(self) -> list["MethodConfig"]:
         """Configs of the control cells this setting is compared with (stored alongside it); none by default."""
         return []
 
@@ -117,7 +117,7 @@ def variant_of(config, skip=()) -> str:
 
 
 @dataclass
-class PTQConfig(_Config):
+class PTQConfig(MethodConfig):
     """Static post-training quantization: k-bit weights, calibrated per-tensor k-bit activations.
 
     ``act_bits=None`` quantizes weights only. ``backend="auto"`` runs real INT8 kernels for W8A8 on CPU and
@@ -145,25 +145,25 @@ class PTQConfig(_Config):
     simulation: str = "graph"
 
     def __post_init__(self):
-        _check_bits("weight_bits", self.weight_bits)
-        _check_bits("act_bits", self.act_bits, allow_none=True)
-        _check_choice("observer", self.observer, OBSERVERS)
-        _check_choice("backend", self.backend, BACKENDS + ("int4",))
-        _check_choice("simulation", self.simulation, SIMULATIONS)
+        check_bits("weight_bits", self.weight_bits)
+        check_bits("act_bits", self.act_bits, allow_none=True)
+        check_choice("observer", self.observer, OBSERVERS)
+        check_choice("backend", self.backend, BACKENDS + ("int4",))
+        check_choice("simulation", self.simulation, SIMULATIONS)
         if self.backend == "int4" and (self.weight_bits, self.act_bits) != (4, None):
             raise ValueError(f"backend='int4' is the weight-only int4 kernel: needs weight_bits=4 and act_bits=None, "
                              f"got {self.weight_bits}/{self.act_bits}")
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile!r}")
-        self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)
-        _check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
+        self.skip_modules = as_str_tuple("skip_modules", self.skip_modules)
+        check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
         if self.backend == "int8" and (self.weight_bits, self.act_bits) != (8, 8):
             raise ValueError(f"backend='int8' needs weight_bits=8 and act_bits=8, got {self.weight_bits}/"
                              f"{self.act_bits}; use backend='simulated' or 'auto' for other widths")
 
 
 @dataclass
-class DynamicConfig(_Config):
+class DynamicConfig(MethodConfig):
     """Dynamic quantization of Linear layers: k-bit weights, activations quantized per batch at run time.
 
     ``backend="auto"`` uses real INT8 kernels when ``bits == 8``; otherwise (or ``"simulated"``) weights are
@@ -180,16 +180,16 @@ class DynamicConfig(_Config):
     skip_modules: tuple[str, ...] = ()
 
     def __post_init__(self):
-        _check_bits("bits", self.bits)
-        _check_bits("act_bits", self.act_bits, allow_none=True)
-        _check_choice("backend", self.backend, BACKENDS)
-        self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)
+        check_bits("bits", self.bits)
+        check_bits("act_bits", self.act_bits, allow_none=True)
+        check_choice("backend", self.backend, BACKENDS)
+        self.skip_modules = as_str_tuple("skip_modules", self.skip_modules)
         if self.backend == "int8" and self.bits != 8:
             raise ValueError(f"backend='int8' needs bits=8, got {self.bits}; use 'simulated' or 'auto'")
 
 
 @dataclass
-class QATConfig(_Config):
+class QATConfig(MethodConfig):
     """Quantization-aware training: fake-quant (straight-through estimator) while training, then convert.
 
     ``epochs``/``lr``/``max_steps`` drive only the minimal built-in loop (used when ``quantize`` gets a
@@ -208,14 +208,14 @@ class QATConfig(_Config):
     calibration_batches: int | None = 8
 
     def __post_init__(self):
-        _check_bits("weight_bits", self.weight_bits)
-        _check_bits("act_bits", self.act_bits, allow_none=True)
-        _check_positive("epochs", self.epochs, integer=True)
-        _check_positive("lr", self.lr)
-        _check_positive("max_steps", self.max_steps, allow_none=True, integer=True)
-        _check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
-        _check_choice("backend", self.backend, BACKENDS)
-        self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)
+        check_bits("weight_bits", self.weight_bits)
+        check_bits("act_bits", self.act_bits, allow_none=True)
+        check_positive("epochs", self.epochs, integer=True)
+        check_positive("lr", self.lr)
+        check_positive("max_steps", self.max_steps, allow_none=True, integer=True)
+        check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
+        check_choice("backend", self.backend, BACKENDS)
+        self.skip_modules = as_str_tuple("skip_modules", self.skip_modules)
         if self.backend == "int8" and (self.weight_bits, self.act_bits) != (8, 8):
             raise ValueError("backend='int8' needs weight_bits=8 and act_bits=8")
 
@@ -224,7 +224,7 @@ DEFAULT_KEEP_FP32 = ("classifier", "head", "heads", "fc", "last_linear")
 
 
 @dataclass
-class MixedPrecisionConfig(_Config):
+class MixedPrecisionConfig(MethodConfig):
     """Per-layer bit allocation from ``candidate_bits`` (``None`` = FP32) under a size budget.
 
     Budget: ``budget_avg_bits`` (parameter-weighted mean bits over all Conv/Linear weights, FP32 counting as 32)
@@ -255,26 +255,26 @@ class MixedPrecisionConfig(_Config):
         if not self.candidate_bits:
             raise ValueError("candidate_bits must not be empty")
         for b in self.candidate_bits:
-            _check_bits("candidate_bits entry", b, allow_none=True)
+            check_bits("candidate_bits entry", b, allow_none=True)
         if len(set(self.candidate_bits)) != len(self.candidate_bits):
             raise ValueError(f"candidate_bits has duplicates: {self.candidate_bits}")
-        _check_positive("budget_avg_bits", self.budget_avg_bits, allow_none=True)
-        _check_positive("budget_mb", self.budget_mb, allow_none=True)
+        check_positive("budget_avg_bits", self.budget_avg_bits, allow_none=True)
+        check_positive("budget_mb", self.budget_mb, allow_none=True)
         if self.budget_avg_bits is not None and self.budget_mb is not None:
             raise ValueError("give one budget: budget_avg_bits or budget_mb, not both")
         if self.budget_avg_bits is None and self.budget_mb is None and self.plan is None:
             raise ValueError("MixedPrecisionConfig needs budget_avg_bits, budget_mb or an explicit plan")
-        self.keep_fp32 = _as_str_tuple("keep_fp32", self.keep_fp32)
-        _check_choice("sensitivity", self.sensitivity, ("loss", "accuracy", "kl"))
-        _check_bits("act_bits", self.act_bits, allow_none=True)
-        _check_choice("observer", self.observer, OBSERVERS)
-        _check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
-        _check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
+        self.keep_fp32 = as_str_tuple("keep_fp32", self.keep_fp32)
+        check_choice("sensitivity", self.sensitivity, ("loss", "accuracy", "kl"))
+        check_bits("act_bits", self.act_bits, allow_none=True)
+        check_choice("observer", self.observer, OBSERVERS)
+        check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
+        check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
         if self.plan is not None:
             if not isinstance(self.plan, dict):
                 raise ValueError(f"plan must be a dict {{layer name: bits or None}}, got {type(self.plan).__name__}")
             for layer, b in self.plan.items():
-                _check_bits(f"plan[{layer!r}]", b, allow_none=True)
+                check_bits(f"plan[{layer!r}]", b, allow_none=True)
 
     @classmethod
     def from_bit_width(cls, bit_width, **options):

@@ -30,14 +30,14 @@ from fairq.batches import IGNORE_INDEX, as_batches, split_batch
 from fairq.lit import FairClassifier, MaskedLMModule, fit_module, objective_of, quiet_trainer
 
 from .backend import tag_model
-from .config import _check_choice, _check_positive, _Config, variant_of
+from .config import check_choice, check_positive, MethodConfig, variant_of
 from .data import iter_model_inputs, logits_of, model_device
 from .registry import MethodInputs, MethodResult, register_method
 from .sparsity import count_flops, count_params
 
 
 @dataclass
-class DistillConfig(_Config):
+class DistillConfig(MethodConfig):
     """``student``: a model name or ``half_depth`` (``init``: from the teacher's weights, or ``random``: every
     layer re-initialised); ``temperature`` T; ``alpha``: weight of the soft (KL) term;
     ``epochs`` / ``max_steps`` / ``lr``: the student's training."""
@@ -56,13 +56,13 @@ class DistillConfig(_Config):
     def __post_init__(self):
         if not isinstance(self.student, str) or not self.student:
             raise ValueError(f"student must be a model name or 'half_depth', got {self.student!r}")
-        _check_choice("init", self.init, ("teacher", "random"))
-        _check_positive("temperature", self.temperature)
+        check_choice("init", self.init, ("teacher", "random"))
+        check_positive("temperature", self.temperature)
         if not 0.0 <= float(self.alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        _check_positive("epochs", self.epochs, integer=True)
-        _check_positive("max_steps", self.max_steps, allow_none=True, integer=True)
-        _check_positive("lr", self.lr)
+        check_positive("epochs", self.epochs, integer=True)
+        check_positive("max_steps", self.max_steps, allow_none=True, integer=True)
+        check_positive("lr", self.lr)
 
     def variant(self) -> str:
         """Always names the student; its keyword arguments as ``key=value`` (not as a dict's text)."""

@@ -28,7 +28,7 @@ from torch import nn
 
 from .advanced_ptq import NEEDS, AdvancedPTQConfig, calibration_for, calibration_record
 from .backend import tag_model
-from .config import _check_positive
+from .config import check_positive
 from .fakequant import QuantizedWeight
 from .layer_stats import collect_input_stats, groups_of, weight_3d
 from .modules import quantizable_layers
@@ -59,9 +59,9 @@ class GPTQConfig(AdvancedPTQConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_positive("group_size", self.group_size, allow_none=True, integer=True)
-        _check_positive("damp", self.damp)
-        _check_positive("block_size", self.block_size, integer=True)
+        check_positive("group_size", self.group_size, allow_none=True, integer=True)
+        check_positive("damp", self.damp)
+        check_positive("block_size", self.block_size, integer=True)
         if self.backend in ("int8", "int4"):
             raise ValueError(f"gptq runs on the simulated backend only (its codes are set per layer), got "
                              f"backend={self.backend!r}; use backend='auto' or 'simulated'")

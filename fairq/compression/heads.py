@@ -52,7 +52,7 @@ from torch import nn
 from fairq.batches import model_device, predict, split_batch
 from fairq.errors import UserError
 
-from .structured import _Heads, attention_blocks
+from .structured import AttentionHeads, attention_blocks
 
 RANK_BY = ("ablation", "correlation")
 
@@ -61,7 +61,7 @@ class NoAttentionHeadsError(UserError, ValueError):
     """The model has no attention heads to attribute or attenuate (a CNN)."""
 
 
-def head_blocks(model: nn.Module, method: str = "soft_head_pruning") -> list[_Heads]:
+def head_blocks(model: nn.Module, method: str = "soft_head_pruning") -> list[AttentionHeads]:
     """The model's attention blocks; a model without any (a CNN) is a clear error naming it."""
     blocks = attention_blocks(model)
     if not blocks:
@@ -74,7 +74,7 @@ def head_blocks(model: nn.Module, method: str = "soft_head_pruning") -> list[_He
 
 # ------------------------------------------------------------------------------------------- scaling heads
 @torch.no_grad()
-def scale_heads(blocks: Sequence[_Heads], selection: dict[str, Sequence[int]], factor: float) -> None:
+def scale_heads(blocks: Sequence[AttentionHeads], selection: dict[str, Sequence[int]], factor: float) -> None:
     """Multiply the query, key and value rows (weights and biases) of the selected heads by ``factor`` in place.
 
     ``selection``: ``{block name: [head indices]}``. Scaling q and k scales the head's attention logits by
@@ -99,7 +99,7 @@ def scale_heads(blocks: Sequence[_Heads], selection: dict[str, Sequence[int]], f
 
 
 @contextlib.contextmanager
-def heads_scaled(blocks: Sequence[_Heads], selection: dict[str, Sequence[int]], factor: float):
+def heads_scaled(blocks: Sequence[AttentionHeads], selection: dict[str, Sequence[int]], factor: float):
     """:func:`scale_heads` for the duration of a ``with`` block; the exact original rows are restored after."""
     saved = []
     for b in blocks:
@@ -227,7 +227,7 @@ def probe_for(validation, sensitive_names=None, *, limit: int | None = None) -> 
 
 # ------------------------------------------------------------------------------------------- activations
 @torch.no_grad()
-def head_activations(model: nn.Module, blocks: Sequence[_Heads], batches) -> dict[str, np.ndarray]:
+def head_activations(model: nn.Module, blocks: Sequence[AttentionHeads], batches) -> dict[str, np.ndarray]:
     """``{block name: [n_items, n_heads]}``: per item, the L2 norm of each head's attention output (its slice of
     the output projection's input), averaged over the item's tokens (mask ≠ 0)."""
     seen: dict[str, torch.Tensor] = {}
@@ -319,7 +319,7 @@ def _json_safe(obj):
     return obj
 
 
-def attribute_heads(model: nn.Module, probe: BiasProbe, blocks: Sequence[_Heads] | None = None) -> HeadAttribution:
+def attribute_heads(model: nn.Module, probe: BiasProbe, blocks: Sequence[AttentionHeads] | None = None) -> HeadAttribution:
     """Ablation and correlation attribution of every head of ``model`` on ``probe`` (the model is restored)."""
     blocks = list(blocks) if blocks is not None else head_blocks(model, "head attribution")
     base = probe.measure(model, with_scores=True)
@@ -374,7 +374,7 @@ def fingerprint(obj) -> str:
     return h.hexdigest()
 
 
-def cached_attribution(model: nn.Module, probe: BiasProbe, blocks: Sequence[_Heads] | None = None
+def cached_attribution(model: nn.Module, probe: BiasProbe, blocks: Sequence[AttentionHeads] | None = None
                        ) -> HeadAttribution:
     """:func:`attribute_heads`, reused when the same weights meet the same probe items again in this process
     (the cells of an α sweep share one baseline and one validation split). A probe without ``key()`` is never

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .backend import tag_model
-from .config import _as_str_tuple, _check_choice, _check_positive, _Config, variant_of
+from .config import as_str_tuple, check_choice, check_positive, MethodConfig, variant_of
 from .modules import matches
 from .registry import Artifact, MethodInputs, MethodResult, get_method, make_config, register_method
 from .sparsity import count_flops, count_params, overall_sparsity, sparsity_audit
@@ -34,7 +34,7 @@ THEN_NEEDS = frozenset({"calibration"})
 
 
 @dataclass
-class _PruneConfig(_Config):
+class PruneConfigBase(MethodConfig):
     """Shared by the pruning configs: no bit width of their own (a chained ``then`` method brings one), and an
     optional fine-tune of the pruned model (``finetune_epochs`` > 0; ``finetune_steps`` caps it) with fairq's
     Lightning module on the run's training split — unstructured zeros stay zero through it (the masks are
@@ -50,8 +50,8 @@ class _PruneConfig(_Config):
         if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
                 or self.finetune_epochs < 0:
             raise ValueError(f"finetune_epochs must be an int ≥ 0, got {self.finetune_epochs!r}")
-        _check_positive("finetune_steps", self.finetune_steps, allow_none=True, integer=True)
-        _check_positive("finetune_lr", self.finetune_lr)
+        check_positive("finetune_steps", self.finetune_steps, allow_none=True, integer=True)
+        check_positive("finetune_lr", self.finetune_lr)
 
     @classmethod
     def from_bit_width(cls, bit_width, **options):
@@ -93,7 +93,7 @@ def _then_config(then: dict | None):
 
 
 @dataclass
-class MagnitudePruneConfig(_PruneConfig):
+class MagnitudePruneConfig(PruneConfigBase):
     """Zero the ``sparsity`` fraction of smallest-|w| weights of every Conv/Linear layer (``scope="layer"``) or
     of all of them ranked together (``scope="global"``); ``include_embeddings`` prunes ``nn.Embedding`` tables
     too; ``skip_modules`` (fnmatch patterns) stay dense; ``then`` chains a quantization method."""
@@ -109,8 +109,8 @@ class MagnitudePruneConfig(_PruneConfig):
                 or not 0.0 <= float(self.sparsity) < 1.0:
             raise ValueError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
         self.sparsity = float(self.sparsity)
-        _check_choice("scope", self.scope, SCOPES)
-        self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)
+        check_choice("scope", self.scope, SCOPES)
+        self.skip_modules = as_str_tuple("skip_modules", self.skip_modules)
         self._check_finetune()
         self.then_config = _then_config(self.then)
 
@@ -186,7 +186,7 @@ def magnitude_prune(model: nn.Module, sparsity: float, *, scope: str = "layer", 
     return {"layers": list(owners), "tied": tied, "while_masked": during}
 
 
-def finetune(model: nn.Module, inputs: MethodInputs, config: _PruneConfig) -> dict:
+def finetune(model: nn.Module, inputs: MethodInputs, config: PruneConfigBase) -> dict:
     """Fine-tune ``model`` in place per the config's ``finetune_*`` fields (nothing when ``finetune_epochs`` is
     0): the run's datamodule and Trainer factory, else a quiet Trainer over ``inputs.train_loader``. Returns
     ``{"finetune_steps": …}`` for the record."""

@@ -2,7 +2,7 @@
 
 Every compression technique — quantization, mitigation, and whatever comes next — is
 
-* a config dataclass (``fairq.compression.config._Config`` subclass, validated in ``__post_init__``),
+* a config dataclass (``fairq.compression.config.MethodConfig`` subclass, validated in ``__post_init__``),
 * a handler ``handler(model, config, inputs: MethodInputs) -> MethodResult`` that gets a private deep copy of the
   model and returns the compressed model with its record (``metrics.csv`` columns) and artifacts (JSON files),
 * one :func:`register_method` call in its own module, declaring what the handler ``needs`` from a run.
@@ -11,7 +11,7 @@ A phase reads a config section, builds exactly the declared inputs (:data:`NEEDS
 no method by name. Methods are discovered through :mod:`fairq.methods`, the one place that imports the modules
 that register them (this package never imports the layers above it).
 
-Adding a method: write ``my_method.py`` with ``MyConfig(_Config)`` and ``def handle(model, config, inputs)``,
+Adding a method: write ``my_method.py`` with ``MyConfig(MethodConfig)`` and ``def handle(model, config, inputs)``,
 call ``register_method("my_method", MyConfig, handle, needs={"calibration"})``, and list the module in
 :data:`fairq.methods.METHOD_MODULES`, or name it in ``$FAIRQ_METHOD_MODULES`` (which also reaches Ray workers); the
 registry-generated tests pick it up.
@@ -80,7 +80,7 @@ class MethodInputs:
             name = cls.ALIASES.get(key, key)
             if name not in names:
                 valid = sorted(names | set(cls.ALIASES))
-                raise TypeError(f"unknown run input {key!r}{_did_you_mean(key, valid)}; valid: {valid}")
+                raise TypeError(f"unknown run input {key!r}{did_you_mean(key, valid)}; valid: {valid}")
             out[name] = value
         return cls(**out)
 
@@ -204,10 +204,15 @@ def lookup(config) -> tuple[str, Handler]:
     return m.name, m.handler
 
 
+def registered_methods(family: str | None = None) -> dict[str, Method]:
+    """Every registered method by name (of one ``family`` when given), in registration order."""
+    return {n: m for n, m in _REGISTRY.items() if family is None or m.family == family}
+
+
 def get_method(name: str) -> Method:
     """The registered method called ``name``; unknown names raise, offering close matches."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown compression method {name!r}{_did_you_mean(name, _REGISTRY)}; registered: "
+        raise ValueError(f"unknown compression method {name!r}{did_you_mean(name, _REGISTRY)}; registered: "
                          f"{', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
@@ -239,6 +244,6 @@ def make_config(method: str, bit_width=None, **options):
     return get_method(method).config_cls.from_bit_width(bit_width, **options)
 
 
-def _did_you_mean(word: str, choices) -> str:
+def did_you_mean(word: str, choices) -> str:
     close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .advanced_ptq import NEEDS, AdvancedPTQConfig, calibration_for, calibration_record
-from .config import _check_positive
+from .config import check_positive
 from .fakequant import quantize_weight
 from .layer_stats import (
     channel_to_columns, collect_input_stats, foldable_norms, groups_of, in_channels, scale_input_channels, weight_3d,
@@ -54,8 +54,8 @@ class AWQConfig(AdvancedPTQConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_positive("grid", self.grid, integer=True)
-        _check_positive("search_rows", self.search_rows, integer=True)
+        check_positive("grid", self.grid, integer=True)
+        check_positive("search_rows", self.search_rows, integer=True)
 
 
 @dataclass

@@ -29,16 +29,16 @@ import torch
 from torch import nn
 
 from .backend import tag_model
-from .config import _check_choice, _check_positive, variant_of
+from .config import check_choice, check_positive, variant_of
 from .heads import RANK_BY, cached_attribution, head_blocks, probe_for, scale_heads, select_heads
-from .pruning import _PruneConfig, finetune
+from .pruning import PruneConfigBase, finetune
 from .registry import Artifact, MethodInputs, MethodResult, register_method
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SoftHeadPruningConfig(_PruneConfig):
+class SoftHeadPruningConfig(PruneConfigBase):
     """Scale the q/k/v of the ``n_heads`` most bias-carrying heads by ``1 − alpha`` (see the module doc).
 
     ``rank_by``: ``ablation`` (mean bias change when the head is ablated) or ``correlation`` (mean |r| of its
@@ -59,13 +59,13 @@ class SoftHeadPruningConfig(_PruneConfig):
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
         self.alpha = float(self.alpha)
-        _check_positive("n_heads", self.n_heads, integer=True)
-        _check_choice("rank_by", self.rank_by, RANK_BY)
+        check_positive("n_heads", self.n_heads, integer=True)
+        check_choice("rank_by", self.rank_by, RANK_BY)
         if isinstance(self.min_consistency, bool) or not isinstance(self.min_consistency, (int, float)) \
                 or not 0.0 <= self.min_consistency <= 1.0:
             raise ValueError(f"min_consistency must be in [0, 1], got {self.min_consistency!r}")
-        _check_positive("max_utility_drop", self.max_utility_drop, allow_none=True)
-        _check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
+        check_positive("max_utility_drop", self.max_utility_drop, allow_none=True)
+        check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
         self._check_finetune()
 
     def variant(self) -> str:

@@ -28,10 +28,10 @@ from fairq.batches import labelled_positions
 from fairq.threads import backward as thread_invariant_backward
 
 from .backend import tag_model
-from .config import _as_str_tuple, _check_choice, _check_positive, variant_of
+from .config import as_str_tuple, check_choice, check_positive, variant_of
 from .data import iter_labelled_batches, iter_model_inputs, logits_of, model_device
 from .modules import matches
-from .pruning import _PruneConfig, finetune
+from .pruning import PruneConfigBase, finetune
 from .registry import Artifact, MethodInputs, MethodResult, register_method, register_requirement
 from .sparsity import count_flops, count_params
 
@@ -74,7 +74,7 @@ def _structured_record(model: nn.Module, dense_params: int, example) -> dict:
 
 # ------------------------------------------------------------------------------------------- channel pruning
 @dataclass
-class ChannelPruneConfig(_RatioVariant, _PruneConfig):
+class ChannelPruneConfig(_RatioVariant, PruneConfigBase):
     """Remove ``ratio`` of the output channels of every prunable conv, or of every MLP hidden layer of a
     transformer (``global_pruning``: ranked across layers)
     with torch-pruning's DepGraph; ``importance``: ``magnitude`` or ``taylor`` (on ``val_batches`` validation
@@ -88,9 +88,9 @@ class ChannelPruneConfig(_RatioVariant, _PruneConfig):
 
     def __post_init__(self):
         self.ratio = _check_ratio(self.ratio)
-        _check_choice("importance", self.importance, ("magnitude", "taylor"))
-        self.skip_modules = _as_str_tuple("skip_modules", self.skip_modules)
-        _check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
+        check_choice("importance", self.importance, ("magnitude", "taylor"))
+        self.skip_modules = as_str_tuple("skip_modules", self.skip_modules)
+        check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
         self._check_finetune()
 
 
@@ -183,7 +183,7 @@ register_method("channel_prune", ChannelPruneConfig, handle_channel_prune,
 
 # ------------------------------------------------------------------------------------------- head pruning
 @dataclass
-class _Heads:
+class AttentionHeads:
     """One attention block seen as heads: the projections that produce them and the one that reads them."""
 
     name: str
@@ -272,7 +272,7 @@ def _select(lin: nn.Linear, rows=None, cols=None) -> nn.Linear:
     return new
 
 
-def attention_blocks(model: nn.Module) -> list[_Heads]:
+def attention_blocks(model: nn.Module) -> list[AttentionHeads]:
     """The attention blocks :func:`head_prune` can shrink: timm ``Attention`` and BERT-style self-attention."""
     out = []
     try:
@@ -283,11 +283,11 @@ def attention_blocks(model: nn.Module) -> list[_Heads]:
         if TimmAttention and type(mod) is TimmAttention:
             if not isinstance(mod.norm, nn.Identity) or mod.gate is not None:
                 raise ValueError(f"{name}: timm Attention with scale_norm/gate is not supported by head_prune")
-            out.append(_Heads(name, mod, "timm"))
+            out.append(AttentionHeads(name, mod, "timm"))
         elif all(hasattr(mod, a) for a in ("self", "output")) and all(
                 hasattr(mod.self, a) for a in ("query", "key", "value", "num_attention_heads")) \
                 and isinstance(getattr(mod.output, "dense", None), nn.Linear):
-            out.append(_Heads(name, mod, "bert"))
+            out.append(AttentionHeads(name, mod, "bert"))
     return out
 
 
@@ -303,7 +303,7 @@ register_requirement("attention_heads", "attention heads (a timm ViT or a BERT-s
 
 
 @dataclass
-class HeadPruneConfig(_RatioVariant, _PruneConfig):
+class HeadPruneConfig(_RatioVariant, PruneConfigBase):
     """Remove ``ratio`` of the attention heads of every block (at least one head stays per block), the
     lowest-ranked first; ``importance``: ``magnitude`` or ``ablation`` (validation loss increase with the head
     silenced, on ``val_batches`` batches)."""
@@ -314,12 +314,12 @@ class HeadPruneConfig(_RatioVariant, _PruneConfig):
 
     def __post_init__(self):
         self.ratio = _check_ratio(self.ratio)
-        _check_choice("importance", self.importance, ("magnitude", "ablation"))
-        _check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
+        check_choice("importance", self.importance, ("magnitude", "ablation"))
+        check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
         self._check_finetune()
 
 
-def head_importance(model: nn.Module, blocks: list[_Heads], importance: str, validation=None,
+def head_importance(model: nn.Module, blocks: list[AttentionHeads], importance: str, validation=None,
                     val_batches: int | None = 4) -> dict[str, torch.Tensor]:
     """``{block name: score per head}`` (higher = more important)."""
     if importance == "magnitude":

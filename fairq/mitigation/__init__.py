@@ -20,10 +20,10 @@ from .fairness_aware import (  # noqa: I001  (registers last: its ladder names t
     ConstraintNotMetWarning, FairnessAwareQuantizer, FairnessAwareQuantizerConfig,
 )
 
-from fairq.compression.registry import _REGISTRY  # noqa: E402
+from fairq.compression.registry import registered_methods  # noqa: E402
 
 #: the registered methods of the ``mitigation`` family (read from the registry, not listed by hand).
-MITIGATION_METHODS = tuple(name for name, m in _REGISTRY.items() if m.family == "mitigation")
+MITIGATION_METHODS = tuple(registered_methods("mitigation"))
 
 __all__ = [
     "apply_quantization",    "BiasAwareCalibrationConfig", "FairnessFinetuneConfig", "SensitiveLayerPreservationConfig",

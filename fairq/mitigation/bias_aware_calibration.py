@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 from torch import nn
 
-from fairq.compression.config import PTQConfig, _check_positive
+from fairq.compression.config import PTQConfig, check_positive
 from fairq.compression.ptq import quantize_ptq
 from fairq.compression.registry import Artifact, MethodInputs, MethodResult, register_method
 
@@ -50,9 +50,9 @@ class BiasAwareCalibrationConfig(PTQConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_positive("calibration_samples", self.calibration_samples, allow_none=True, integer=True)
-        _check_positive("pool_batches", self.pool_batches, allow_none=True, integer=True)
-        _check_positive("batch_size", self.batch_size, integer=True)
+        check_positive("calibration_samples", self.calibration_samples, allow_none=True, integer=True)
+        check_positive("pool_batches", self.pool_batches, allow_none=True, integer=True)
+        check_positive("batch_size", self.batch_size, integer=True)
 
     def controls(self) -> list[PTQConfig]:
         """The plain ``ptq_static`` setting with the same fields: only the calibration draw differs."""

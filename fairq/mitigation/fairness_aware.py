@@ -28,7 +28,7 @@ from torch import nn
 from fairq.compression.api import compress
 from fairq.errors import InfeasibleError
 from fairq.compression.backend import tag_model
-from fairq.compression.config import _check_bits, _Config
+from fairq.compression.config import check_bits, MethodConfig
 from fairq.compression.registry import METHODS, Artifact, MethodInputs, MethodResult, make_config, register_method
 
 from .batches import fairness_of
@@ -130,8 +130,8 @@ class FairnessAwareQuantizer:
                  act_bits: int | None = 8, options: Sequence[tuple[str, dict]] | None = None,
                  fairness_finetune: dict | None = None, min_group_size: int | None = None,
                  max_accuracy_drop: float | None = None):
-        _check_bits("bit_width", bit_width)
-        _check_bits("act_bits", act_bits, allow_none=True)
+        check_bits("bit_width", bit_width)
+        check_bits("act_bits", act_bits, allow_none=True)
         _check_gap("max_dp_gap", max_dp_gap)
         _check_gap("max_eo_gap", max_eo_gap)
         _check_gap("max_accuracy_drop", max_accuracy_drop)
@@ -310,7 +310,7 @@ class FairnessAwareQuantizer:
 
 
 @dataclass
-class FairnessAwareQuantizerConfig(_Config):
+class FairnessAwareQuantizerConfig(MethodConfig):
     """The ``fairness_aware_quantizer`` method: :class:`FairnessAwareQuantizer` as a registered config.
 
     Give ``max_dp_gap`` and/or ``max_eo_gap`` (both default to None so that the defaults form a valid
@@ -337,8 +337,8 @@ class FairnessAwareQuantizerConfig(_Config):
     max_accuracy_drop: float | None = None
 
     def __post_init__(self):
-        _check_bits("weight_bits", self.weight_bits)
-        _check_bits("act_bits", self.act_bits, allow_none=True)
+        check_bits("weight_bits", self.weight_bits)
+        check_bits("act_bits", self.act_bits, allow_none=True)
         _check_gap("max_dp_gap", self.max_dp_gap)
         _check_gap("max_eo_gap", self.max_eo_gap)
         _check_gap("max_accuracy_drop", self.max_accuracy_drop)

@@ -17,7 +17,7 @@ from torch import nn
 
 from fairq.batches import model_device
 from fairq.errors import UserError
-from fairq.compression.config import QATConfig, _check_choice, _check_positive, variant_of
+from fairq.compression.config import QATConfig, check_choice, check_positive, variant_of
 from fairq.compression.qat import convert_qat, prepare_qat
 from fairq.compression.registry import Artifact, MethodInputs, MethodResult, register_method
 
@@ -44,10 +44,10 @@ class FairnessFinetuneConfig(QATConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_choice("fairness", self.fairness, KINDS)
+        check_choice("fairness", self.fairness, KINDS)
         if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or self.lam < 0:
             raise ValueError(f"lam (the penalty weight λ) must be a number ≥ 0, got {self.lam!r}")
-        _check_positive("min_group_count", self.min_group_count, integer=True)
+        check_positive("min_group_count", self.min_group_count, integer=True)
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
 

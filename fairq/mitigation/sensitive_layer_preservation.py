@@ -26,7 +26,7 @@ from torch import nn
 
 from fairq.compression.backend import tag_model
 from fairq.errors import InfeasibleError
-from fairq.compression.config import OBSERVERS, _check_bits, _check_choice, _check_positive, _Config
+from fairq.compression.config import OBSERVERS, check_bits, check_choice, check_positive, MethodConfig
 from fairq.compression.measure import model_size
 from fairq.compression.mixed_precision import FP32_BITS, MixedPrecisionPlan, allocate_bits
 from fairq.compression.modules import quantizable_layers
@@ -42,7 +42,7 @@ SCORES = ("worst_group", "disparity")
 
 
 @dataclass
-class SensitiveLayerPreservationConfig(_Config):
+class SensitiveLayerPreservationConfig(MethodConfig):
     """Uniform ``weight_bits`` (``act_bits`` static inputs) except the most group-sensitive layers, kept at
     ``keep_bits`` (``None`` = FP32) while the parameter-weighted mean weight width stays ≤ ``budget_avg_bits``
     (default ``weight_bits + 1``) and at most ``max_layers`` layers are kept. ``sensitivity``: ``loss`` or
@@ -73,23 +73,23 @@ class SensitiveLayerPreservationConfig(_Config):
         return [layer_input_ptq(self)]
 
     def __post_init__(self):
-        _check_bits("weight_bits", self.weight_bits)
-        _check_bits("act_bits", self.act_bits, allow_none=True)
-        _check_bits("keep_bits", self.keep_bits, allow_none=True)
+        check_bits("weight_bits", self.weight_bits)
+        check_bits("act_bits", self.act_bits, allow_none=True)
+        check_bits("keep_bits", self.keep_bits, allow_none=True)
         if self.keep_bits is not None and self.keep_bits <= self.weight_bits:
             raise ValueError(f"keep_bits ({self.keep_bits}) must be wider than weight_bits ({self.weight_bits}), "
                              "or None (FP32)")
-        _check_positive("budget_avg_bits", self.budget_avg_bits, allow_none=True)
+        check_positive("budget_avg_bits", self.budget_avg_bits, allow_none=True)
         if self.budget_avg_bits is not None and self.budget_avg_bits < self.weight_bits:
             raise ValueError(f"budget_avg_bits ({self.budget_avg_bits}) is below weight_bits ({self.weight_bits}): "
                              "no layer could be kept at higher precision")
-        _check_positive("max_layers", self.max_layers, allow_none=True, integer=True)
-        _check_choice("sensitivity", self.sensitivity, ("loss", "accuracy"))
-        _check_choice("score", self.score, SCORES)
-        _check_positive("min_group_size", self.min_group_size, integer=True)
-        _check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
-        _check_choice("observer", self.observer, OBSERVERS)
-        _check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
+        check_positive("max_layers", self.max_layers, allow_none=True, integer=True)
+        check_choice("sensitivity", self.sensitivity, ("loss", "accuracy"))
+        check_choice("score", self.score, SCORES)
+        check_positive("min_group_size", self.min_group_size, integer=True)
+        check_positive("val_batches", self.val_batches, allow_none=True, integer=True)
+        check_choice("observer", self.observer, OBSERVERS)
+        check_positive("calibration_batches", self.calibration_batches, allow_none=True, integer=True)
 
     @property
     def budget(self) -> float:

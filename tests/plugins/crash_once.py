@@ -6,11 +6,11 @@ from pathlib import Path
 
 from fairq.compression import MethodResult, register_method
 from fairq.compression.backend import tag_model
-from fairq.compression.config import _Config
+from fairq.compression.config import MethodConfig
 
 
 @dataclasses.dataclass
-class CrashOnceConfig(_Config):
+class CrashOnceConfig(MethodConfig):
     weight_bits: int = 8
     marker: str = ""  # a file path: absent → create it and die; present → finish normally
 
