@@ -259,3 +259,34 @@ def test_an_infeasible_budget_is_a_user_error_without_a_traceback(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2, err
     assert "is infeasible" in err and "raise the budget" in err and "Traceback" not in err
+
+
+def test_an_installed_packages_entry_point_registers_its_method(tmp_path, monkeypatch):
+    """A third-party method reaches every process through a ``fairq.methods`` entry point (no environment variable):
+    a package installed on ``sys.path`` with that entry point is imported by ``load_methods``."""
+    from fairq.compression.registry import get_method, unregister_method
+    from fairq.methods import load_methods, plugin_modules
+
+    (tmp_path / "fairq_ep_toy").mkdir()
+    (tmp_path / "fairq_ep_toy" / "__init__.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from fairq import MethodConfig\n"
+        "from fairq.compression import MethodResult, register_method\n"
+        "@dataclass\n"
+        "class EpToyConfig(MethodConfig):\n"
+        "    weight_bits: int = 8\n"
+        "register_method('_ep_toy', EpToyConfig, lambda model, config, inputs: MethodResult(model),"
+        " family='toy')\n")
+    dist = tmp_path / "fairq_ep_toy-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fairq-ep-toy\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[fairq.methods]\nep_toy = fairq_ep_toy\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("FAIRQ_METHOD_MODULES", raising=False)
+    assert "fairq_ep_toy" in plugin_modules()
+    try:
+        load_methods()
+        assert get_method("_ep_toy").family == "toy"
+    finally:
+        unregister_method("_ep_toy")
+        sys.modules.pop("fairq_ep_toy", None)

@@ -13,7 +13,8 @@ that register them (this package never imports the layers above it).
 
 Adding a method: write ``my_method.py`` with ``MyConfig(MethodConfig)`` and ``def handle(model, config, inputs)``,
 call ``register_method("my_method", MyConfig, handle, needs={"calibration"})``, and list the module in
-:data:`fairq.methods.METHOD_MODULES`, or name it in ``$FAIRQ_METHOD_MODULES`` (which also reaches Ray workers); the
+:data:`fairq.methods.METHOD_MODULES`, or declare it as a ``fairq.methods`` entry point of its package (or name it
+in ``$FAIRQ_METHOD_MODULES``), which also reaches Ray workers; the
 registry-generated tests pick it up.
 """
 from __future__ import annotations
