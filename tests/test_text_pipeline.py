@@ -263,8 +263,8 @@ def test_the_shipped_text_config_runs_on_the_real_files(tmp_path, monkeypatch):
 
     if not (SHARED_DATA / "text" / "stereoset_dev.json").is_file():
         pytest.skip("../shared/data/text is not here")
-    subsets = {"stereoset_items": 60, "crows_items": 60, "bbq_items": 120}
-    dm = TextDataModule(root=str(SHARED_DATA / "text"), **subsets)
+    subsets = {"stereoset_items": 60, "crows_items": 60, "bbq_items": 120, "probes": "false"}  # probes: not real files
+    dm = TextDataModule(root=str(SHARED_DATA / "text"), **{k: v for k, v in subsets.items() if k != "probes"})
     dm.setup()
     too_long = build_bbq(HFTokenizer(bert_uncased_tokenizer()), dm.items["bbq"], max_len=128).skipped
     assert len(too_long), "the BBQ subset holds no item over 128 tokens: pick a larger or another subset"
@@ -272,6 +272,7 @@ def test_the_shipped_text_config_runs_on_the_real_files(tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["--config", str(CONFIG), "--output_dir", str(out),
             '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}',
+            "--evaluation.latency_repeats", "1", "--evaluation.progress", "false",
             *(a for k, v in subsets.items() for a in (f"--data.init_args.{k}", str(v)))]
     assert main(["--phase", "quantization", *args]) == 2  # no baseline yet
     assert main(["--phase", "baseline", *args]) == 0
