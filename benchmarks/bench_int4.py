@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fairq.compression import PTQConfig, measure_latency_paired, quantize  # noqa: E402
-from fairq.compression.data import logits_of  # noqa: E402
+from fairq.compression.core.data import logits_of  # noqa: E402
 from fairq.models import create_model  # noqa: E402
 
 

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fairq.compression.config import PTQConfig  # noqa: E402
-from fairq.compression.int8 import convert_static_int8  # noqa: E402
+from fairq.compression.core.config import PTQConfig  # noqa: E402
+from fairq.compression.backends.int8 import convert_static_int8  # noqa: E402
 from fairq.models import create_model  # noqa: E402
 
 TARGETS = {"resnet50": dict(speedup=2.5, size=0.27), "vit_small_patch16_224": dict(speedup=1.4)}

@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fairq.compression import MethodInputs, compress, make_config  # noqa: E402
-from fairq.compression.measure import serialized_bytes  # noqa: E402
-from fairq.compression.sparsity import count_params, sparse_serialized_bytes  # noqa: E402
+from fairq.compression.core.measure import serialized_bytes  # noqa: E402
+from fairq.compression.core.sparsity import count_params, sparse_serialized_bytes  # noqa: E402
 from fairq.models import create_model  # noqa: E402
 
 TARGETS = {"resnet50 channels 50%": 2.0}
@@ -88,7 +88,7 @@ def bench_unstructured(args) -> dict:
     x = torch.randn(args.batch_size, 3, 224, 224)
     res = compress(dense, make_config("magnitude_prune", sparsity=0.7), MethodInputs(calibration=[x[:2]]))
     buf = io.BytesIO()
-    from fairq.compression.sparsity import save_sparse
+    from fairq.compression.core.sparsity import save_sparse
 
     save_sparse(res.model, buf)
     assert buf.getbuffer().nbytes == sparse_serialized_bytes(res.model)

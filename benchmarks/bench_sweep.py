@@ -117,7 +117,7 @@ def project(run_dir: Path, config: str | None, models: list[str], seeds: int, wo
     import torch
 
     from fairq.cli import parse_args
-    from fairq.compression.sparsity import count_flops
+    from fairq.compression.core.sparsity import count_flops
     from fairq.models import create_model, input_size_keyword
     from fairq.sections import plan_run
 

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 from fairq.cli import make_context, parse_args  # noqa: E402
 from fairq.compression import PTQConfig, quantize  # noqa: E402
-from fairq.compression.int8 import int8_ranges  # noqa: E402
+from fairq.compression.backends.int8 import int8_ranges  # noqa: E402
 from fairq.evaluate import predict_frame  # noqa: E402
 
 CONFIDENCE_BINS = [0.5, 0.6, 0.75, 0.9, 0.99, 1.0]

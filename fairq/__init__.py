@@ -15,7 +15,7 @@ _LAZY = {
     "FairnessAwareQuantizer": "fairq.mitigation",
     "fairness_metrics": "fairq.metrics",
     "create_model": "fairq.models",
-    "MethodConfig": "fairq.compression.config",  # base of every method's config dataclass (docs: Extending)
+    "MethodConfig": "fairq.compression.core.config",  # base of every method's config dataclass (docs: Extending)
 }
 
 __all__ = list(_LAZY)

@@ -228,7 +228,7 @@ class QuantizationComparison:
 
 def _method_specs(methods, bit_width) -> list[tuple[str, object]]:
     """Normalise ``methods`` to ``[(label, spec)]``; spec = nn.Module or kwargs of ``apply_quantization``."""
-    from fairq.compression.registry import ALIASES
+    from fairq.compression.core.registry import ALIASES
     from fairq.methods import METHODS
 
     if isinstance(methods, (str, tuple)):
@@ -292,7 +292,7 @@ def _method_inputs(specs, datamodule, seed: int, **given) -> dict[str, dict]:
     What the caller passed wins; a method that needs data the caller did not pass gets it from the test loader's
     fairq datamodule (its training / validation split, said in the log); with a loader that is not fairq's, the
     argument is named before any work, e.g. QAT without ``train_loader``."""
-    from fairq.compression.registry import get_method, resolve_alias
+    from fairq.compression.core.registry import get_method, resolve_alias
 
     out, drawn = {}, {}
     for label, spec in specs:

@@ -1,7 +1,7 @@
 """The one place that discovers compression methods: importing it registers every method fairq ships.
 
 Each technique registers itself from its own module (``register_method`` in
-:mod:`fairq.compression.registry`); this module only imports those modules, so the library layers never import
+:mod:`fairq.compression.core.registry`); this module only imports those modules, so the library layers never import
 the layers above them (``fairq.compression`` knows nothing of ``fairq.mitigation``). A method of your own
 registers the same way: declare it as a Python entry point of group ``fairq.methods`` in the package that holds it
 (``[project.entry-points."fairq.methods"] my_method = "mypkg.my_method"``), so every process of a run — Ray
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from fairq.compression.registry import METHODS, get_method, make_config, register_method  # noqa: F401
+from fairq.compression.core.registry import METHODS, get_method, make_config, register_method  # noqa: F401
 
 #: modules whose import registers methods, in registration order (``fairq.compression.distill`` trains with
 #: Lightning, so it is loaded here rather than by ``import fairq.compression``, which stays light).

@@ -107,7 +107,7 @@ class TextSection:
         if self.pretrain:
             import dataclasses as dc
 
-            from fairq.compression.registry import did_you_mean
+            from fairq.compression.core.registry import did_you_mean
             from fairq.text.embedded import TinyBertSpec
 
             names = {f.name for f in dc.fields(TinyBertSpec)} - {"seed"}
@@ -170,7 +170,7 @@ def plan_section(name: str, section, *, default_bits=None) -> list[PlannedCell]:
 
     ``default_bits(method) -> list | None``: widths of an entry without ``bits`` (``None``: the config's default).
     """
-    from fairq.compression.registry import did_you_mean, get_method
+    from fairq.compression.core.registry import did_you_mean, get_method
     from fairq.methods import load_methods
 
     registry = load_methods()
@@ -261,7 +261,7 @@ def check_methods_apply(planned: dict[str, list[PlannedCell]], models) -> None:
 
     Checked on each model's weightless skeleton (:func:`fairq.models.skeleton`, seconds), so a run stops at startup,
     not after training its baselines; the message names the method, the model and the ``models:`` fix."""
-    from fairq.compression.registry import get_method, unmet_requirements
+    from fairq.compression.core.registry import get_method, unmet_requirements
     from fairq.models import skeleton
 
     models = list(models)
@@ -295,7 +295,7 @@ def plan_run(sections: dict) -> dict[str, list[PlannedCell]]:
     def mitigation_bits(method: str):
         if mitig.bits:
             return list(mitig.bits)
-        from fairq.compression.registry import get_method
+        from fairq.compression.core.registry import get_method
 
         ref = get_method(method).config_cls.reference_method
         if not isinstance(ref, str):  # a per-setting reference (advanced PTQ's balanced draw): the method itself

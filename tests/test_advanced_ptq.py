@@ -20,10 +20,10 @@ from fairq.compression import (
     AWQConfig, GPTQConfig, MethodInputs, PTQConfig, RTNConfig, SmoothQuantConfig, compress, effective_weights,
     layer_bits, quantize,
 )
-from fairq.compression.gptq import gptq_codes, grid
-from fairq.compression.layer_stats import ScaledInput, collect_input_stats
-from fairq.compression.modules import quantizable_layers
-from fairq.compression.smoothing import smooth
+from fairq.compression.quant.gptq import gptq_codes, grid
+from fairq.compression.quant.layer_stats import ScaledInput, collect_input_stats
+from fairq.compression.core.modules import quantizable_layers
+from fairq.compression.quant.smoothing import smooth
 from fairq.errors import UserError
 
 from test_compression import _build, _outputs
@@ -323,10 +323,10 @@ def test_a_balanced_cell_is_stored_with_its_natural_control_and_judged_against_i
 
 def test_a_tied_mlm_decoder_stays_fp32_and_tied():
     """The decoder *is* the word-embedding table: no method quantizes it (a quantized second copy would make the
-    model larger than FP32, see fairq.compression.modules.tied_output_layers); every other Linear is quantized."""
+    model larger than FP32, see fairq.compression.core.modules.tied_output_layers); every other Linear is quantized."""
     import transformers
 
-    from fairq.compression.modules import tied_output_layers
+    from fairq.compression.core.modules import tied_output_layers
 
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -18,8 +18,8 @@ from fairq.compression import (
     layer_bits, measure_latency, measure_latency_paired, model_size, model_size_mb, quantize, register_method,
     compress, make_config, MethodInputs, MethodResult,
 )
-from fairq.compression.registry import get_method, method_of
-from fairq.compression.data import iter_model_inputs, logits_of
+from fairq.compression.core.registry import get_method, method_of
+from fairq.compression.core.data import iter_model_inputs, logits_of
 from fairq.models import create_model
 
 N, CLASSES = 8, 2
@@ -192,7 +192,7 @@ def test_symmetric_has_zero_zero_point_and_affine_uses_it():
 def _input_act_scale(q) -> float:
     """Scale of the quantizer on the model's input (first linear's input) in either simulation."""
     if getattr(q, "fairq_simulation", None) == "graph":
-        from fairq.compression.graph_sim import activation_quantizers
+        from fairq.compression.quant.graph_sim import activation_quantizers
 
         return float(next(iter(activation_quantizers(q).values()))["scale"])
     return float(q[0].act_scale)
@@ -277,7 +277,7 @@ class _Sleeper(nn.Module):
 
 
 def test_paired_latency_alternates_with_the_reference_and_reports_the_ratio(monkeypatch):
-    import fairq.compression.measure as measure
+    import fairq.compression.core.measure as measure
 
     clock = _FakeClock()
     monkeypatch.setattr(measure, "time", clock)
@@ -354,7 +354,7 @@ def test_register_method_plugs_into_quantize_and_rejects_duplicates():
         with pytest.raises(ValueError, match="twice"):
             register_method("_test_half", HalfConfig, handler)
     finally:
-        from fairq.compression import registry
+        from fairq.compression.core import registry
 
         registry.unregister_method("_test_half")
     assert "_test_half" not in METHODS
@@ -392,10 +392,10 @@ def test_graph_simulation_survives_pickle_and_deepcopy():
 
 # ---------------------------------------------------------------- real INT8 dispatch
 class _Recorder(types.ModuleType):
-    """Stand-in for fairq/compression/int8.py that records how the engine calls it."""
+    """Stand-in for fairq/compression/backends/int8.py that records how the engine calls it."""
 
     def __init__(self):
-        super().__init__("fairq.compression.int8")
+        super().__init__("fairq.compression.backends.int8")
         self.calls = []
 
     def convert_static_int8(self, model, config, calibration_data):
@@ -414,7 +414,7 @@ class _Recorder(types.ModuleType):
 
 def test_int8_dispatch_contract(monkeypatch):
     stub = _Recorder()
-    monkeypatch.setitem(sys.modules, "fairq.compression.int8", stub)
+    monkeypatch.setitem(sys.modules, "fairq.compression.backends.int8", stub)
     model, calib = nn.Sequential(nn.Linear(4, 2)), [torch.randn(3, 4)]
     q = apply_quantization(model, "ptq_static", 8, calib)
     assert q.fairq_backend == "int8" and (q.fairq_weight_bits, q.fairq_act_bits) == (8, 8)
@@ -447,8 +447,8 @@ def test_real_int8_agrees_with_simulated_int8():
 def test_timm_same_padding_convs_are_quantized_like_the_rest(caplog):
     """tf_* EfficientNets put their stem and strided depthwise convs in timm's Conv2dSame; INT-k covers them."""
     from fairq.compression import QATConfig, convert_qat, prepare_qat
-    from fairq.compression.fakequant import FakeQuantConv2d
-    from fairq.compression.qat import _to_float, qat_layers
+    from fairq.compression.core.fakequant import FakeQuantConv2d
+    from fairq.compression.quant.qat import _to_float, qat_layers
 
     torch.manual_seed(0)
     model = create_model("tf_efficientnet_lite0", num_classes=CLASSES, pretrained=False).eval()

@@ -12,12 +12,12 @@ from fairq.compression import (
     MixedPrecisionConfig, QATConfig, convert_qat, effective_weights, layer_bits, model_size, prepare_qat, quantize,
     compress, MethodInputs,
 )
-from fairq.compression.data import iter_labelled_batches, iter_model_inputs
-from fairq.compression.fakequant import (
+from fairq.compression.core.data import iter_labelled_batches, iter_model_inputs
+from fairq.compression.core.fakequant import (
     FakeQuantLayer, FakeQuantLinear, dynamic_fake_quant, quantize_weight, quantize_with,
 )
-from fairq.compression.mixed_precision import allocate_bits
-from fairq.compression.observers import (
+from fairq.compression.quant.mixed_precision import allocate_bits
+from fairq.compression.core.observers import (
     KBitHistogramObserver, MSEObserver, PercentileObserver, act_observer, act_spec, qrange, weight_observer, weight_spec,
 )
 
@@ -426,7 +426,7 @@ def test_quantize_weight_hand_values_per_channel_symmetric_and_per_tensor_affine
 def test_grouped_dequantize_by_hand():
     """A ``[out, groups]`` scale / zero point (GPTQ's ``group_size``) applies to equal consecutive input slices of
     each output channel: (codes − z) · s per group, for a linear and a conv weight (slices span kernel taps)."""
-    from fairq.compression.fakequant import QuantizedWeight, dequantize
+    from fairq.compression.core.fakequant import QuantizedWeight, dequantize
 
     codes = torch.tensor([[1, 2, -3, 4], [0, -1, 5, 7]], dtype=torch.int8)
     scale = torch.tensor([[0.5, 2.0], [0.25, 1.0]])

@@ -5,7 +5,7 @@ import torch
 
 from fairq.compression import METHODS, MethodInputs, compress, make_config, model_size
 from fairq.compression.distill import DistillModule, distill_loss, mean_kl
-from fairq.compression.registry import get_method
+from fairq.compression.core.registry import get_method
 from fairq.methods import load_methods
 from test_compression import _build, _outputs
 

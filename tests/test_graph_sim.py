@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from fairq.compression import PTQConfig, effective_weights, layer_bits, quantize
-from fairq.compression import graph_sim, int8
-from fairq.compression.data import iter_model_inputs, logits_of
+from fairq.compression.quant import graph_sim
+from fairq.compression.backends import int8
+from fairq.compression.core.data import iter_model_inputs, logits_of
 from fairq.models import create_model
 
 

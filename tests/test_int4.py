@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from fairq.compression import PTQConfig, effective_weights, layer_bits, quantize
-from fairq.compression.data import iter_model_inputs, logits_of
-from fairq.compression.int4 import Int4WeightOnlyLinear, kernel_fits
+from fairq.compression.core.data import iter_model_inputs, logits_of
+from fairq.compression.backends.int4 import Int4WeightOnlyLinear, kernel_fits
 from fairq.models import create_model
 
 

@@ -1,4 +1,4 @@
-"""Real INT8 backend (fairq/compression/int8.py): int8 kernels really run, match their reference, audit, agree."""
+"""Real INT8 backend (fairq/compression/backends/int8.py): int8 kernels really run, match their reference, audit, agree."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fairq.compression import int8
-from fairq.compression.config import DynamicConfig, PTQConfig
+from fairq.compression.backends import int8
+from fairq.compression.core.config import DynamicConfig, PTQConfig
 from fairq.models import create_model
 
 IMG = 16  # tiny_cnn pools globally, so small images keep every test fast
@@ -193,7 +193,7 @@ def test_static_bert_with_keyword_inputs(bert):
 # ---------------------------------------------------------------- calibration parity with the simulated path
 @pytest.mark.parametrize("kind", ["minmax", "histogram", "percentile", "mse"])
 def test_activation_observers_calibrate_like_the_simulated_path(kind):
-    from fairq.compression import observers
+    from fairq.compression.core import observers
 
     torch.manual_seed(0)
     data = [torch.randn(4096) * 2 + 0.5, torch.randn(4096).exp()]

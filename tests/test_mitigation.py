@@ -16,7 +16,7 @@ from fairq.batches import predict
 from fairq.compression import (
     METHODS, MethodInputs, PTQConfig, compress, effective_weights, layer_bits, make_config, quantize,
 )
-from fairq.compression.sensitivity import layer_sensitivity
+from fairq.compression.quant.sensitivity import layer_sensitivity
 from fairq.metrics import fairness_metrics
 from fairq.mitigation import (
     BiasAwareCalibrationConfig, ConstraintNotMetWarning, FairnessAwareQuantizer, FairnessFinetuneConfig,

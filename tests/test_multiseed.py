@@ -130,7 +130,7 @@ def test_fairness_aware_quantizer_records_infeasible_options_but_lets_bugs_throu
 
 
 def test_multihead_attention_fused_projection_is_named_not_silently_kept(caplog):
-    from fairq.compression.modules import quantizable_layers
+    from fairq.compression.core.modules import quantizable_layers
 
     class Block(nn.Module):
         def __init__(self):
@@ -138,6 +138,6 @@ def test_multihead_attention_fused_projection_is_named_not_silently_kept(caplog)
             self.attn = nn.MultiheadAttention(8, 2)
             self.fc = nn.Linear(8, 2)
 
-    caplog.set_level(logging.WARNING, logger="fairq.compression.modules")
+    caplog.set_level(logging.WARNING, logger="fairq.compression.core.modules")
     layers = quantizable_layers(Block())
     assert "fc" in layers and "attn.in_proj_weight" in caplog.text

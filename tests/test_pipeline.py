@@ -39,7 +39,7 @@ def test_store_contract(run_dir):
         assert m[col].notna().all(), col
     assert set(m["weight_bits"]) == {32, 8, 4}
     assert "observer=percentile" in set(m["variant"].fillna(""))
-    from fairq.compression.int8 import int8_ranges
+    from fairq.compression.backends.int8 import int8_ranges
 
     int8_rows = m[m["backend"] == "int8"]  # ptq_static w8 runs real kernels; its activation range is on record
     assert len(int8_rows) == 1 and set(int8_rows["int8_act_range"]) == {f"0..{int8_ranges()[0]}"}

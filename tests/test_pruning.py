@@ -14,8 +14,8 @@ from fairq.compression import (
     METHODS, MethodInputs, compress, effective_weights, layer_bits, load_sparse, make_config, model_size,
     save_sparse, sparsity_audit,
 )
-from fairq.compression.measure import serialized_bytes
-from fairq.compression.registry import get_method
+from fairq.compression.core.measure import serialized_bytes
+from fairq.compression.core.registry import get_method
 from fairq.errors import ConfigError
 from fairq.sections import QuantizationSection, plan_section
 from test_compression import _build, _outputs, _tiny_bert
@@ -282,7 +282,7 @@ def test_channel_prune_on_transformers_removes_mlp_hidden_units_only(kind):
 
 
 def _blocks_shapes(model):
-    from fairq.compression.structured import attention_blocks
+    from fairq.compression.prune.structured import attention_blocks
 
     # q/k/v rows over the distinct projections (timm: one fused qkv Linear; BERT: three)
     return [(b.num_heads, b.head_dim, sum({id(lin): lin.out_features for _, lin, _ in b.producers()}.values()),
@@ -293,7 +293,7 @@ def _blocks_shapes(model):
 def test_head_prune_removes_heads_physically_and_exactly(kind):
     """A head that contributes nothing (zero output columns, tiny q/k/v) is the one removed, and removing it
     leaves the model's function unchanged: the cut rows/columns are the right ones."""
-    from fairq.compression.structured import attention_blocks
+    from fairq.compression.prune.structured import attention_blocks
 
     zoo = _build(kind)
     model = copy.deepcopy(zoo.model)
@@ -319,7 +319,7 @@ def test_head_prune_removes_heads_physically_and_exactly(kind):
 
 
 def test_head_prune_ablation_importance_is_measured_on_validation():
-    from fairq.compression.structured import attention_blocks, head_importance
+    from fairq.compression.prune.structured import attention_blocks, head_importance
 
     zoo = _build("vit")
     model = copy.deepcopy(zoo.model)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from fairq.compression import METHODS, MethodInputs, compress, make_config
-from fairq.compression.heads import (GroupGapProbe, NoAttentionHeadsError, attribute_heads, cached_attribution,
+from fairq.compression.localize.heads import (GroupGapProbe, NoAttentionHeadsError, attribute_heads, cached_attribution,
                                      head_blocks, heads_scaled, scale_heads, select_heads)
-from fairq.compression.registry import get_method
+from fairq.compression.core.registry import get_method
 from fairq.errors import ConfigError
 from fairq.sections import QuantizationSection, plan_section
 from test_compression import _build, _outputs
@@ -154,8 +154,8 @@ def test_scaling_touches_exactly_the_selected_heads(kind):
 @pytest.mark.parametrize("kind", ["vit", "bert"])
 def test_ablation_silences_the_head_output(kind):
     """q/k/v scaled to 0 → the head's slice of the output projection's input is exactly 0 (= zeroing its columns)."""
-    from fairq.compression.data import iter_model_inputs
-    from fairq.compression.heads import head_activations
+    from fairq.compression.core.data import iter_model_inputs
+    from fairq.compression.localize.heads import head_activations
 
     zoo = _build(kind)
     model = copy.deepcopy(zoo.model)
@@ -245,7 +245,7 @@ def test_soft_pruning_attenuates_the_planted_head_and_alpha_zero_changes_nothing
 
 
 def test_a_utility_budget_leaves_out_heads_the_model_cannot_do_without():
-    from fairq.compression.heads import HeadAttribution
+    from fairq.compression.localize.heads import HeadAttribution
 
     def row(block, head, d_bias, d_util):
         return {"layer": int(block[-1]), "block": block, "head": head, "category": "c", "bias_before": 1.0,
@@ -271,7 +271,7 @@ def test_no_qualifying_head_leaves_the_model_unchanged():
 
 
 def test_an_alpha_sweep_attributes_once(monkeypatch):
-    import fairq.compression.heads as heads
+    import fairq.compression.localize.heads as heads
 
     calls = []
     real = heads.attribute_heads

@@ -9,8 +9,8 @@ import torch
 
 from datamodules import SyntheticDataModule
 from fairq import FairnessAwareQuantizer, apply_quantization, compare_quantization_methods, compute_fairness_metrics
-from fairq.compression.qat import train_briefly
-from fairq.compression.registry import ALIASES, resolve_alias
+from fairq.compression.quant.qat import train_briefly
+from fairq.compression.core.registry import ALIASES, resolve_alias
 from fairq.metrics import fairness_metrics
 from fairq.models import create_model
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fairq.compression import PTQConfig, quantize
-from fairq.compression.layer_stats import collect_input_stats
-from fairq.compression.modules import quantizable_layers
-from fairq.compression.simulate import simulated_layers
+from fairq.compression.quant.layer_stats import collect_input_stats
+from fairq.compression.core.modules import quantizable_layers
+from fairq.compression.quant.simulate import simulated_layers
 
 PAD = 0
 
@@ -70,7 +70,7 @@ def test_layer_statistics_do_not_see_padding(setup):
 
 def test_the_check_would_see_padding(setup, monkeypatch):
     """Counter-check: with the mask ignored, the extra [PAD] rows change the statistics (so the test above can fail)."""
-    import fairq.compression.layer_stats as ls
+    import fairq.compression.quant.layer_stats as ls
 
     model, tight, padded, _ = setup
     monkeypatch.setattr(ls, "real_tokens", lambda x: x)
@@ -110,7 +110,7 @@ def test_advanced_ptq_does_not_see_padding(setup, method):
 
 
 def test_mixed_precision_kl_sensitivity_does_not_see_padding(setup):
-    from fairq.compression.sensitivity import layer_sensitivity
+    from fairq.compression.quant.sensitivity import layer_sensitivity
 
     model, tight, padded, _ = setup
     layers = dict(list(quantizable_layers(model).items())[:3])

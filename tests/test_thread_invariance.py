@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from fairq.compression.config import MixedPrecisionConfig
-from fairq.compression.mixed_precision import allocate_bits, plan_mixed_precision
+from fairq.compression.core.config import MixedPrecisionConfig
+from fairq.compression.quant.mixed_precision import allocate_bits, plan_mixed_precision
 from fairq.lit import FairClassifier, quiet_trainer
 from fairq.threads import backward as thread_invariant_backward
 

@@ -2,7 +2,7 @@
 over its α sweep.
 
 Nothing is recomputed here. The attribution is the validation-split table a ``soft_head_pruning`` cell stored
-(``heads/<cell>.json``, :mod:`fairq.compression.soft_pruning`); the trade-off points are the rows the analysis
+(``heads/<cell>.json``, :mod:`fairq.compression.localize.soft_pruning`); the trade-off points are the rows the analysis
 already computed from the cells' test-split predictions — ``deltas.csv`` (classification: bootstrap CIs, paired
 tests, BH-adjusted p) or ``text_scores.csv`` (masked LMs: the same for the text metrics) — with the model's
 baseline as the point α = 0.

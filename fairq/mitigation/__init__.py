@@ -20,7 +20,7 @@ from .fairness_aware import (  # noqa: I001  (registers last: its ladder names t
     ConstraintNotMetWarning, FairnessAwareQuantizer, FairnessAwareQuantizerConfig,
 )
 
-from fairq.compression.registry import registered_methods  # noqa: E402
+from fairq.compression.core.registry import registered_methods  # noqa: E402
 
 #: the registered methods of the ``mitigation`` family (read from the registry, not listed by hand).
 MITIGATION_METHODS = tuple(registered_methods("mitigation"))

@@ -22,9 +22,9 @@ from typing import ClassVar
 import numpy as np
 from torch import nn
 
-from fairq.compression.config import PTQConfig, check_positive
-from fairq.compression.ptq import quantize_ptq
-from fairq.compression.registry import Artifact, MethodInputs, MethodResult, register_method
+from fairq.compression.core.config import PTQConfig, check_positive
+from fairq.compression.quant.ptq import quantize_ptq
+from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method
 
 from .batches import gather, group_ids, pool_size, take
 
@@ -85,7 +85,7 @@ def group_counts(sensitive, index=None) -> dict[str, int]:
 
 def quantize_bias_aware(model: nn.Module, config: BiasAwareCalibrationConfig, calibration_data=None, *,
                         seed: int | None = None) -> tuple[nn.Module, dict]:
-    """Static PTQ (:func:`~fairq.compression.ptq.quantize_ptq`) calibrated on a group-balanced draw from
+    """Static PTQ (:func:`~fairq.compression.quant.ptq.quantize_ptq`) calibrated on a group-balanced draw from
     ``calibration_data``; returns the model and a record of the pool's and the draw's group counts."""
     pool = gather(calibration_data, config.pool_batches)
     n = config.calibration_samples or pool_size(pool)

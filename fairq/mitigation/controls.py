@@ -7,7 +7,7 @@ kernels at W8A8 — other models; analysis only pairs cells of one backend and o
 """
 from __future__ import annotations
 
-from fairq.compression.config import PTQConfig
+from fairq.compression.core.config import PTQConfig
 
 
 def layer_input_ptq(config) -> PTQConfig:

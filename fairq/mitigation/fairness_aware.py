@@ -25,11 +25,11 @@ from typing import Any, ClassVar, Sequence
 
 from torch import nn
 
-from fairq.compression.api import compress
+from fairq.compression import compress
 from fairq.errors import InfeasibleError
-from fairq.compression.backend import tag_model
-from fairq.compression.config import check_bits, MethodConfig
-from fairq.compression.registry import METHODS, Artifact, MethodInputs, MethodResult, make_config, register_method
+from fairq.compression.core.backend import tag_model
+from fairq.compression.core.config import check_bits, MethodConfig
+from fairq.compression.core.registry import METHODS, Artifact, MethodInputs, MethodResult, make_config, register_method
 
 from .batches import fairness_of
 
@@ -211,7 +211,7 @@ class FairnessAwareQuantizer:
         ``balanced_calibration_data``: an already group-balanced calibration set for the bias-aware options
         (e.g. ``FaceDataModule.calibration_dataloader(n, balanced=True)``; default: redrawn from
         ``calibration_data``). ``inputs``: further run inputs for every method (e.g. ``make_trainer``,
-        ``datamodule``; the :class:`~fairq.compression.registry.MethodInputs` fields).
+        ``datamodule``; the :class:`~fairq.compression.core.registry.MethodInputs` fields).
 
         Without ``validation_data``, a seeded ``holdout`` share of the calibration samples (default 25 %, seed 0,
         :func:`holdout_split`) is set aside to check the constraint on, and the rest calibrates — said in the log.

@@ -17,9 +17,9 @@ from torch import nn
 
 from fairq.batches import model_device
 from fairq.errors import UserError
-from fairq.compression.config import QATConfig, check_choice, check_positive, variant_of
-from fairq.compression.qat import convert_qat, prepare_qat
-from fairq.compression.registry import Artifact, MethodInputs, MethodResult, register_method
+from fairq.compression.core.config import QATConfig, check_choice, check_positive, variant_of
+from fairq.compression.quant.qat import convert_qat, prepare_qat
+from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method
 
 from .penalties import KINDS, make_penalty
 

@@ -1,7 +1,7 @@
 """Sensitive-layer preservation (``sensitive_layer_preservation``): keep the layers whose quantization hurts the
 worst-off group most at higher precision, under a size budget.
 
-Per-group sensitivity is the mixed-precision sensitivity (:func:`fairq.compression.sensitivity.layer_sensitivity`:
+Per-group sensitivity is the mixed-precision sensitivity (:func:`fairq.compression.quant.sensitivity.layer_sensitivity`:
 the validation loss increase / accuracy drop when only that layer's weights are quantized) measured on each
 intersectional group's validation samples separately. Because loss and accuracy are sample means, the overall
 change is the size-weighted mean of the group changes, so no extra pass is needed. A layer's score is
@@ -9,7 +9,7 @@ change is the size-weighted mean of the group changes, so no extra pass is neede
 * ``worst_group`` — the largest change over the groups (how much it hurts the group it hurts most), or
 * ``disparity`` — that largest group change minus the overall change (how unevenly it hurts).
 
-Allocation reuses the mixed-precision greedy allocator (:func:`fairq.compression.mixed_precision.allocate_bits`)
+Allocation reuses the mixed-precision greedy allocator (:func:`fairq.compression.quant.mixed_precision.allocate_bits`)
 with two widths — ``weight_bits`` for every layer and ``keep_bits`` (``None`` = FP32) for preserved ones — and
 the parameter-weighted average weight width as the budget; ``max_layers`` caps how many layers are preserved.
 Groups with fewer than ``min_group_size`` validation samples are left out (their estimate is noise).
@@ -24,15 +24,15 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fairq.compression.backend import tag_model
+from fairq.compression.core.backend import tag_model
 from fairq.errors import InfeasibleError
-from fairq.compression.config import OBSERVERS, check_bits, check_choice, check_positive, MethodConfig
-from fairq.compression.measure import model_size
-from fairq.compression.mixed_precision import FP32_BITS, MixedPrecisionPlan, allocate_bits
-from fairq.compression.modules import quantizable_layers
-from fairq.compression.registry import Artifact, MethodInputs, MethodResult, register_method
-from fairq.compression.sensitivity import layer_sensitivity
-from fairq.compression.simulate import quantize_layers
+from fairq.compression.core.config import OBSERVERS, check_bits, check_choice, check_positive, MethodConfig
+from fairq.compression.core.measure import model_size
+from fairq.compression.quant.mixed_precision import FP32_BITS, MixedPrecisionPlan, allocate_bits
+from fairq.compression.core.modules import quantizable_layers
+from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method
+from fairq.compression.quant.sensitivity import layer_sensitivity
+from fairq.compression.quant.simulate import quantize_layers
 
 from .batches import gather, group_ids, take
 
@@ -99,7 +99,7 @@ class SensitiveLayerPreservationConfig(MethodConfig):
 def group_layer_sensitivity(model: nn.Module, layers: dict[str, nn.Module], bits: int, data, *,
                             metric: str = "loss", limit: int | None = 4, min_group_size: int = 10,
                             per_channel: bool = True, symmetric: bool = True, batch_size: int = 256) -> dict:
-    """Per-group :func:`~fairq.compression.sensitivity.layer_sensitivity` at ``bits``.
+    """Per-group :func:`~fairq.compression.quant.sensitivity.layer_sensitivity` at ``bits``.
 
     Returns ``dict(groups=[code rows], n=[samples per group], per_group={layer: [change per group]},
     overall={layer: change}, worst={layer: max change}, worst_group={layer: index of that group})``.

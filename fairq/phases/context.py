@@ -108,7 +108,7 @@ class RunContext:
             "latency_batch_size": lat["batch_size"], "eval_seconds": round(eval_s, 3), **(extra or {}),
         }
         if "params" not in row and row["backend"] == "fp32":  # e.g. the baseline (methods that change it record theirs)
-            from fairq.compression.sparsity import count_params
+            from fairq.compression.core.sparsity import count_params
 
             row.update(count_params(model))
         qrange = getattr(model, "fairq_act_qrange", None)

@@ -2,10 +2,10 @@
 a config section → one stored cell (plus the control cells a setting asks for).
 
 The loop knows no method by name. For each setting it builds the inputs the method declared it needs
-(:data:`fairq.compression.registry.NEEDS`: natural or group-balanced calibration draws, the validation split, the
+(:data:`fairq.compression.core.registry.NEEDS`: natural or group-balanced calibration draws, the validation split, the
 training split with a Lightning trainer factory; a setting may use less, ``config.uses(needs)``), on the models
 its entry names (``models:``, default all), runs :func:`fairq.compression.compress` and stores the
-:class:`~fairq.compression.registry.MethodResult`: per-sample predictions and the metrics row (the result's record
+:class:`~fairq.compression.core.registry.MethodResult`: per-sample predictions and the metrics row (the result's record
 columns, its artifacts' paths, the config as JSON, the phase, the method's family and reference method).
 Resumable: cells already in ``metrics.csv`` are skipped before any work.
 
@@ -23,7 +23,7 @@ import time
 import torch
 
 from fairq.compression import compress
-from fairq.compression.registry import MethodInputs, method_of
+from fairq.compression.core.registry import MethodInputs, method_of
 from fairq.sections import calibration_samples, check_entry_models, plan_run
 
 from .context import RunContext

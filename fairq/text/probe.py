@@ -1,4 +1,4 @@
-"""The text bias probe for head attribution (:mod:`fairq.compression.heads`): held-out StereoSet / CrowS-Pairs
+"""The text bias probe for head attribution (:mod:`fairq.compression.localize.heads`): held-out StereoSet / CrowS-Pairs
 items — never the ones a cell is scored on — scored with the same scorers and batched MLM engine as a cell.
 
 Categories ``stereoset:<domain>`` / ``crows:<bias type>`` (those with at least ``min_items`` items); bias of a
@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from fairq.compression.heads import ProbeResult
+from fairq.compression.localize.heads import ProbeResult
 from fairq.errors import UserError
 
 from .scoring import HFTokenizer, build_crows, build_stereoset, crows_metrics, score_all, stereoset_metrics
@@ -27,7 +27,7 @@ class NoValidationItemsError(UserError, ValueError):
 
 
 class TextBiasProbe:
-    """Held-out items ``{"stereoset": [IntraItem], "crows": [CrowsPair]}`` as a :class:`~fairq.compression.heads.
+    """Held-out items ``{"stereoset": [IntraItem], "crows": [CrowsPair]}`` as a :class:`~fairq.compression.localize.heads.
     BiasProbe` (see the module doc)."""
 
     bias_name = "|score - 50| (StereoSet SS / CrowS metric per category)"

@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 
 from fairq.compression import MethodResult, register_method
-from fairq.compression.backend import tag_model
-from fairq.compression.config import MethodConfig
+from fairq.compression.core.backend import tag_model
+from fairq.compression.core.config import MethodConfig
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import iter_model_inputs, model_device
+from fairq.compression.core.data import iter_model_inputs, model_device
 
 FORMAT = "fairq-bitmask-v1"
 PRUNABLE = (nn.Linear, nn.Conv2d, nn.Conv1d, nn.Embedding)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fakequant import FakeQuantLayer, quantize_weight
-from .modules import quantizable_layers, set_layer
+from fairq.compression.core.fakequant import FakeQuantLayer, quantize_weight
+from fairq.compression.core.modules import quantizable_layers, set_layer
 
 GROUP = 32  # the kernel's smallest group size; a per-channel scale is repeated over the groups
 N_TILE = 16  # the packing needs out_features divisible by this

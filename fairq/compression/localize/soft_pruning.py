@@ -1,7 +1,7 @@
 """Soft head pruning (``soft_head_pruning``): attenuate the attention heads that carry bias instead of retraining.
 
 "Toward Inclusive Language Models" localizes bias to attention heads and scales their weights, ``W ← (1 − α)·W``.
-Here: the heads are attributed and selected on the run's **validation** split (:mod:`fairq.compression.heads`:
+Here: the heads are attributed and selected on the run's **validation** split (:mod:`fairq.compression.localize.heads`:
 ablation effect on the bias measure, consistency across categories, activation–bias correlation), then the
 query, key and value rows (weights and biases) of the ``n_heads`` selected heads are multiplied by ``1 − alpha``;
 the phase evaluates the cell on the **test** split, never the one the heads were chosen on. ``alpha`` is swept
@@ -9,7 +9,7 @@ like any field (``alpha: [0.25, 0.5, 1.0]`` → one cell each; ``alpha = 0`` is 
 the heads' output). An optional recovery fine-tune (``finetune_epochs`` > 0, Lightning, the run's training split)
 trains the rest of the model with the selected heads' rows held at their scaled values.
 
-CNNs have no heads: the handler raises :class:`~fairq.compression.heads.NoAttentionHeadsError` naming the model;
+CNNs have no heads: the handler raises :class:`~fairq.compression.localize.heads.NoAttentionHeadsError` naming the model;
 in a config restrict the entry to the attention models (``models: [tiny_vit]``).
 
 Records: ``alpha``, ``heads_selected`` (count), ``selected_heads`` (``block:head`` list), ``heads_total``,
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backend import tag_model
-from .config import check_choice, check_positive, variant_of
-from .heads import RANK_BY, cached_attribution, head_blocks, probe_for, scale_heads, select_heads
-from .pruning import PruneConfigBase, finetune
-from .registry import Artifact, MethodInputs, MethodResult, register_method
+from fairq.compression.core.backend import tag_model
+from fairq.compression.core.config import check_choice, check_positive, variant_of
+from fairq.compression.localize.heads import RANK_BY, cached_attribution, head_blocks, probe_for, scale_heads, select_heads
+from fairq.compression.prune.pruning import PruneConfigBase, finetune
+from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method
 
 log = logging.getLogger(__name__)
 

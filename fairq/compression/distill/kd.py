@@ -29,11 +29,11 @@ from torch import nn
 from fairq.batches import IGNORE_INDEX, as_batches, split_batch
 from fairq.lit import FairClassifier, MaskedLMModule, fit_module, objective_of, quiet_trainer
 
-from .backend import tag_model
-from .config import check_choice, check_positive, MethodConfig, variant_of
-from .data import iter_model_inputs, logits_of, model_device
-from .registry import MethodInputs, MethodResult, register_method
-from .sparsity import count_flops, count_params
+from fairq.compression.core.backend import tag_model
+from fairq.compression.core.config import check_choice, check_positive, MethodConfig, variant_of
+from fairq.compression.core.data import iter_model_inputs, logits_of, model_device
+from fairq.compression.core.registry import MethodInputs, MethodResult, register_method
+from fairq.compression.core.sparsity import count_flops, count_params
 
 
 @dataclass

@@ -15,13 +15,13 @@ from torch import nn
 
 from fairq.errors import InfeasibleError
 
-from .backend import tag_model
-from .config import MixedPrecisionConfig
-from .measure import MB, packed_weight_bytes, state_bytes
-from .modules import matches, quantizable_layers
-from .registry import Artifact, MethodInputs, MethodResult, register_method
-from .sensitivity import layer_sensitivity
-from .simulate import quantize_layers
+from fairq.compression.core.backend import tag_model
+from fairq.compression.core.config import MixedPrecisionConfig
+from fairq.compression.core.measure import MB, packed_weight_bytes, state_bytes
+from fairq.compression.core.modules import matches, quantizable_layers
+from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method
+from fairq.compression.quant.sensitivity import layer_sensitivity
+from fairq.compression.quant.simulate import quantize_layers
 
 FP32_BITS = 32
 

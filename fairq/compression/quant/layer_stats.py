@@ -4,7 +4,7 @@ Every layer is seen as a batched matmul ``[G, out_g, d_g] @ [G, d_g, n]`` (``G``
 Linear): a convolution's input is unfolded (``F.unfold``, padding handled as the layer does), so its columns are
 ``(in_channel, kh, kw)`` in the order of ``weight.reshape(out, -1)``. The statistics are gathered with forward
 pre-hooks on the float layers while calibration batches run through the model; a text batch's ``[PAD]``
-positions are left out (:func:`fairq.compression.data.real_tokens`).
+positions are left out (:func:`fairq.compression.core.data.real_tokens`).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import iter_model_inputs, model_device, real_tokens, token_mask
-from .modules import is_same_pad_conv, same_pad, set_layer
+from fairq.compression.core.data import iter_model_inputs, model_device, real_tokens, token_mask
+from fairq.compression.core.modules import is_same_pad_conv, same_pad, set_layer
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ CHUNK_ELEMS = 2**24
 def _update(stats: InputStats, mod: nn.Module, x: torch.Tensor, *, hessian: bool, max_rows: int,
             generator: torch.Generator) -> None:
     if isinstance(mod, nn.Linear):
-        x = real_tokens(x)  # a text batch's [PAD] positions are no calibration input (see fairq.compression.data)
+        x = real_tokens(x)  # a text batch's [PAD] positions are no calibration input (see fairq.compression.core.data)
     xc = _channel_view(mod, x).abs()
     s, m = xc.sum(0), xc.amax(0)
     stats.abs_sum = s if stats.abs_sum is None else stats.abs_sum + s

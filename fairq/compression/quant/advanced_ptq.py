@@ -2,8 +2,8 @@
 calibration-draw option they share, and ``rtn`` itself (a registration of ``ptq_static``'s round-to-nearest).
 
 The four differ only in how the k-bit weights are chosen: ``rtn`` rounds each weight to its nearest level,
-``gptq`` (:mod:`fairq.compression.gptq`) compensates each column's rounding error on the columns not yet
-quantized, ``awq`` / ``smoothquant`` (:mod:`fairq.compression.smoothing`) first rescale input channels (a
+``gptq`` (:mod:`fairq.compression.quant.gptq`) compensates each column's rounding error on the columns not yet
+quantized, ``awq`` / ``smoothquant`` (:mod:`fairq.compression.quant.smoothing`) first rescale input channels (a
 function-preserving transform) and then round. All of them end in the same simulated INT-k layers (or, at W8A8
 on CPU for ``rtn`` / ``awq`` / ``smoothquant``, the same real INT8 kernels) as ``ptq_static``, so the level audit
 (:func:`~fairq.compression.effective_weights`) and the size measure hold unchanged.
@@ -26,9 +26,9 @@ from torch import nn
 
 from fairq.errors import UserError
 
-from .config import PTQConfig, check_choice
-from .ptq import quantize_ptq
-from .registry import MethodInputs, MethodResult, method_of, register_method
+from fairq.compression.core.config import PTQConfig, check_choice
+from fairq.compression.quant.ptq import quantize_ptq
+from fairq.compression.core.registry import MethodInputs, MethodResult, method_of, register_method
 
 CALIBRATIONS = ("natural", "balanced")
 
@@ -87,7 +87,7 @@ class RTNConfig(AdvancedPTQConfig):
 
 
 def handle_rtn(model: nn.Module, config: RTNConfig, inputs: MethodInputs) -> MethodResult:
-    """``ptq_static`` itself (:func:`~fairq.compression.ptq.quantize_ptq`) on the chosen calibration draw."""
+    """``ptq_static`` itself (:func:`~fairq.compression.quant.ptq.quantize_ptq`) on the chosen calibration draw."""
     return MethodResult(quantize_ptq(model, config, calibration_for(config, inputs)), record=calibration_record(config))
 
 

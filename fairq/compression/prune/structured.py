@@ -27,13 +27,13 @@ from torch import nn
 from fairq.batches import labelled_positions
 from fairq.threads import backward as thread_invariant_backward
 
-from .backend import tag_model
-from .config import as_str_tuple, check_choice, check_positive, variant_of
-from .data import iter_labelled_batches, iter_model_inputs, logits_of, model_device
-from .modules import matches
-from .pruning import PruneConfigBase, finetune
-from .registry import Artifact, MethodInputs, MethodResult, register_method, register_requirement
-from .sparsity import count_flops, count_params
+from fairq.compression.core.backend import tag_model
+from fairq.compression.core.config import as_str_tuple, check_choice, check_positive, variant_of
+from fairq.compression.core.data import iter_labelled_batches, iter_model_inputs, logits_of, model_device
+from fairq.compression.core.modules import matches
+from fairq.compression.prune.pruning import PruneConfigBase, finetune
+from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method, register_requirement
+from fairq.compression.core.sparsity import count_flops, count_params
 
 log = logging.getLogger(__name__)
 

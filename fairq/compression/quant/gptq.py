@@ -26,22 +26,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .advanced_ptq import NEEDS, AdvancedPTQConfig, calibration_for, calibration_record
-from .backend import tag_model
-from .config import check_positive
-from .fakequant import QuantizedWeight
-from .layer_stats import collect_input_stats, groups_of, weight_3d
-from .modules import quantizable_layers
-from .observers import qrange, weight_observer
-from .registry import Artifact, MethodInputs, MethodResult, register_method
-from .simulate import quantize_layers
+from fairq.compression.quant.advanced_ptq import NEEDS, AdvancedPTQConfig, calibration_for, calibration_record
+from fairq.compression.core.backend import tag_model
+from fairq.compression.core.config import check_positive
+from fairq.compression.core.fakequant import QuantizedWeight
+from fairq.compression.quant.layer_stats import collect_input_stats, groups_of, weight_3d
+from fairq.compression.core.modules import quantizable_layers
+from fairq.compression.core.observers import qrange, weight_observer
+from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method
+from fairq.compression.quant.simulate import quantize_layers
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class GPTQConfig(AdvancedPTQConfig):
-    """GPTQ weights (see the module doc) plus :class:`~fairq.compression.advanced_ptq.AdvancedPTQConfig`.
+    """GPTQ weights (see the module doc) plus :class:`~fairq.compression.quant.advanced_ptq.AdvancedPTQConfig`.
 
     ``group_size``: input columns per scale (``None`` = one scale per output channel; a layer whose input width
     is not a multiple keeps per-channel scales, with a warning); ``damp``: damping as a fraction of the mean

@@ -122,13 +122,13 @@ class PTQConfig(MethodConfig):
 
     ``act_bits=None`` quantizes weights only. ``backend="auto"`` runs real INT8 kernels for W8A8 on CPU and
     simulated (fake-quant) INT-k otherwise; ``backend="int4"`` (W4, ``act_bits=None``, CPU) runs every
-    ``nn.Linear`` on a real int4 weight-only kernel and simulates the rest (:mod:`fairq.compression.int4`).
+    ``nn.Linear`` on a real int4 weight-only kernel and simulates the rest (:mod:`fairq.compression.backends.int4`).
     ``skip_modules``: module-name patterns (fnmatch; a pattern also covers the module's children) left in FP32.
     ``calibration_batches`` caps the calibration batches used.
 
     ``simulation`` (simulated backend only): ``"graph"`` (default) simulates the graph the real INT8 backend
     deploys, at k bits (BatchNorm folded, tensors quantized where produced, adds/cat quantized; see
-    :mod:`fairq.compression.graph_sim`); ``"layer_input"`` is the older per-layer-input fake-quant (module swap,
+    :mod:`fairq.compression.quant.graph_sim`); ``"layer_input"`` is the older per-layer-input fake-quant (module swap,
     BatchNorm unfolded), kept as an explicit option — it is not what a deployed model computes.
     """
 

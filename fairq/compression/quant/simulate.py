@@ -6,10 +6,10 @@ import warnings
 
 from torch import nn
 
-from .data import real_tokens, run_calibration
-from .fakequant import FakeQuantLayer
-from .modules import quantizable_layers, set_layer
-from .observers import act_observer
+from fairq.compression.core.data import real_tokens, run_calibration
+from fairq.compression.core.fakequant import FakeQuantLayer
+from fairq.compression.core.modules import quantizable_layers, set_layer
+from fairq.compression.core.observers import act_observer
 
 log = logging.getLogger(__name__)
 

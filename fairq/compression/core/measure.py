@@ -9,9 +9,9 @@ import time
 import torch
 from torch import nn
 
-from .data import iter_model_inputs, model_device
-from .fakequant import FakeQuantLayer
-from .sparsity import save_sparse, tensor_payload_bytes
+from fairq.compression.core.data import iter_model_inputs, model_device
+from fairq.compression.core.fakequant import FakeQuantLayer
+from fairq.compression.core.sparsity import save_sparse, tensor_payload_bytes
 
 MB = 1024 * 1024  # sizes are MiB
 
@@ -92,7 +92,7 @@ def sparse_packed_bytes(model: nn.Module) -> int:
 
 
 def sparse_state_bytes(state: dict) -> int:
-    """Bytes of :func:`fairq.compression.sparsity.save_sparse` for a state dict."""
+    """Bytes of :func:`fairq.compression.core.sparsity.save_sparse` for a state dict."""
     buf = io.BytesIO()
     save_sparse(state, buf)
     return buf.getbuffer().nbytes
@@ -103,7 +103,7 @@ def model_size(model: nn.Module) -> tuple[float, str]:
     ``"packed_estimate"`` for simulated k-bit models (what the weights would take packed at k bits).
 
     Pruned models (``fairq_size_format = "sparse"``, set by the pruning methods): ``"sparse_serialized"`` — the
-    bytes of the bitmask serialization (:func:`fairq.compression.sparsity.save_sparse`) — or, quantized after
+    bytes of the bitmask serialization (:func:`fairq.compression.core.sparsity.save_sparse`) — or, quantized after
     pruning on the per-layer-input simulation, ``"sparse_packed_estimate"`` (bit mask + nonzero k-bit codes per
     layer, where smaller). A pruned model quantized on the graph simulation is estimated densely
     (``"packed_estimate"``): its codes live in the traced program, where the mask is not counted."""
@@ -139,7 +139,7 @@ def _set_mode(model: nn.Module, training: bool) -> None:
 def measure_latency(model: nn.Module, example_input, *, warmup: int = 3, repeats: int = 10, task=None) -> dict:
     """Median wall time (ms) of ``repeats`` forward passes after ``warmup`` under ``torch.inference_mode``.
 
-    ``example_input``: one batch in any form :func:`~fairq.compression.data.iter_model_inputs` accepts (read with
+    ``example_input``: one batch in any form :func:`~fairq.compression.core.data.iter_model_inputs` accepts (read with
     ``task`` when given).
     Returns ``dict(latency_ms, batch_size, repeats, threads, device)``; the model is timed in eval mode.
     """

@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 from fairq.batches import labelled_positions
 from fairq.threads import backward as thread_invariant_backward
 
-from .backend import load_int8, resolve_backend, tag_model
-from .config import PTQConfig, QATConfig
-from .data import iter_labelled_batches, logits_of, model_device, run_calibration
-from .fakequant import FakeQuantLayer, quantize_weight
-from .modules import is_same_pad_conv, quantizable_layers, same_pad, set_layer
-from .observers import act_spec, weight_observer
-from .registry import MethodInputs, MethodResult, register_method
+from fairq.compression.core.backend import load_int8, resolve_backend, tag_model
+from fairq.compression.core.config import PTQConfig, QATConfig
+from fairq.compression.core.data import iter_labelled_batches, logits_of, model_device, run_calibration
+from fairq.compression.core.fakequant import FakeQuantLayer, quantize_weight
+from fairq.compression.core.modules import is_same_pad_conv, quantizable_layers, same_pad, set_layer
+from fairq.compression.core.observers import act_spec, weight_observer
+from fairq.compression.core.registry import MethodInputs, MethodResult, register_method
 
 log = logging.getLogger(__name__)
 

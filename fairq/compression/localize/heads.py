@@ -1,12 +1,12 @@
 """Bias localization to attention heads: which heads of a ViT / BERT carry a model's group bias, measured on a
 validation split.
 
-For every head of every attention block (the blocks :func:`fairq.compression.structured.attention_blocks` finds:
+For every head of every attention block (the blocks :func:`fairq.compression.prune.structured.attention_blocks` finds:
 timm ``Attention``, Hugging Face BERT-style self-attention) two attributions, per bias *category*:
 
 (a) **ablation** — ``delta_bias = bias_c(model with the head ablated) − bias_c(model)``, the head ablated by
     scaling its query, key and value rows (weights and biases) to 0, which makes its output exactly 0 (the same
-    operation :mod:`fairq.compression.soft_pruning` applies with a factor ``1 − α``). Negative = the head carries
+    operation :mod:`fairq.compression.localize.soft_pruning` applies with a factor ``1 − α``). Negative = the head carries
     bias: without it the category's bias shrinks. ``delta_utility`` is the same for the utility measure.
 (b) **correlation** — Pearson ``r`` between the head's activation and a per-item bias score, over the items of the
     category (the seed study's second view). A head's activation on an item is the L2 norm of its attention output
@@ -52,7 +52,7 @@ from torch import nn
 from fairq.batches import model_device, predict, split_batch
 from fairq.errors import UserError
 
-from .structured import AttentionHeads, attention_blocks
+from fairq.compression.prune.structured import AttentionHeads, attention_blocks
 
 RANK_BY = ("ablation", "correlation")
 

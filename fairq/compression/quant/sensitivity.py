@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import iter_labelled_batches, iter_model_inputs, logits_of, model_device, real_tokens, token_mask
-from .fakequant import FakeQuantLayer
-from .modules import set_layer
+from fairq.compression.core.data import iter_labelled_batches, iter_model_inputs, logits_of, model_device, real_tokens, token_mask
+from fairq.compression.core.fakequant import FakeQuantLayer
+from fairq.compression.core.modules import set_layer
 
 METRICS = ("loss", "accuracy", "kl")
 

@@ -1,6 +1,6 @@
 """Deployment-faithful simulated INT-k (k = 2..8): the real INT8 backend's quantized graph, at k bits, in FP32 ops.
 
-The model is traced and annotated exactly as :func:`fairq.compression.int8.convert_static_int8` does it
+The model is traced and annotated exactly as :func:`fairq.compression.backends.int8.convert_static_int8` does it
 (``torch.export`` → torchao ``prepare_pt2e`` with the same ``X86InductorQuantizer`` annotation), only the
 quantization specs carry k-bit ranges; it is calibrated on the same batches and ``convert_pt2e`` gives the
 quantized *reference* graph, which is kept instead of being lowered to oneDNN kernels. So the simulation has
@@ -9,7 +9,7 @@ is *produced* (after the fused ReLU/ReLU6), residual adds / concatenations / poo
 quantizer annotates them, and the classifier's input quantized. Weights are stored as integer codes (per output
 channel, signed k-bit), activations per tensor as unsigned codes ``0..2^k-1`` — except at 8 bits, where the code
 range is the one the real kernels of this CPU use (``0..127`` without VNNI, see
-:func:`~fairq.compression.int8.int8_ranges`); the range is recorded on the model as ``fairq_act_qrange``.
+:func:`~fairq.compression.backends.int8.int8_ranges`); the range is recorded on the model as ``fairq_act_qrange``.
 At 8 bits the program is the one real INT8 lowers, so simulated and real INT8 differ only by the kernels'
 integer accumulation and requantization rounding.
 
@@ -31,8 +31,8 @@ import copy
 import torch
 from torch import nn
 
-from . import int8
-from .observers import qrange
+from fairq.compression.backends import int8
+from fairq.compression.core.observers import qrange
 
 ENGINE = "torchao-pt2e:X86InductorQuantizer->reference graph (fake-quant)"
 SIMULATIONS = ("graph", "layer_input")
@@ -181,7 +181,7 @@ def fused_fake_quant_graph(program: torch.fx.GraphModule) -> torch.fx.GraphModul
 def convert_static_simulated(model: nn.Module, config, calibration_data) -> SimulatedProgram:
     """Simulated INT-k static PTQ on the real backend's graph; a new model (``model`` is untouched).
 
-    ``config``: a :class:`~fairq.compression.config.PTQConfig` (``weight_bits``, ``act_bits`` — ``None`` keeps
+    ``config``: a :class:`~fairq.compression.core.config.PTQConfig` (``weight_bits``, ``act_bits`` — ``None`` keeps
     activations FP32 —, ``per_channel``, ``symmetric``, ``observer``, ``percentile``, ``skip_modules``,
     ``calibration_batches``). ``calibration_data`` is required even for weights-only: its first batch is the
     example input ``torch.export`` traces with.

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .backend import tag_model
-from .config import as_str_tuple, check_choice, check_positive, MethodConfig, variant_of
-from .modules import matches
-from .registry import Artifact, MethodInputs, MethodResult, get_method, make_config, register_method
-from .sparsity import count_flops, count_params, overall_sparsity, sparsity_audit
+from fairq.compression.core.backend import tag_model
+from fairq.compression.core.config import as_str_tuple, check_choice, check_positive, MethodConfig, variant_of
+from fairq.compression.core.modules import matches
+from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, get_method, make_config, register_method
+from fairq.compression.core.sparsity import count_flops, count_params, overall_sparsity, sparsity_audit
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class MagnitudePruneConfig(PruneConfigBase):
 
 
 def get_method_name(config) -> str:
-    from .registry import method_of
+    from fairq.compression.core.registry import method_of
 
     return method_of(config).name
 
@@ -194,7 +194,7 @@ def finetune(model: nn.Module, inputs: MethodInputs, config: PruneConfigBase) ->
         return {}
     from fairq.lit import fit, quiet_trainer
 
-    from .data import model_device
+    from fairq.compression.core.data import model_device
 
     overrides = {"max_epochs": int(config.finetune_epochs)}
     if config.finetune_steps:
@@ -214,7 +214,7 @@ def finetune(model: nn.Module, inputs: MethodInputs, config: PruneConfigBase) ->
 
 
 def _effective(model: nn.Module) -> dict[str, torch.Tensor]:
-    from .api import effective_weights
+    from fairq.compression.quant.weights import effective_weights
 
     return effective_weights(model)
 
@@ -233,7 +233,7 @@ def handle_magnitude_prune(model: nn.Module, config: MagnitudePruneConfig, input
     tag_model(model, weight_bits=32, act_bits=None, backend="fp32")
     model.fairq_size_format = "sparse"
     if config.then_config is not None:
-        from .api import compress
+        from fairq.compression.core.registry import compress
 
         then = compress(model, config.then_config, inputs)
         model = then.model

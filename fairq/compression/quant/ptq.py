@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from .backend import load_int8, resolve_backend, tag_model
-from .config import PTQConfig
-from .registry import MethodInputs, MethodResult, register_method
-from .simulate import quantize_layers, uniform_layer_bits
+from fairq.compression.core.backend import load_int8, resolve_backend, tag_model
+from fairq.compression.core.config import PTQConfig
+from fairq.compression.core.registry import MethodInputs, MethodResult, register_method
+from fairq.compression.quant.simulate import quantize_layers, uniform_layer_bits
 
 
 def quantize_ptq(model: nn.Module, config: PTQConfig, calibration_data=None) -> nn.Module:
     """Quantize ``model`` (modified in place) per ``config``; see :class:`PTQConfig`."""
     model.eval()
     if config.backend == "int4":
-        from .int4 import convert_weight_only_int4
+        from fairq.compression.backends.int4 import convert_weight_only_int4
 
         return tag_model(convert_weight_only_int4(model, config), weight_bits=4, act_bits=None, backend="int4")
     capable = config.weight_bits == 8 and config.act_bits == 8
@@ -25,7 +25,7 @@ def quantize_ptq(model: nn.Module, config: PTQConfig, calibration_data=None) -> 
         model = load_int8().convert_static_int8(model, config, calibration_data)
         return tag_model(model, weight_bits=8, act_bits=8, backend="int8")
     if config.simulation == "graph":
-        from .graph_sim import convert_static_simulated
+        from fairq.compression.quant.graph_sim import convert_static_simulated
 
         model = convert_static_simulated(model, config, calibration_data)
         return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated")

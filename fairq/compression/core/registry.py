@@ -2,7 +2,7 @@
 
 Every compression technique — quantization, mitigation, and whatever comes next — is
 
-* a config dataclass (``fairq.compression.config.MethodConfig`` subclass, validated in ``__post_init__``),
+* a config dataclass (``fairq.compression.core.config.MethodConfig`` subclass, validated in ``__post_init__``),
 * a handler ``handler(model, config, inputs: MethodInputs) -> MethodResult`` that gets a private deep copy of the
   model and returns the compressed model with its record (``metrics.csv`` columns) and artifacts (JSON files),
 * one :func:`register_method` call in its own module, declaring what the handler ``needs`` from a run.
@@ -18,6 +18,8 @@ in ``$FAIRQ_METHOD_MODULES``), which also reaches Ray workers; the
 registry-generated tests pick it up.
 """
 from __future__ import annotations
+
+import copy
 
 import dataclasses
 import difflib
@@ -104,7 +106,7 @@ class MethodResult:
     """What a handler returns: the compressed model, what it computes with, and what the run records.
 
     ``weight_bits`` / ``act_bits`` / ``backend``: the widths and backend of the cell (default: the model's tags,
-    see :func:`fairq.compression.backend.tag_model`); ``record``: extra ``metrics.csv`` columns; ``artifacts``:
+    see :func:`fairq.compression.core.backend.tag_model`); ``record``: extra ``metrics.csv`` columns; ``artifacts``:
     side files; ``info``: anything else for library callers (e.g. a mixed-precision plan object).
     """
 
@@ -248,3 +250,18 @@ def make_config(method: str, bit_width=None, **options):
 def did_you_mean(word: str, choices) -> str:
     close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def compress(model: nn.Module, config, inputs: MethodInputs | None = None) -> MethodResult:
+    """Run the registered method of ``config`` on a deep copy of ``model``; the engine's one entry point.
+
+    ``inputs``: what the run provides (:class:`~fairq.compression.core.registry.MethodInputs`). Returns the handler's
+    :class:`~fairq.compression.core.registry.MethodResult` (model, widths, backend, record, artifacts).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compress expects an nn.Module, got {type(model).__name__}")
+    method = method_of(config)
+    result = method.handler(copy.deepcopy(model), config, inputs or MethodInputs())
+    if not isinstance(result, MethodResult):
+        raise TypeError(f"the handler of {method.name!r} returned {type(result).__name__}, not a MethodResult")
+    return result

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.ao.quantization.utils import determine_qparams
 
-from .modules import is_same_pad_conv, same_pad
-from .observers import act_spec, qrange, weight_observer
+from fairq.compression.core.modules import is_same_pad_conv, same_pad
+from fairq.compression.core.observers import act_spec, qrange, weight_observer
 
 
 @dataclass

@@ -6,7 +6,7 @@ does. The inverse scale folds into a LayerNorm when that LayerNorm's output feed
 transformers such as timm's ViT, found by torch.fx tracing); everywhere else — BERT is post-LayerNorm (its
 LayerNorm output also feeds the residual), an activation sits in between, or the model does not trace — it stays
 an explicit per-channel input scale in front of the layer
-(:class:`~fairq.compression.layer_stats.ScaledInput`).
+(:class:`~fairq.compression.quant.layer_stats.ScaledInput`).
 
 * **AWQ** (Lin et al., 2024): ``s = mean|x|^α`` (divided by ``sqrt(max s · min s)``, as AWQ's code does) with
   ``α`` on a grid in [0, 1] chosen per layer by the output MSE of the layer with quantized weights (FP32 inputs,
@@ -26,22 +26,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .advanced_ptq import NEEDS, AdvancedPTQConfig, calibration_for, calibration_record
-from .config import check_positive
-from .fakequant import quantize_weight
-from .layer_stats import (
+from fairq.compression.quant.advanced_ptq import NEEDS, AdvancedPTQConfig, calibration_for, calibration_record
+from fairq.compression.core.config import check_positive
+from fairq.compression.core.fakequant import quantize_weight
+from fairq.compression.quant.layer_stats import (
     channel_to_columns, collect_input_stats, foldable_norms, groups_of, in_channels, scale_input_channels, weight_3d,
 )
-from .modules import quantizable_layers
-from .ptq import quantize_ptq
-from .registry import Artifact, MethodInputs, MethodResult, register_method
+from fairq.compression.core.modules import quantizable_layers
+from fairq.compression.quant.ptq import quantize_ptq
+from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method
 
 EPS = 1e-5
 
 
 @dataclass
 class AWQConfig(AdvancedPTQConfig):
-    """AWQ scales (see the module doc) plus :class:`~fairq.compression.advanced_ptq.AdvancedPTQConfig`.
+    """AWQ scales (see the module doc) plus :class:`~fairq.compression.quant.advanced_ptq.AdvancedPTQConfig`.
 
     ``grid``: number of steps of ``α`` in [0, 1] (``grid + 1`` candidates); ``search_rows``: calibration input
     rows (tokens / conv patches) sampled per layer for the search; ``fold_layernorm``: fold scales into a
@@ -60,7 +60,7 @@ class AWQConfig(AdvancedPTQConfig):
 
 @dataclass
 class SmoothQuantConfig(AdvancedPTQConfig):
-    """SmoothQuant scales (see the module doc) plus :class:`~fairq.compression.advanced_ptq.AdvancedPTQConfig`;
+    """SmoothQuant scales (see the module doc) plus :class:`~fairq.compression.quant.advanced_ptq.AdvancedPTQConfig`;
     8-bit activations by default (W8A8; ``weight_bits`` < 8 gives WkA8). ``alpha``: migration strength in [0, 1]
     (0: no smoothing; 1: every activation channel's max moved into the weights)."""
 

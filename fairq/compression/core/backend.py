@@ -6,15 +6,15 @@ from types import ModuleType
 
 from torch import nn
 
-from .data import model_device
+from fairq.compression.core.data import model_device
 
 TAGS = ("fairq_method", "fairq_weight_bits", "fairq_act_bits", "fairq_backend")
 
 
 def load_int8() -> ModuleType:
-    """``fairq.compression.int8`` (real INT8 conversion), imported on first use: it pulls in torchao's PT2E
+    """``fairq.compression.backends.int8`` (real INT8 conversion), imported on first use: it pulls in torchao's PT2E
     stack, which simulated INT-k work never needs."""
-    return importlib.import_module("fairq.compression.int8")
+    return importlib.import_module("fairq.compression.backends.int8")
 
 
 def resolve_backend(requested: str, int8_capable: bool, model: nn.Module) -> str:

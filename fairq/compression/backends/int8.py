@@ -38,8 +38,8 @@ import torch.utils._pytree as pytree
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import iter_model_inputs, model_device, real_tokens, token_mask
-from .modules import tied_output_layers
+from fairq.compression.core.data import iter_model_inputs, model_device, real_tokens, token_mask
+from fairq.compression.core.modules import tied_output_layers
 
 ENGINE_STATIC = "torchao-pt2e:X86InductorQuantizer->onednn"
 ENGINE_DYNAMIC = "torch.ao-quantize_dynamic:fbgemm"
@@ -82,12 +82,12 @@ def _tag(model: nn.Module, engine: str, act_qrange: tuple[int, int]) -> nn.Modul
 def _observer_ctr(kind: str, percentile: float):
     """torchao PT2E observer class for activations (PT2E only accepts torchao's observer classes).
 
-    Percentile and MSE reuse the range rules of the simulated path (:mod:`fairq.compression.observers`), so
+    Percentile and MSE reuse the range rules of the simulated path (:mod:`fairq.compression.core.observers`), so
     real and simulated INT8 calibrate identically.
     """
     from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver
 
-    from . import observers as sim
+    from fairq.compression.core import observers as sim
 
     if kind == "minmax":
         return MinMaxObserver
@@ -155,7 +155,7 @@ def _quantizer(config, model: nn.Module, act_qrange: tuple[int, int] | None = No
     """X86InductorQuantizer: uint8 per-tensor affine activations, int8 symmetric weights, skips honoured.
 
     ``act_qrange`` / ``weight_qrange`` default to what the INT8 kernels of this CPU use (:func:`int8_ranges`);
-    the deployment-faithful simulation (:mod:`fairq.compression.graph_sim`) passes k-bit ranges instead.
+    the deployment-faithful simulation (:mod:`fairq.compression.quant.graph_sim`) passes k-bit ranges instead.
     """
     from torchao.quantization.pt2e import PerChannelMinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
@@ -177,7 +177,7 @@ def _quantizer(config, model: nn.Module, act_qrange: tuple[int, int] | None = No
                               observer_or_fake_quant_ctr=w_obs.with_args(**eps))
     quantizer = X86InductorQuantizer().set_global(QuantizationConfig(act, act, weight, None))
     patterns = tuple(getattr(config, "skip_modules", ()) or ())
-    tied = set(tied_output_layers(model))  # kept FP32 and tied (see fairq.compression.modules)
+    tied = set(tied_output_layers(model))  # kept FP32 and tied (see fairq.compression.core.modules)
     for name, _ in model.named_modules():
         if name and (_skipped(name, patterns) or name in tied):
             quantizer.set_module_name_qconfig(name, None)
@@ -519,7 +519,7 @@ def _warn_float_layers(model: nn.Module, layers: dict, config) -> None:
 
 def _observe_real_tokens(prepared: nn.Module) -> list[nn.Module]:
     """Let the activation observers of a prepared PT2E graph skip a text batch's ``[PAD]`` positions: each
-    observer sees :func:`~fairq.compression.data.real_tokens` of its input (``[B, T, d]`` activations of a padded
+    observer sees :func:`~fairq.compression.core.data.real_tokens` of its input (``[B, T, d]`` activations of a padded
     batch lose their padding rows; weights and other shapes are observed as they are) and passes its input on
     unchanged. Returns the observers changed (``del mod.forward`` restores one)."""
     from torch.ao.quantization.observer import ObserverBase as AoObserver
@@ -597,7 +597,7 @@ def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module
 
     ``config``: read by duck typing — ``per_channel``, ``observer``, ``percentile``, ``skip_modules``,
     ``calibration_batches``. ``calibration_data``: batches as
-    :func:`fairq.compression.data.iter_model_inputs` accepts; the first fixes the non-batch input shape.
+    :func:`fairq.compression.core.data.iter_model_inputs` accepts; the first fixes the non-batch input shape.
     """
     _check_cpu(model)
     _warn_unsupported(config)
@@ -624,7 +624,7 @@ def convert_dynamic_int8(model: nn.Module, config) -> nn.Module:
     patterns = tuple(getattr(config, "skip_modules", ()) or ())
     qconfig = per_channel_dynamic_qconfig if getattr(config, "per_channel", True) else default_dynamic_qconfig
     work = copy.deepcopy(model).eval()
-    tied = set(tied_output_layers(work))  # kept FP32 and tied (see fairq.compression.modules)
+    tied = set(tied_output_layers(work))  # kept FP32 and tied (see fairq.compression.core.modules)
     names = [n for n, m in work.named_modules() if type(m) is nn.Linear and not _skipped(n, patterns)
              and n not in tied]
     if not names:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from .backend import load_int8, resolve_backend, tag_model
-from .config import DynamicConfig
-from .registry import MethodInputs, MethodResult, register_method
-from .simulate import quantize_layers, uniform_layer_bits
+from fairq.compression.core.backend import load_int8, resolve_backend, tag_model
+from fairq.compression.core.config import DynamicConfig
+from fairq.compression.core.registry import MethodInputs, MethodResult, register_method
+from fairq.compression.quant.simulate import quantize_layers, uniform_layer_bits
 
 
 def quantize_dynamic(model: nn.Module, config: DynamicConfig) -> nn.Module:
