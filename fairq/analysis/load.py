@@ -154,6 +154,10 @@ def _read_metrics(run: RunStore) -> pd.DataFrame:
     dup = metrics["cell"][metrics["cell"].duplicated()].unique()
     if len(dup):
         raise ValueError(f"{path}: cell ids must be unique; duplicated: {list(dup)[:5]}")
+    # One order whatever order the cells finished in (Ray stores them as they complete): by phase, then cell id,
+    # so the tables of a serial and a Ray run of one config are the same files.
+    rank = metrics.apply(lambda r: {"baseline": 0, "quantization": 1, "mitigation": 2}.get(phase_of(r), 3), axis=1)
+    metrics = metrics.assign(_rank=rank).sort_values(["_rank", "cell"], kind="stable").drop(columns="_rank")
     metrics = metrics.set_index("cell", drop=False)
     metrics.index.name = None
     if not metrics["method"].eq("baseline").any():
