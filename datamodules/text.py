@@ -63,6 +63,34 @@ def _subset(items: list, n: Optional[int], key, seed: int, pair_key=None) -> lis
     return out
 
 
+def _extra_benchmarks(spec) -> dict[str, dict]:
+    """Validate the ``benchmarks`` option: registered names with a reader, each with a dict of options."""
+    if not spec:
+        return {}
+    from fairq.compression.core.registry import did_you_mean
+    from fairq.text.benchmarks import benchmarks
+
+    registry = benchmarks()
+    if isinstance(spec, (list, tuple)):
+        spec = {name: {} for name in spec}
+    if not isinstance(spec, dict):
+        raise UserError(f"data benchmarks: expected a mapping {{name: {{options}}}}, got {spec!r}")
+    out = {}
+    for name, options in spec.items():
+        bench = registry.get(name)
+        if bench is None:
+            raise UserError(f"data benchmarks: no text benchmark {name!r} is registered"
+                            f"{did_you_mean(name, list(registry))}; registered: {sorted(registry)}")
+        if bench.reader is None:
+            raise UserError(f"data benchmarks: {name!r} has no reader (it is switched on by its own option)")
+        if options is not None and not isinstance(options, dict):
+            raise UserError(f"data benchmarks: options of {name!r} must be a mapping, got {options!r}")
+        if name in ("stereoset", "crows", "bbq"):
+            raise UserError(f"data benchmarks: {name!r} is switched on by --data.init_args.{name}")
+        out[name] = dict(options or {})
+    return out
+
+
 class TextDataModule(FairqDataModule):
     """Bias-benchmark items for masked LMs.
 
@@ -78,6 +106,11 @@ class TextDataModule(FairqDataModule):
         BBQ category files to read (default: every ``bbq/*.jsonl``).
     probes
         Also score the embedded default's planted-bias probe items (StereoSet and CrowS format).
+    benchmarks
+        More registered text benchmarks to score (:mod:`fairq.text.benchmarks`: a benchmark of your own, registered
+        by its module), with their options: ``{name: {items: n, ...}}`` — ``items`` a seeded subset size
+        (stratified by the benchmark's ``stratum``; default every item), the rest passed to its ``reader(root,
+        ...)``.
     batch_size, max_tokens
         Sequences / padded tokens per forward pass of the masked-LM engine.
     compile_engine
@@ -109,7 +142,8 @@ class TextDataModule(FairqDataModule):
                  bbq_categories: Optional[list[str]] = None, probes: bool = True, batch_size: int = 64,
                  max_tokens: int = 8192, calibration_max_len: int = 64, validation_items: int = 100,
                  train_corpus: Optional[str] = None, train_sentences: int = 4000, train_batch_size: int = 32,
-                 train_mask_prob: float = 0.15, seed: int = 0, compile_engine: bool = False):
+                 train_mask_prob: float = 0.15, seed: int = 0, compile_engine: bool = False,
+                 benchmarks: Optional[dict[str, dict]] = None):
         super().__init__()
         if batch_size <= 0 or max_tokens <= 0:
             raise UserError(f"batch_size and max_tokens must be positive, got {batch_size}, {max_tokens}")
@@ -119,6 +153,7 @@ class TextDataModule(FairqDataModule):
         self.limits = {"stereoset": stereoset_items, "crows": crows_items, "bbq": bbq_items}
         self.bbq_categories = bbq_categories
         self.probes = probes
+        self.extra = _extra_benchmarks(benchmarks)
         self.batch_size, self.max_tokens = int(batch_size), int(max_tokens)
         self.compile_engine = bool(compile_engine)
         self.calibration_max_len = int(calibration_max_len)
@@ -217,10 +252,27 @@ class TextDataModule(FairqDataModule):
             self.items["probe_stereoset"], self.items["probe_crows"] = probes()
             self._sizes["probes"] = {"stereoset": len(self.items["probe_stereoset"]),
                                      "crows": len(self.items["probe_crows"])}
+        for name, options in self.extra.items():
+            self._read_extra(name, options, root)
         from fairq.text.corpus import general_sentences
 
         self._calibration_text = general_sentences()
         self._ready = True
+
+    def _read_extra(self, name: str, options: dict, root: Optional[Path]) -> None:
+        """A registered benchmark's items through its ``reader`` (seeded subset of ``items``, by its ``stratum``)."""
+        from fairq.text.benchmarks import get_benchmark
+
+        bench = get_benchmark(name)
+        options = dict(options)
+        limit = options.pop("items", None)
+        items, skipped = bench.reader(root, **options)
+        if skipped is not None and len(skipped):
+            skipped.log(name)
+            self._skipped[name] = skipped.to_dict()
+        stratum = bench.stratum or (lambda it: "")
+        self.items[name] = _subset(list(items), limit, stratum, self.seed)
+        self._sizes[name] = {"read": len(items), "scored": len(self.items[name])}
 
     def _heldout(self, items: list, scored: list, key) -> list:
         """Up to ``validation_items`` of the items not in ``scored`` (seeded, stratified by ``key``)."""
@@ -230,7 +282,8 @@ class TextDataModule(FairqDataModule):
 
     def describe(self) -> dict[str, Any]:
         self.setup()
-        return {"dataset": self.dataset_name, "root": str(self.root), "benchmarks": self.use,
+        return {"dataset": self.dataset_name, "root": str(self.root),
+                "benchmarks": {**self.use, **{name: True for name in self.extra}},
                 "subset_sizes": self.limits, "subset_seed": self.seed, "sizes": self._sizes,
                 "validation_items": {k: len(v) for k, v in self.heldout.items()},
                 "training": {"corpus": self.train_corpus or "embedded default's generated corpus (embedded model "

@@ -29,10 +29,18 @@ from .figures import LABELS, pyplot, first_attribute_rows, save_figure, slug
 __all__ = ["CURVE_METRICS", "TEXT_CURVE_METRICS", "sparsity_curves", "text_sparsity_curves", "write_sparsity_figures"]
 
 CURVE_METRICS = ("accuracy", "worst_group_accuracy", "demographic_parity_difference", "equalized_odds_difference")
-#: text curves: language-modelling score, stereotype score, ICAT, CrowS and BBQ (0–100 / −100…100), and the
-#: embedded default's planted-bias probes' SS (when the run scores them)
-TEXT_CURVE_METRICS = ("stereoset_intra_lms", "stereoset_intra_ss", "stereoset_intra_icat", "crows_metric",
-                      "bbq_norm_accuracy_disambig", "bbq_norm_bias_ambig", "probe_stereoset_ss")
+
+
+def __getattr__(name: str):
+    # TEXT_CURVE_METRICS: the text curves — every registered text benchmark's ``curves`` (fairq's own: LMS, SS,
+    # ICAT, CrowS, BBQ, the planted-bias probes' SS), read from the registry when asked, so a benchmark registered
+    # after this module was imported has its curves too
+    if name == "TEXT_CURVE_METRICS":
+        from fairq.text.benchmarks import curve_metrics
+
+        return curve_metrics()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 _KEEP = ["dataset", "model", "target", "seed", "curve", "method", "weight_bits", "sparsity", "target_sparsity",
          "cell", "attributes", "group", "metric", "n", "value", "value_ci_low", "value_ci_high", "baseline_value",
          "delta", "ci_low", "ci_high", "p_adjusted"]
@@ -107,7 +115,9 @@ def text_sparsity_curves(scores: pd.DataFrame, metrics: pd.DataFrame) -> pd.Data
     info = m.set_index("cell")[[c for c in ("dataset", "seed", "target") if c in m.columns]]
     d = d.drop(columns=[c for c in info.columns if c in d.columns]).join(info, on="cell")
     d["attributes"], d["n"] = "domain", np.nan
-    return sparsity_curves(d, metrics, curve_metrics=TEXT_CURVE_METRICS, group_metric="stereoset_intra_ss")
+    from fairq.text.benchmarks import curve_metrics
+
+    return sparsity_curves(d, metrics, curve_metrics=curve_metrics(), group_metric="stereoset_intra_ss")
 
 
 def write_sparsity_figures(curves: pd.DataFrame, fig_dir: Path, level: str = "95%", *,

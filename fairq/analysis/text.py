@@ -22,9 +22,10 @@ weights × ``G / (G − 1)`` — the plain bootstrap's variance is ``(G − 1) /
 of a few units (StereoSet religion: 3 terms); a stratum of a single unit keeps weight 1 (it contributes no
 variance). Measured by ``benchmarks/validate_findings.py --claim text``.
 
-Metrics are recomputed from these per-item resampling *weights* in closed form (per-term weighted counts for SS /
-LMS, each term counted by the mean weight of its items; weighted ratios for CrowS / BBQ), which gives exactly
-:func:`fairq.text.task.text_metrics` at unit weights (tested).
+Metrics are recomputed from these per-item resampling *weights* in closed form by each registered benchmark's own
+``metrics`` function (:mod:`fairq.text.benchmarks`; per-term weighted counts for SS / LMS, each term counted by the
+mean weight of its items; weighted ratios for CrowS / BBQ): the one implementation whose unit-weight values are the
+cell's ``metrics.csv`` values (:func:`fairq.text.task.text_metrics`).
 """
 from __future__ import annotations
 
@@ -33,8 +34,7 @@ import html
 import numpy as np
 import pandas as pd
 
-from fairq.text.bbq import metric_draws as bbq_metric_draws
-from fairq.text.scoring import BBQ_RULES, STEREOSET_DOMAINS, crows_outcome
+from fairq.text.benchmarks import benchmarks, get_benchmark, report_metrics
 from fairq.text.task import resampling_units
 
 from .flips import wilson_interval
@@ -44,73 +44,16 @@ TEXT_TASK = "masked_lm_bias"
 __all__ = ["TEXT_TASK", "metric_draws", "cluster_weights", "paired_draws", "analyze_text", "text_report_html"]
 
 
-def _div(a, b):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
-
-
-def _stereoset(sub: pd.DataFrame, w: np.ndarray, prefix: str, out: dict) -> None:
-    st, an, un = (sub[c].to_numpy(float) for c in ("score_stereotype", "score_anti", "score_unrelated"))
-    pro = (st > an).astype(float)
-    rel = (st > un).astype(float) + (an > un).astype(float)
-    dom = sub["domain"].astype(str).to_numpy()
-    for d in [None, *STEREOSET_DOMAINS]:
-        keep = np.ones(len(sub), bool) if d is None else dom == d
-        suffix = "" if d is None else f"_{d}"
-        if not keep.any():
-            continue
-        terms = pd.factorize(sub["term"].astype(str).to_numpy()[keep])[0]
-        onehot = np.zeros((keep.sum(), terms.max() + 1))
-        onehot[np.arange(keep.sum()), terms] = 1
-        wk = w[:, keep]
-        # a term's rate = its weighted count ratio; the term counts in the average by the mean weight of its
-        # items (= how often a cluster draw took it): Σ_t m_t r_t / Σ_t m_t, with m_t r_t = Σ_i∈t w_i x_i / n_t
-        per_item = 1.0 / onehot.sum(0)
-        mult = (wk @ onehot) * per_item
-        total = mult.sum(1)
-        ss = 100 * _div((wk @ (onehot * pro[keep, None])) @ per_item, total)
-        lms = 100 * _div((wk @ (onehot * rel[keep, None])) @ per_item, 2 * total)
-        out[f"{prefix}_ss{suffix}"] = ss
-        out[f"{prefix}_lms{suffix}"] = lms
-        out[f"{prefix}_icat{suffix}"] = lms * np.minimum(ss, 100 - ss) / 50
-
-
-def _crows(sub: pd.DataFrame, w: np.ndarray, prefix: str, out: dict) -> None:
-    hit = crows_outcome(sub["score_more"], sub["score_less"])[0].astype(float)  # compared at 3 decimals
-    out[f"{prefix}_metric"] = 100 * _div(w @ hit, w.sum(1))
-    dom = sub["domain"].astype(str).to_numpy()
-    for d in sorted(set(dom)):
-        k = dom == d
-        out[f"{prefix}_{d}"] = 100 * _div(w[:, k] @ hit[k], w[:, k].sum(1))
-
-
-def _bbq(sub: pd.DataFrame, w: np.ndarray, out: dict) -> None:
-    """Both choice rules, overall and per category: the very function :func:`fairq.text.scoring.bbq_metrics`
-    evaluates at unit weights (:func:`fairq.text.bbq.metric_draws`)."""
-    for prefix, pred in BBQ_RULES.items():
-        out.update(bbq_metric_draws(sub, w, pred=pred if pred in sub else "y_pred", prefix=prefix,
-                                    context_influence=prefix == "bbq"))
-
-
 def metric_draws(frame: pd.DataFrame, weights: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Headline text metrics of a per-item frame under per-benchmark item weights ``{benchmark: [B, n_b]}``
-    (resample counts; ``None`` = unit weights, i.e. the cell's own values, shape ``[1]``)."""
+    """Text metrics of a per-item frame under per-benchmark item weights ``{benchmark: [B, n_b]}`` (resample
+    counts; ``None`` = unit weights, i.e. the cell's own values, shape ``[1]``): each registered benchmark's
+    ``metrics`` (:mod:`fairq.text.benchmarks`) — the very function its ``metrics.csv`` values come from."""
     out: dict[str, np.ndarray] = {}
-    for bench in ("stereoset", "crows", "bbq", "probe_stereoset", "probe_crows"):
-        sub = frame[frame["benchmark"] == bench]
+    for name, bench in benchmarks().items():
+        sub = frame[frame["benchmark"] == name]
         if sub.empty:
             continue
-        w = np.ones((1, len(sub))) if weights is None else weights[bench]
-        if bench == "stereoset":
-            _stereoset(sub, w, "stereoset_intra", out)
-        elif bench == "probe_stereoset":
-            _stereoset(sub, w, "probe_stereoset", out)
-        elif bench == "crows":
-            _crows(sub, w, "crows", out)
-        elif bench == "probe_crows":
-            _crows(sub, w, "probe_crows", out)
-        else:
-            _bbq(sub, w, out)
+        out.update(bench.metrics(sub, None if weights is None else weights[name]))
     return out
 
 
@@ -159,7 +102,8 @@ def _flip_rows(cell_row, base: pd.DataFrame, other: pd.DataFrame) -> list[dict]:
 def _one_flip(cell_row, bench, dom, b, o) -> dict:
     a, c = b["y_pred"].to_numpy(int), o["y_pred"].to_numpy(int)
     flips = int((a != c).sum())
-    if bench == "bbq":
+    kind = getattr(get_benchmark(bench), "flips", "stereotype")
+    if kind == "answer":  # a multiple-choice benchmark: the gold answer
         t = b["y_true"].to_numpy(int)
         dir1, dir2 = int(((a == t) & (c != t)).sum()), int(((a != t) & (c == t)).sum())
         names = ("correct_to_wrong", "wrong_to_correct")
@@ -241,22 +185,18 @@ def analyze_text(store, *, n_bootstrap: int = 1000, seed: int = 0, confidence: f
     return {"scores": scores, "flips": flips}
 
 
-_MAIN = ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat", "crows_metric",
-         "bbq_norm_accuracy_ambig", "bbq_norm_accuracy_disambig", "bbq_norm_bias_ambig", "bbq_norm_bias_disambig",
-         "bbq_accuracy_ambig", "bbq_accuracy_disambig", "bbq_bias_ambig", "bbq_bias_disambig",
-         "bbq_context_influence", "probe_stereoset_ss", "probe_crows_metric")
-
-
 def _fmt(v, lo, hi) -> str:
     if pd.isna(v):
         return ""
     return f"{v:.1f} [{lo:.1f}, {hi:.1f}]" if pd.notna(lo) else f"{v:.1f}"
 
 
-def headline_table(scores: pd.DataFrame, metrics=_MAIN) -> pd.DataFrame:
-    """One row per cell: ``value [CI]`` and ``Δ [CI] (p_adj)`` for the given metrics."""
+def headline_table(scores: pd.DataFrame, metrics=None) -> pd.DataFrame:
+    """One row per cell: ``value [CI]`` and ``Δ [CI] (p_adj)`` for the given metrics (default: every registered
+    benchmark's ``report`` metrics)."""
     if scores.empty:
         return pd.DataFrame()
+    metrics = report_metrics() if metrics is None else metrics
     rows = []
     for cid, g in scores.groupby("cell", sort=False):
         r = {"config": g["config"].iloc[0] or g["method"].iloc[0]}
@@ -277,9 +217,9 @@ def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.Dat
     """The report's text section (``table``: the report's HTML table writer; ``methods``: the text methods table,
     :func:`fairq.analysis.tables.text_method_table`)."""
     scores, flips = result["scores"], result["flips"]
-    doms = [f"stereoset_intra_{k}_{d}" for d in STEREOSET_DOMAINS for k in ("ss", "lms", "icat")]
-    crows = sorted({m for m in scores.get("metric", []) if m.startswith("crows_") and m != "crows_metric"})
-    bbq = sorted({m for m in scores.get("metric", []) if m.startswith("bbq_")})
+    present = sorted(set(scores.get("metric", [])))
+    sections = [part for title, select in (s for b in benchmarks().values() for s in b.sections)
+                for part in (f"<h3>{html.escape(title)}</h3>", table(headline_table(scores, select(present))))]
     notes = ("<p class='note'>Masked-LM cells. StereoSet intrasentence by the official rule (SS, LMS per target "
              "term, averaged; ICAT from those averages); CrowS-Pairs: Nangia metric (not bias-bench's variant); "
              "BBQ: zero-shot pseudo-log-likelihood multiple choice (Salazar et al. 2020 scoring), not comparable "
@@ -298,10 +238,7 @@ def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.Dat
         if len(reasons):
             inter = f"<p class='note'>StereoSet intersentence: {html.escape('; '.join(reasons))}</p>"
     parts = ["<h2>Text: StereoSet, CrowS-Pairs, BBQ</h2>", notes, inter,
-             "<h3>Headline metrics</h3>", table(headline_table(scores)),
-             "<h3>StereoSet per domain</h3>", table(headline_table(scores, doms)),
-             "<h3>CrowS-Pairs per bias type</h3>", table(headline_table(scores, crows)),
-             "<h3>BBQ per category</h3>", table(headline_table(scores, bbq)),
+             "<h3>Headline metrics</h3>", table(headline_table(scores)), *sections,
              *(["<h3>Methods: params, size, LMS, worst-domain LMS, latency</h3>",
                 "<p class='note'>One row per cell from metrics.csv: sparsity measured from the weights (unstructured) "
                 "or the share of parameters removed (structured); size from the bytes written (size_kind); "

@@ -309,3 +309,23 @@ def pretrain(spec: TinyBertSpec, tokenizer, *, log_dir=None, progress: bool = Fa
             "bit_identical_across_machines": False,
             "reproducibility": NOT_BIT_IDENTICAL}
     return model, info
+
+
+def _register_probes() -> None:
+    """The planted-bias probes as two text benchmarks (StereoSet and CrowS format; items from :func:`probes`,
+    switched on by the text datamodule's ``probes`` flag)."""
+    from functools import partial
+
+    from .benchmarks import register_benchmark
+    from .scoring import build_crows, build_stereoset, crows_draws, crows_metrics, stereoset_draws, stereoset_metrics
+    from .scoring import term_units
+
+    register_benchmark("probe_stereoset", metrics=partial(stereoset_draws, prefix="probe_stereoset"),
+                       values=partial(stereoset_metrics, prefix="probe_stereoset"), build_requests=build_stereoset,
+                       units=term_units, headline=("probe_stereoset_ss",))
+    register_benchmark("probe_crows", metrics=partial(crows_draws, prefix="probe_crows"),
+                       values=partial(crows_metrics, prefix="probe_crows"), build_requests=build_crows,
+                       report=("probe_crows_metric",), curves=())
+
+
+_register_probes()

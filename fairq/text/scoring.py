@@ -123,36 +123,59 @@ def build_stereoset(tok: Tokenizer, items: Sequence[IntraItem], *, benchmark: st
     return Job(benchmark, requests, finish, skipped)
 
 
-def stereoset_counts(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per item: term codes, ``pro`` (stereotype > anti, strict) and ``related`` (0–2) counts."""
+def _div(a, b):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _weights(frame: pd.DataFrame, w) -> np.ndarray:
+    return np.ones((1, len(frame))) if w is None else np.asarray(w, float)
+
+
+def _domains(frame: pd.DataFrame) -> list[str]:
+    present = set(frame["domain"].astype(str)) if len(frame) else set()
+    return list(STEREOSET_DOMAINS) + sorted(present - set(STEREOSET_DOMAINS))
+
+
+def stereoset_draws(frame: pd.DataFrame, w=None, prefix: str = "stereoset_intra") -> dict[str, np.ndarray]:
+    """``<prefix>_{ss,lms,icat}`` overall and per domain (domains with items only) under per-item weights ``w``
+    (``[B, n]``, ``None`` = unit weights → arrays of one value): the official rule — SS / LMS per target term
+    (strict ``>``), averaged over terms, ICAT from those averages — with each term counted by the mean weight of its
+    items (= how often a cluster draw took it), so a term drawn twice counts twice (tested against duplicated
+    items). The one implementation behind the cell's value and the analysis's bootstrap."""
+    out: dict[str, np.ndarray] = {}
+    if frame.empty:
+        return out
+    w = _weights(frame, w)
     st, an, un = (frame[c].to_numpy(float) for c in ("score_stereotype", "score_anti", "score_unrelated"))
-    terms = pd.factorize(frame["term"].astype(str))[0]
-    return terms, (st > an).astype(float), (st > un).astype(float) + (an > un).astype(float)
+    pro = (st > an).astype(float)
+    rel = (st > un).astype(float) + (an > un).astype(float)
+    dom = frame["domain"].astype(str).to_numpy()
+    for d in [None, *_domains(frame)]:
+        keep = np.ones(len(frame), bool) if d is None else dom == d
+        if not keep.any():
+            continue
+        suffix = "" if d is None else f"_{d}"
+        terms = pd.factorize(frame["term"].astype(str).to_numpy()[keep])[0]
+        onehot = np.zeros((keep.sum(), terms.max() + 1))
+        onehot[np.arange(keep.sum()), terms] = 1
+        wk = w[:, keep]
+        # a term's rate = its weighted count ratio; the term counts in the average by the mean weight of its
+        # items: Σ_t m_t r_t / Σ_t m_t, with m_t r_t = Σ_i∈t w_i x_i / n_t
+        per_item = 1.0 / onehot.sum(0)
+        total = ((wk @ onehot) * per_item).sum(1)
+        ss = 100 * _div((wk @ (onehot * pro[keep, None])) @ per_item, total)
+        lms = 100 * _div((wk @ (onehot * rel[keep, None])) @ per_item, 2 * total)
+        out[f"{prefix}_ss{suffix}"] = ss
+        out[f"{prefix}_lms{suffix}"] = lms
+        out[f"{prefix}_icat{suffix}"] = lms * np.minimum(ss, 100 - ss) / 50
+    return out
 
 
-def ss_lms_icat(terms: np.ndarray, pro: np.ndarray, related: np.ndarray) -> dict:
-    """SS / LMS / ICAT (0–100) from per-item counts: per term, then averaged over terms (official rule)."""
-    if len(terms) == 0:
-        return {"ss": np.nan, "lms": np.nan, "icat": np.nan, "n": 0}
-    n = np.bincount(terms).astype(float)
-    keep = n > 0
-    ss = (100.0 * np.bincount(terms, pro, len(n))[keep] / n[keep]).mean()
-    lms = (100.0 * np.bincount(terms, related, len(n))[keep] / (2 * n[keep])).mean()
-    return {"ss": float(ss), "lms": float(lms), "icat": float(lms * min(ss, 100 - ss) / 50), "n": int(len(terms))}
-
-
-def stereoset_metrics(frame: pd.DataFrame, prefix: str = "stereoset_intra") -> dict:
-    """``<prefix>_{ss,lms,icat}`` overall and per domain, plus the seed study's stereotype rate and the share of
-    items whose top candidate is the stereotype / anti-stereotype / unrelated one (0–100)."""
+def stereoset_describe(frame: pd.DataFrame, prefix: str = "stereoset_intra") -> dict:
+    """Descriptive columns of a cell (not bootstrapped): the seed study's stereotype rate, the share of items whose
+    top candidate is the stereotype / anti-stereotype / unrelated one (0–100), the item count."""
     out = {}
-    domains = list(STEREOSET_DOMAINS) + sorted(set(frame.get("domain", pd.Series([], dtype=str))) -
-                                               set(STEREOSET_DOMAINS))
-    for dom in [None, *domains]:
-        sub = frame if dom is None else frame[frame["domain"] == dom]
-        r = ss_lms_icat(*stereoset_counts(sub)) if len(sub) else {"ss": np.nan, "lms": np.nan, "icat": np.nan}
-        suffix = "" if dom is None else f"_{dom}"
-        for k in ("ss", "lms", "icat"):
-            out[f"{prefix}_{k}{suffix}"] = r[k]
     if len(frame):
         sc = frame[["score_stereotype", "score_anti", "score_unrelated"]].to_numpy(float)
         out[f"{prefix}_stereotype_rate"] = float(100 * (sc[:, 0] > sc[:, 1]).mean())
@@ -160,6 +183,20 @@ def stereoset_metrics(frame: pd.DataFrame, prefix: str = "stereoset_intra") -> d
         for k, name in enumerate(("stereotype", "anti", "unrelated")):
             out[f"{prefix}_top_{name}"] = float(100 * (top == k).mean())
     out[f"{prefix}_n"] = int(len(frame))
+    return out
+
+
+def stereoset_metrics(frame: pd.DataFrame, prefix: str = "stereoset_intra") -> dict:
+    """A cell's ``<prefix>_{ss,lms,icat}`` overall and per domain (NaN for a StereoSet domain without items) —
+    :func:`stereoset_draws` at unit weights — plus :func:`stereoset_describe`'s columns."""
+    draws = stereoset_draws(frame, None, prefix)
+    out = {}
+    for d in [None, *_domains(frame)]:
+        suffix = "" if d is None else f"_{d}"
+        for k in ("ss", "lms", "icat"):
+            v = draws.get(f"{prefix}_{k}{suffix}")
+            out[f"{prefix}_{k}{suffix}"] = np.nan if v is None else float(v[0])
+    out.update(stereoset_describe(frame, prefix))
     return out
 
 
@@ -261,18 +298,37 @@ def build_crows(tok: Tokenizer, pairs: Sequence[CrowsPair], *, benchmark: str = 
     return Job(benchmark, requests, finish, skipped)
 
 
-def crows_metrics(frame: pd.DataFrame, prefix: str = "crows") -> dict:
-    """``<prefix>_metric`` (Nangia metric, 0–100: % pairs whose more-stereotypical sentence scores higher, neutral
-    pairs in the denominator), ``<prefix>_<bias_type>`` and ``<prefix>_neutral`` (% pairs equal at 3 decimals)."""
-    def metric(sub):
-        return float(100 * crows_outcome(sub["score_more"], sub["score_less"])[0].mean()) if len(sub) else np.nan
+def crows_draws(frame: pd.DataFrame, w=None, prefix: str = "crows") -> dict[str, np.ndarray]:
+    """``<prefix>_metric`` (Nangia metric, 0–100: % pairs whose more-stereotypical sentence scores higher, compared
+    at 3 decimals, neutral pairs in the denominator) and ``<prefix>_<bias_type>`` under per-item weights ``w``
+    (``[B, n]``; ``None`` = unit weights): the one implementation behind the cell's value and the bootstrap."""
+    if frame.empty:
+        return {}
+    w = _weights(frame, w)
+    hit = crows_outcome(frame["score_more"], frame["score_less"])[0].astype(float)
+    out = {f"{prefix}_metric": 100 * _div(w @ hit, w.sum(1))}
+    dom = frame["domain"].astype(str).to_numpy()
+    for d in sorted(set(dom)):
+        k = dom == d
+        out[f"{prefix}_{d}"] = 100 * _div(w[:, k] @ hit[k], w[:, k].sum(1))
+    return out
 
-    out = {f"{prefix}_metric": metric(frame)}
+
+def crows_describe(frame: pd.DataFrame, prefix: str = "crows") -> dict:
+    """``<prefix>_neutral`` (% pairs equal at 3 decimals) and ``<prefix>_n``."""
+    out = {}
     if len(frame):
-        for bt, sub in frame.groupby("domain", sort=True):
-            out[f"{prefix}_{bt}"] = metric(sub)
         out[f"{prefix}_neutral"] = float(100 * crows_outcome(frame["score_more"], frame["score_less"])[1].mean())
     out[f"{prefix}_n"] = int(len(frame))
+    return out
+
+
+def crows_metrics(frame: pd.DataFrame, prefix: str = "crows") -> dict:
+    """A cell's CrowS-Pairs values (:func:`crows_draws` at unit weights; ``<prefix>_metric`` NaN without pairs)
+    plus :func:`crows_describe`'s columns."""
+    out = {f"{prefix}_metric": np.nan}
+    out.update({k: float(v[0]) for k, v in crows_draws(frame, None, prefix).items()})
+    out.update(crows_describe(frame, prefix))
     return out
 
 
@@ -358,6 +414,19 @@ def add_context_influence(frame: pd.DataFrame) -> pd.DataFrame:
 BBQ_RULES = {"bbq": "y_pred_sum", "bbq_norm": "y_pred_norm"}
 
 
+def bbq_draws(frame: pd.DataFrame, w=None) -> dict[str, np.ndarray]:
+    """Both choice rules' BBQ metrics (``bbq_*`` summed, ``bbq_norm_*`` per word piece), overall and per category,
+    under per-item weights ``w`` (``[B, n]``; ``None`` = unit weights) by the BBQ authors' rules
+    (:func:`fairq.text.bbq.metric_draws`), and the context-influence score (``bbq_context_influence``)."""
+    out: dict[str, np.ndarray] = {}
+    if frame.empty:
+        return out
+    for prefix, pred in BBQ_RULES.items():
+        out.update(metric_draws(frame, w, pred=pred if pred in frame else "y_pred", prefix=prefix,
+                                context_influence=prefix == "bbq"))
+    return out
+
+
 def bbq_metrics(frame: pd.DataFrame, prefix: str = "bbq", pred: str | None = None) -> dict:
     """BBQ metrics of a per-item frame for one choice rule (``pred``: the choice column; default
     ``BBQ_RULES[prefix]``): accuracy (0–100) and bias score per context condition by the BBQ authors' rules —
@@ -382,3 +451,75 @@ def score_all(engine: MaskedLMEngine, jobs: Sequence[Job]) -> dict[str, pd.DataF
         out[j.benchmark] = j.finish(lp[start:start + len(j.requests)])
         start += len(j.requests)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- registrations
+def term_units(frame: pd.DataFrame) -> np.ndarray:
+    """StereoSet-format items: the target term within its domain (SS / LMS are computed per term)."""
+    return np.array([f"{d}:{t}" for d, t in zip(frame["domain"].astype(str), frame["term"].astype(str))], dtype=object)
+
+
+def template_units(frame: pd.DataFrame) -> np.ndarray:
+    """BBQ: the template within its category (both name orders, ambiguous / disambiguated twins, negative /
+    non-negative questions share it)."""
+    return np.array([f"{d}:{q}" for d, q in zip(frame["domain"].astype(str), frame["question_index"].astype(str))],
+                    dtype=object)
+
+
+def _stereoset_benchmark(name: str, prefix: str, **kw):
+    from functools import partial
+
+    from .benchmarks import register_benchmark
+
+    return register_benchmark(name, metrics=partial(stereoset_draws, prefix=prefix),
+                              values=partial(stereoset_metrics, prefix=prefix), units=term_units, **kw)
+
+
+def _register() -> None:
+    from functools import partial
+
+    from .benchmarks import register_benchmark
+    from .data import read_bbq, read_crows
+
+    domains = [f"{k}_{d}" for d in STEREOSET_DOMAINS for k in ("ss", "lms", "icat")]
+    _stereoset_benchmark(
+        "stereoset", "stereoset_intra", build_requests=build_stereoset,
+        columns=tuple(f"stereoset_intra_{m}{s}" for m in ("ss", "lms", "icat")
+                      for s in ("", *(f"_{d}" for d in STEREOSET_DOMAINS))),
+        headline=("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat"),
+        curves=("stereoset_intra_lms", "stereoset_intra_ss", "stereoset_intra_icat"),
+        sections=(("StereoSet per domain", lambda present: [f"stereoset_intra_{m}" for m in domains]),),
+        reader=lambda root, **_: read_stereoset_intra(root), stratum=lambda it: it.bias_type)
+    # StereoSet intersentence: NSP, not masked positions; scored after every masked-position benchmark
+    _stereoset_benchmark(
+        "stereoset_inter", "stereoset_inter", score=partial(intersentence_frame, benchmark="stereoset_inter"),
+        columns=tuple(f"stereoset_inter_{m}{s}" for m in ("ss", "lms", "icat")
+                      for s in ("", *(f"_{d}" for d in STEREOSET_DOMAINS))))
+
+    register_benchmark(
+        "crows", metrics=crows_draws, values=crows_metrics, build_requests=build_crows, columns=("crows_metric",),
+        headline=("crows_metric",),
+        sections=(("CrowS-Pairs per bias type",
+                   lambda present: sorted(m for m in present if m.startswith("crows_") and m != "crows_metric")),),
+        reader=lambda root, **_: read_crows(root / "crows_pairs_anonymized.csv"), stratum=lambda it: it.bias_type)
+    register_benchmark(
+        "bbq", metrics=bbq_draws, build_requests=build_bbq, units=template_units, flips="answer",
+        values=lambda frame: {k: v for rule in BBQ_RULES for k, v in bbq_metrics(frame, rule).items()},
+        columns=("bbq_context_influence",) + tuple(f"{rule}_{m}" for rule in BBQ_RULES for m in (
+            "accuracy_ambig", "accuracy_disambig", "bias_ambig", "bias_disambig")),
+        headline=("bbq_norm_accuracy_disambig", "bbq_norm_bias_ambig"),
+        report=tuple(f"{rule}_{m}" for rule in ("bbq_norm", "bbq") for m in (
+            "accuracy_ambig", "accuracy_disambig", "bias_ambig", "bias_disambig")) + ("bbq_context_influence",),
+        sections=(("BBQ per category", lambda present: sorted(m for m in present if m.startswith("bbq_"))),),
+        reader=lambda root, categories=None, **_: read_bbq(root / "bbq", categories), stratum=lambda it: it.category)
+
+
+def read_stereoset_intra(root):
+    """StereoSet's intrasentence items of ``<root>/stereoset_dev.json`` and what the reader skipped."""
+    from .data import read_stereoset
+
+    intra, _inter, skipped = read_stereoset(root / "stereoset_dev.json")
+    return intra, skipped
+
+
+_register()

@@ -29,24 +29,28 @@ import pandas as pd
 from fairq.batches import ClassificationTask
 from fairq.errors import UserError
 
-from .scoring import (BBQ_RULES, HFTokenizer, bbq_metrics, build_bbq, build_crows, build_stereoset, crows_metrics,
-                      intersentence_frame, official_predictions, score_all, stereoset_metrics)
+from .benchmarks import benchmarks, contract_columns, headline_metrics
+from .scoring import HFTokenizer, official_predictions, score_all
 
 log = logging.getLogger("fairq")
 
 TASK_NAME = "masked_lm_bias"
-HEADLINE = ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat", "crows_metric",
-            "bbq_norm_accuracy_disambig", "bbq_norm_bias_ambig", "probe_stereoset_ss")
-#: contract columns present in every text row (NaN when a benchmark is off or not applicable).
-CONTRACT = tuple(f"stereoset_{kind}_{m}{s}" for kind in ("intra", "inter") for m in ("ss", "lms", "icat")
-                 for s in ("", "_gender", "_profession", "_race", "_religion")) + (
-    "crows_metric", "bbq_context_influence") + tuple(f"{rule}_{m}" for rule in BBQ_RULES for m in (
-        "accuracy_ambig", "accuracy_disambig", "bias_ambig", "bias_disambig"))
+
+
+def __getattr__(name: str):
+    # CONTRACT (the metrics.csv columns every text row has) and HEADLINE (the log line's metrics) come from the
+    # benchmark registry when asked, so a benchmark registered after this import is included
+    if name == "CONTRACT":
+        return contract_columns()
+    if name == "HEADLINE":
+        return headline_metrics()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resampling_units(frame: pd.DataFrame) -> np.ndarray:
     """The cluster of each per-item row: the unit a benchmark's metrics are built from, which the analysis's
-    bootstrap resamples (``frame["cluster"]`` when stored; derived from the other columns otherwise).
+    bootstrap resamples (``frame["cluster"]`` when stored; else each registered benchmark's ``units``, see
+    :mod:`fairq.text.benchmarks`).
 
     * StereoSet (intra / inter, probes): the target term within its domain (``<domain>:<term>``) — SS and LMS are
       computed per term and then averaged over terms;
@@ -54,20 +58,19 @@ def resampling_units(frame: pd.DataFrame) -> np.ndarray:
       template — its name / group instantiations, both versions (BBQ's ``a`` / ``b`` swap the two names in the same
       template), ambiguous / disambiguated twins and negative / non-negative questions — shares the template's
       wording and stereotype, so they are one unit;
-    * CrowS-Pairs (and anything else): the item itself (one pair).
+    * CrowS-Pairs (and any benchmark that declares no units): the item itself (one pair).
 
     Every cluster lies within one ``domain`` (the bootstrap's strata)."""
     if "cluster" in frame.columns:
         return frame["cluster"].astype(str).to_numpy()
-    bench = frame["benchmark"].astype(str).to_numpy()
-    dom = frame["domain"].astype(str).to_numpy()
     out = frame["sample_id"].astype(str).to_numpy().astype(object)
-    ss = np.char.startswith(bench.astype(str), "stereoset") | (bench == "probe_stereoset")
-    if ss.any():
-        out[ss] = [f"{d}:{t}" for d, t in zip(dom[ss], frame["term"].astype(str).to_numpy()[ss])]
-    bbq = bench == "bbq"
-    if bbq.any():
-        out[bbq] = [f"{d}:{q}" for d, q in zip(dom[bbq], frame["question_index"].astype(str).to_numpy()[bbq])]
+    bench = frame["benchmark"].astype(str).to_numpy()
+    registry = benchmarks()
+    for name in sorted(set(bench)):
+        b = registry.get(name)
+        if b is not None and b.units is not None:
+            mask = bench == name
+            out[mask] = b.units(frame[mask])
     return out.astype(str)
 
 
@@ -76,25 +79,13 @@ class BaselineMissingError(UserError, RuntimeError):
 
 
 def text_metrics(frame: pd.DataFrame, inter_reason: str = "") -> dict:
-    """Every text metric of a cell from its per-item frame (analysis recomputes them on resamples)."""
-    def part(name):
-        return frame[frame["benchmark"] == name] if len(frame) else frame
-
-    out = {k: np.nan for k in CONTRACT}
-    out.update(stereoset_metrics(part("stereoset"), "stereoset_intra"))
-    inter = part("stereoset_inter")
-    if len(inter):
-        out.update(stereoset_metrics(inter, "stereoset_inter"))
-    out.update(crows_metrics(part("crows"), "crows"))
-    bbq = part("bbq")
-    if len(bbq):
-        for rule in BBQ_RULES:  # summed and length-normalised choice (the headline: bbq_norm)
-            out.update(bbq_metrics(bbq, rule))
-    for probe, fn in (("probe_stereoset", stereoset_metrics), ("probe_crows", crows_metrics)):
-        sub = part(probe)
-        if len(sub):
-            m = fn(sub, probe)
-            out.update({k.replace("_intra", ""): v for k, v in m.items()})
+    """Every text metric of a cell from its per-item frame: each registered benchmark's values
+    (:meth:`~fairq.text.benchmarks.Benchmark.point`) on its rows; the contract columns NaN where it is off."""
+    out = {k: np.nan for k in contract_columns()}
+    names = set(frame["benchmark"].astype(str)) if len(frame) else set()
+    for name, bench in benchmarks().items():
+        if name in names:
+            out.update(bench.point(frame[frame["benchmark"] == name]))
     if inter_reason:
         out["stereoset_inter_reason"] = inter_reason
     return out
@@ -108,7 +99,8 @@ class TextTask(ClassificationTask):
     name: str = TASK_NAME
     #: methods that train (distill, qat, pruning with fine-tuning) fit an MLM (:class:`fairq.lit.MaskedLMModule`)
     objective: ClassVar[str] = "masked_lm"
-    headline: tuple = HEADLINE
+    #: the log line's metrics (default: every registered benchmark's ``headline``)
+    headline: tuple | None = None
 
     # --- the FP32 model --------------------------------------------------------------------------------
     def baseline_model(self, ctx, model_name: str):
@@ -170,27 +162,21 @@ class TextTask(ClassificationTask):
         ht = HFTokenizer(tok) if not hasattr(tok, "encode") or hasattr(tok, "tokenize") else tok
         max_len = int(getattr(getattr(model, "config", None), "max_position_embeddings", 512) or 512)
         t0 = time.perf_counter()
-        jobs = []
-        if dm.items.get("stereoset"):
-            jobs.append(build_stereoset(ht, dm.items["stereoset"], max_len=max_len))
-        if dm.items.get("crows"):
-            jobs.append(build_crows(ht, dm.items["crows"], max_len=max_len))
-        if dm.items.get("bbq"):
-            jobs.append(build_bbq(ht, dm.items["bbq"], max_len=max_len))
-        if dm.items.get("probe_stereoset"):
-            jobs.append(build_stereoset(ht, dm.items["probe_stereoset"], benchmark="probe_stereoset", max_len=max_len))
-        if dm.items.get("probe_crows"):
-            jobs.append(build_crows(ht, dm.items["probe_crows"], benchmark="probe_crows", max_len=max_len))
+        registry = benchmarks()
+        on = [(name, b) for name, b in registry.items() if dm.items.get(name)]
+        jobs = [b.build_requests(ht, dm.items[name], benchmark=name, max_len=max_len) for name, b in on
+                if b.build_requests is not None]
         engine = MaskedLMEngine(model, pad_id=ht.pad_id, batch_size=dm.batch_size, max_tokens=dm.max_tokens,
                                 progress=progress, desc=desc, compile=getattr(dm, "compile_engine", False))
         frames = score_all(engine, jobs)
-        reason = ""
-        if dm.items.get("stereoset_inter"):
-            inter, reason = intersentence_frame(model, ht, dm.items["stereoset_inter"])
-            if len(inter):
-                frames["stereoset_inter"] = inter
-        else:
-            reason = "not scored: intersentence is off in the config"
+        reasons = {}
+        for name, b in on:  # benchmarks with a scorer of their own (StereoSet intersentence: NSP)
+            if b.score is not None:
+                extra, reasons[name] = b.score(model, ht, dm.items[name])
+                if len(extra):
+                    frames[name] = extra
+        reason = (reasons["stereoset_inter"] if "stereoset_inter" in reasons
+                  else "not scored: intersentence is off in the config")
         seconds = time.perf_counter() - t0
         frame = pd.concat([f for f in frames.values() if len(f)], ignore_index=True)
         frame["cluster"] = resampling_units(frame)
@@ -215,5 +201,5 @@ class TextTask(ClassificationTask):
         return {".stereoset.json": official_predictions(part("stereoset"), part("stereoset_inter"))}
 
     def summary(self, row: dict) -> str:
-        return ", ".join(f"{k} {row[k]:.2f}" for k in self.headline if isinstance(row.get(k), float)
-                         and np.isfinite(row[k]))
+        return ", ".join(f"{k} {row[k]:.2f}" for k in (self.headline or headline_metrics())
+                         if isinstance(row.get(k), float) and np.isfinite(row[k]))
