@@ -142,3 +142,27 @@ def test_every_shipped_benchmark_has_one_metric_implementation():
     for k, v in point.items():
         assert cell[k] == v[0], k   # exact: one implementation
     assert set(benchmarks()) >= {"stereoset", "stereoset_inter", "crows", "bbq", "probe_stereoset", "probe_crows"}
+
+
+def test_an_installed_package_registers_its_benchmark_through_an_entry_point(tmp_path, monkeypatch):
+    """A third-party benchmark reaches every process (Ray workers included) through a ``fairq.benchmarks`` entry
+    point, with no environment variable."""
+    import sys
+
+    from fairq.text.benchmarks import plugin_modules
+
+    (tmp_path / "fairq_bench_toy.py").write_text(
+        "from fairq.text.benchmarks import register_benchmark\n"
+        "register_benchmark('_bench_toy', metrics=lambda frame, w=None: {}, score=lambda model, tok, items: None)\n")
+    dist = tmp_path / "fairq_bench_toy-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fairq-bench-toy\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[fairq.benchmarks]\nbench_toy = fairq_bench_toy\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("FAIRQ_BENCHMARK_MODULES", raising=False)
+    assert "fairq_bench_toy" in plugin_modules()
+    try:
+        assert "_bench_toy" in benchmarks()
+    finally:
+        unregister_benchmark("_bench_toy")
+        sys.modules.pop("fairq_bench_toy", None)
