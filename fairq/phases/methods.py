@@ -103,8 +103,7 @@ class _ModelCells:
         ref = [c for c in config.controls() if method_of(c).name == config.reference_method]
         if config.reference_method and ref:
             extra["reference_config"] = _config_json(ref[0])
-        self.rows.append(self.ctx.evaluate_cell(result.model, model_name=self.model_name, method=method.name,
-                                                weight_bits=result.weight_bits, act_bits=result.act_bits,
+        self.rows.append(self.ctx.evaluate_cell(result, model_name=self.model_name, method=method.name,
                                                 variant=config.variant(), extra=extra, cell=cell,
                                                 reference=self.baseline))
 

@@ -65,9 +65,8 @@ def head_blocks(model: nn.Module, method: str = "soft_head_pruning") -> list[Att
     """The model's attention blocks; a model without any (a CNN) is a clear error naming it."""
     blocks = attention_blocks(model)
     if not blocks:
-        name = getattr(model, "fairq_name", None) or type(model).__name__
         raise NoAttentionHeadsError(
-            f"{method}: model {name!r} ({type(model).__name__}) has no attention heads (it needs a timm ViT or a "
+            f"{method}: model {type(model).__name__} has no attention heads (it needs a timm ViT or a "
             "BERT-style encoder); restrict the method entry to attention models, e.g. models: [tiny_vit]")
     return blocks
 
