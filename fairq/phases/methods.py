@@ -49,7 +49,8 @@ class _ModelCells:
     def inputs(self, needs, cell: str, n_calib: int) -> MethodInputs:
         """Exactly what the method declared, built from the run's datamodule (calibration draws of ``n_calib``)."""
         ctx, dm = self.ctx, self.ctx.data()
-        kw = {"seed": ctx.seed, "sensitive_names": list(dm.sensitive_names), "optim": dict(ctx.optim)}
+        kw = {"seed": ctx.seed, "sensitive_names": list(dm.sensitive_names), "optim": dict(ctx.optim),
+              "model_name": self.model_name}
         if "calibration" in needs:
             kw["calibration"] = dm.calibration_dataloader(n_calib, balanced=False, seed=ctx.seed)
         if "balanced_calibration" in needs:

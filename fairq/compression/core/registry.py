@@ -56,7 +56,7 @@ class MethodInputs:
     :func:`fairq.batches.split_batch` reads); ``datamodule``: the run's datamodule; ``make_trainer(**overrides)``:
     a Lightning Trainer with the run's logger and callbacks; ``train_fn(model)``: a custom training function
     (library use); ``optim``: the run's optimiser settings (``weight_decay``, …); ``sensitive_names``: names of the
-    ``sensitive`` columns; ``seed``: the run's seed.
+    ``sensitive`` columns; ``seed``: the run's seed; ``model_name``: the model's registry name (for messages).
     """
 
     calibration: Any = None
@@ -69,6 +69,7 @@ class MethodInputs:
     optim: Mapping[str, Any] = field(default_factory=dict)
     sensitive_names: Sequence[str] | None = None
     seed: int = 0
+    model_name: str | None = None
 
     #: keyword names of :func:`fairq.compression.quantize` / ``apply_quantization`` → field names.
     ALIASES = {"calibration_data": "calibration", "balanced_calibration_data": "balanced_calibration",

@@ -112,7 +112,7 @@ def _freeze_rows(blocks, selection):
 
 def handle_soft_head_pruning(model: nn.Module, config: SoftHeadPruningConfig, inputs: MethodInputs) -> MethodResult:
     model.eval()
-    blocks = head_blocks(model)
+    blocks = head_blocks(model, model_name=inputs.model_name)
     if inputs.validation is None:
         raise ValueError("soft_head_pruning selects heads on the validation split: give validation data")
     probe = probe_for(inputs.validation, inputs.sensitive_names, limit=config.val_batches)
