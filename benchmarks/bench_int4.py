@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fairq.compression import PTQConfig, measure_latency_paired, quantize  # noqa: E402
+from fairq.compression.backends.int4 import int4_layers, simulated_layers  # noqa: E402
 from fairq.compression.core.data import logits_of  # noqa: E402
 from fairq.models import create_model  # noqa: E402
 
@@ -66,7 +67,7 @@ def main(argv=None) -> list[dict]:
                 return logits_of(m(**x) if isinstance(x, dict) else m(x))
 
         out_r, out_s = run(real), run(sim)
-        row = dict(model=name, int4_layers=len(real.fairq_int4_layers), simulated=real.fairq_simulated_layers,
+        row = dict(model=name, int4_layers=len(int4_layers(real)), simulated=simulated_layers(real),
                    rel_diff=((out_r - out_s).abs().max() / out_s.abs().max()).item(),
                    argmax_agree=(out_r.argmax(-1) == out_s.argmax(-1)).float().mean().item(),
                    size_ratio=_bytes(real) / _bytes(model))

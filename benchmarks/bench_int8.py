@@ -76,7 +76,7 @@ def bench_model(name: str, args) -> dict:
     ref_noise = (out_ref_moved - out_ref).abs().max().item() / scale
     return dict(model=name, fp32_ms=fp_ms, int8_ms=q_ms, speedup=fp_ms / q_ms, size_ratio=sd_ratio,
                 full_pickle_ratio=full_ratio, convert_s=convert_s, kernel_vs_ref=kernel_vs_ref, ref_noise=ref_noise,
-                engine=qmodel.fairq_engine)
+                engine=qmodel.engine)
 
 
 def _verdict(row: dict) -> str:

@@ -362,7 +362,8 @@ def compare_quantization_methods(model, methods, test_loader, sensitive_attrs: s
     from fairq.analysis.load import store_from_frames
     from fairq.analysis.stats import benjamini_hochberg
     from fairq.compression import model_size_mb
-    from fairq.methods import apply_quantization
+    from fairq.compression.api import apply_method
+    from fairq.methods import load_methods
     from fairq.metrics import DEFAULT_MIN_GROUP_SIZE
 
     specs = _method_specs(methods, bit_width)
@@ -371,17 +372,19 @@ def compare_quantization_methods(model, methods, test_loader, sensitive_attrs: s
     loader, task, attrs = _resolve(test_loader, sensitive_attrs, sensitive_names, sensitive_levels)
     frames = {"baseline": _predict(model, loader, task, progress, "baseline")}
     models, sizes = {}, {"baseline": model_size_mb(model)}
+    load_methods()  # every shipped method (mitigations too) and plugins
     for label, spec in specs:
+        size_format = "dense"
         if isinstance(spec, Mapping):
             opts = {k: v for k, v in spec.items() if k not in ("method", "bit_width")}
             data = inputs[label]
-            qmodel = apply_quantization(model, spec["method"], spec["bit_width"], data.get("calibration_data"),
-                                        train_loader=data.get("train_loader"), val_data=data.get("validation_data"),
-                                        **opts)
+            result = apply_method(model, spec["method"], spec["bit_width"], data.get("calibration_data"),
+                                  train_loader=data.get("train_loader"), val_data=data.get("validation_data"), **opts)
+            qmodel, size_format = result.model, result.size_format
         else:
             qmodel = spec
         models[label] = qmodel
-        sizes[label] = model_size_mb(qmodel)
+        sizes[label] = model_size_mb(qmodel, size_format)
         frames[label] = _predict(qmodel, loader, task, progress, label)
     keep = ["sample_id", "y_true", "y_pred", *[c for c in frames["baseline"].columns if c.startswith("prob")], *attrs]
     frames = {k: f[[c for c in keep if c in f.columns]] for k, f in frames.items()}

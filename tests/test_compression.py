@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 
 from fairq.compression import (
-    METHODS, DynamicConfig, MixedPrecisionConfig, PTQConfig, apply_quantization, effective_weights,
+    METHODS, DynamicConfig, MixedPrecisionConfig, PTQConfig, apply_method, apply_quantization, effective_weights,
     layer_bits, measure_latency, measure_latency_paired, model_size, model_size_mb, quantize, register_method,
     compress, make_config, MethodInputs, MethodResult,
 )
@@ -116,8 +116,8 @@ def test_every_method_on_every_tiny_model(zoo, method, bits):
     assert all(torch.equal(v, zoo.model.state_dict()[k]) for k, v in fp_before.items()), "input model mutated"
     assert method_of(make_config(method, bits, **options)).name == method and result.backend in {"int8", "simulated"}
     assert result.weight_bits is not None and result.act_bits in {None, 2, 3, 4, 5, 6, 7, 8}
-    assert (result.weight_bits, result.act_bits, result.backend) == (
-        q.fairq_weight_bits, q.fairq_act_bits, q.fairq_backend)
+    assert (result.simulation is not None) == (result.backend == "simulated")  # a simulated cell says how
+    assert not any(a.startswith("fairq_") for a in vars(q))  # what the cell records is in the result, not the model
     fp, out = _outputs(zoo.model, zoo.calib), _outputs(q, zoo.calib)
     assert out.shape == fp.shape and torch.isfinite(out).all()
     assert (out - fp).abs().max() > 0, "quantized outputs identical to FP32"
@@ -191,8 +191,9 @@ def test_symmetric_has_zero_zero_point_and_affine_uses_it():
 # ---------------------------------------------------------------- observers inside PTQ
 def _input_act_scale(q) -> float:
     """Scale of the quantizer on the model's input (first linear's input) in either simulation."""
-    if getattr(q, "fairq_simulation", None) == "graph":
-        from fairq.compression.quant.graph_sim import activation_quantizers
+    from fairq.compression.quant.graph_sim import SimulatedProgram, activation_quantizers
+
+    if isinstance(q, SimulatedProgram):
 
         return float(next(iter(activation_quantizers(q).values()))["scale"])
     return float(q[0].act_scale)
@@ -312,8 +313,9 @@ def test_configs_validate_and_come_from_yaml():
 
 def test_apply_quantization_maps_bit_width_and_rejects_unknowns():
     model = nn.Sequential(nn.Linear(4, 2))
-    q = apply_quantization(model, "ptq_dynamic", 4)
-    assert q.fairq_weight_bits == 4 and q[0].weight_bits == 4 and q[0].act_mode == "dynamic"
+    result = apply_method(model, "ptq_dynamic", 4)
+    q = result.model
+    assert result.weight_bits == 4 and q[0].weight_bits == 4 and q[0].act_mode == "dynamic"
     with pytest.raises(ValueError, match="unknown compression method"):
         apply_quantization(model, "nope", 4)
     with pytest.raises(TypeError, match="no option"):
@@ -394,19 +396,28 @@ def test_graph_simulation_survives_pickle_and_deepcopy():
 class _Recorder(types.ModuleType):
     """Stand-in for fairq/compression/backends/int8.py that records how the engine calls it."""
 
+    class ProgramModel(nn.Module):
+        """What the engine reads of a converted program: its fields."""
+
+        weight_bits, act_bits, act_qrange, engine, simulation = 8, 8, (0, 127), "stub", None
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+    DYNAMIC_ACT_QRANGE, ENGINE_DYNAMIC = (0, 127), "stub-dynamic"
+
     def __init__(self):
         super().__init__("fairq.compression.backends.int8")
         self.calls = []
 
     def convert_static_int8(self, model, config, calibration_data):
         self.calls.append(("static", type(config).__name__, calibration_data is not None))
-        model.fairq_backend = "int8"
-        return model
+        return self.ProgramModel(model)
 
     def convert_dynamic_int8(self, model, config):
         self.calls.append(("dynamic", type(config).__name__))
-        model.fairq_backend = "int8"
-        return model
+        return self.ProgramModel(model)
 
     def int8_effective_weights(self, model):
         return {"0": torch.zeros(2, 2)}
@@ -416,14 +427,15 @@ def test_int8_dispatch_contract(monkeypatch):
     stub = _Recorder()
     monkeypatch.setitem(sys.modules, "fairq.compression.backends.int8", stub)
     model, calib = nn.Sequential(nn.Linear(4, 2)), [torch.randn(3, 4)]
-    q = apply_quantization(model, "ptq_static", 8, calib)
-    assert q.fairq_backend == "int8" and (q.fairq_weight_bits, q.fairq_act_bits) == (8, 8)
-    assert effective_weights(q).keys() == {"0"} and layer_bits(q) == {"0": 8}
-    assert apply_quantization(model, "ptq_dynamic", 8).fairq_backend == "int8"
-    assert apply_quantization(model, "ptq_static", 4, calib).fairq_backend == "simulated"
-    assert apply_quantization(model, "ptq_static", 8, calib, backend="simulated").fairq_backend == "simulated"
-    q = apply_quantization(model, "qat", 8, calib, train_loader=[(torch.randn(3, 4), torch.tensor([0, 1, 0]))])
-    assert q.fairq_backend == "int8"
+    r = apply_method(model, "ptq_static", 8, calib)
+    assert r.backend == "int8" and (r.weight_bits, r.act_bits) == (8, 8) and r.act_qrange == (0, 127)
+    assert effective_weights(r.model).keys() == {"0"} and layer_bits(r.model) == {"0": 8}
+    r = apply_method(model, "ptq_dynamic", 8)
+    assert r.backend == "int8" and (r.act_qrange, r.engine) == ((0, 127), "stub-dynamic")
+    assert apply_method(model, "ptq_static", 4, calib).backend == "simulated"
+    assert apply_method(model, "ptq_static", 8, calib, backend="simulated").backend == "simulated"
+    r = apply_method(model, "qat", 8, calib, train_loader=[(torch.randn(3, 4), torch.tensor([0, 1, 0]))])
+    assert r.backend == "int8"
     assert stub.calls == [("static", "PTQConfig", True), ("dynamic", "DynamicConfig"), ("static", "PTQConfig", True)]
 
 
@@ -434,9 +446,10 @@ def test_real_int8_agrees_with_simulated_int8():
     evals = [torch.randn(64, 3, 32, 32) for _ in range(4)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        real = quantize(model, PTQConfig(backend="int8"), calib)
+        result = compress(model, PTQConfig(backend="int8"), MethodInputs(calibration=calib))
+    real = result.model
     sim = quantize(model, PTQConfig(backend="simulated"), calib)
-    assert real.fairq_backend == "int8"
+    assert result.backend == "int8"
     for k in effective_weights(real).values():
         assert _max_levels_per_channel(k) <= 256
     agree = (_outputs(real, evals).argmax(1) == _outputs(sim, evals).argmax(1)).float().mean()

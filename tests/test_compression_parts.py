@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
 
 from fairq.compression import (
-    MixedPrecisionConfig, QATConfig, convert_qat, effective_weights, layer_bits, model_size, prepare_qat, quantize,
+    MixedPrecisionConfig, QATConfig, effective_weights, layer_bits, model_size, prepare_qat, quantize,
     compress, MethodInputs,
 )
 from fairq.compression.core.data import iter_labelled_batches, iter_model_inputs
@@ -17,6 +17,7 @@ from fairq.compression.core.fakequant import (
     FakeQuantLayer, FakeQuantLinear, dynamic_fake_quant, quantize_weight, quantize_with,
 )
 from fairq.compression.quant.mixed_precision import allocate_bits
+from fairq.compression.quant.qat import convert_qat_result
 from fairq.compression.core.observers import (
     KBitHistogramObserver, MSEObserver, PercentileObserver, act_observer, act_spec, qrange, weight_observer, weight_spec,
 )
@@ -304,8 +305,9 @@ def test_qat_trains_through_fake_quant_and_converts_to_what_it_trained(bits):
     trained_view = effective_weights(model)
     with torch.no_grad():
         out_prepared = model(x)
-    q = convert_qat(model, cfg)
-    assert q.fairq_backend == "simulated" and q.fairq_weight_bits == bits
+    result = convert_qat_result(model, cfg)
+    q = result.model
+    assert result.backend == "simulated" and result.weight_bits == bits and result.simulation == "layer_input"
     for name, w in effective_weights(q).items():
         assert torch.allclose(w, trained_view[name], atol=1e-6), name  # same quantizer as in training
         assert max(torch.unique(r).numel() for r in w.reshape(w.shape[0], -1)) <= 2**bits
@@ -358,6 +360,7 @@ def _with_plan(model, cfg, calib, val):
     """(quantized model, mixed-precision plan) — the plan is part of the method's result, not of the model."""
     result = compress(model, cfg, MethodInputs(calibration=calib, validation=val))
     assert result.artifacts[0].folder == "plans" and result.artifacts[0].content == result.info["plan"].to_dict()
+    assert result.weight_bits == pytest.approx(result.info["plan"].avg_bits, abs=1e-3)  # the cell's average width
     return result.model, result.info["plan"]
 
 
@@ -366,7 +369,7 @@ def test_mixed_precision_respects_avg_bits_budget_and_keeps_classifier(sensitivi
     model, val = _mp_setup()
     cfg = MixedPrecisionConfig(budget_avg_bits=5.0, keep_fp32=("4",), sensitivity=sensitivity)
     q, plan = _with_plan(model, cfg, [v[0] for v in val], val)
-    assert plan.avg_bits <= 5.0 and q.fairq_weight_bits == pytest.approx(plan.avg_bits, abs=1e-3)
+    assert plan.avg_bits <= 5.0
     assert plan.bits["4"] is None and layer_bits(q)["4"] is None
     assert {n: b for n, b in layer_bits(q).items()} == plan.bits
     frame = plan.to_frame()

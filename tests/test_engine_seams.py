@@ -4,6 +4,7 @@ import ast
 import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,6 @@ from torch import nn
 from fairq.batches import ClassificationTask, predict, split_batch
 from fairq.cli import main
 from fairq.compression import MethodResult, register_method
-from fairq.compression.core.backend import tag_model
 from fairq.compression.core.config import MethodConfig
 from fairq.compression.core.modules import quantizable_layers
 from fairq.compression.core.registry import Artifact, unregister_method
@@ -47,8 +47,7 @@ def _sign_handler(model: nn.Module, config: SignConfig, inputs) -> MethodResult:
             w = mod.weight
             scale = w.abs().flatten(1).mean(1).view(-1, *([1] * (w.ndim - 1)))
             w.copy_(config.shrink * scale * torch.sign(w))
-    tag_model(model, weight_bits=1, act_bits=None, backend="simulated")
-    return MethodResult(model, record={"toy_val_batches": seen},
+    return MethodResult(model, weight_bits=1, act_bits=None, backend="simulated", record={"toy_val_batches": seen},
                         artifacts=[Artifact("toy", {"shrink": config.shrink, "val_batches": seen}, column="toy")])
 
 
@@ -79,6 +78,36 @@ def test_a_method_registered_in_a_test_runs_through_the_phases_and_analysis(sign
     deltas = pd.read_csv(out / "tables" / "deltas.csv")
     toy_deltas = deltas[(deltas["method"] == "_sign") & (deltas["metric"] == "accuracy") & (deltas["group"] == "all")]
     assert len(toy_deltas) >= 2 and toy_deltas["delta"].notna().all()
+
+
+# ------------------------------------------------------------------------------------ results are values
+#: What a model attribute of fairq looked like before results were values (issue 24): ``model.fairq_backend``,
+#: ``getattr(model, "fairq_act_qrange", None)``, and the tagging helper. Facts travel in ``MethodResult`` and in
+#: the fields of the wrapper classes, provenance in ``ModelInfo``.
+_MODEL_ATTRIBUTE = re.compile(r"\.fairq_[a-z]\w*|\b(?:get|set|has|del)attr\([^)]*[\"']fairq_[a-z]\w*[\"']"
+                              r"|\btag_model\b|\bTAGS\b")
+
+
+def _model_attributes(path: str, text: str) -> list[str]:
+    return [f"{path}:{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1)
+            if _MODEL_ATTRIBUTE.search(line)]
+
+
+def test_no_fairq_model_attribute_is_left():
+    """``grep -rn "fairq_" fairq`` finds no model attribute: every fact about a compressed model is a value."""
+    found = [hit for path in sorted((ROOT / "fairq").rglob("*.py"))
+             for hit in _model_attributes(str(path.relative_to(ROOT)), path.read_text())]
+    assert not found, "model attributes / tags left:\n" + "\n".join(found)
+
+
+def test_the_attribute_check_sees_the_old_spellings():
+    old = ['model.fairq_backend = "int8"', 'qrange = getattr(model, "fairq_act_qrange", None)',
+           "if hasattr(model, 'fairq_simulated_layers'):", "out.fairq_weight_bits, out.fairq_act_bits = w, a",
+           "from fairq.compression.core.backend import load_int8, resolve_backend, tag_model",
+           'TAGS = ("fairq_method", "fairq_weight_bits")']
+    for line in old:
+        assert _model_attributes("old.py", line), line
+    assert not _model_attributes("ok.py", 'import fairq_ep_toy\nprefix = "fairq_text_figures_"')
 
 
 # ------------------------------------------------------------------------------------ layering
@@ -291,7 +320,7 @@ def test_an_installed_packages_entry_point_registers_its_method(tmp_path, monkey
         "@dataclass\n"
         "class EpToyConfig(MethodConfig):\n"
         "    weight_bits: int = 8\n"
-        "register_method('_ep_toy', EpToyConfig, lambda model, config, inputs: MethodResult(model),"
+        "register_method('_ep_toy', EpToyConfig, lambda model, config, inputs: MethodResult.fp32(model),"
         " family='toy')\n")
     dist = tmp_path / "fairq_ep_toy-0.1.dist-info"
     dist.mkdir()

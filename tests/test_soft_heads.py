@@ -107,7 +107,7 @@ def test_every_soft_pruning_method_on_every_tiny_model(kind, method):
     cfg = make_config(method, alpha=0.5, n_heads=1)
     if kind == "cnn":
         with pytest.raises(NoAttentionHeadsError, match="tiny_cnn.*no attention heads"):
-            compress(zoo.model, cfg, MethodInputs(calibration=zoo.calib, validation=val))
+            compress(zoo.model, cfg, MethodInputs(calibration=zoo.calib, validation=val, model_name="tiny_cnn"))
         return
     state = {k: v.clone() for k, v in zoo.model.state_dict().items()}
     rows = _qkv_rows(zoo.model)

@@ -10,7 +10,7 @@ Sub-packages by job: ``core`` (the contract: registry, configs, entry points, me
 above, never imported from here). :mod:`fairq.methods` loads every shipped method.
 """
 # import order = registration order (quantizers, advanced PTQ, pruning, soft head pruning), as METHODS lists them
-from fairq.compression.api import apply_quantization, compress, effective_weights, layer_bits, quantize
+from fairq.compression.api import apply_method, apply_quantization, compress, effective_weights, layer_bits, quantize
 from fairq.compression.quant.advanced_ptq import AdvancedPTQConfig, RTNConfig
 from fairq.compression.quant.gptq import GPTQConfig
 from fairq.compression.quant.smoothing import AWQConfig, SmoothQuantConfig
@@ -26,7 +26,7 @@ from fairq.compression.prune.structured import ChannelPruneConfig, HeadPruneConf
 from fairq.compression.localize.soft_pruning import SoftHeadPruningConfig  # registers soft_head_pruning
 
 __all__ = [
-    "quantize", "apply_quantization", "effective_weights", "layer_bits", "model_size_mb", "model_size",
+    "quantize", "apply_quantization", "apply_method", "effective_weights", "layer_bits", "model_size_mb", "model_size",
     "measure_latency", "measure_latency_paired", "PTQConfig", "DynamicConfig", "QATConfig", "MixedPrecisionConfig",
     "MixedPrecisionPlan", "METHODS", "register_method", "make_config", "get_method", "prepare_qat", "convert_qat",
     "compress", "MethodInputs", "MethodResult", "Artifact", "MagnitudePruneConfig", "magnitude_prune",

@@ -6,7 +6,7 @@ import dataclasses
 
 from torch import nn
 
-from fairq.compression.core.registry import MethodInputs, compress, make_config  # noqa: F401 (compress: public here)
+from fairq.compression.core.registry import MethodInputs, MethodResult, compress, make_config  # noqa: F401 (public)
 from fairq.compression.quant import dynamic, mixed_precision, ptq, qat  # noqa: F401  (each registers its method)
 from fairq.compression.quant.weights import effective_weights, layer_bits  # noqa: F401 (public here)
 
@@ -27,10 +27,17 @@ def apply_quantization(model: nn.Module, method: str, bit_width=None, calibratio
 
     ``bit_width`` fills the method's bits field (weights; for ``mixed_precision`` the average-bits budget).
     ``options`` are config fields, except run inputs (``train_fn``, ``train_loader``, ``val_data``, … — the
-    :class:`~fairq.compression.core.registry.MethodInputs` names), which go to the handler.
+    :class:`~fairq.compression.core.registry.MethodInputs` names), which go to the handler. :func:`apply_method`
+    returns the whole :class:`~fairq.compression.core.registry.MethodResult`.
     """
+    return apply_method(model, method, bit_width, calibration_data, **options).model
+
+
+def apply_method(model: nn.Module, method: str, bit_width=None, calibration_data=None, **options) -> MethodResult:
+    """:func:`apply_quantization`, returning the method's :class:`~fairq.compression.core.registry.MethodResult`
+    (the model, its widths and backend, how to size it, the method's record)."""
     names = {f.name for f in dataclasses.fields(MethodInputs)} | set(MethodInputs.ALIASES)
     inputs = {k: options.pop(k) for k in list(options) if k in names}
-    return quantize(model, make_config(method, bit_width, **options), calibration_data, **inputs)
+    return compress(model, make_config(method, bit_width, **options), MethodInputs.from_kwargs(calibration_data, **inputs))
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from torch import nn
 
 from fairq.compression.core.config import PTQConfig, check_positive
-from fairq.compression.quant.ptq import quantize_ptq
+from fairq.compression.quant.ptq import ptq_result
 from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method
 
 from .batches import gather, group_ids, pool_size, take
@@ -87,6 +87,13 @@ def quantize_bias_aware(model: nn.Module, config: BiasAwareCalibrationConfig, ca
                         seed: int | None = None) -> tuple[nn.Module, dict]:
     """Static PTQ (:func:`~fairq.compression.quant.ptq.quantize_ptq`) calibrated on a group-balanced draw from
     ``calibration_data``; returns the model and a record of the pool's and the draw's group counts."""
+    result, record = bias_aware_result(model, config, calibration_data, seed=seed)
+    return result.model, record
+
+
+def bias_aware_result(model: nn.Module, config: BiasAwareCalibrationConfig, calibration_data=None, *,
+                      seed: int | None = None) -> tuple[MethodResult, dict]:
+    """:func:`quantize_bias_aware` with the quantized model's :class:`MethodResult` (what it computes with)."""
     pool = gather(calibration_data, config.pool_batches)
     n = config.calibration_samples or pool_size(pool)
     seed = config.seed if seed is None else seed
@@ -98,7 +105,7 @@ def quantize_bias_aware(model: nn.Module, config: BiasAwareCalibrationConfig, ca
                     "give a larger pool)", record["n"] - record["unique_samples"], record["n"])
     log.info("bias-aware calibration on %d samples, per group %s", record["n"], record["drawn_groups"])
     batches = take(pool, index, config.batch_size)
-    return quantize_ptq(model, config, batches), record
+    return ptq_result(model, config, batches), record
 
 
 def handle_bias_aware(model: nn.Module, config: BiasAwareCalibrationConfig, inputs: MethodInputs) -> MethodResult:
@@ -106,12 +113,12 @@ def handle_bias_aware(model: nn.Module, config: BiasAwareCalibrationConfig, inpu
     is; without one, the draw is taken from ``calibration`` (the pool) with ``config.seed``."""
     if inputs.balanced_calibration is not None:
         config = dataclasses.replace(config, calibration_samples=None)
-        qmodel, record = quantize_bias_aware(model, config, inputs.balanced_calibration, seed=inputs.seed)
+        result, record = bias_aware_result(model, config, inputs.balanced_calibration, seed=inputs.seed)
     else:
-        qmodel, record = quantize_bias_aware(model, config, inputs.calibration)
-    return MethodResult(qmodel, record={"calibration_groups": json.dumps(record["drawn_groups"], sort_keys=True),
-                                        "calibration_unique": record["unique_samples"]},
-                        artifacts=[Artifact("mitigation", {"calibration": record})], info={"calibration": record})
+        result, record = bias_aware_result(model, config, inputs.calibration)
+    return result.replace(record={"calibration_groups": json.dumps(record["drawn_groups"], sort_keys=True),
+                                  "calibration_unique": record["unique_samples"]},
+                          artifacts=[Artifact("mitigation", {"calibration": record})], info={"calibration": record})
 
 
 register_method("bias_aware_calibration", BiasAwareCalibrationConfig, handle_bias_aware,

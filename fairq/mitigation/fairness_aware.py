@@ -27,7 +27,6 @@ from torch import nn
 
 from fairq.compression import compress
 from fairq.errors import InfeasibleError
-from fairq.compression.core.backend import tag_model
 from fairq.compression.core.config import check_bits, MethodConfig
 from fairq.compression.core.registry import METHODS, Artifact, MethodInputs, MethodResult, make_config, register_method
 
@@ -122,6 +121,8 @@ class FairnessAwareQuantizer:
         Validation gaps of the returned model.
     chosen : dict
         The history record of the returned model.
+    chosen_result : MethodResult
+        The returned model's :class:`~fairq.compression.MethodResult` (its backend, simulation, …).
     """
 
     def __init__(self, bit_width: int = 4, max_dp_gap: float | None = None, max_eo_gap: float | None = None,
@@ -159,6 +160,7 @@ class FairnessAwareQuantizer:
         self.constraint_met: bool | None = None
         self.final_dp_gap = self.final_eo_gap = math.nan
         self.chosen: dict[str, Any] | None = None
+        self.chosen_result: MethodResult | None = None
 
     @staticmethod
     def _resolve(attrs, names):  # -> (column indices or None = all, names or None)
@@ -258,13 +260,13 @@ class FairnessAwareQuantizer:
             t0 = time.perf_counter()
             try:
                 # each option reads what it needs; the balanced draw only where an option asks for one
-                qmodel = compress(model, config, base.replace(balanced_calibration=balanced_calibration_data)).model
+                result = compress(model, config, base.replace(balanced_calibration=balanced_calibration_data))
             except InfeasibleError as err:  # an option that cannot run here is recorded, not fatal; bugs propagate
                 rec.update(error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - t0)
                 self.history.append(rec)
                 log.warning("fairness-aware quantizer: %s failed: %s", method, err)
                 continue
-            m = fairness_of(qmodel, validation_data, self.columns, self.names, min_group_size=self.min_group_size)
+            m = fairness_of(result.model, validation_data, self.columns, self.names, min_group_size=self.min_group_size)
             ok, excess = self._meets(m["demographic_parity_difference"], m["equalized_odds_difference"], m["accuracy"])
             rec.update(dp_gap=m["demographic_parity_difference"], eo_gap=m["equalized_odds_difference"],
                        accuracy=m["accuracy"], worst_group_accuracy=m["worst_group_accuracy"], accepted=ok,
@@ -273,14 +275,14 @@ class FairnessAwareQuantizer:
             log.info("fairness-aware quantizer: %s %s → DP %.4f, EO %.4f (%s)", method, rec["options"] or "",
                      rec["dp_gap"], rec["eo_gap"], "meets the constraint" if ok else "violates the constraint")
             if best is None or excess < best[0]:
-                best = (excess, qmodel, rec)
+                best = (excess, result, rec)
             if ok:
                 break
         if best is None:
             why = [(r["method"], r.get("skipped") or r.get("error")) for r in self.history]
             raise RuntimeError(f"FairnessAwareQuantizer: no option could run: {why}")
-        _, qmodel, rec = best
-        self.chosen, self.constraint_met = rec, bool(rec["accepted"])
+        _, result, rec = best
+        self.chosen, self.chosen_result, self.constraint_met = rec, result, bool(rec["accepted"])
         self.final_dp_gap, self.final_eo_gap = rec["dp_gap"], rec["eo_gap"]
         if not self.constraint_met:
             warnings.warn(
@@ -290,7 +292,7 @@ class FairnessAwareQuantizer:
                     if "dp_gap" in r else f"{r['method']}: {r.get('skipped') or r.get('error')}" for r in self.history)
                 + f"); returning the closest, {rec['method']} (constraint_met=False)", ConstraintNotMetWarning,
                 stacklevel=2)
-        return qmodel
+        return result.model
 
     def _constraint_text(self) -> str:
         parts = [f"DP gap ≤ {self.max_dp_gap:g}" if self.max_dp_gap is not None else "",
@@ -379,12 +381,11 @@ def handle_fairness_aware(model: nn.Module, config: FairnessAwareQuantizerConfig
                          "the constraint on")
     faq = config.quantizer(inputs.sensitive_names)
     rest = {k: getattr(inputs, k) for k in ("datamodule", "make_trainer", "optim", "sensitive_names", "seed")}
-    qmodel = faq.quantize(model, inputs.calibration, inputs.validation, train_data=inputs.train_loader,
-                          balanced_calibration_data=inputs.balanced_calibration, **rest)
+    faq.quantize(model, inputs.calibration, inputs.validation, train_data=inputs.train_loader,
+                 balanced_calibration_data=inputs.balanced_calibration, **rest)
     report = {**faq.report(), "chosen_method": faq.chosen["method"]}
-    qmodel = tag_model(qmodel, weight_bits=config.weight_bits, act_bits=config.act_bits,
-                       backend=getattr(qmodel, "fairq_backend", "simulated"))
-    return MethodResult(qmodel, record={
+    # the chosen option's model and how it computes, at the cell's nominal widths
+    return faq.chosen_result.replace(weight_bits=config.weight_bits, act_bits=config.act_bits, record={
         "constraint_met": report["constraint_met"], "chosen_method": report["chosen"]["method"],
         "chosen_options": json.dumps(report["chosen"]["options"], sort_keys=True, default=str),
         "val_dp_gap": report["final_dp_gap"], "val_eo_gap": report["final_eo_gap"]},

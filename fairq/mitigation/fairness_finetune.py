@@ -18,7 +18,7 @@ from torch import nn
 from fairq.batches import model_device
 from fairq.errors import UserError
 from fairq.compression.core.config import QATConfig, check_choice, check_positive, variant_of
-from fairq.compression.quant.qat import convert_qat, prepare_qat
+from fairq.compression.quant.qat import convert_qat_result, prepare_qat
 from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method
 
 from .penalties import KINDS, make_penalty
@@ -92,6 +92,15 @@ def quantize_fairness_finetune(model: nn.Module, config: FairnessFinetuneConfig,
     Training data: ``train_loader`` (fairq batches ``image, target, sensitive``: the penalty needs the sensitive
     codes) or a ``datamodule`` (its ``train_dataloader``).
     """
+    result, stats = fairness_finetune_result(model, config, calibration_data, train_loader=train_loader,
+                                             datamodule=datamodule, make_trainer=make_trainer)
+    return result.model, stats
+
+
+def fairness_finetune_result(model: nn.Module, config: FairnessFinetuneConfig, calibration_data=None, *,
+                             train_loader=None, datamodule=None, make_trainer=None) -> tuple[MethodResult, dict]:
+    """:func:`quantize_fairness_finetune` with the quantized model's :class:`MethodResult` (what it computes
+    with)."""
     if train_loader is None and datamodule is None:
         raise ValueError("fairness_finetune needs train_loader=<fairq batches with image, target, sensitive> "
                          "or a datamodule")
@@ -101,7 +110,7 @@ def quantize_fairness_finetune(model: nn.Module, config: FairnessFinetuneConfig,
     stats = finetune_with_penalty(model, config, train_loader, datamodule=datamodule, make_trainer=make_trainer)
     log.info("fairness fine-tune (%s, λ=%g): %d steps, %s", config.fairness, config.lam, stats["steps"],
              {k: round(v, 4) for k, v in stats.items() if k != "steps"})
-    return convert_qat(model, config, calibration_data), stats
+    return convert_qat_result(model, config, calibration_data), stats
 
 
 def handle_fairness_finetune(model: nn.Module, config: FairnessFinetuneConfig, inputs: MethodInputs) -> MethodResult:
@@ -115,11 +124,10 @@ def handle_fairness_finetune(model: nn.Module, config: FairnessFinetuneConfig, i
     if inputs.train_fn is not None:
         raise ValueError("fairness_finetune trains with its own penalty (fairq.lit.FairClassifier): pass "
                          "train_loader (and optionally make_trainer), not train_fn")
-    qmodel, stats = quantize_fairness_finetune(model, config, inputs.calibration, train_loader=inputs.train_loader,
-                                               datamodule=inputs.datamodule, make_trainer=inputs.make_trainer)
-    return MethodResult(qmodel, record={"lambda": config.lam, "penalty": config.fairness,
-                                        "finetune_steps": stats["steps"]},
-                        artifacts=[Artifact("mitigation", {"finetune": stats})], info={"finetune": stats})
+    result, stats = fairness_finetune_result(model, config, inputs.calibration, train_loader=inputs.train_loader,
+                                             datamodule=inputs.datamodule, make_trainer=inputs.make_trainer)
+    return result.replace(record={"lambda": config.lam, "penalty": config.fairness, "finetune_steps": stats["steps"]},
+                          artifacts=[Artifact("mitigation", {"finetune": stats})], info={"finetune": stats})
 
 
 register_method("fairness_finetune", FairnessFinetuneConfig, handle_fairness_finetune,

@@ -24,7 +24,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fairq.compression.core.backend import tag_model
 from fairq.errors import InfeasibleError
 from fairq.compression.core.config import OBSERVERS, check_bits, check_choice, check_positive, MethodConfig
 from fairq.compression.core.measure import model_size
@@ -191,7 +190,7 @@ def quantize_preserving(model: nn.Module, config: SensitiveLayerPreservationConf
     plan.size_mb = model_size(model)[0]
     log.info("sensitive-layer preservation kept %s at %s (avg %.2f weight bits ≤ %.2f)", plan.extra["preserved"],
              "fp32" if config.keep_bits is None else f"{config.keep_bits} bits", plan.avg_bits, config.budget)
-    return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated"), plan
+    return model, plan
 
 
 def handle_preserving(model: nn.Module, config: SensitiveLayerPreservationConfig, inputs: MethodInputs
@@ -200,8 +199,9 @@ def handle_preserving(model: nn.Module, config: SensitiveLayerPreservationConfig
     ``avg_weight_bits``. The plan goes to ``plans/<cell>.json``."""
     qmodel, plan = quantize_preserving(model, config, inputs.calibration, val_data=inputs.validation)
     log.info("sensitive-layer preservation plan:\n%s", plan)
-    return MethodResult(qmodel, record={"avg_weight_bits": plan.avg_bits,
-                                        "preserved_layers": ";".join(plan.extra["preserved"])},
+    return MethodResult(qmodel, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated",
+                        simulation="layer_input", record={"avg_weight_bits": plan.avg_bits,
+                                                          "preserved_layers": ";".join(plan.extra["preserved"])},
                         artifacts=[Artifact("plans", plan.to_dict(), column="plan")], info={"plan": plan})
 
 

@@ -9,6 +9,7 @@ import inspect
 import logging
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -23,8 +24,18 @@ TORCHVISION_PREFIX = "tv/"
 STUDY_MODELS = ("resnet50", "mobilenetv2_100", "efficientnet_b0", "vit_small_patch16_224", "squeezenet1_1")
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a built model came from: its registry ``name`` and ``pretrained``, the source of its weights
+    (e.g. ``"timm:resnet18"``, ``"torchvision:DEFAULT"``; None = random initialisation)."""
+
+    name: str
+    pretrained: str | None = None
+
+
 def register_model(name: str):
-    """Decorator registering ``fn(num_classes, pretrained, **kwargs) -> nn.Module`` under ``name``."""
+    """Decorator registering ``fn(num_classes, pretrained, **kwargs)`` under ``name``; it returns the model, or
+    ``(model, weights source)`` when it may load weights (the source as :attr:`ModelInfo.pretrained` says it)."""
 
     def deco(fn):
         if name in _REGISTRY:
@@ -116,25 +127,20 @@ def skeleton(name: str) -> nn.Module:
         return create_model(name, num_classes=2, pretrained=False)
 
 
-def _build_torchvision(name: str, num_classes: int, pretrained: bool | None, **kwargs) -> nn.Module:
+def _build_torchvision(name: str, num_classes: int, pretrained: bool | None, **kwargs) -> tuple[nn.Module, str | None]:
     import torchvision
 
     if pretrained is False:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-        model.fairq_pretrained = None
-        return model
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs), None
     try:  # torchvision's cache (TORCH_HOME); offline this raises unless the user already has the file.
         model = torchvision.models.get_model(name, weights="DEFAULT", **kwargs)
     except Exception as err:  # noqa: BLE001 - any download/cache failure means "no weights here"
         if pretrained:
             raise RuntimeError(f"pretrained torchvision weights for {name!r} are not available offline: {err}") from err
         warnings.warn(f"no pretrained weights for torchvision {name!r} here ({type(err).__name__}); random init")
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-        model.fairq_pretrained = None
-        return model
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs), None
     _replace_torchvision_head(model, num_classes)
-    model.fairq_pretrained = "torchvision:DEFAULT"
-    return model
+    return model, "torchvision:DEFAULT"
 
 
 def _replace_torchvision_head(model: nn.Module, num_classes: int) -> None:
@@ -158,12 +164,10 @@ def _replace_torchvision_head(model: nn.Module, num_classes: int) -> None:
     raise ValueError(f"don't know how to replace the head of {type(model).__name__}")
 
 
-def _build_timm(name: str, num_classes: int, pretrained: bool | None, **kwargs) -> nn.Module:
+def _build_timm(name: str, num_classes: int, pretrained: bool | None, **kwargs) -> tuple[nn.Module, str | None]:
     timm = _timm()
     if pretrained is False:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-        model.fairq_pretrained = None
-        return model
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs), None
     try:
         with _hub_offline():
             model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
@@ -174,11 +178,8 @@ def _build_timm(name: str, num_classes: int, pretrained: bool | None, **kwargs) 
                 f"download them once with network, or pass pretrained=False: {err}"
             ) from err
         warnings.warn(f"no cached pretrained weights for timm {name!r}; using random initialisation")
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-        model.fairq_pretrained = None
-        return model
-    model.fairq_pretrained = f"timm:{name}"
-    return model
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs), None
+    return model, f"timm:{name}"
 
 
 def input_size_keyword(name: str) -> str | None:
@@ -199,23 +200,25 @@ def input_size_keyword(name: str) -> str | None:
     return "image_size" if tv_name.startswith("vit_") and tv_name in _tv_models() else None
 
 
-def create_model(name: str, num_classes: int, pretrained: bool | None = None, **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int, pretrained: bool | None = None, *, return_info: bool = False,
+                 **kwargs) -> nn.Module | tuple[nn.Module, ModelInfo]:
     """Build a classifier with ``num_classes`` outputs.
 
     ``pretrained``: True requires weights (error if unavailable offline), False never loads them, None (default)
-    loads them when they are available locally and otherwise warns and initialises randomly. The model's
-    ``fairq_pretrained`` attribute records where its weights came from (None = random init).
-    Resolution order: fairq registry, ``tv/NAME`` (torchvision), timm names, torchvision names.
+    loads them when they are available locally and otherwise warns and initialises randomly. With
+    ``return_info`` the result is ``(model, ModelInfo)``, whose ``pretrained`` says where the weights came from
+    (None = random init). Resolution order: fairq registry, ``tv/NAME`` (torchvision), timm names, torchvision
+    names.
     """
     kind = _resolve(name)
     if kind == "fairq":
-        model = _REGISTRY[name](num_classes=num_classes, pretrained=pretrained, **kwargs)
+        built = _REGISTRY[name](num_classes=num_classes, pretrained=pretrained, **kwargs)
+        model, source = built if isinstance(built, tuple) else (built, None)
     elif kind == "timm":
-        model = _build_timm(name, num_classes, pretrained, **kwargs)
+        model, source = _build_timm(name, num_classes, pretrained, **kwargs)
     elif kind == "torchvision":
         tv_name = name[len(TORCHVISION_PREFIX):] if name.startswith(TORCHVISION_PREFIX) else name
-        model = _build_torchvision(tv_name, num_classes, pretrained, **kwargs)
+        model, source = _build_torchvision(tv_name, num_classes, pretrained, **kwargs)
     else:
         raise _unknown(name)
-    model.fairq_name = name
-    return model
+    return (model, ModelInfo(name, source)) if return_info else model

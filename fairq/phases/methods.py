@@ -49,7 +49,8 @@ class _ModelCells:
     def inputs(self, needs, cell: str, n_calib: int) -> MethodInputs:
         """Exactly what the method declared, built from the run's datamodule (calibration draws of ``n_calib``)."""
         ctx, dm = self.ctx, self.ctx.data()
-        kw = {"seed": ctx.seed, "sensitive_names": list(dm.sensitive_names), "optim": dict(ctx.optim)}
+        kw = {"seed": ctx.seed, "sensitive_names": list(dm.sensitive_names), "optim": dict(ctx.optim),
+              "model_name": self.model_name}
         if "calibration" in needs:
             kw["calibration"] = dm.calibration_dataloader(n_calib, balanced=False, seed=ctx.seed)
         if "balanced_calibration" in needs:
@@ -103,8 +104,7 @@ class _ModelCells:
         ref = [c for c in config.controls() if method_of(c).name == config.reference_method]
         if config.reference_method and ref:
             extra["reference_config"] = _config_json(ref[0])
-        self.rows.append(self.ctx.evaluate_cell(result.model, model_name=self.model_name, method=method.name,
-                                                weight_bits=result.weight_bits, act_bits=result.act_bits,
+        self.rows.append(self.ctx.evaluate_cell(result, model_name=self.model_name, method=method.name,
                                                 variant=config.variant(), extra=extra, cell=cell,
                                                 reference=self.baseline))
 

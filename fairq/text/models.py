@@ -8,7 +8,6 @@ name that is not in the local Hugging Face cache is a :class:`ModelNotAvailableE
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -51,7 +50,6 @@ def load_masked_lm(name: str):
         model = cls.from_pretrained(src, local_files_only=True)
     except (OSError, ValueError) as err:
         raise ModelNotAvailableError(_fetch_hint(name) if not local.is_dir() else f"{local}: {err}") from None
-    model.fairq_source = json.dumps({"name": name, "class": type(model).__name__})
     return model.eval(), tok
 
 
@@ -67,9 +65,7 @@ def _load_minilm_mlm():
     if not (DATA_DIR / DELTA_NAME).is_file():
         raise ModelNotAvailableError(f"{MINILM_MLM}: {DATA_DIR / DELTA_NAME} is missing; regenerate it with "
                                      "`python -m fairq.text.minilm_mlm train --out DIR` and `... export --out DIR`")
-    model, tok = load_minilm_mlm()
-    model.fairq_source = json.dumps({"name": MINILM_MLM, "class": type(model).__name__})
-    return model, tok
+    return load_minilm_mlm()
 
 
 def is_masked_lm(name: str) -> bool:

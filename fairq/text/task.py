@@ -104,14 +104,17 @@ class TextTask(ClassificationTask):
 
     # --- the FP32 model --------------------------------------------------------------------------------
     def baseline_model(self, ctx, model_name: str):
-        """Pre-train the embedded default (or reuse this output folder's weights), or load an HF masked LM."""
+        """Pre-train the embedded default (or reuse this output folder's weights), or load an HF masked LM;
+        ``(model, ModelInfo)``."""
         return self._model(ctx, model_name, train=True)
 
     def load_baseline(self, ctx, model_name: str):
-        return self._model(ctx, model_name, train=False)
+        return self._model(ctx, model_name, train=False)[0]
 
     def _model(self, ctx, model_name: str, *, train: bool):
         import torch
+
+        from fairq.models.registry import ModelInfo
 
         from .embedded import TinyBertSpec, build_tiny_bert, pretrain
         from .models import EMBEDDED, bert_uncased_tokenizer, load_masked_lm
@@ -121,7 +124,7 @@ class TextTask(ClassificationTask):
         spec = None
         if model_name != EMBEDDED:
             model, tok = load_masked_lm(model_name)
-            model.fairq_pretrained = model_name
+            source = model_name
         else:
             tok = bert_uncased_tokenizer()
             spec = TinyBertSpec(**{**dict(section.get("pretrain") or {}), "seed": ctx.seed})
@@ -144,11 +147,9 @@ class TextTask(ClassificationTask):
                 log.info("baseline %s: pre-trained %d steps in %.1f s (MLM loss %.3f → %.3f); planted: %s",
                          model_name, spec.steps, info["seconds"], info["first_loss"],
                          info["final_loss_mean_last50"], info["planted"])
-            model.fairq_pretrained = f"{model_name} (pre-trained here: pretraining.json)"
+            source = f"{model_name} (pre-trained here: pretraining.json)"
         dm.set_tokenizer(tok, model_name=model_name, corpus_spec=spec)  # spec: the embedded corpus, for training
-        model.fairq_name = model_name
-        model.fairq_backend = "fp32"
-        return model.eval()
+        return model.eval(), ModelInfo(model_name, source)
 
     # --- evaluation ------------------------------------------------------------------------------------
     def evaluate(self, model, datamodule, *, progress: bool = False, desc: str = "evaluate"

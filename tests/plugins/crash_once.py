@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 from fairq.compression import MethodResult, register_method
-from fairq.compression.core.backend import tag_model
 from fairq.compression.core.config import MethodConfig
 
 
@@ -20,7 +19,7 @@ def _handle(model, config: CrashOnceConfig, inputs) -> MethodResult:
     if config.marker and not marker.exists():
         marker.write_text(str(os.getpid()))
         os._exit(3)  # the process dies mid-cell, like a killed worker
-    return MethodResult(tag_model(model, weight_bits=32, act_bits=32, backend="fp32"))
+    return MethodResult(model, weight_bits=32, act_bits=32, backend="fp32")
 
 
 register_method("_crash_once", CrashOnceConfig, _handle, family="test")

@@ -10,7 +10,7 @@ repeated over every group of 32 inputs and zero 0, so real and simulated INT4 sh
 rounds the scales to bfloat16 and runs the matmul on bfloat16 activations (the kernel's fast path).
 
 Convolutions have no such kernel: they stay simulated (weight-only fake-quant, as ``simulation="layer_input"``
-with ``act_bits=None``), and the model lists them in ``fairq_simulated_layers`` (the row's ``simulated_layers``).
+with ``act_bits=None``), listed by :func:`simulated_layers` (the row's ``simulated_layers``).
 A Linear the kernel cannot take (input size not a multiple of 32, output size not a multiple of 16 — e.g. a
 2-class head) stays simulated too.
 """
@@ -90,17 +90,24 @@ def convert_weight_only_int4(model: nn.Module, config) -> nn.Module:
         raise ValueError("the int4 kernel is given symmetric codes here; symmetric=False needs backend='simulated'")
     per_channel = getattr(config, "per_channel", True)
     layers = quantizable_layers(model, tuple(getattr(config, "skip_modules", ()) or ()))
-    real, simulated = [], []
+    real = []
     for name, layer in layers.items():
         if isinstance(layer, nn.Linear) and kernel_fits(layer):
             set_layer(model, name, Int4WeightOnlyLinear(layer, per_channel))
             real.append(name)
         else:
             set_layer(model, name, FakeQuantLayer.from_float(layer, 4, per_channel=per_channel, symmetric=True))
-            simulated.append(name)
     if not real:
         raise ValueError(f"{type(model).__name__} has no nn.Linear the int4 kernel can run (in_features % {GROUP} "
                          f"== 0, out_features % {N_TILE} == 0); use backend='simulated'")
-    model.fairq_int4_layers, model.fairq_simulated_layers = real, simulated
-    model.fairq_engine = ENGINE
     return model
+
+
+def int4_layers(model: nn.Module) -> list[str]:
+    """The layers of ``model`` that run the int4 kernel (:class:`Int4WeightOnlyLinear`)."""
+    return [n for n, m in model.named_modules() if isinstance(m, Int4WeightOnlyLinear)]
+
+
+def simulated_layers(model: nn.Module) -> list[str]:
+    """The layers of a real-INT4 model that have no kernel and are simulated (4-bit weight-only fake-quant)."""
+    return [n for n, m in model.named_modules() if isinstance(m, FakeQuantLayer)]

@@ -23,7 +23,7 @@ tracing, so it works on any module tree (HF BERT included).
 
 Schemes: weights int8 per-channel symmetric (axis 0), activations uint8 per-tensor affine — what oneDNN runs.
 On CPUs without VNNI the activations use codes 0..127 (see :func:`int8_ranges`; fbgemm's dynamic linear does the
-same), recorded as ``fairq_act_qrange`` on the returned model.
+same): the static model carries it as ``act_qrange`` (:class:`Int8Model`), dynamic INT8 as :data:`DYNAMIC_ACT_QRANGE`.
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ from fairq.compression.core.modules import tied_output_layers
 
 ENGINE_STATIC = "torchao-pt2e:X86InductorQuantizer->onednn"
 ENGINE_DYNAMIC = "torch.ao-quantize_dynamic:fbgemm"
+#: the activation codes of dynamic INT8 (fbgemm's dynamic linear always uses ``reduce_range``)
+DYNAMIC_ACT_QRANGE = (0, 127)
 
 _QD = "quantized_decomposed"
 _WEIGHT_DEQUANT = ("dequantize_per_channel", "dequantize_per_tensor")
@@ -67,15 +69,6 @@ def _warn_unsupported(config) -> None:
                       "(use backend='simulated' for affine weights)")
     if getattr(config, "act_symmetric", False):
         warnings.warn("real INT8 kernels take uint8 per-tensor affine activations: act_symmetric=True is ignored")
-
-
-def _tag(model: nn.Module, engine: str, act_qrange: tuple[int, int]) -> nn.Module:
-    model.fairq_act_qrange = act_qrange  # uint8 codes the activations really use (0..127 = reduce_range)
-    model.fairq_backend = "int8"
-    model.fairq_weight_bits = 8
-    model.fairq_act_bits = 8
-    model.fairq_engine = engine
-    return model
 
 
 # ---------------------------------------------------------------- static PTQ (PT2E + oneDNN lowering)
@@ -392,16 +385,24 @@ class ProgramModel(nn.Module):
     ``program`` (a submodule, so ``state_dict`` holds its integer weights, qparams and remaining FP32 tensors)
     travels through pickling/deepcopy as a ``torch.export`` archive; the forward runs :meth:`build_runner`'s
     graph, built lazily (subclasses: oneDNN lowering for real INT8, a fused fake-quant graph for simulation).
-    ``fairq_int8_layers``: ``{layer name: how to dequantize its weight}`` (the weight audit reads it).
+    ``input_spec``: how the program was exported (the archive needs it); ``int8_layers``: ``{layer name: how to
+    dequantize its weight}`` (the weight audit reads it); ``weight_bits`` / ``act_bits``: the widths it computes
+    with; ``act_qrange``: the unsigned activation codes it uses (None: activations stay FP32); ``engine``: what
+    runs it; ``simulation``: ``"graph"`` for the simulation, None for real kernels.
     ``config``: the source model's (HF) config, kept so that code reading the model's limits — e.g. the text
     scorers' ``max_position_embeddings`` — sees the same model it would have seen before conversion.
     """
 
-    def __init__(self, program: torch.fx.GraphModule, spec: dict, layers: dict[str, dict], config=None):
+    engine: str | None = None
+    simulation: str | None = None
+
+    def __init__(self, program: torch.fx.GraphModule, spec: dict, layers: dict[str, dict], config=None, *,
+                 weight_bits: int = 8, act_bits: int | None = 8, act_qrange: tuple[int, int] | None = None):
         super().__init__()
         self.program = program
-        self.fairq_input_spec = spec
-        self.fairq_int8_layers = layers
+        self.input_spec = spec
+        self.int8_layers = layers
+        self.weight_bits, self.act_bits, self.act_qrange = weight_bits, act_bits, act_qrange
         if config is not None:
             self.config = config
         self.__dict__["_runner"] = None
@@ -436,7 +437,7 @@ class ProgramModel(nn.Module):
         state = {k: v for k, v in self.__dict__.items() if k != "_runner"}
         state["_modules"] = {k: v for k, v in self._modules.items() if k != "program"}
         # as a uint8 tensor: torch.save writes tensors raw, while protocol-2 pickling inflates bytes ~1.3x
-        archive = _program_to_bytes(self.program, self.fairq_input_spec)
+        archive = _program_to_bytes(self.program, self.input_spec)
         state["_program_archive"] = torch.frombuffer(bytearray(archive), dtype=torch.uint8)
         return state
 
@@ -465,23 +466,25 @@ class Int8Model(ProgramModel):
     unpickling/deepcopy (prepacked oneDNN weights cannot be pickled).
     """
 
+    engine = ENGINE_STATIC
+
     def build_runner(self) -> torch.fx.GraphModule:
-        return _lower(self.program, self.fairq_input_spec)
+        return _lower(self.program, self.input_spec)
 
     def lower(self) -> torch.fx.GraphModule:
         """The oneDNN graph (built on first use)."""
         return self.runner()
 
     def extra_repr(self) -> str:
-        return f"int8 layers={len(self.fairq_int8_layers)}, engine={ENGINE_STATIC}"
+        return f"int8 layers={len(self.int8_layers)}, engine={self.engine}"
 
 
 def _check_lowered(qmodel: Int8Model) -> None:
     """Warn when some quantized layers found no oneDNN int8 op (they would run FP32 on dequantized weights)."""
     n_int8 = sum(1 for n in qmodel.lower().graph.nodes
                  if n.op == "call_function" and str(n.target).startswith(("onednn.qconv", "onednn.qlinear")))
-    if n_int8 < len(qmodel.fairq_int8_layers):
-        warnings.warn(f"only {n_int8} of {len(qmodel.fairq_int8_layers)} quantized layers run oneDNN int8 kernels; "
+    if n_int8 < len(qmodel.int8_layers):
+        warnings.warn(f"only {n_int8} of {len(qmodel.int8_layers)} quantized layers run oneDNN int8 kernels; "
                       "the rest compute in FP32 on their dequantized int8 weights")
 
 
@@ -605,17 +608,18 @@ def convert_static_int8(model: nn.Module, config, calibration_data) -> nn.Module
         raise ValueError("static INT8 quantization needs calibration_data (an iterable of input batches)")
     _, program, spec, layers = convert_pt2e_program(model, config, calibration_data,
                                                     lambda cfg, m: _quantizer(cfg, m))
-    out = Int8Model(program, spec, layers, config=getattr(model, "config", None))
+    out = Int8Model(program, spec, layers, config=getattr(model, "config", None),
+                    act_qrange=(0, int8_ranges()[0]))  # uint8 codes the activations really use (0..127 = reduce_range)
     _check_lowered(out)  # builds the oneDNN graph now, so failures surface at conversion time
-    out.fairq_name = getattr(model, "fairq_name", None)
-    return _tag(out.eval(), ENGINE_STATIC, (0, int8_ranges()[0]))
+    return out.eval()
 
 
 # ---------------------------------------------------------------- dynamic INT8 (torch.ao, fbgemm)
 def convert_dynamic_int8(model: nn.Module, config) -> nn.Module:
     """Dynamic INT8 ``nn.Linear`` layers (int8 weights, each batch's activations quantized at run time).
 
-    ``config``: ``per_channel`` and ``skip_modules`` are read by duck typing. Returns a new model.
+    ``config``: ``per_channel`` and ``skip_modules`` are read by duck typing. Returns a new model (its activation
+    codes: :data:`DYNAMIC_ACT_QRANGE`; its engine: :data:`ENGINE_DYNAMIC`).
     """
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -634,7 +638,7 @@ def convert_dynamic_int8(model: nn.Module, config) -> nn.Module:
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao eager quantization: see module docstring
         warnings.filterwarnings("ignore", "torch.quantize_per", UserWarning)  # its quint8 tensors, likewise
         out = quantize_dynamic(work, {n: qconfig for n in names}, dtype=torch.qint8, inplace=False)
-    return _tag(out, ENGINE_DYNAMIC, (0, 127))  # fbgemm's dynamic linear always uses reduce_range
+    return out
 
 
 # ---------------------------------------------------------------- weight audit
@@ -663,7 +667,7 @@ def int8_effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
         if isinstance(mod, ProgramModel):
             prefix = f"{name}." if name else ""
             with torch.no_grad():
-                for layer, entry in mod.fairq_int8_layers.items():
+                for layer, entry in mod.int8_layers.items():
                     out[prefix + layer] = _dequant(mod.program, entry).detach().clone()
         elif isinstance(mod, nnqd.Linear):
             out[name] = mod.weight().dequantize()

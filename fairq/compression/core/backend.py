@@ -1,4 +1,4 @@
-"""Choosing between real INT8 kernels and simulated INT-k, and tagging what a model really is."""
+"""Choosing between real INT8 kernels and simulated INT-k."""
 from __future__ import annotations
 
 import importlib
@@ -7,9 +7,6 @@ from types import ModuleType
 from torch import nn
 
 from fairq.compression.core.data import model_device
-
-TAGS = ("fairq_method", "fairq_weight_bits", "fairq_act_bits", "fairq_backend")
-
 
 def load_int8() -> ModuleType:
     """``fairq.compression.backends.int8`` (real INT8 conversion), imported on first use: it pulls in torchao's PT2E
@@ -35,10 +32,3 @@ def resolve_backend(requested: str, int8_capable: bool, model: nn.Module) -> str
         return "int8"
     return "int8" if on_cpu else "simulated"
 
-
-def tag_model(model: nn.Module, *, weight_bits, act_bits, backend: str) -> nn.Module:
-    """Record what the quantized model computes with (read by the quantization phase)."""
-    model.fairq_weight_bits = weight_bits
-    model.fairq_act_bits = act_bits
-    model.fairq_backend = backend
-    return model

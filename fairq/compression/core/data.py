@@ -37,7 +37,7 @@ def iter_labelled_batches(data, limit: int | None = None, device=None) -> Iterat
 
 
 #: the attention mask ``[B, T]`` (True = a real token) of the calibration batch running now, if it has one
-_TOKENS: ContextVar = ContextVar("fairq_calibration_tokens", default=None)
+_TOKENS: ContextVar = ContextVar("calibration_tokens", default=None)
 
 
 @contextmanager

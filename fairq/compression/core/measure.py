@@ -98,16 +98,19 @@ def sparse_state_bytes(state: dict) -> int:
     return buf.getbuffer().nbytes
 
 
-def model_size(model: nn.Module) -> tuple[float, str]:
+def model_size(model: nn.Module, size_format: str = "dense") -> tuple[float, str]:
     """(size in MiB, kind): ``"serialized"`` bytes written by ``torch.save`` for float and real-INT8 models,
     ``"packed_estimate"`` for simulated k-bit models (what the weights would take packed at k bits).
 
-    Pruned models (``fairq_size_format = "sparse"``, set by the pruning methods): ``"sparse_serialized"`` — the
+    Pruned models (``size_format="sparse"``, a pruning method's :class:`~fairq.compression.MethodResult` field):
+    ``"sparse_serialized"`` — the
     bytes of the bitmask serialization (:func:`fairq.compression.core.sparsity.save_sparse`) — or, quantized after
     pruning on the per-layer-input simulation, ``"sparse_packed_estimate"`` (bit mask + nonzero k-bit codes per
     layer, where smaller). A pruned model quantized on the graph simulation is estimated densely
     (``"packed_estimate"``): its codes live in the traced program, where the mask is not counted."""
-    sparse = getattr(model, "fairq_size_format", None) == "sparse"
+    if size_format not in ("dense", "sparse"):
+        raise ValueError(f"size_format must be 'dense' or 'sparse', got {size_format!r}")
+    sparse = size_format == "sparse"
     if any(isinstance(m, FakeQuantLayer) or hasattr(m, "packed_weight_entries") for m in model.modules()):
         if sparse and any(isinstance(m, FakeQuantLayer) for m in model.modules()):
             return sparse_packed_bytes(model) / MB, "sparse_packed_estimate"
@@ -117,9 +120,9 @@ def model_size(model: nn.Module) -> tuple[float, str]:
     return serialized_bytes(model) / MB, "serialized"
 
 
-def model_size_mb(model: nn.Module) -> float:
+def model_size_mb(model: nn.Module, size_format: str = "dense") -> float:
     """Model size in MiB (see :func:`model_size` for how it is measured)."""
-    return model_size(model)[0]
+    return model_size(model, size_format)[0]
 
 
 def _batch_size(args, kwargs) -> int | None:

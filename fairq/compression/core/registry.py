@@ -56,7 +56,7 @@ class MethodInputs:
     :func:`fairq.batches.split_batch` reads); ``datamodule``: the run's datamodule; ``make_trainer(**overrides)``:
     a Lightning Trainer with the run's logger and callbacks; ``train_fn(model)``: a custom training function
     (library use); ``optim``: the run's optimiser settings (``weight_decay``, …); ``sensitive_names``: names of the
-    ``sensitive`` columns; ``seed``: the run's seed.
+    ``sensitive`` columns; ``seed``: the run's seed; ``model_name``: the model's registry name (for messages).
     """
 
     calibration: Any = None
@@ -69,6 +69,7 @@ class MethodInputs:
     optim: Mapping[str, Any] = field(default_factory=dict)
     sensitive_names: Sequence[str] | None = None
     seed: int = 0
+    model_name: str | None = None
 
     #: keyword names of :func:`fairq.compression.quantize` / ``apply_quantization`` → field names.
     ALIASES = {"calibration_data": "calibration", "balanced_calibration_data": "balanced_calibration",
@@ -105,31 +106,49 @@ class Artifact:
 class MethodResult:
     """What a handler returns: the compressed model, what it computes with, and what the run records.
 
-    ``weight_bits`` / ``act_bits`` / ``backend``: the widths and backend of the cell (default: the model's tags,
-    see :func:`fairq.compression.core.backend.tag_model`); ``record``: extra ``metrics.csv`` columns; ``artifacts``:
-    side files; ``info``: anything else for library callers (e.g. a mixed-precision plan object).
+    ``weight_bits`` / ``act_bits`` / ``backend`` (``"fp32"``, ``"simulated"``, ``"int8"``, ``"int4"``): the widths
+    and backend of the cell (``weight_bits`` and ``backend`` are required); ``simulation``: how a simulated model
+    was built (``"graph"`` / ``"layer_input"``, else None); ``act_qrange``: the activation codes the model really
+    uses (``(0, 127)`` on CPUs without VNNI); ``simulated_layers``: layers of a real-kernel model that have no
+    kernel and are simulated (real INT4); ``size_format``: ``"sparse"`` for pruned models (sized by their bitmask
+    serialization, :func:`fairq.compression.core.measure.model_size`), else ``"dense"``; ``engine``: what runs
+    the model (real kernels, graph simulation). ``record``: extra ``metrics.csv`` columns; ``artifacts``: side
+    files; ``info``: anything else for library callers (e.g. a mixed-precision plan object).
     """
 
     model: nn.Module
     weight_bits: float | None = None
     act_bits: int | None = None
     backend: str | None = None
+    simulation: str | None = None
+    act_qrange: tuple[int, int] | None = None
+    simulated_layers: list[str] | None = None
+    size_format: str = "dense"
+    engine: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
     artifacts: list[Artifact] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
+    SIZE_FORMATS = ("dense", "sparse")
+
     def __post_init__(self):
         if not isinstance(self.model, nn.Module):
             raise TypeError(f"MethodResult.model must be an nn.Module, got {type(self.model).__name__}")
-        if self.weight_bits is None:
-            self.weight_bits = getattr(self.model, "fairq_weight_bits", None)
-        if self.act_bits is None:
-            self.act_bits = getattr(self.model, "fairq_act_bits", None)
-        if self.backend is None:
-            self.backend = getattr(self.model, "fairq_backend", None)
         missing = [k for k in ("weight_bits", "backend") if getattr(self, k) is None]
         if missing:
-            raise RuntimeError(f"a handler returned no {missing}: tag the model (tag_model) or fill them in")
+            raise RuntimeError(f"a handler returned no {missing}: fill them in, e.g. "
+                               "MethodResult(model, weight_bits=4, act_bits=8, backend='simulated')")
+        if self.size_format not in self.SIZE_FORMATS:
+            raise ValueError(f"size_format must be one of {self.SIZE_FORMATS}, got {self.size_format!r}")
+
+    @classmethod
+    def fp32(cls, model: nn.Module, **fields) -> "MethodResult":
+        """A result whose model computes in FP32 (pruned, distilled, the baseline)."""
+        return cls(model, weight_bits=32, act_bits=None, backend="fp32", **fields)
+
+    def replace(self, **changes) -> "MethodResult":
+        """A copy with ``changes`` (e.g. a chained method's result with the outer method's record)."""
+        return dataclasses.replace(self, **changes)
 
 
 Handler = Callable[[nn.Module, Any, MethodInputs], MethodResult]

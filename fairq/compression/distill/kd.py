@@ -29,7 +29,6 @@ from torch import nn
 from fairq.batches import IGNORE_INDEX, as_batches, split_batch
 from fairq.lit import FairClassifier, MaskedLMModule, fit_module, objective_of, quiet_trainer
 
-from fairq.compression.core.backend import tag_model
 from fairq.compression.core.config import check_choice, check_positive, MethodConfig, variant_of
 from fairq.compression.core.data import iter_model_inputs, logits_of, model_device
 from fairq.compression.core.registry import MethodInputs, MethodResult, register_method
@@ -255,8 +254,7 @@ def handle_distill(model: nn.Module, config: DistillConfig, inputs: MethodInputs
               "distill_loss_last": losses[-1] if losses else None, "kl_to_teacher_before": kl_before,
               "kl_to_teacher_after": mean_kl(student, teacher, example),
               "distill_steps": sum(len(e) for e in module.epoch_losses)}
-    tag_model(student, weight_bits=32, act_bits=None, backend="fp32")
-    return MethodResult(student, record=record)
+    return MethodResult.fp32(student, record=record)
 
 
 register_method("distill", DistillConfig, handle_distill, needs={"training", "validation", "calibration"},

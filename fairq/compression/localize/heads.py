@@ -61,13 +61,15 @@ class NoAttentionHeadsError(UserError, ValueError):
     """The model has no attention heads to attribute or attenuate (a CNN)."""
 
 
-def head_blocks(model: nn.Module, method: str = "soft_head_pruning") -> list[AttentionHeads]:
-    """The model's attention blocks; a model without any (a CNN) is a clear error naming it."""
+def head_blocks(model: nn.Module, method: str = "soft_head_pruning", *, model_name: str | None = None
+                ) -> list[AttentionHeads]:
+    """The model's attention blocks; a model without any (a CNN) is a clear error naming it (``model_name``: its
+    registry name, when known)."""
     blocks = attention_blocks(model)
     if not blocks:
-        name = getattr(model, "fairq_name", None) or type(model).__name__
+        name = f"{model_name!r} ({type(model).__name__})" if model_name else type(model).__name__
         raise NoAttentionHeadsError(
-            f"{method}: model {name!r} ({type(model).__name__}) has no attention heads (it needs a timm ViT or a "
+            f"{method}: model {name} has no attention heads (it needs a timm ViT or a "
             "BERT-style encoder); restrict the method entry to attention models, e.g. models: [tiny_vit]")
     return blocks
 

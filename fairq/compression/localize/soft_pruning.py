@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairq.compression.core.backend import tag_model
 from fairq.compression.core.config import check_choice, check_positive, variant_of
 from fairq.compression.localize.heads import RANK_BY, cached_attribution, head_blocks, probe_for, scale_heads, select_heads
 from fairq.compression.prune.pruning import PruneConfigBase, finetune
@@ -113,7 +112,7 @@ def _freeze_rows(blocks, selection):
 
 def handle_soft_head_pruning(model: nn.Module, config: SoftHeadPruningConfig, inputs: MethodInputs) -> MethodResult:
     model.eval()
-    blocks = head_blocks(model)
+    blocks = head_blocks(model, model_name=inputs.model_name)
     if inputs.validation is None:
         raise ValueError("soft_head_pruning selects heads on the validation split: give validation data")
     probe = probe_for(inputs.validation, inputs.sensitive_names, limit=config.val_batches)
@@ -140,13 +139,12 @@ def handle_soft_head_pruning(model: nn.Module, config: SoftHeadPruningConfig, in
         finally:
             remove()
         restore()
-    tag_model(model, weight_bits=32, act_bits=None, backend="fp32")
     content = {"alpha": config.alpha, "scale": 1.0 - config.alpha, "n_heads": config.n_heads,
                "rank_by": config.rank_by, "min_consistency": config.min_consistency,
                "max_utility_drop": config.max_utility_drop, "selected": selection,
                "split": "validation", **attribution.to_dict()}
-    return MethodResult(model.eval(), record=record,
-                        artifacts=[Artifact("heads", content, column="head_attribution")])
+    return MethodResult.fp32(model.eval(), record=record,
+                             artifacts=[Artifact("heads", content, column="head_attribution")])
 
 
 register_method("soft_head_pruning", SoftHeadPruningConfig, handle_soft_head_pruning,

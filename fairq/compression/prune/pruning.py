@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from fairq.compression.core.backend import tag_model
 from fairq.compression.core.config import as_str_tuple, check_choice, check_positive, MethodConfig, variant_of
 from fairq.compression.core.modules import matches
 from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, get_method, make_config, register_method
@@ -230,8 +229,7 @@ def handle_magnitude_prune(model: nn.Module, config: MagnitudePruneConfig, input
     record = {"target_sparsity": config.sparsity, "sparsity": overall_sparsity(audit),
               "pruned_layers": len(layers), "tied_weights": sum(len(v) for v in info["tied"].values()),
               **count_params(model), "flops": count_flops(model, inputs.calibration), **(info["while_masked"] or {})}
-    tag_model(model, weight_bits=32, act_bits=None, backend="fp32")
-    model.fairq_size_format = "sparse"
+    result = MethodResult.fp32(model, size_format="sparse")
     if config.then_config is not None:
         from fairq.compression.core.registry import compress
 
@@ -243,10 +241,10 @@ def handle_magnitude_prune(model: nn.Module, config: MagnitudePruneConfig, input
         record.update({f"then_{k}": v for k, v in then.record.items()})
         record.update(then_method=get_method_name(config.then_config), sparsity=overall_sparsity(final))
         audit = {k: {**v, **({"after_then": final[k]["sparsity"]} if k in final else {})} for k, v in audit.items()}
-        if then.backend != "int8":
-            model.fairq_size_format = "sparse"
+        # real INT8 holds its codes densely; the simulations keep the pruned layers' zeros (sized sparse)
+        result = then.replace(size_format="dense" if then.backend == "int8" else "sparse")
     artifact = {"target_sparsity": config.sparsity, "scope": config.scope, "tied": info["tied"], "layers": audit}
-    return MethodResult(model, record=record, artifacts=[Artifact("pruning", artifact, column="sparsity_audit")])
+    return result.replace(record=record, artifacts=[Artifact("pruning", artifact, column="sparsity_audit")])
 
 
 register_method("magnitude_prune", MagnitudePruneConfig, handle_magnitude_prune, needs={"calibration", "training"},

@@ -27,7 +27,6 @@ from torch import nn
 from fairq.batches import labelled_positions
 from fairq.threads import backward as thread_invariant_backward
 
-from fairq.compression.core.backend import tag_model
 from fairq.compression.core.config import as_str_tuple, check_choice, check_positive, variant_of
 from fairq.compression.core.data import iter_labelled_batches, iter_model_inputs, logits_of, model_device
 from fairq.compression.core.modules import matches
@@ -171,10 +170,9 @@ def handle_channel_prune(model: nn.Module, config: ChannelPruneConfig, inputs: M
     record = {**_structured_record(model, dense, inputs.calibration), **tuned}
     ch = info["channels"]
     record["channels_kept"] = sum(a for _, a in ch.values()) / max(1, sum(b for b, _ in ch.values()))
-    tag_model(model, weight_bits=32, act_bits=None, backend="fp32")
-    return MethodResult(model.eval(), record=record,
-                        artifacts=[Artifact("pruning", {"ratio": config.ratio, "importance": config.importance,
-                                                        "channels": ch}, column="pruning_plan")])
+    return MethodResult.fp32(model.eval(), record=record,
+                             artifacts=[Artifact("pruning", {"ratio": config.ratio, "importance": config.importance,
+                                                             "channels": ch}, column="pruning_plan")])
 
 
 register_method("channel_prune", ChannelPruneConfig, handle_channel_prune,
@@ -369,10 +367,9 @@ def handle_head_prune(model: nn.Module, config: HeadPruneConfig, inputs: MethodI
     heads = info["heads"].values()
     record.update(heads_before=sum(len(h["kept"]) + len(h["removed"]) for h in heads),
                   heads_after=sum(len(h["kept"]) for h in heads))
-    tag_model(model, weight_bits=32, act_bits=None, backend="fp32")
-    return MethodResult(model, record=record,
-                        artifacts=[Artifact("pruning", {"ratio": config.ratio, "importance": config.importance,
-                                                        **info}, column="pruning_plan")])
+    return MethodResult.fp32(model, record=record,
+                             artifacts=[Artifact("pruning", {"ratio": config.ratio, "importance": config.importance,
+                                                             **info}, column="pruning_plan")])
 
 
 register_method("head_prune", HeadPruneConfig, handle_head_prune,

@@ -27,7 +27,7 @@ from torch import nn
 from fairq.errors import UserError
 
 from fairq.compression.core.config import PTQConfig, check_choice
-from fairq.compression.quant.ptq import quantize_ptq
+from fairq.compression.quant.ptq import ptq_result
 from fairq.compression.core.registry import MethodInputs, MethodResult, method_of, register_method
 
 CALIBRATIONS = ("natural", "balanced")
@@ -88,7 +88,7 @@ class RTNConfig(AdvancedPTQConfig):
 
 def handle_rtn(model: nn.Module, config: RTNConfig, inputs: MethodInputs) -> MethodResult:
     """``ptq_static`` itself (:func:`~fairq.compression.quant.ptq.quantize_ptq`) on the chosen calibration draw."""
-    return MethodResult(quantize_ptq(model, config, calibration_for(config, inputs)), record=calibration_record(config))
+    return ptq_result(model, config, calibration_for(config, inputs)).replace(record=calibration_record(config))
 
 
 NEEDS = {"calibration", "balanced_calibration"}

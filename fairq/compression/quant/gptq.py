@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from fairq.compression.quant.advanced_ptq import NEEDS, AdvancedPTQConfig, calibration_for, calibration_record
-from fairq.compression.core.backend import tag_model
 from fairq.compression.core.config import check_positive
 from fairq.compression.core.fakequant import QuantizedWeight
 from fairq.compression.quant.layer_stats import collect_input_stats, groups_of, weight_3d
@@ -213,7 +212,7 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, calibration_data) -> tup
                     symmetric=config.symmetric, act_bits=config.act_bits, act_mode="static",
                     observer=config.observer, percentile=config.percentile, act_symmetric=config.act_symmetric,
                     calibration_data=calibration_data, calibration_batches=limit, qweights=qweights)
-    return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated"), errors
+    return model, errors
 
 
 def handle_gptq(model: nn.Module, config: GPTQConfig, inputs: MethodInputs) -> MethodResult:
@@ -221,7 +220,9 @@ def handle_gptq(model: nn.Module, config: GPTQConfig, inputs: MethodInputs) -> M
     total = {k: sum(e[k] for e in errors.values()) for k in ("gptq", "rtn")}
     record = {**calibration_record(config), "gptq_layers": len(errors),
               "gptq_error_ratio": total["gptq"] / total["rtn"] if total["rtn"] > 0 else float("nan")}
-    return MethodResult(qmodel, record=record, artifacts=[Artifact("ptq", {"reconstruction_error": errors})],
+    return MethodResult(qmodel, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated",
+                        simulation="layer_input", record=record,
+                        artifacts=[Artifact("ptq", {"reconstruction_error": errors})],
                         info={"reconstruction_error": errors})
 
 

@@ -9,7 +9,7 @@ is *produced* (after the fused ReLU/ReLU6), residual adds / concatenations / poo
 quantizer annotates them, and the classifier's input quantized. Weights are stored as integer codes (per output
 channel, signed k-bit), activations per tensor as unsigned codes ``0..2^k-1`` — except at 8 bits, where the code
 range is the one the real kernels of this CPU use (``0..127`` without VNNI, see
-:func:`~fairq.compression.backends.int8.int8_ranges`); the range is recorded on the model as ``fairq_act_qrange``.
+:func:`~fairq.compression.backends.int8.int8_ranges`); the range is the model's ``act_qrange``.
 At 8 bits the program is the one real INT8 lowers, so simulated and real INT8 differ only by the kernels'
 integer accumulation and requantization rounding.
 
@@ -58,24 +58,33 @@ def act_qrange(bits: int) -> tuple[int, int]:
 
 
 class SimulatedProgram(int8.ProgramModel):
-    """A simulated INT-k model held as the converted PT2E reference graph (see the module docstring)."""
+    """A simulated INT-k model held as the converted PT2E reference graph (see the module docstring).
+
+    ``float_layers``: the source model's conv/linear layers the quantizer left FP32."""
+
+    engine = ENGINE
+    simulation = "graph"
+
+    def __init__(self, *args, float_layers=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.float_layers = list(float_layers)
 
     def build_runner(self) -> torch.fx.GraphModule:
         return fused_fake_quant_graph(self.program)
 
     def extra_repr(self) -> str:
-        return (f"quantized layers={len(self.fairq_int8_layers)}, weight_bits={self.fairq_weight_bits}, "
-                f"act_bits={self.fairq_act_bits}, act codes={self.fairq_act_qrange}, engine={ENGINE}")
+        return (f"quantized layers={len(self.int8_layers)}, weight_bits={self.weight_bits}, "
+                f"act_bits={self.act_bits}, act codes={self.act_qrange}, engine={self.engine}")
 
     def packed_weight_entries(self) -> list[tuple[list[str], int, int, int, bool]]:
         """``(state-dict keys of codes/scale/zero point, #codes, #channels, bits, symmetric)`` per layer."""
         out = []
-        for entry in self.fairq_int8_layers.values():
+        for entry in self.int8_layers.values():
             keys = [f"program.{v}" for kind, v in entry["args"][:3] if kind == "attr"]
             codes = int8._fetch(self.program, entry["args"][0][1])
             scale = entry["args"][1]
             channels = int8._fetch(self.program, scale[1]).numel() if scale[0] == "attr" else 1
-            out.append((keys, codes.numel(), channels, self.fairq_weight_bits, True))
+            out.append((keys, codes.numel(), channels, self.weight_bits, True))
         return out
 
 
@@ -214,15 +223,11 @@ def convert_static_simulated(model: nn.Module, config, calibration_data) -> Simu
         raise
     if a_bits is None:
         _strip_activations(program)
-    out = SimulatedProgram(program, spec, layers, config=getattr(model, "config", None))
-    out.fairq_name = getattr(model, "fairq_name", None)
-    out.fairq_simulation = "graph"
-    out.fairq_engine = ENGINE
-    out.fairq_weight_bits, out.fairq_act_bits = w_bits, a_bits
-    out.fairq_act_qrange = a_range
     quantized = {name.split(":")[0] for name in layers}
-    out.fairq_float_layers = [n for n, m in work.named_modules()
-                              if n and isinstance(m, (nn.Conv2d, nn.Linear)) and n not in quantized]
+    float_layers = [n for n, m in work.named_modules()
+                    if n and isinstance(m, (nn.Conv2d, nn.Linear)) and n not in quantized]
+    out = SimulatedProgram(program, spec, layers, config=getattr(model, "config", None), weight_bits=w_bits,
+                           act_bits=a_bits, act_qrange=a_range, float_layers=float_layers)
     out.runner()  # build the fused graph now, so failures surface at conversion time
     return out.eval()
 
@@ -249,8 +254,8 @@ def program_layer_bits(qmodel: nn.Module) -> dict[str, int | None]:
     for name, mod in qmodel.named_modules():
         if isinstance(mod, SimulatedProgram):
             prefix = f"{name}." if name else ""
-            out.update({prefix + n: mod.fairq_weight_bits for n in mod.fairq_int8_layers})
-            out.update({prefix + n: None for n in mod.fairq_float_layers})
+            out.update({prefix + n: mod.weight_bits for n in mod.int8_layers})
+            out.update({prefix + n: None for n in mod.float_layers})
     return out
 
 

@@ -15,7 +15,6 @@ from torch import nn
 
 from fairq.errors import InfeasibleError
 
-from fairq.compression.core.backend import tag_model
 from fairq.compression.core.config import MixedPrecisionConfig
 from fairq.compression.core.measure import MB, packed_weight_bytes, state_bytes
 from fairq.compression.core.modules import matches, quantizable_layers
@@ -207,11 +206,16 @@ def plan_mixed_precision(model: nn.Module, config: MixedPrecisionConfig, data=No
                               act_bits=config.act_bits)
 
 
+def plan_simulation(plan: MixedPrecisionPlan) -> str | None:
+    """``"layer_input"`` when the plan quantizes a layer (per-layer-input simulation), None when it keeps all FP32."""
+    return "layer_input" if any(b is not None for b in plan.bits.values()) else None
+
+
 def quantize_mixed(model: nn.Module, config: MixedPrecisionConfig, calibration_data=None, *,
                    val_data=None) -> tuple[nn.Module, MixedPrecisionPlan]:
     """Plan (sensitivity on ``val_data``; ``kl`` may use ``calibration_data``), then quantize each layer to its
-    bits with ``act_bits`` inputs calibrated on ``calibration_data`` (or ``val_data``). Returns the model (its
-    ``fairq_weight_bits`` is the parameter-weighted average weight width) and the plan."""
+    bits with ``act_bits`` inputs calibrated on ``calibration_data`` (or ``val_data``). Returns the model and the plan
+    (``plan.avg_bits``: the parameter-weighted average weight width, the cell's ``weight_bits``)."""
     model.eval()
     data = val_data if val_data is not None or config.sensitivity != "kl" else calibration_data
     plan = plan_mixed_precision(model, config, data)
@@ -221,14 +225,15 @@ def quantize_mixed(model: nn.Module, config: MixedPrecisionConfig, calibration_d
                         act_bits=config.act_bits, act_mode="static", observer=config.observer,
                         calibration_data=calibration_data if calibration_data is not None else val_data,
                         calibration_batches=config.calibration_batches)
-    return tag_model(model, weight_bits=round(plan.avg_bits, 3), act_bits=config.act_bits, backend="simulated"), plan
+    return model, plan
 
 
 def handle_mixed(model: nn.Module, config: MixedPrecisionConfig, inputs: MethodInputs) -> MethodResult:
     """The plan goes to ``plans/<cell>.json`` (its path in the ``plan`` column) and ``info["plan"]``."""
     model, plan = quantize_mixed(model, config, inputs.calibration, val_data=inputs.validation)
     log.info("mixed-precision plan:\n%s", plan)
-    return MethodResult(model, record={"avg_weight_bits": plan.avg_bits},
+    return MethodResult(model, weight_bits=round(plan.avg_bits, 3), act_bits=config.act_bits, backend="simulated",
+                        simulation=plan_simulation(plan), record={"avg_weight_bits": plan.avg_bits},
                         artifacts=[Artifact("plans", plan.to_dict(), column="plan")], info={"plan": plan})
 
 

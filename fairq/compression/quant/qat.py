@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from fairq.batches import labelled_positions
 from fairq.threads import backward as thread_invariant_backward
 
-from fairq.compression.core.backend import load_int8, resolve_backend, tag_model
+from fairq.compression.core.backend import load_int8, resolve_backend
 from fairq.compression.core.config import PTQConfig, QATConfig
 from fairq.compression.core.data import iter_labelled_batches, logits_of, model_device, run_calibration
 from fairq.compression.core.fakequant import FakeQuantLayer, quantize_weight
@@ -91,7 +91,7 @@ def _to_qat(mod: nn.Module, qconfig: QConfig, with_act: bool) -> nn.Module:
 
 
 def qat_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The QAT-prepared layers of ``model``."""
+    """The QAT-prepared layers of ``model`` (each knows its ``weight_bits``)."""
     return {n: m for n, m in model.named_modules() if isinstance(m, (QATLinear, QATConv2d))}
 
 
@@ -117,12 +117,13 @@ def prepare_qat(model: nn.Module, config: QATConfig, calibration_data=None) -> n
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Conv2d/Linear layers to prepare for QAT")
     for name, mod in layers.items():
-        set_layer(model, name, _to_qat(mod, qconfig, config.act_bits is not None))
+        new = _to_qat(mod, qconfig, config.act_bits is not None)
+        new.weight_bits = config.weight_bits  # read by the weight audit (layer_bits)
+        set_layer(model, name, new)
     if calibration_data is not None and config.act_bits is not None:
         model.eval()
         with _calibrating(model):
             run_calibration(model, calibration_data, config.calibration_batches)
-    model.fairq_qat_config = config
     return model.train()
 
 
@@ -149,6 +150,14 @@ def _to_float(mod: nn.Module) -> nn.Module:
 def convert_qat(model: nn.Module, config: QATConfig, calibration_data=None) -> nn.Module:
     """Freeze a QAT-prepared model, in place where simulated; returns the quantized model (eval mode).
 
+    See :func:`convert_qat_result`, which also says what the model computes with.
+    """
+    return convert_qat_result(model, config, calibration_data).model
+
+
+def convert_qat_result(model: nn.Module, config: QATConfig, calibration_data=None) -> MethodResult:
+    """Freeze a QAT-prepared model, in place where simulated; the quantized model (eval mode) and its backend.
+
     W8A8 with a usable INT8 backend and ``calibration_data`` → real INT8 via ``convert_static_int8`` on the
     trained float weights (activation ranges re-calibrated with min-max). Otherwise simulated INT-k layers using
     the weight quantizer of training and the activation ranges learned during training.
@@ -169,8 +178,9 @@ def convert_qat(model: nn.Module, config: QATConfig, calibration_data=None) -> n
             set_layer(model, name, _to_float(mod))
         ptq = PTQConfig(weight_bits=8, act_bits=8, per_channel=config.per_channel, symmetric=config.symmetric,
                         backend="int8", skip_modules=config.skip_modules)
-        model = load_int8().convert_static_int8(model, ptq, calibration_data)
-        return tag_model(model, weight_bits=8, act_bits=8, backend="int8")
+        from fairq.compression.quant.ptq import program_result
+
+        return program_result(load_int8().convert_static_int8(model, ptq, calibration_data), backend="int8")
     for name, mod in layers.items():
         fq = mod.act_fake_quant
         learned = fq is not None and not bool(torch.isinf(fq.activation_post_process.min_val).any())
@@ -183,8 +193,9 @@ def convert_qat(model: nn.Module, config: QATConfig, calibration_data=None) -> n
             act_qparams=(fq.scale, fq.zero_point) if learned else None,
         )
         set_layer(model, name, new)
-    model.fairq_simulation = "layer_input"  # fake-quant at each layer's input, like quantize_layers
-    return tag_model(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated")
+    # fake-quant at each layer's input, like quantize_layers
+    return MethodResult(model, weight_bits=config.weight_bits, act_bits=config.act_bits, backend="simulated",
+                        simulation="layer_input")
 
 
 def train_briefly(model: nn.Module, train_loader, *, epochs: int = 1, lr: float = 1e-4,
@@ -217,6 +228,12 @@ def quantize_qat(model: nn.Module, config: QATConfig, calibration_data=None, *,
                  train_fn: Callable[[nn.Module], object] | None = None, train_loader=None) -> nn.Module:
     """prepare → train → convert. Training: ``train_fn(model)`` if given (it trains the model in place or returns
     it), else the built-in loop over ``train_loader``; with neither, a clear error."""
+    return qat_result(model, config, calibration_data, train_fn=train_fn, train_loader=train_loader).model
+
+
+def qat_result(model: nn.Module, config: QATConfig, calibration_data=None, *,
+               train_fn: Callable[[nn.Module], object] | None = None, train_loader=None) -> MethodResult:
+    """:func:`quantize_qat`, returning the quantized model with what it computes with."""
     if train_fn is None and train_loader is None:
         raise ValueError("QAT needs training: pass train_fn=callable(model) or train_loader=<batches with targets>")
     prepare_qat(model, config, calibration_data)
@@ -225,7 +242,7 @@ def quantize_qat(model: nn.Module, config: QATConfig, calibration_data=None, *,
         model = trained if isinstance(trained, nn.Module) else model
     else:
         train_briefly(model, train_loader, epochs=config.epochs, lr=config.lr, max_steps=config.max_steps)
-    return convert_qat(model, config, calibration_data)
+    return convert_qat_result(model, config, calibration_data)
 
 
 def _lightning_train_fn(config: QATConfig, inputs: MethodInputs):
@@ -252,7 +269,7 @@ def handle_qat(model: nn.Module, config: QATConfig, inputs: MethodInputs) -> Met
     train_loader = inputs.train_loader
     if train_fn is None and train_loader is None and inputs.datamodule is not None:
         train_loader = inputs.datamodule.train_dataloader()
-    return MethodResult(quantize_qat(model, config, inputs.calibration, train_fn=train_fn, train_loader=train_loader))
+    return qat_result(model, config, inputs.calibration, train_fn=train_fn, train_loader=train_loader)
 
 
 register_method("qat", QATConfig, handle_qat, needs={"calibration", "training"})

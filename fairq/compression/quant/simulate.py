@@ -82,7 +82,6 @@ def quantize_layers(model: nn.Module, layer_bits: dict[str, int], *, per_channel
                                         act_bits=act_bits, act_mode=mode, act_symmetric=act_symmetric,
                                         act_qparams=qparams.get(name), qweight=(qweights or {}).get(name))
         set_layer(model, name, new)
-    model.fairq_simulation = "layer_input"  # recorded with the cell: which simulation built this model
     return model
 
 

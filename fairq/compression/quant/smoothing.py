@@ -33,7 +33,7 @@ from fairq.compression.quant.layer_stats import (
     channel_to_columns, collect_input_stats, foldable_norms, groups_of, in_channels, scale_input_channels, weight_3d,
 )
 from fairq.compression.core.modules import quantizable_layers
-from fairq.compression.quant.ptq import quantize_ptq
+from fairq.compression.quant.ptq import ptq_result
 from fairq.compression.core.registry import Artifact, MethodInputs, MethodResult, register_method
 
 EPS = 1e-5
@@ -144,13 +144,12 @@ def smooth(model: nn.Module, config, calibration_data) -> tuple[nn.Module, dict]
 def _handle(model: nn.Module, config, inputs: MethodInputs) -> MethodResult:
     data = calibration_for(config, inputs)
     model, records = smooth(model, config, data)
-    qmodel = quantize_ptq(model, config, data)
+    result = ptq_result(model, config, data)
     record = {**calibration_record(config), "scaled_layers": len(records),
               "folded_scales": sum(r["folded"] for r in records.values())}
     if isinstance(config, AWQConfig) and records:
         record["awq_mean_alpha"] = sum(r["alpha"] for r in records.values()) / len(records)
-    return MethodResult(qmodel, record=record, artifacts=[Artifact("ptq", {"scales": records})],
-                        info={"scales": records})
+    return result.replace(record=record, artifacts=[Artifact("ptq", {"scales": records})], info={"scales": records})
 
 
 register_method("awq", AWQConfig, _handle, needs=NEEDS)
