@@ -3,17 +3,18 @@
 A *product* (deltas, flips, findings, Pareto fronts, sparsity curves, head attribution, the text tables, …) says
 when it applies, what it computes, which figures it draws and which section of ``report.html`` it writes:
 
-.. code-block:: python
+```python
+from fairq.analysis import register_product
+from fairq.analysis.report import html_table
 
-    from fairq.analysis.products import register_product
+def compute(ctx):                          # ctx: AnalysisContext (stores, settings, earlier products' results)
+    deltas = ctx.results["deltas"]
+    return {"my_table": deltas.groupby("method")["delta"].mean().reset_index()}  # → tables/my_table.csv
 
-    def compute(ctx):                          # ctx: AnalysisContext (stores, settings, earlier products' results)
-        deltas = ctx.results["deltas"]
-        return {"my_table": deltas.groupby("method")["delta"].mean().reset_index()}  # → tables/my_table.csv
-
-    register_product("my_table", compute, requires=("deltas",),
-                     applies=lambda ctx: ctx.store is not None,
-                     report=lambda ctx: "<h2>My table</h2>" + html_table(ctx.results["my_table"]))
+register_product("my_table", compute, requires=("deltas",),
+                 applies=lambda ctx: ctx.store is not None,
+                 report=lambda ctx: "<h2>My table</h2>" + html_table(ctx.results["my_table"]))
+```
 
 A run goes in four steps over the registered products: every product that applies computes (after the products
 it ``requires``; ``compute`` returns its tables, and anything else other products read goes into
