@@ -127,6 +127,20 @@ def test_settings_derive_the_confidence_label_and_permutations():
     assert AnalysisSettings(n_permutations=7).n_perm == 7 and AnalysisSettings().level == "95%"
 
 
+def test_the_config_sections_defaults_are_the_settings_defaults():
+    """The ``analysis:`` section (what the CLI parses) defaults to what ``run_analysis`` does without settings."""
+    import dataclasses
+
+    from fairq.sections import AnalysisSection
+
+    settings = AnalysisSettings()
+    for f in dataclasses.fields(AnalysisSection):
+        if f.name != "seed":  # the section's None: the run's --seed
+            assert f.default == getattr(settings, f.name), f.name
+    assert {f.name for f in dataclasses.fields(AnalysisSection)} | {"progress"} == {
+        f.name for f in dataclasses.fields(AnalysisSettings)}
+
+
 def test_run_analysis_names_an_unknown_option(tmp_path):
     with pytest.raises(TypeError, match="n_boostrap"):
         run_analysis(tmp_path, n_boostrap=10)

@@ -45,8 +45,8 @@ from fairq.store import atomic_write_csv
 from .findings import EQUIVALENCE_MARGIN
 from .load import Store
 
-__all__ = ["AnalysisSettings", "AnalysisContext", "Product", "register_product", "unregister_product", "registered_products",
-           "run_order", "load_products", "plugin_modules", "ENV_MODULES", "ENTRY_POINT_GROUP"]
+__all__ = ["AnalysisSettings", "AnalysisContext", "Product", "register_product", "unregister_product",
+           "registered_products", "run_order", "load_products", "plugin_modules", "ENV_MODULES", "ENTRY_POINT_GROUP"]
 
 #: environment variable naming extra product modules (comma-separated), e.g. ``FAIRQ_ANALYSIS_MODULES=mypkg.prod``
 ENV_MODULES = "FAIRQ_ANALYSIS_MODULES"
