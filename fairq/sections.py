@@ -65,7 +65,9 @@ class MitigationSection:
 
 @dataclass
 class AnalysisSection:
-    """The ``analysis`` phase (:func:`fairq.analysis.run_analysis`); ``seed`` defaults to the run's ``--seed``."""
+    """The ``analysis`` phase (:func:`fairq.analysis.run_analysis`); ``seed`` defaults to the run's ``--seed``.
+    The other defaults are :class:`fairq.analysis.AnalysisSettings`' (repeated here so that the CLI starts without
+    importing the analysis; a test keeps them equal)."""
 
     n_bootstrap: int = 1000
     n_permutations: Optional[int] = None

@@ -706,15 +706,18 @@ def test_exemplars_worst_group_claim_by_hand(confidence):
 
 
 def test_compute_findings_defaults_are_run_analysis_defaults():
-    """``compute_findings`` called with its defaults decides claims as ``run_analysis`` does with its own."""
+    """``compute_findings`` called with its defaults decides claims as ``run_analysis`` does with its own (which are
+    ``AnalysisSettings``' defaults, the one place they are set)."""
     import inspect
 
+    from fairq.analysis import AnalysisSettings
     from fairq.analysis.findings import compute_findings
 
-    ra, cf = (inspect.signature(f).parameters for f in (run_analysis, compute_findings))
-    assert cf["n_bootstrap"].default == ra["n_bootstrap"].default == 1000
-    assert ra["n_permutations"].default is None  # run_analysis: as many permutations as resamples
-    assert cf["n_permutations"].default == ra["n_bootstrap"].default
-    assert cf["seed"].default == ra["seed"].default
-    assert cf["confidence"].default == pytest.approx(1 - ra["alpha"].default)
-    assert cf["min_group_size"].default == ra["min_group_size"].default
+    ra, cf = AnalysisSettings(), inspect.signature(compute_findings).parameters
+    assert inspect.signature(run_analysis).parameters["settings"].default is None  # → AnalysisSettings()
+    assert cf["n_bootstrap"].default == ra.n_bootstrap == 1000
+    assert ra.n_permutations is None and ra.n_perm == ra.n_bootstrap  # as many permutations as resamples
+    assert cf["n_permutations"].default == ra.n_perm
+    assert cf["seed"].default == ra.seed
+    assert cf["confidence"].default == pytest.approx(ra.confidence) == pytest.approx(1 - ra.alpha)
+    assert cf["min_group_size"].default == ra.min_group_size

@@ -21,7 +21,7 @@ from .flips import UNCERTAINTY_BINS
 from .tables import HEADLINE_METRICS
 
 __all__ = ["LABELS", "config_order", "slug", "heatmap_data", "group_accuracy_data", "flip_bin_data",
-           "pareto_plot_data", "write_figures",
+           "pareto_plot_data", "write_figures", "deltas_figures", "flip_figures", "pareto_figures",
            "PARETO_OBJECTIVES"]
 
 PARETO_OBJECTIVES = ("accuracy", "equalized_odds_difference", "size_mb")
@@ -224,9 +224,25 @@ def _pareto(data, fig_dir: Path) -> list[Path]:
     return paths
 
 
+def deltas_figures(deltas: pd.DataFrame, fig_dir: Path, level: str = "95%") -> list[Path]:
+    """Heatmaps and per-group accuracy bars (CIs labelled at ``level``) under ``fig_dir``."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    return _heatmaps(heatmap_data(deltas), fig_dir) + _group_bars(group_accuracy_data(deltas), fig_dir, level)
+
+
+def flip_figures(flips: pd.DataFrame, fig_dir: Path) -> list[Path]:
+    """Flip rate by baseline uncertainty under ``fig_dir``."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    return _flip_bins(flip_bin_data(flips), fig_dir)
+
+
+def pareto_figures(pareto: pd.DataFrame, fig_dir: Path) -> list[Path]:
+    """Pareto frontiers under ``fig_dir``."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    return _pareto(pareto_plot_data(pareto), fig_dir)
+
+
 def write_figures(deltas: pd.DataFrame, flips: pd.DataFrame, pareto: pd.DataFrame, fig_dir: Path,
                   level: str = "95%") -> list[Path]:
     """Write every static figure under ``fig_dir`` (CIs labelled at ``level``); returns their paths."""
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    return (_heatmaps(heatmap_data(deltas), fig_dir) + _group_bars(group_accuracy_data(deltas), fig_dir, level)
-            + _flip_bins(flip_bin_data(flips), fig_dir) + _pareto(pareto_plot_data(pareto), fig_dir))
+    return deltas_figures(deltas, fig_dir, level) + flip_figures(flips, fig_dir) + pareto_figures(pareto, fig_dir)

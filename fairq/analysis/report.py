@@ -13,7 +13,8 @@ from .figures import (PARETO_OBJECTIVES, LABELS, config_order, flip_bin_data, gr
 from .flips import UNCERTAINTY_BINS, UNCERTAINTY_EDGES
 from .tables import findings_overview, flips_overview, overview_table
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "report_header", "html_table", "plotly_html", "figure_section", "findings_section",
+           "deltas_section", "flips_section", "pareto_section", "exemplars_section"]
 
 REPORT_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1250px;color:#222}
@@ -148,42 +149,80 @@ def _pareto_figs(pareto):
     return figs
 
 
-def write_report(path: Path, *, deltas: pd.DataFrame, flips: pd.DataFrame, findings: pd.DataFrame,
-                 pareto: pd.DataFrame, makeup: pd.DataFrame, meta: dict, extra_html: str = "") -> Path:
-    """Write the interactive report; the first figure carries the inlined plotly.js, the others reuse it."""
-    alpha, margin = float(meta.get("alpha", 0.05)), float(meta.get("margin", 0.01))
+def plotly_html(fig) -> str:
+    """A plotly figure as a report fragment (plotly.js is inlined once, by :func:`write_report`)."""
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+
+
+def figure_section(title: str, figs, note: str = "") -> str:
+    """``<h2>title</h2>``, an optional note, then the figures (or a note that there are none)."""
+    parts = [f"<h2>{html.escape(title)}</h2>", note]
+    if not figs:
+        parts.append("<p class='note'>Not enough cells for this figure.</p>")
+    parts += [plotly_html(fig) for fig in figs]
+    return "".join(parts)
+
+
+def findings_section(findings: pd.DataFrame, alpha: float, margin: float) -> str:
+    """The findings, each decided by the rule the section states."""
     level = f"{(1 - alpha) * 100:g}%"
-    sections = [("Heatmaps", _heatmap_figs(deltas)), ("Per-group accuracy", _group_figs(deltas, level)),
-                ("Flips by baseline uncertainty", _flip_figs(flips)), ("Pareto frontier", _pareto_figs(pareto))]
-    first = True
-    parts = [f"<h1>fairq analysis report</h1><p class='note'>{html.escape(str(meta.get('output_dir', '')))} · "
-             f"{meta.get('n_cells', 0)} cells · {meta.get('n_bootstrap')} bootstrap resamples, "
-             f"{meta.get('n_permutations')} permutations, seed {meta.get('seed')}, alpha {meta.get('alpha')} · "
-             f"p-values Benjamini–Hochberg adjusted across all {meta.get('n_tests', 0)} tests of the run.</p>",
-             f"<h2>Findings</h2><p class='note'>Rule: supported if the BH-adjusted p &lt; {alpha:g} and the "
-             f"{level} CI is entirely on the hypothesised side of 0; not supported if it is significant the other way "
-             f"or the CI lies within ±{margin * 100:g} percentage point(s); inconclusive otherwise.</p>",
-             html_table(findings_overview(findings, level), verdict_col="verdict"),
-             "<h2>Overview (intersectional groups)</h2>", html_table(overview_table(deltas))]
-    for title, figs in sections:
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        if title.startswith("Flips"):
-            edges = ", ".join(f"{e:.3g}" for e in UNCERTAINTY_EDGES)
-            parts.append(f"<p class='note'>Normalized entropy of the baseline's probabilities, bin edges {edges} "
-                         f"(low / medium / high).</p>")
-        if not figs:
-            parts.append("<p class='note'>Not enough cells for this figure.</p>")
-        for fig in figs:
-            parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False,
-                                     config={"displaylogo": False}))
-            first = False
-    parts += ["<h2>Flips</h2>", html_table(flips_overview(flips)),
-              "<h2>Compression-identified exemplars: group make-up</h2>", html_table(makeup, max_rows=200),
-              "<h2>Pareto table</h2>", html_table(pareto, max_rows=300),
-              "<details><summary><b>All deltas</b> (tables/deltas.csv)</summary>",
-              html_table(deltas, max_rows=2000), "</details>", extra_html]
+    return (f"<h2>Findings</h2><p class='note'>Rule: supported if the BH-adjusted p &lt; {alpha:g} and the "
+            f"{level} CI is entirely on the hypothesised side of 0; not supported if it is significant the other way "
+            f"or the CI lies within ±{margin * 100:g} percentage point(s); inconclusive otherwise.</p>"
+            + html_table(findings_overview(findings, level), verdict_col="verdict"))
+
+
+def deltas_section(deltas: pd.DataFrame, level: str) -> str:
+    """Overview table, heatmaps, per-group accuracy and (folded) every delta."""
+    return ("<h2>Overview (intersectional groups)</h2>" + html_table(overview_table(deltas))
+            + figure_section("Heatmaps", _heatmap_figs(deltas))
+            + figure_section("Per-group accuracy", _group_figs(deltas, level))
+            + "<details><summary><b>All deltas</b> (tables/deltas.csv)</summary>"
+            + html_table(deltas, max_rows=2000) + "</details>")
+
+
+def flips_section(flips: pd.DataFrame) -> str:
+    """Flip rates by baseline uncertainty (figure) and the flips overview."""
+    edges = ", ".join(f"{e:.3g}" for e in UNCERTAINTY_EDGES)
+    note = (f"<p class='note'>Normalized entropy of the baseline's probabilities, bin edges {edges} "
+            f"(low / medium / high).</p>")
+    return (figure_section("Flips by baseline uncertainty", _flip_figs(flips), note)
+            + "<h2>Flips</h2>" + html_table(flips_overview(flips)))
+
+
+def pareto_section(pareto: pd.DataFrame) -> str:
+    """Pareto frontiers (figure) and the Pareto table."""
+    return figure_section("Pareto frontier", _pareto_figs(pareto)) + "<h2>Pareto table</h2>" + html_table(
+        pareto, max_rows=300)
+
+
+def exemplars_section(makeup: pd.DataFrame) -> str:
+    return "<h2>Compression-identified exemplars: group make-up</h2>" + html_table(makeup, max_rows=200)
+
+
+def report_header(meta: dict) -> str:
+    """The report's title and run line (``meta``: output_dir, n_cells, n_bootstrap, n_permutations, seed, alpha,
+    n_tests; without ``n_tests`` the p-values are said to be adjusted across the text tests)."""
+    where = (f"<h1>fairq analysis report</h1><p class='note'>{html.escape(str(meta.get('output_dir', '')))} · "
+             f"{meta.get('n_cells', 0)} cells · {meta.get('n_bootstrap')} bootstrap resamples, ")
+    if "n_tests" not in meta:
+        return (where + f"seed {meta.get('seed')}, alpha {meta.get('alpha')} · "
+                "p-values Benjamini–Hochberg adjusted across the text tests of the run.</p>")
+    return (where + f"{meta.get('n_permutations')} permutations, seed {meta.get('seed')}, alpha {meta.get('alpha')} · "
+            f"p-values Benjamini–Hochberg adjusted across all {meta.get('n_tests', 0)} tests of the run.</p>")
+
+
+def write_report(path: Path, header: str, sections: list[str]) -> Path:
+    """Write the report: ``header`` then each product's section; plotly.js is inlined once when a section has a
+    plotly figure."""
+    body = header + "".join(sections)
+    script = ""
+    if "Plotly.newPlot" in body:
+        from plotly.offline import get_plotlyjs
+
+        script = f"<script>window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script><script>{get_plotlyjs()}</script>"
     doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fairq analysis report</title>"
-           f"<style>{REPORT_CSS}</style></head><body>{''.join(parts)}</body></html>")
+           f"<style>{REPORT_CSS}</style>{script}</head><body>{body}</body></html>")
     from fairq.store import atomic_write_text
 
     atomic_write_text(path, doc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from fairq.analysis import run_analysis
+from fairq.analysis import AnalysisSettings, run_analysis
 from fairq.sections import AnalysisSection, section_of
 
 from .context import MissingPhaseError, RunContext
@@ -18,7 +18,7 @@ def run(ctx: RunContext) -> dict:
         section["seed"] = ctx.seed
     section["progress"] = bool(ctx.evaluation.get("progress", True))
     try:
-        out = run_analysis(ctx.store.root, **section)
+        out = run_analysis(ctx.store.root, AnalysisSettings(**section))
     except FileNotFoundError as err:
         raise MissingPhaseError(str(err)) from err
     findings = out.get("findings")
