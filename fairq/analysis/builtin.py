@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .curves import sparsity_curves, text_sparsity_curves, write_sparsity_figures, TEXT_CURVE_METRICS
+from .curves import sparsity_curves, text_sparsity_curves, write_sparsity_figures
 from .deltas import compute_deltas, summarize_seeds
 from .figures import deltas_figures, flip_figures, pareto_figures
 from .findings import apply_rules, compute_findings
@@ -182,9 +182,11 @@ def _text_figures(ctx: AnalysisContext, fig_dir) -> list:
     curves = ctx.results.get("text_sparsity_curves")
     if curves is None:
         return []
+    from fairq.text.benchmarks import curve_metrics
+
     present = set(curves["metric"])  # e.g. no probe panel when the run did not score the probes
     return write_sparsity_figures(curves, fig_dir, ctx.settings.level,
-                                  curve_metrics=[m for m in TEXT_CURVE_METRICS if m in present],
+                                  curve_metrics=[m for m in curve_metrics() if m in present],
                                   group_metric="stereoset_intra_ss", prefix="text_sparsity")
 
 
