@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from fairq.compression import GPTQConfig, MethodInputs, compress, effective_weights
+from fairq.compression import GPTQConfig, MethodInputs, RTNConfig, compress, effective_weights
 from fairq.compression.quant import gptq as G
 
 
@@ -177,14 +177,14 @@ def test_an_indefinite_hessian_gets_tenfold_damping_until_positive_definite(capl
     with caplog.at_level(logging.INFO, logger="fairq.compression.quant.gptq"):
         u = G._inverse_hessian_factor(h, 0.01)
     torch.testing.assert_close(u[0].double(), _ref_factor(h[0], 10.0), rtol=1e-5, atol=1e-7)
-    assert "damping raised to 10 " in caplog.text
+    assert caplog.messages == ["gptq: Hessian damping raised to 10 to stay positive definite"]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="fairq.compression.quant.gptq"):
         G._inverse_hessian_factor(torch.eye(2)[None], 0.01)
     assert "damping raised" not in caplog.text  # positive definite at once: nothing to report
     # eigenvalues 1 ± 5000, mean diagonal 1: the last try, λ = 0.01 · 10⁵ = 1000, is not enough (10⁶ would be)
     h = torch.tensor([[[1.0, 5000.0], [5000.0, 1.0]]])
-    with pytest.raises(RuntimeError, match="singular even with 10\\^5 x damping"):
+    with pytest.raises(RuntimeError, match=r"^gptq: the Hessian stays singular even with 10\^5 x damping$"):
         G._inverse_hessian_factor(h, 0.01)
 
 
@@ -281,6 +281,9 @@ def test_quantize_layer_gptq_stores_the_codes_on_the_layer_grid_with_both_errors
     s = rs.reshape(4, -1).repeat_interleave(group_size or 8, dim=1)
     z = rz.reshape(4, -1).repeat_interleave(group_size or 8, dim=1)
     ref = _ref_gptq(w.float().double(), h.float().double(), s.float().double(), z, 3, damp=0.05, act_order=act_order)
+    for other in (dict(damp=0.01, act_order=act_order), dict(damp=0.05, act_order=not act_order)):  # options matter
+        assert not torch.equal(ref, _ref_gptq(w.float().double(), h.float().double(), s.float().double(), z, 3,
+                                              **other)), other
     assert qw.codes.dtype == torch.int8 and qw.codes.shape == (4, 8) and qw.bits == 3
     assert torch.equal(qw.codes.double(), ref)
     assert qw.scale.shape == ((4,) if group_size is None else (4, 2))
@@ -313,17 +316,17 @@ def _hessian(xs):
     return (2 / len(x)) * x.T @ x
 
 
-def _expected_weights(model, calib, *, bits, sequential, act_order=False, damp=0.01, batches=None):
+def _expected_weights(model, calib, *, bits, sequential, act_order=False, damp=0.01, batches=None, symmetric=True):
     """Each layer's GPTQ weight, from Hessians captured here (float model, or with earlier layers quantized)."""
     calib = calib[:batches] if batches else calib
     w0, w1 = model[0].weight.detach().double(), model[2].weight.detach().double()
     out = {}
-    s0, z0 = _grid_of(w0, bits)
+    s0, z0 = _grid_of(w0, bits, symmetric)
     out["0"] = (_ref_gptq(w0, _hessian(calib).float().double(), s0, z0, bits, damp=damp, act_order=act_order)
                 - z0) * s0
     first = out["0"] if sequential else w0
     hidden = [torch.tanh(x.double() @ first.T + model[0].bias.detach().double()) for x in calib]
-    s1, z1 = _grid_of(w1, bits)
+    s1, z1 = _grid_of(w1, bits, symmetric)
     out["2"] = (_ref_gptq(w1, _hessian(hidden), s1, z1, bits, damp=damp, act_order=act_order) - z1) * s1
     return out
 
@@ -373,6 +376,7 @@ def test_the_handler_records_the_layers_the_error_ratio_and_the_reconstruction_e
     assert len(res.artifacts) == 1 and res.artifacts[0].folder == "ptq" and res.artifacts[0].column is None
     assert res.artifacts[0].content == {"reconstruction_error": errors}
     assert (res.weight_bits, res.act_bits, res.backend) == (4, None, "simulated")
+    assert all(res.model[i].act_mode is None for i in (0, 2))  # weight-only: the layers' inputs stay float
 
 
 def test_the_error_ratio_is_nan_when_round_to_nearest_is_exact():
@@ -397,21 +401,98 @@ def test_activations_are_calibrated_statically_on_the_gptq_weights():
         assert not torch.allclose(res.model(x), wonly.model(x), atol=1e-3)
 
 
+@pytest.mark.parametrize("act_symmetric", [True, False])
+def test_activation_ranges_come_from_the_first_batches_through_the_gptq_weights(act_symmetric):
+    """``act_bits`` with ``calibration_batches=2``: each layer's input range is the min / max over the first two
+    batches, the second layer's inputs computed with the first layer's GPTQ weights (not the float ones)."""
+    model, calib = _mlp(), _calib()
+    cfg = GPTQConfig(weight_bits=4, act_bits=6, act_symmetric=act_symmetric, calibration_batches=2, symmetric=False)
+    res = compress(model, cfg, MethodInputs(calibration=calib))
+    first = effective_weights(res.model)["0"].double()
+    torch.testing.assert_close(first, _expected_weights(model, calib, bits=4, sequential=True, batches=2,
+                                                        symmetric=False)["0"], rtol=1e-5, atol=1e-6)
+    inputs = {"0": torch.cat(calib[:2]).double()}
+    inputs["2"] = torch.tanh(inputs["0"] @ first.T + model[0].bias.detach().double())
+    qmin, qmax = (-32, 31) if act_symmetric else (0, 63)
+    for name, x in inputs.items():
+        layer = res.model[int(name)]
+        lo, hi = float(x.min().clamp(max=0)), float(x.max().clamp(min=0))
+        if act_symmetric:
+            scale, zp = max(-lo, hi) / ((qmax - qmin) / 2), 0
+        else:
+            scale = (hi - lo) / (qmax - qmin)
+            zp = qmin - round(lo / scale)
+        assert layer.act_mode == "static" and layer.act_bits == 6 and layer.act_symmetric is act_symmetric
+        assert (layer.act_quant_min, layer.act_quant_max) == (qmin, qmax)
+        assert float(layer.act_scale) == pytest.approx(scale, rel=1e-5), name
+        assert int(layer.act_zero_point) == zp, name
+        assert layer.per_channel is True and layer.symmetric is False and layer.weight_bits == 4
+
+
+def test_the_activation_observer_and_its_percentile_reach_the_calibration():
+    """The first layer's input is the calibration batch itself, so its activation range is the one round-to-nearest
+    calibrates with the same observer settings."""
+    model, calib = _mlp(), _calib()
+    scales = {}
+    for pct in (90.0, 99.99):
+        opts = dict(weight_bits=4, act_bits=8, observer="percentile", percentile=pct)
+        ours = compress(model, GPTQConfig(**opts), MethodInputs(calibration=calib)).model[0]
+        rtn = compress(model, RTNConfig(**opts), MethodInputs(calibration=calib)).model[0]
+        assert float(ours.act_scale) == float(rtn.act_scale) and int(ours.act_zero_point) == int(rtn.act_zero_point)
+        scales[pct] = float(ours.act_scale)
+    minmax = compress(model, GPTQConfig(weight_bits=4, act_bits=8), MethodInputs(calibration=calib)).model[0]
+    assert scales[90.0] < scales[99.99] <= float(minmax.act_scale)
+
+
+def test_weight_only_layers_keep_float_inputs_and_a_per_tensor_grid_is_one_scale():
+    model, calib = _mlp(), _calib()
+    res = compress(model, GPTQConfig(weight_bits=4, per_channel=False), MethodInputs(calibration=calib))
+    h = _hessian(calib)
+    w0 = model[0].weight.detach().double()
+    rs, rz = _ref_qparams(w0.reshape(1, -1), 4, True)
+    s0, z0 = rs.float().double().expand_as(w0), rz.expand_as(w0)
+    want = (_ref_gptq(w0, h.float().double(), s0, z0, 4) - z0) * s0
+    torch.testing.assert_close(effective_weights(res.model)["0"].double(), want, rtol=1e-5, atol=1e-6)
+    for i in (0, 2):
+        layer = res.model[i]
+        assert layer.per_channel is False and layer.weight_scale.numel() == 1
+        assert layer.act_mode is None and layer.act_bits is None
+
+
+def test_a_single_output_layer():
+    """One output channel (a binary head): one scale, and the same GPTQ codes as the reference."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 1)).eval()
+    calib = [torch.randn(32, 6) @ torch.randn(6, 6) for _ in range(2)]
+    res = compress(model, GPTQConfig(weight_bits=3), MethodInputs(calibration=calib))
+    w = model[0].weight.detach().double()
+    s, z = _grid_of(w, 3)
+    want = (_ref_gptq(w, _hessian(calib).float().double(), s, z, 3) - z) * s
+    torch.testing.assert_close(effective_weights(res.model)["0"].double(), want, rtol=1e-5, atol=1e-6)
+    scale, zp, cs, cz = G.grid(model[0], 3, per_channel=True, symmetric=False, group_size=None)
+    rs, rz = _ref_qparams(w, 3, False)
+    assert scale.shape == (1,) and cs.shape == (1, 1, 6)
+    torch.testing.assert_close(cs[0].double(), rs[:, None].expand(1, 6), rtol=1e-6, atol=0)
+    assert torch.equal(cz[0].double(), rz[:, None].expand(1, 6))
+
+
 def test_a_layer_never_called_is_rounded_to_nearest_with_a_warning():
     class Half(nn.Module):
         def __init__(self):
             super().__init__()
-            self.used, self.unused = nn.Linear(6, 6), nn.Linear(6, 2)
+            self.unused, self.used, self.last = nn.Linear(6, 2), nn.Linear(6, 6), nn.Linear(6, 2)
 
         def forward(self, x):
-            return self.used(x)
+            return self.last(self.used(x))  # the layers after the never-called one are still GPTQ'd
 
     torch.manual_seed(0)
     model = Half().eval()
     calib = [torch.randn(16, 6) for _ in range(2)]
-    with pytest.warns(UserWarning, match=r"never called during calibration are rounded to nearest: \['unused'\]"):
+    with pytest.warns(UserWarning) as record:
         res = compress(model, GPTQConfig(weight_bits=3), MethodInputs(calibration=calib))
-    assert set(res.info["reconstruction_error"]) == {"used"} and res.record["gptq_layers"] == 1
+    assert "gptq: layers never called during calibration are rounded to nearest: ['unused']" in [
+        str(r.message) for r in record]
+    assert set(res.info["reconstruction_error"]) == {"used", "last"} and res.record["gptq_layers"] == 2
     w = model.unused.weight.detach().double()
     s, z = _grid_of(w, 3)
     torch.testing.assert_close(effective_weights(res.model)["unused"].double(),
@@ -420,8 +501,10 @@ def test_a_layer_never_called_is_rounded_to_nearest_with_a_warning():
 
 def test_a_group_size_that_does_not_divide_the_width_warns_and_keeps_per_channel_scales():
     model, calib = _mlp(), _calib()  # widths 10 and 8: group_size 4 divides only the second
-    with pytest.warns(UserWarning, match=r"group_size=4 does not divide the input width of \['0'\]; they keep"):
+    with pytest.warns(UserWarning) as record:
         res = compress(model, GPTQConfig(weight_bits=3, group_size=4), MethodInputs(calibration=calib))
+    assert [str(r.message) for r in record] == [
+        "gptq: group_size=4 does not divide the input width of ['0']; they keep one scale per output channel"]
     assert res.model[0].weight_scale.shape == (8,) and res.model[2].weight_scale.shape == (3, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -438,19 +521,25 @@ def test_quantize_gptq_needs_calibration_data_and_a_quantizable_layer():
 def test_gptq_config_defaults_and_errors():
     cfg = GPTQConfig()
     assert (cfg.group_size, cfg.damp, cfg.act_order, cfg.block_size, cfg.sequential) == (None, 0.01, False, 128, True)
-    with pytest.raises(ValueError, match="block_size"):
-        GPTQConfig(block_size=0)
-    with pytest.raises(ValueError, match="block_size"):
-        GPTQConfig(block_size=2.5)
-    with pytest.raises(ValueError, match="group_size"):
-        GPTQConfig(group_size=2.5)
-    with pytest.raises(ValueError, match="damp"):
-        GPTQConfig(damp=0.0)
-    with pytest.raises(ValueError, match=r"backend='int4'; use backend='auto' or 'simulated'"):
-        GPTQConfig(backend="int4", weight_bits=4)
-    with pytest.raises(ValueError, match="folds BatchNorm"):
-        GPTQConfig(simulation="graph")
-    with pytest.raises(ValueError, match=r"^group_size needs per_channel=True \(groups split each output channel\)$"):
-        GPTQConfig(group_size=4, per_channel=False)
+    for bad, msg in [
+        (dict(block_size=0), "block_size must be a positive int, got 0"),
+        (dict(block_size=2.5), "block_size must be a positive int, got 2.5"),
+        (dict(group_size=2.5), "group_size must be a positive int, got 2.5"),
+        (dict(damp=0.0), "damp must be a positive number, got 0.0"),
+        (dict(backend="int4", weight_bits=4),
+         "gptq runs on the simulated backend only (its codes are set per layer), got backend='int4'; use "
+         "backend='auto' or 'simulated'"),
+        (dict(backend="int8", weight_bits=8, act_bits=8),
+         "gptq runs on the simulated backend only (its codes are set per layer), got backend='int8'; use "
+         "backend='auto' or 'simulated'"),
+        (dict(simulation="graph"),
+         "gptq needs simulation='layer_input': the deployed-graph simulation folds BatchNorm and re-rounds the "
+         "weights, which would discard GPTQ's codes"),
+        (dict(group_size=4, per_channel=False), "group_size needs per_channel=True (groups split each output channel)"),
+    ]:
+        with pytest.raises(ValueError) as info:
+            GPTQConfig(**bad)
+        assert str(info.value) == msg
     GPTQConfig(group_size=4, per_channel=True)
+    GPTQConfig(group_size=None, per_channel=False)
     GPTQConfig(backend="simulated")
