@@ -512,7 +512,8 @@ def test_a_group_size_that_does_not_divide_the_width_warns_and_keeps_per_channel
 
 
 def test_quantize_gptq_needs_calibration_data_and_a_quantizable_layer():
-    with pytest.raises(ValueError, match=r"^gptq needs calibration_data \(its Hessians come from the layers' inputs\)$"):
+    with pytest.raises(ValueError,
+                       match=r"^gptq needs calibration_data \(its Hessians come from the layers' inputs\)$"):
         G.quantize_gptq(_mlp(), GPTQConfig(weight_bits=4), None)
     with pytest.raises(ValueError, match=r"^Sequential has no quantizable layers \(skip patterns \('0', '2'\)\)$"):
         G.quantize_gptq(_mlp(), GPTQConfig(weight_bits=4, skip_modules=["0", "2"]), _calib())
