@@ -32,8 +32,7 @@ def _toy_report(ctx):
 
 @pytest.fixture
 def toy_product():
-    register_product("toy", _toy_compute, requires=("deltas",), applies=lambda ctx: ctx.store is not None,
-                     report=_toy_report, order=15)
+    register_product("toy", _toy_compute, requires=("deltas",), report=_toy_report, order=15)
     yield "toy"
     unregister_product("toy")
 
@@ -166,3 +165,22 @@ def test_a_product_requiring_an_unknown_one_or_registered_twice_is_refused():
             register_product("needs_ghost", lambda ctx: {})
     finally:
         unregister_product("needs_ghost")
+
+
+def test_a_product_is_skipped_when_a_product_it_requires_did_not_run(tmp_path):
+    """``requires``: runs after, and only if, those ran; ``after``: an order only. (No cells: no fairq product
+    applies, so only these run.)"""
+    from fairq.analysis.products import AnalysisContext, compute_products
+
+    seen = []
+    register_product("never", lambda ctx: seen.append("never"), applies=lambda ctx: False)
+    register_product("needs_never", lambda ctx: seen.append("needs_never"), requires=("never",), order=1)
+    register_product("after_never", lambda ctx: (seen.append("after_never"), {"t": pd.DataFrame({"a": [1]})})[1],
+                     after=("never", "not_registered"), order=2)
+    try:
+        ran = compute_products(ctx := AnalysisContext(tmp_path, AnalysisSettings()))
+        assert [p.name for p in ran] == ["after_never"] and seen == ["after_never"]
+        assert ctx.tables == {"t": tmp_path / "tables" / "t.csv"} and (tmp_path / "tables" / "t.csv").is_file()
+    finally:
+        for name in ("never", "needs_never", "after_never"):
+            unregister_product(name)

@@ -59,8 +59,8 @@ register_product("deltas", _deltas, applies=_classification, order=20,
                  report=lambda ctx: deltas_section(ctx.results["deltas"], ctx.settings.level))
 
 # ------------------------------------------------------------------------------------ flips
-register_product("flips", lambda ctx: {"flips": compute_flips(ctx.store, ctx.results["pairs"])},
-                 applies=_classification, order=30, requires=("deltas",),
+register_product("flips", lambda ctx: {"flips": compute_flips(ctx.store, ctx.results["pairs"])}, order=30,
+                 requires=("deltas",),
                  figures=lambda ctx, d: flip_figures(ctx.results["flips"], d),
                  report=lambda ctx: flips_section(ctx.results["flips"]))
 
@@ -121,7 +121,7 @@ def _findings(ctx: AnalysisContext) -> dict:
     return {"findings": apply_rules(findings, alpha=s.alpha, margin=s.margin)}
 
 
-register_product("findings", _findings, applies=_classification, order=10, requires=("deltas", "flips", "exemplars"),
+register_product("findings", _findings, order=10, requires=("deltas", "flips", "exemplars"),
                  report=lambda ctx: findings_section(ctx.results["findings"], ctx.settings.alpha,
                                                      ctx.settings.margin))
 
@@ -145,7 +145,7 @@ def _sparsity_figures(ctx: AnalysisContext, fig_dir) -> list:
     return [] if curves is None else write_sparsity_figures(curves, fig_dir, ctx.settings.level)
 
 
-register_product("sparsity_curves", _sparsity, applies=_classification, order=70, requires=("deltas",),
+register_product("sparsity_curves", _sparsity, order=70, requires=("deltas",),
                  figures=_sparsity_figures)
 
 
@@ -160,7 +160,7 @@ def _latex(ctx: AnalysisContext) -> dict:
         ("findings", findings_overview(r["findings"], level), "Findings decided by rule"))}
 
 
-register_product("latex", lambda ctx: {}, applies=_classification, order=80, requires=("findings",), files=_latex)
+register_product("latex", lambda ctx: {}, order=80, requires=("findings",), files=_latex)
 
 
 # ------------------------------------------------------------------------------------ text (masked-LM cells)
@@ -237,5 +237,5 @@ def _soft_report(ctx: AnalysisContext) -> str:
                              html_table)
 
 
-register_product("soft_head_pruning", _soft_pruning, applies=_has_soft_cells, order=100, requires=("deltas", "text"),
+register_product("soft_head_pruning", _soft_pruning, applies=_has_soft_cells, order=100, after=("deltas", "text"),
                  figures=_soft_figures, report=_soft_report)

@@ -11,13 +11,12 @@ def compute(ctx):                          # ctx: AnalysisContext (stores, setti
     deltas = ctx.results["deltas"]
     return {"my_table": deltas.groupby("method")["delta"].mean().reset_index()}  # → tables/my_table.csv
 
-register_product("my_table", compute, requires=("deltas",),
-                 applies=lambda ctx: ctx.store is not None,
+register_product("my_table", compute, requires=("deltas",),   # runs after deltas, and only if deltas ran
                  report=lambda ctx: "<h2>My table</h2>" + html_table(ctx.results["my_table"]))
 ```
 
 A run goes in four steps over the registered products: every product that applies computes (after the products
-it ``requires``; ``compute`` returns its tables, and anything else other products read goes into
+it ``requires`` — and only when they ran — or lists in ``after``; ``compute`` returns its tables, and anything else other products read goes into
 ``ctx.results`` under a name of its own), then every table is written to ``tables/<name>.csv``, then other files
 (``files``: LaTeX) and, with ``figures``, the figures; last, with ``report``, ``report.html`` gets each product's
 section in ``order``. Tables are written only after every product computed, because the findings product adjusts
@@ -165,8 +164,9 @@ class Product:
     ``applies(ctx)`` decides, just before it would compute, whether it runs at all; ``files(ctx)`` writes other
     files after every table is written and returns ``{name: path}``; ``figures(ctx, fig_dir)`` returns the
     figures it wrote; ``report(ctx)`` returns its HTML section of ``report.html``. ``order`` places its tables,
-    figures and report section (lower first; ties by name); ``requires`` names products that compute before it
-    when they run (its ``applies`` decides what it needs of them).
+    figures and report section (lower first; ties by name). ``requires`` names the products it reads: it computes
+    after them and is skipped when one of them did not run; ``after`` names products it computes after when they
+    run (an order only).
     """
 
     name: str
@@ -177,6 +177,7 @@ class Product:
     report: Callable[[AnalysisContext], str] | None = None
     order: int = 500
     requires: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
 
 
 _PRODUCTS: dict[str, Product] = {}
@@ -184,18 +185,18 @@ _PRODUCTS: dict[str, Product] = {}
 
 def register_product(name: str, compute: Callable | None = None, *, applies: Callable = _always,
                      files: Callable | None = None, figures: Callable | None = None, report: Callable | None = None,
-                     order: int = 500, requires=()):
+                     order: int = 500, requires=(), after=()):
     """Register an analysis product (fields as :class:`Product`); returns it. Without ``compute`` it is a
     decorator: ``@register_product("name", order=…)`` over the compute function."""
     if compute is None:
         return lambda fn: (register_product(name, fn, applies=applies, files=files, figures=figures, report=report,
-                                            order=order, requires=requires), fn)[1]
+                                            order=order, requires=requires, after=after), fn)[1]
     if name in _PRODUCTS:
         raise ValueError(f"analysis product {name!r} registered twice")
     if not callable(compute) or not callable(applies):
         raise TypeError(f"analysis product {name!r}: compute and applies must be callables")
-    requires = (requires,) if isinstance(requires, str) else tuple(requires)
-    product = Product(name, compute, applies, files, figures, report, int(order), requires)
+    names = [(r,) if isinstance(r, str) else tuple(r) for r in (requires, after)]
+    product = Product(name, compute, applies, files, figures, report, int(order), *names)
     _PRODUCTS[name] = product
     return product
 
@@ -211,7 +212,8 @@ def registered_products() -> list[Product]:
 
 
 def run_order(items: list[Product] | None = None) -> list[Product]:
-    """The products in the order they compute: report order, except that each comes after the ones it requires."""
+    """The products in the order they compute: report order, except that each comes after those it requires or
+    lists in ``after``."""
     pending = list(registered_products() if items is None else items)
     known = {p.name for p in pending}
     for p in pending:
@@ -221,7 +223,7 @@ def run_order(items: list[Product] | None = None) -> list[Product]:
                              f"{sorted(known)}")
     done, out = set(), []
     while pending:
-        ready = next((p for p in pending if set(p.requires) <= done), None)
+        ready = next((p for p in pending if set(p.requires) | (set(p.after) & known) <= done), None)
         if ready is None:
             raise ValueError(f"analysis products require each other in a cycle: {[p.name for p in pending]}")
         pending.remove(ready)
@@ -251,7 +253,7 @@ def compute_products(ctx: AnalysisContext) -> list[Product]:
     in report order."""
     ran, frames = [], {}
     for p in run_order():
-        if not p.applies(ctx):
+        if not set(p.requires) <= {q.name for q in ran} or not p.applies(ctx):
             continue
         tables = dict(p.compute(ctx) or {})
         for name, frame in tables.items():
