@@ -424,6 +424,8 @@ class _Recorder(types.ModuleType):
 
 
 def test_int8_dispatch_contract(monkeypatch):
+    import fairq.compression.quant.graph_sim  # noqa: F401 (bound to the real backend before the stub replaces it)
+
     stub = _Recorder()
     monkeypatch.setitem(sys.modules, "fairq.compression.backends.int8", stub)
     model, calib = nn.Sequential(nn.Linear(4, 2)), [torch.randn(3, 4)]

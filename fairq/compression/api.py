@@ -38,6 +38,7 @@ def apply_method(model: nn.Module, method: str, bit_width=None, calibration_data
     (the model, its widths and backend, how to size it, the method's record)."""
     names = {f.name for f in dataclasses.fields(MethodInputs)} | set(MethodInputs.ALIASES)
     inputs = {k: options.pop(k) for k in list(options) if k in names}
-    return compress(model, make_config(method, bit_width, **options), MethodInputs.from_kwargs(calibration_data, **inputs))
+    config = make_config(method, bit_width, **options)
+    return compress(model, config, MethodInputs.from_kwargs(calibration_data, **inputs))
 
 
