@@ -47,8 +47,12 @@ STUDY_SAMPLES = {"train": 162_770, "val": 19_867, "test": 19_962}  # CelebA's of
 
 
 def _ptq_settings(k: int) -> list[dict]:
-    grid = [{"method": "ptq_static", "bits": b, **({"observer": o} if o else {})}
-            for o in (None, "percentile", "mse", "histogram") for b in (8, 6, 4, 3, 2)]
+    """The first ``k`` of 40 distinct static-PTQ settings: 4 observers × 5 widths, per channel, then per tensor."""
+    grid = [{"method": "ptq_static", "bits": b, **({"observer": o} if o else {}),
+             **({} if per_channel else {"per_channel": False})}
+            for per_channel in (True, False) for o in (None, "percentile", "mse", "histogram") for b in (8, 6, 4, 3, 2)]
+    if k > len(grid):
+        raise SystemExit(f"--cells {k}: the 128px workload has {len(grid)} distinct settings")
     return grid[:k]
 
 
