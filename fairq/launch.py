@@ -57,6 +57,11 @@ class CellWorker:
     def __init__(self, make_ctx, threads: int):
         import torch
 
+        # the phases' imports (torch, Lightning, timm: ~6 s of a cold start) happen here, when the driver creates
+        # the worker — while it prepares the data — not when the first cell arrives
+        import fairq.phases.baseline  # noqa: F401
+        import fairq.phases.methods  # noqa: F401
+
         _quiet_worker()
         torch.set_num_threads(max(1, int(threads)))
         self.make_ctx = make_ctx
@@ -108,14 +113,16 @@ def run_ray(ctx, phases, seeds, phase_module, section, make_ctx) -> None:
         ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=True,
                  logging_level=logging.WARNING)
     try:
-        ctx.data()  # prepare data and its image cache once, before any worker reads it
         planned = plan_run(ctx.sections)
         cells = {(model, seed): [(phase, model, seed, i) for phase in ("quantization", "mitigation")
                                  if phase in phases for i, p in enumerate(planned[phase]) if p.runs_on(model)]
                  for seed in seeds for model in ctx.models}  # an entry's models: restricts it, as in run_section
         baselines = list(cells) if "baseline" in phases else []
         n_tasks = len(baselines) + sum(map(len, cells.values()))
+        # the workers start (and import) while the driver prepares the data and its image cache, once, before any
+        # worker reads it (no cell is submitted before that)
         workers = _workers(ray, section, n_tasks, make_ctx) if n_tasks else []  # none for --phase analysis
+        ctx.data()
         pool = ActorPool(workers)
         log.info("=== ray: %d cells (%s) on %d warm workers", n_tasks,
                  ", ".join(p for p in phases if p != "analysis"), len(workers))
