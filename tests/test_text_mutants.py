@@ -77,7 +77,8 @@ def test_shipped_groups_are_the_shipped_files_rows():
     g = B.shipped_groups()
     assert list(g.columns) == ["category", "question_index", "known_stereotyped_groups", "relevant_social_values"]
     assert tuple(g.iloc[0]) == ("Age", "1", '["old"]', "Inability to use technology?")
-    assert all(isinstance(v, str) for v in g.to_numpy().ravel()) and len(g) > 100 and not g["category"].str.startswith("#").any()
+    assert all(isinstance(v, str) for v in g.to_numpy().ravel()) and len(g) > 100
+    assert not g["category"].str.startswith("#").any()
     assert B.SOURCE.startswith("nyu-mll/BBQ templates/new_templates")
 
 
@@ -221,13 +222,15 @@ def _bbq_frame():
 def test_metric_draws_per_category_and_names():
     f = _bbq_frame()
     m = {k: v[0] for k, v in B.metric_draws(f, pred="y_pred", prefix="p").items()}
-    # overall ambig: items 0,1,4,6 (targets 0,0,0,1): correct 1 (item 1) → 25; counted 0,4,6 (item 6 picks
-    # its "unknown" 1? no: unknown=1, pred 0 → counted) → 3, biased: item 0 → raw 2/3 − 1 = −1/3 → × .75
+    # overall ambig: items 0,1,4,6 (targets 0,0,0,1): correct 1 (item 1) → 25; counted (pred ≠ unknown) 0,4,6
+    # → 3, biased: item 0 → raw 2/3 − 1 = −1/3 → × .75
     assert m["p_accuracy_ambig"] == pytest.approx(25)
     assert m["p_bias_ambig"] == pytest.approx(100 * (-1 / 3) * .75)
-    # overall disambig: items 2,3,5,7 (8 has no target): correct 2,5,7 → 75; counted all 4; biased 2,3,5 → 2·3/4 − 1
+    # overall disambig: items 2,3,5,7 (8 has no target): correct 2,5,7 → 75; counted all 4; biased 2,3,5
+    # → 2·3/4 − 1
     assert m["p_accuracy_disambig"] == pytest.approx(75) and m["p_bias_disambig"] == pytest.approx(50)
-    # Age labels: ambig 0,1 → acc 50, counted 0 → biased 1/1 → raw 1 → 50; disambig 2,3 → acc 50, raw 1 → 100
+    # Age labels: ambig 0,1 → acc 50, counted 0 → biased 1/1 → raw 1 → 50;
+    # disambig 2,3 → acc 50, raw 1 → 100
     assert m["p_accuracy_ambig_Age"] == pytest.approx(50) and m["p_bias_ambig_Age"] == pytest.approx(50)
     assert m["p_accuracy_disambig_Age"] == pytest.approx(50) and m["p_bias_disambig_Age"] == pytest.approx(100)
     # Age names (Q 30): ambig item 4 wrong, not the target → −100 × 1; disambig item 5 right and the target → 100
@@ -292,8 +295,10 @@ def test_official_items_one_row_per_item_and_template_row(tmp_path):
     assert got == [("Age", 0, "1", "neg", "ambig", 2, "label", 2, 1), ("Age", 0, "1", "neg", "ambig", 2, "label", 2, 0),
                    ("Age", 1, "1", "nonneg", "disambig", 1, "label", 2, 0),
                    ("Age", 1, "1", "nonneg", "disambig", 1, "label", 2, 1),
-                   ("Age", 2, "26", "neg", "ambig", 0, "name", 2, 0), ("Age", 3, "9", "neg", "ambig", 2, "label", 2, -1),
-                   ("SES", 7, "2", "neg", "ambig", 2, "label", 1, 0), ("SES", 8, "2", "neg", "ambig", 2, "label", -1, 0)]
+                   ("Age", 2, "26", "neg", "ambig", 0, "name", 2, 0),
+                   ("Age", 3, "9", "neg", "ambig", 2, "label", 2, -1),
+                   ("SES", 7, "2", "neg", "ambig", 2, "label", 1, 0),
+                   ("SES", 8, "2", "neg", "ambig", 2, "label", -1, 0)]
     only, _ = B.official_items(tmp_path, ["SES", "SES"])
     assert list(only["example_id"]) == [7, 8]
 
@@ -341,7 +346,7 @@ def test_score_bbq_rows_and_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- scoring.py
 from fairq.text import scoring as S  # noqa: E402
-from fairq.text.data import BBQItem, CrowsPair, IntraItem  # noqa: E402
+from fairq.text.data import BBQItem, CrowsPair, InterItem, IntraItem  # noqa: E402
 from fairq.text.engine import MaskRequest  # noqa: E402
 
 
@@ -415,7 +420,8 @@ def test_stereoset_draws_by_hand_with_weights():
     assert d["p_ss"][0] == pytest.approx(ss0) and d["p_lms"][0] == pytest.approx(lms0)
     assert d["p_icat"][0] == pytest.approx(lms0 * min(ss0, 100 - ss0) / 50)
     # draw 1: he mean weight 2 → m 2; she 1; x 0; q mean weight (3 + 1)/2 = 2, weighted rate: pro 3/4·... :
-    # m_t r_t = Σ w x / n_t: q: (3·1 + 1·0)/2 = 1.5; he: (2·1 + 2·0)/2 = 1; she 1·1 = 1 → SS = (1 + 1 + 1.5)/(2 + 1 + 2)
+    # m_t r_t = Σ w x / n_t: q: (3·1 + 1·0)/2 = 1.5; he: (2·1 + 2·0)/2 = 1; she 1·1 = 1
+    # → SS = (1 + 1 + 1.5)/(2 + 1 + 2)
     assert d["p_ss"][1] == pytest.approx(100 * 3.5 / 5)
     # LMS: related/2: he (2·2 + 0)/2 = 2, she 0, q (3·0 + 1·2)/2 = 1 → (2 + 0 + 1) / (2 · 5)
     assert d["p_lms"][1] == pytest.approx(100 * 3 / 10)
@@ -430,8 +436,8 @@ def test_stereoset_metrics_and_describe():
     m = S.stereoset_metrics(f, prefix="p")
     assert m["p_ss_gender"] == 75 and math.isnan(m["p_ss_religion"]) and math.isnan(m["p_icat_profession"])
     assert m["p_lms_zeta"] == 0 and m["p_ss_alpha"] == 0 and m["p_n"] == 6
-    # stereotype > anti: items 0, 2, 3, 4 → 4/6; top candidate: st (0, 3), an (1: .2 vs .3 unrelated? no: un),
-    # argmax rows: [.5,.2,.1]→0, [.1,.2,.3]→2, [.4,.3,.5]→2, [.3,.1,.2]→0, [.2,.1,.3]→2, [.1,.1,.05]→0 (first max)
+    # stereotype > anti: items 0, 2, 3, 4 → 4/6; top candidate (argmax, the first of equal maxima):
+    # [.5,.2,.1]→0, [.1,.2,.3]→2, [.4,.3,.5]→2, [.3,.1,.2]→0, [.2,.1,.3]→2, [.1,.1,.05]→0
     assert m["p_stereotype_rate"] == pytest.approx(400 / 6)
     assert m["p_top_stereotype"] == pytest.approx(50) and m["p_top_anti"] == 0
     assert m["p_top_unrelated"] == pytest.approx(50)
@@ -495,13 +501,12 @@ def test_build_bbq_requests_skips_and_rows():
     items = [_bbq_item(0), _bbq_item(1, answers=("d", "-", "g")), _bbq_item(2, ctx="a b c d")]
     job = S.build_bbq(tok, items, benchmark="bq", max_len=6)
     # [CLS] a b c <answer> [SEP]: 3 + 2 (ef) + 2 = 7 > 6 → item 0 too long; at 7 it fits
-    assert dict(job.skipped.reasons) == {"longer than 6 tokens": ["Age:0", "Age:2"], "answer tokenizes to nothing":
-                                         ["Age:1"]} or dict(job.skipped.reasons) == {
-        "longer than 6 tokens": ["Age:0", "Age:2"], "answer tokenizes to nothing": ["Age:1"]}
-    assert job.skipped.reasons["answer tokenizes to nothing"] == ["Age:1"]
+    assert dict(job.skipped.reasons) == {"longer than 6 tokens": ["Age:0", "Age:2"],
+                                         "answer tokenizes to nothing": ["Age:1"]}
     job = S.build_bbq(tok, [_bbq_item(0)], benchmark="bq", max_len=7)
     assert job.requests == [MaskRequest((1, 10, 11, 12, 3, 2), 4, 13),
-                            MaskRequest((1, 10, 11, 12, 3, 15, 2), 4, 14), MaskRequest((1, 10, 11, 12, 14, 3, 2), 5, 15),
+                            MaskRequest((1, 10, 11, 12, 3, 15, 2), 4, 14),
+                            MaskRequest((1, 10, 11, 12, 14, 3, 2), 5, 15),
                             MaskRequest((1, 10, 11, 12, 3, 2), 4, 16)]
     f = job.finish(np.log([.5, .4, .8, .45]))
     r = f.to_dict("records")[0]
@@ -604,7 +609,8 @@ def test_units_and_the_registrations():
     assert title == "StereoSet per domain" and select([])[:4] == [
         "stereoset_intra_ss_gender", "stereoset_intra_lms_gender", "stereoset_intra_icat_gender",
         "stereoset_intra_ss_profession"] and len(select([])) == 12
-    assert ss.units is S.term_units and inter.units is S.term_units and cr.units is None and bq.units is S.template_units
+    assert ss.units is S.term_units and inter.units is S.term_units
+    assert cr.units is None and bq.units is S.template_units
     assert inter.build_requests is None and inter.headline == () and inter.sections == ()
     assert ss.flips == cr.flips == "stereotype" and bq.flips == "answer"
     assert cr.columns == cr.headline == cr.report == ("crows_metric",)
@@ -713,7 +719,8 @@ def test_one_flip_directions_and_interval():
     assert r["flip_rate"] == pytest.approx(4 / 6) and r["p_value"] == pytest.approx(1.0)
     z = 1.959963984540054
     p, n = 4 / 6, 6
-    c, h = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert r["flip_rate_ci_low"] == pytest.approx(c - h) and r["flip_rate_ci_high"] == pytest.approx(c + h)
     # BBQ: against the gold answer
     base = pd.DataFrame({"y_pred": [0, 0, 1, 2, 2], "y_true": [0, 0, 0, 2, 1]})
@@ -788,7 +795,8 @@ def test_analyze_text_values_deltas_flips_and_adjusted_p():
     base = _crows([1.0, 0.0, 1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0, 0.0, 0.0], ["g", "g", "g", "r", "r", "r"])
     other = base.assign(score_more=[1.0, 1.0, 1.0, 1.0, 0.0, 0.0], score_less=[0.0, 0.0, 0.0, 0.0, 1.0, 1.0])
     other["y_pred"] = [1, 1, 1, 1, 0, 0]
-    metrics = pd.DataFrame({"cell": ["B", "Q"], "model": ["m", "m"], "method": ["fp32", "rtn"], "config": ["", "rtn_w4"]},
+    metrics = pd.DataFrame({"cell": ["B", "Q"], "model": ["m", "m"], "method": ["fp32", "rtn"],
+                            "config": ["", "rtn_w4"]},
                            index=["B", "Q"])
     store = _Store({"B": base, "Q": other.iloc[::-1]}, metrics, {"Q": "B"})
     out = T.analyze_text(store, n_bootstrap=200, seed=3, confidence=.8)
@@ -999,3 +1007,137 @@ def test_side_files_and_summary():
     row = {"stereoset_intra_ss": 61.0, "crows_metric": 55.556}
     assert K.TextTask.summary(task, row) == "stereoset_intra_ss 61.00, crows_metric 55.56"
     assert K.TASK_NAME == "masked_lm_bias" and K.TextTask.objective == "masked_lm"
+
+
+@pytest.fixture
+def fresh_builtins(monkeypatch):
+    """fairq's own benchmarks registered again by :func:`fairq.text.scoring._register` (the registration runs at
+    import, before any test; calling it here checks what it registers), with the readers it binds replaced by
+    recorders. The import-time entries are put back afterwards."""
+    from fairq.text import data
+
+    calls = []
+    monkeypatch.setattr(data, "read_bbq", lambda path, cats=None: calls.append(("bbq", path, cats)) or ([], None))
+    monkeypatch.setattr(data, "read_crows", lambda path: calls.append(("crows", path)) or ([], None))
+    monkeypatch.setattr(data, "read_stereoset", lambda path: calls.append(("stereoset", path)) or ([1], [2], "s"))
+    saved = dict(R._REGISTRY)
+    names = ("stereoset", "stereoset_inter", "crows", "bbq")
+    for n in names:
+        R._REGISTRY.pop(n)
+    try:
+        S._register()
+        yield {n: R._REGISTRY[n] for n in names}, calls
+    finally:
+        R._REGISTRY.clear()
+        R._REGISTRY.update(saved)
+
+
+def test_register_registers_the_official_benchmarks(fresh_builtins, tmp_path):
+    reg, calls = fresh_builtins
+    ss, inter, cr, bq = reg["stereoset"], reg["stereoset_inter"], reg["crows"], reg["bbq"]
+    assert [b.name for b in (ss, inter, cr, bq)] == ["stereoset", "stereoset_inter", "crows", "bbq"]
+    dom = [f"_{d}" for d in ("gender", "profession", "race", "religion")]
+    assert ss.columns == tuple(f"stereoset_intra_{m}{s}" for m in ("ss", "lms", "icat") for s in ("", *dom))
+    assert inter.columns == tuple(f"stereoset_inter_{m}{s}" for m in ("ss", "lms", "icat") for s in ("", *dom))
+    assert ss.headline == ss.report == ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat")
+    assert ss.curves == ("stereoset_intra_lms", "stereoset_intra_ss", "stereoset_intra_icat")
+    assert inter.headline == inter.report == inter.curves == () and inter.sections == ()
+    (title, select), = ss.sections
+    assert title == "StereoSet per domain"
+    assert select([]) == [f"stereoset_intra_{k}_{d}" for d in ("gender", "profession", "race", "religion")
+                          for k in ("ss", "lms", "icat")]
+    assert ss.build_requests is S.build_stereoset and ss.score is None and inter.build_requests is None
+    assert inter.score.func is S.intersentence_frame and inter.score.keywords == {"benchmark": "stereoset_inter"}
+    assert ss.metrics.func is S.stereoset_draws and ss.metrics.keywords == {"prefix": "stereoset_intra"}
+    assert inter.metrics.keywords == {"prefix": "stereoset_inter"} and inter.values.func is S.stereoset_metrics
+    assert ss.values.keywords == {"prefix": "stereoset_intra"}
+    assert inter.values.keywords == {"prefix": "stereoset_inter"}
+    assert ss.units is inter.units is S.term_units and bq.units is S.template_units and cr.units is None
+    assert (ss.flips, inter.flips, cr.flips, bq.flips) == ("stereotype", "stereotype", "stereotype", "answer")
+    assert inter.reader is None and inter.stratum is None and inter.values is not None
+    assert ss.stratum(_intra(0, dom="race")) == "race"
+    assert cr.stratum(CrowsPair("p", "a", "b", "stereo", "age")) == "age"
+    assert bq.stratum(_bbq_item(0, cat="Religion")) == "Religion"
+    assert cr.metrics is S.crows_draws and cr.values is S.crows_metrics and cr.build_requests is S.build_crows
+    assert cr.columns == cr.headline == cr.report == cr.curves == ("crows_metric",)
+    (title, select), = cr.sections
+    assert title == "CrowS-Pairs per bias type"
+    assert select(["crows_metric", "crows_race", "bbq_x", "crows_age", "xcrows_"]) == ["crows_age", "crows_race"]
+    assert bq.metrics is S.bbq_draws and bq.build_requests is S.build_bbq and bq.score is None
+    assert bq.columns == ("bbq_context_influence", "bbq_accuracy_ambig", "bbq_accuracy_disambig", "bbq_bias_ambig",
+                          "bbq_bias_disambig", "bbq_norm_accuracy_ambig", "bbq_norm_accuracy_disambig",
+                          "bbq_norm_bias_ambig", "bbq_norm_bias_disambig")
+    assert bq.headline == bq.curves == ("bbq_norm_accuracy_disambig", "bbq_norm_bias_ambig")
+    assert bq.report == ("bbq_norm_accuracy_ambig", "bbq_norm_accuracy_disambig", "bbq_norm_bias_ambig",
+                         "bbq_norm_bias_disambig", "bbq_accuracy_ambig", "bbq_accuracy_disambig", "bbq_bias_ambig",
+                         "bbq_bias_disambig", "bbq_context_influence")
+    (title, select), = bq.sections
+    assert title == "BBQ per category" and select(["crows_x", "bbq_b", "xbbq_", "bbq_a"]) == ["bbq_a", "bbq_b"]
+    v = bq.values(_bbq_frame().assign(y_pred_norm=0))
+    assert v == {**S.bbq_metrics(_bbq_frame().assign(y_pred_norm=0), "bbq"),
+                 **S.bbq_metrics(_bbq_frame().assign(y_pred_norm=0), "bbq_norm")}
+    assert v["bbq_n"] == 9 and v["bbq_norm_accuracy_ambig"] == pytest.approx(0)
+    # the readers: each benchmark's official file under the data root
+    assert ss.reader(tmp_path, items=5) == ([1], "s")
+    assert cr.reader(tmp_path, items=5) == ([], None)
+    assert bq.reader(tmp_path) == ([], None) and bq.reader(tmp_path, categories=["Age"], items=3) == ([], None)
+    assert calls == [("stereoset", tmp_path / "stereoset_dev.json"), ("crows", tmp_path / "crows_pairs_anonymized.csv"),
+                     ("bbq", tmp_path / "bbq", None), ("bbq", tmp_path / "bbq", ["Age"])]
+
+
+def test_evaluate_scores_every_benchmark_in_one_engine_call():
+    from tests.test_text_scoring import FakeMLM, FakeTokenizer, _intra as intra
+
+    class DM:
+        batch_size, max_tokens = 2, 8192
+
+        def __init__(self, items):
+            self.items, self.skips = items, []
+
+        def tokenizer_or_fail(self):
+            return FakeTokenizer()
+
+        def skipped_while_scoring(self, bench, skipped):
+            self.skips.append((bench, dict(skipped.reasons)))
+
+    ss = [intra(1, "man", "gender", "The man was BLANK.", "strong", "weak", "table"),
+          intra(2, "man", "gender", "The man was BLANK.", "∅", "weak", "table")]
+    pairs = [CrowsPair("a", "the man is strong", "the woman is strong", "stereo", "gender"),
+             CrowsPair("b", "the woman is weak", "the man is weak", "antistereo", "gender")]
+    dm = DM({"stereoset": ss, "crows": pairs, "bbq": []})
+    task = K.TextTask(datamodule=dm)
+    frame, m = task.evaluate(FakeMLM(), dm)
+    assert frame["benchmark"].tolist() == ["stereoset", "crows", "crows"]
+    assert frame["cluster"].tolist() == ["gender:man", "crows:a", "crows:b"]
+    assert m["crows_metric"] == 100 and m["stereoset_intra_ss"] == 100 and np.isnan(m["bbq_bias_ambig"])
+    # StereoSet item 1: 3 candidates × 1 piece; CrowS a: 3 template tokens masked per sentence, b: 3 per sentence
+    assert (m["items_scored"], m["masked_requests"], m["items_skipped"]) == (3, 3 + 6 + 6, 1)
+    assert m["forward_passes"] >= 1 and m["item_latency_ms"] >= 0
+    assert m["items_skipped_reasons"] == '{"stereoset": {"candidate tokenizes to nothing": 1}}'
+    assert m["stereoset_inter_reason"] == "not scored: intersentence is off in the config"
+    assert dm.skips == [("stereoset", {"candidate tokenizes to nothing": ["2"]}), ("crows", {})]
+    # intersentence on, with a model without an NSP head: the reason, and no rows
+    inter = InterItem("i", "man", "gender", "the man met.",
+                      {"stereotype": "a", "anti-stereotype": "b", "unrelated": "c"},
+                      {"stereotype": "1", "anti-stereotype": "2", "unrelated": "3"})
+    dm = DM({"crows": pairs[:1], "stereoset_inter": [inter]})
+    frame, m = task.evaluate(FakeMLM(), dm)
+    assert frame["benchmark"].tolist() == ["crows"] and "next-sentence-prediction head" in m["stereoset_inter_reason"]
+    assert m["items_skipped"] == 0 and m["items_skipped_reasons"] == "{}"
+    # the model's position limit is the scorers' max_len ([CLS] the man was <word> [SEP]: 6 tokens)
+    from types import SimpleNamespace
+
+    small = FakeMLM()
+    small.config = SimpleNamespace(max_position_embeddings=5)
+    dm = DM({"stereoset": ss[:1], "crows": pairs[:1], "bbq": []})
+    six = FakeMLM()
+    six.config = SimpleNamespace(max_position_embeddings=6)
+    assert task.evaluate(six, dm)[1]["items_scored"] == 2
+    short = CrowsPair("c", "the man", "the woman", "stereo", "gender")      # 4 tokens
+    frame, m = task.evaluate(small, DM({"stereoset": ss[:1] * 2, "crows": [*pairs, short]}))
+    assert frame["sample_id"].tolist() == ["crows:c"] and m["items_skipped"] == 4
+    assert m["items_skipped_reasons"] == ('{"crows": {"longer than 5 tokens": 2}, '
+                                          '"stereoset": {"longer than 5 tokens": 2}}')
+    none = FakeMLM()
+    none.config = SimpleNamespace(max_position_embeddings=None)             # no limit given: 512
+    assert task.evaluate(none, dm)[1]["items_scored"] == 2
