@@ -1141,3 +1141,197 @@ def test_evaluate_scores_every_benchmark_in_one_engine_call():
     none = FakeMLM()
     none.config = SimpleNamespace(max_position_embeddings=None)             # no limit given: 512
     assert task.evaluate(none, dm)[1]["items_scored"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------- data.py
+from fairq.text import data as D  # noqa: E402
+
+
+def test_skipped_counts_merges_and_logs(caplog):
+    a, b = D.Skipped(), D.Skipped()
+    a.add("x", 1)
+    b.add("x", "2")
+    b.add("y", 3)
+    assert a.merge(b, prefix="p: ") is a and dict(a.reasons) == {"x": ["1"], "p: x": ["2"], "p: y": ["3"]}
+    assert len(a) == 3 and len(D.Skipped()) == 0
+    c = D.Skipped()
+    for i in range(60):
+        c.add("r", i)
+    assert c.to_dict() == {"r": {"count": 60, "ids": [str(i) for i in range(50)]}}
+    with caplog.at_level("WARNING", logger="fairq"):
+        D.Skipped().log("quiet")
+        c.log("crows")
+    assert [r.getMessage() for r in caplog.records] == [
+        "crows: skipped 60 bad item(s): r: 60 (e.g. ['0', '1', '2'])"]
+
+
+@pytest.mark.parametrize("ctx,sent,want", [("The BLANK man.", "The old, man.", "old"), ("A BLANK", "A b c", "b"),
+                                          ("x BLANK.", "x y!?", "y"), ("BLANK BLANK", "a b", None),
+                                          ("a b BLANK", "a b", None), ("no blank", "a", None),
+                                          ("a  BLANK", "a  z", "z")])
+def test_template_word(ctx, sent, want):
+    assert D.template_word(ctx, sent) == want
+
+
+def _sents(i, words=("old", "young", "car"), labels=D.STEREOSET_LABELS):
+    return [{"sentence": f"The {w} man.", "id": f"{i}{k}", "gold_label": lab}
+            for k, (w, lab) in enumerate(zip(words, labels))]
+
+
+def test_read_stereoset_items_and_skips(tmp_path):
+    ok = {"id": "e1", "target": "man", "bias_type": "gender", "context": "The BLANK man.", "sentences": _sents("e1")}
+    intra = [ok, {**ok, "id": "e2", "context": "The man."}, {**ok, "id": "e3", "context": "BLANK BLANK man."},
+             {**ok, "id": "e4", "target": 3}, "junk", {"target": "t"},
+             {**ok, "id": "e5", "sentences": "x"}, {**ok, "id": "e6", "sentences": _sents("e6")[:2]},
+             {**ok, "id": "e7", "sentences": [*_sents("e7")[:2], "x"]},
+             {**ok, "id": "e8", "sentences": [*_sents("e8")[:2], {"sentence": 1, "id": "z", "gold_label": "unrelated"}]},
+             {**ok, "id": "e9", "sentences": [*_sents("e9")[:2], {"sentence": "The car man.", "gold_label": "unrelated"}]},
+             {**ok, "id": "e10", "sentences": _sents("e10", labels=("stereotype", "stereotype", "unrelated"))},
+             {**ok, "id": "e11", "sentences": [*_sents("e11"), _sents("e11")[0]]},
+             {**ok, "id": "e12", "sentences": _sents("e12", words=("old", "", "car"))}]
+    inter = [{"id": "i1", "target": "man", "bias_type": "race", "context": "He came.", "sentences": _sents("i1")},
+             {"id": "i2", "target": "man", "bias_type": "race", "context": 5}, [1],
+             {"id": "i3", "target": "man", "bias_type": "race", "context": "c", "sentences": None}]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"version": "1", "data": {"intrasentence": intra, "intersentence": inter}}))
+    a, b, sk = D.read_stereoset(path)
+    assert a == [D.IntraItem("e1", "man", "gender", "The BLANK man.", {"stereotype": "old", "anti-stereotype": "young",
+                                                                       "unrelated": "car"},
+                             {"stereotype": "e10", "anti-stereotype": "e11", "unrelated": "e12"})]
+    assert b == [D.InterItem("i1", "man", "race", "He came.", {"stereotype": "The old man.",
+                                                               "anti-stereotype": "The young man.",
+                                                               "unrelated": "The car man."},
+                             {"stereotype": "i10", "anti-stereotype": "i11", "unrelated": "i12"})]
+    assert dict(sk.reasons) == {
+        "BLANK missing": ["e2"], "BLANK doubled": ["e3"],
+        "malformed entry": ["e4", "intrasentence[4]", "intrasentence[5]", "i2", "intersentence[2]"],
+        "no sentences list": ["e5", "i3"], "malformed sentence entry": ["e7", "e8", "e9"],
+        "not exactly one stereotype / anti-stereotype / unrelated sentence": ["e6", "e10", "e11"],
+        "empty candidate word": ["e12"]}
+    path.write_text(json.dumps({"data": {}}))
+    assert D.read_stereoset(path)[:2] == ([], [])
+    for bad in ("{", json.dumps({"version": 1}), json.dumps([1])):
+        path.write_text(bad)
+        with pytest.raises(D.TextDataError, match=r"s.json: not the official StereoSet layout \(.*\); expected a JSON"):
+            D.read_stereoset(path)
+    with pytest.raises(D.TextDataError, match="nope.json not found"):
+        D.read_stereoset(tmp_path / "nope.json")
+
+
+def test_read_crows_rows_and_skips(tmp_path):
+    path = tmp_path / "c.csv"
+    pd.DataFrame({"": [10, 11, 12, 13, None], "sent_more": ["a b", "c", " ", "e", "g"],
+                  "sent_less": ["a c", "d", "x", "f", "h"],
+                  "stereo_antistereo": ["stereo", "antistereo", "stereo", "anti", "stereo"],
+                  "bias_type": ["race", "age", "race", "race", "gender"]}).to_csv(path, index=False)
+    pairs, sk = D.read_crows(path)
+    assert pairs == [D.CrowsPair("10.0", "a b", "a c", "stereo", "race"), D.CrowsPair("11.0", "c", "d", "antistereo",
+                                                                                      "age"),
+                     D.CrowsPair("4", "g", "h", "stereo", "gender")]
+    assert dict(sk.reasons) == {"malformed row": ["12.0"], "stereo_antistereo not stereo/antistereo": ["13.0"]}
+    pd.DataFrame({"sent_more": ["a"], "sent_less": ["b"]}).to_csv(path, index=False)
+    with pytest.raises(D.TextDataError, match=r"c.csv: columns \['bias_type', 'stereo_antistereo'\] missing; expected "
+                                              r"a CSV with columns"):
+        D.read_crows(path)
+    path.write_text("")
+    with pytest.raises(D.TextDataError, match=r"columns \['bias_type', 'sent_less', 'sent_more', 'stereo_antistereo'\]"):
+        D.read_crows(path)
+
+
+def test_read_bbq_items_and_skips(tmp_path):
+    _folder(tmp_path)
+    two_unknown = _info(("a", "unknown"), ("b", "old"), ("c", "Unknown"))
+    extra = [_ex(20, label=3), _ex(21, cond="x"), _ex(22, pol="x"), _ex(23, info=two_unknown),
+             {**_ex(24), "ans1": " "}, {**_ex(25), "label": "z"}, {"category": "Age"}]
+    lines = (tmp_path / "Age.jsonl").read_text().splitlines()
+    (tmp_path / "Age.jsonl").write_text("\n".join(lines + [json.dumps(e) for e in extra] + ["{bad", ""]))
+    items, sk = D.read_bbq(tmp_path)
+    assert [it.id for it in items] == ["Age:0", "Age:1", "Age:2", "Age:3", "SES:7"]
+    by = {it.id: it for it in items}
+    # Age:0 / Age:1: Q1 has two template rows with different targets → none; Age:2 (Q26) → 0; Age:3 (Q9) no row
+    assert [by[i].target for i in ("Age:0", "Age:1", "Age:2", "Age:3")] == [-1, -1, 0, -1]
+    assert by["Age:2"] == D.BBQItem("Age:2", "Age", "26", "neg", "ambig", "c", "q", ("a", "b", "c"), 0, 2, 0, "name")
+    assert by["SES:7"].unknown == 1 and by["SES:7"].target == 0 and "SES:8" not in by
+    assert dict(sk.reasons) == {
+        "no single 'unknown' answer, or a bad label / condition / polarity": [   # line 5 is blank
+            "Age:line6", "Age:line7", "Age:line8", "Age:line9", "SES:line2"],
+        "empty answer": ["Age:line10"], "malformed entry": ["Age:line11", "Age:line12", "Age:line13"]}
+    only, _ = D.read_bbq(tmp_path, ["SES"])
+    assert [it.id for it in only] == ["SES:7"]
+    with pytest.raises(D.TextDataError, match="Age.jsonl not found"):
+        D.read_bbq(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------------------------------- probe.py
+class _HFTok:
+    """The fake word tokenizer behind the ``transformers`` call convention (what :class:`HFTokenizer` wraps)."""
+
+    cls_token_id, sep_token_id, mask_token_id, pad_token_id = 1, 2, 3, 0
+
+    def __init__(self):
+        from tests.test_text_scoring import FakeTokenizer
+
+        self.fake, self.calls = FakeTokenizer(), []
+
+    def __call__(self, text, add_special_tokens=True, **kw):
+        import torch
+
+        if isinstance(text, str):
+            return {"input_ids": self.fake.encode(text)}
+        self.calls.append((list(text), kw))
+        ids = [[1, *self.fake.encode(t), 2] for t in text]
+        n = max(map(len, ids))
+        return {"input_ids": torch.tensor([x + [0] * (n - len(x)) for x in ids]),
+                "attention_mask": torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in ids])}
+
+
+def _probe_items():
+    from tests.test_text_scoring import _intra as intra
+
+    ss = [intra(1, "man", "gender", "The man was BLANK.", "strong", "weak", "table"),     # .4 vs .1: stereotype
+          intra(2, "woman", "gender", "The woman was BLANK.", "weak", "strong", "table"),  # .25 vs .1
+          intra(3, "nurse", "profession", "The nurse was BLANK.", "rude", "caring", "car")]  # .2 = .2: not
+    cr = [CrowsPair("a", "the man is strong", "the woman is strong", "stereo", "gender"),
+          CrowsPair("d", "the man was weak", "the woman was weak", "stereo", "gender")]
+    return {"stereoset": ss, "crows": cr, "bbq": [1], "other": []}
+
+
+def test_text_bias_probe_measures_bias_per_category():
+    from tests.test_text_scoring import FakeMLM
+
+    from fairq.text.probe import NoValidationItemsError, TextBiasProbe
+
+    tok = _HFTok()
+    p = TextBiasProbe(_probe_items(), tok, batch_size=2, min_items=1)
+    assert list(p.items) == ["stereoset", "crows"] and p.max_len == 128
+    assert p.ids == ["stereoset:1", "stereoset:2", "stereoset:3", "crows:a", "crows:d"]
+    assert p.key() == (tuple(p.ids), 1) and p.batch_size == 2 and p.max_tokens == 8192
+    assert p.sentences() == ["The man was strong.", "The woman was weak.", "The nurse was rude.", "the man is strong",
+                             "the man was weak"]
+    r = p.measure(FakeMLM())
+    assert p.max_len == 512 and r.utility_name == "stereoset_lms" and r.item_ids == p.ids
+    # SS per domain: gender 100 (both terms), profession 0 (a tie); CrowS gender: a wins, d loses → 50
+    assert r.bias == {"stereoset:gender": 50.0, "stereoset:profession": 50.0, "crows:gender": 0.0}
+    # LMS over all: man st .4, an .1 > un .05 → 2; woman .25 > .25? no, .1 > .25 no → 0; nurse .2 > .05 twice → 2
+    assert r.utility == pytest.approx(200 / 3)
+    np.testing.assert_allclose(r.scores["stereoset:gender"], [.3, .15, np.nan, np.nan, np.nan])
+    np.testing.assert_allclose(r.scores["stereoset:profession"], [np.nan, np.nan, 0, np.nan, np.nan], atol=1e-12)
+    np.testing.assert_allclose(r.scores["crows:gender"][3:], [math.log(.4 / .1), math.log(.1 / .25)])
+    assert np.isnan(r.scores["crows:gender"][:3]).all()
+    assert p.measure(FakeMLM(), with_scores=False).scores == {}
+    # a category needs min_items scored items
+    p2 = TextBiasProbe(_probe_items(), tok, min_items=2)
+    assert set(p2.measure(FakeMLM()).bias) == {"stereoset:gender", "crows:gender"}
+    with pytest.raises(NoValidationItemsError, match="no held-out category has ≥ 3 scored items"):
+        TextBiasProbe(_probe_items(), tok, min_items=3).measure(FakeMLM())
+    only_crows = TextBiasProbe({"crows": _probe_items()["crows"]}, tok, min_items=2).measure(FakeMLM())
+    assert only_crows.bias == {"crows:gender": 0.0} and math.isnan(only_crows.utility)
+    with pytest.raises(NoValidationItemsError, match="every item is scored as test"):
+        TextBiasProbe({"stereoset": [], "bbq": [1]}, tok)
+    # batches of the stereotypical sentences, padded and cut at the model's position limit
+    batches = list(p.item_batches())
+    assert len(batches) == 3 and batches[0][0] == () and set(batches[0][1]) == {"input_ids", "attention_mask"}
+    assert tok.calls[0] == (["The man was strong.", "The woman was weak."],
+                            {"padding": True, "truncation": True, "max_length": 512, "return_tensors": "pt"})
+    assert [c[0] for c in tok.calls] == [p.sentences()[:2], p.sentences()[2:4], p.sentences()[4:]]
+    assert batches[2][2].tolist() == batches[2][1]["attention_mask"].tolist() == [[1] * 6]
