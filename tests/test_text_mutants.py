@@ -372,16 +372,16 @@ def _intra(i, term="t", dom="gender", ctx="a BLANK b", st="c", an="d", un="e"):
 
 def test_build_stereoset_requests_and_rows():
     tok = WordTok()
-    job = S.build_stereoset(tok, [_intra(1, st="cd"), _intra(2, st="-"), _intra(3, ctx="a b BLANK c", st="cd")],
-                            benchmark="ss", max_len=6)
+    job = S.build_stereoset(tok, [_intra(1, st="cd"), _intra(2, st="-"), _intra(3, ctx="a b BLANK c", st="cd"),
+                                  _intra(4, ctx="BLANK")], benchmark="ss", max_len=6)
     # item 1: [CLS] a <cand> b [SEP]; "cd" → (c masked), (c filled, d masked); 2 + 1 + 1 + 2 = 6 tokens ≤ 6
     assert job.requests[:4] == [MaskRequest((1, 10, 3, 11, 2), 2, 12),
                                 MaskRequest((1, 10, 12, 3, 11, 2), 3, 13),
                                 MaskRequest((1, 10, 3, 11, 2), 2, 13), MaskRequest((1, 10, 3, 11, 2), 2, 14)]
-    assert len(job.requests) == 4 and job.benchmark == "ss"
+    assert len(job.requests) == 4 + 3 and job.benchmark == "ss"
     assert dict(job.skipped.reasons) == {"candidate tokenizes to nothing": ["2"], "longer than 6 tokens": ["3"]}
-    lp = np.log([.2, .6, .3, .1])
-    f = job.finish(lp)
+    lp = np.log([.2, .6, .3, .1, .5, .5, .5])
+    f = job.finish(lp).iloc[:1]
     assert f.to_dict("records") == [{
         "sample_id": "ss:1", "benchmark": "ss", "domain": "gender", "term": "t", "score_stereotype": pytest.approx(.4),
         "score_anti": pytest.approx(.3), "score_unrelated": pytest.approx(.1), "sid_stereotype": "1s",
@@ -1184,8 +1184,10 @@ def test_read_stereoset_items_and_skips(tmp_path):
              {**ok, "id": "e4", "target": 3}, "junk", {"target": "t"},
              {**ok, "id": "e5", "sentences": "x"}, {**ok, "id": "e6", "sentences": _sents("e6")[:2]},
              {**ok, "id": "e7", "sentences": [*_sents("e7")[:2], "x"]},
-             {**ok, "id": "e8", "sentences": [*_sents("e8")[:2], {"sentence": 1, "id": "z", "gold_label": "unrelated"}]},
-             {**ok, "id": "e9", "sentences": [*_sents("e9")[:2], {"sentence": "The car man.", "gold_label": "unrelated"}]},
+             {**ok, "id": "e8", "sentences": [*_sents("e8")[:2], {"sentence": 1, "id": "z",
+                                                                   "gold_label": "unrelated"}]},
+             {**ok, "id": "e9", "sentences": [*_sents("e9")[:2], {"sentence": "The car man.",
+                                                                   "gold_label": "unrelated"}]},
              {**ok, "id": "e10", "sentences": _sents("e10", labels=("stereotype", "stereotype", "unrelated"))},
              {**ok, "id": "e11", "sentences": [*_sents("e11"), _sents("e11")[0]]},
              {**ok, "id": "e12", "sentences": _sents("e12", words=("old", "", "car"))}]
@@ -1234,7 +1236,8 @@ def test_read_crows_rows_and_skips(tmp_path):
                                               r"a CSV with columns"):
         D.read_crows(path)
     path.write_text("")
-    with pytest.raises(D.TextDataError, match=r"columns \['bias_type', 'sent_less', 'sent_more', 'stereo_antistereo'\]"):
+    with pytest.raises(D.TextDataError,
+                       match=r"columns \['bias_type', 'sent_less', 'sent_more', 'stereo_antistereo'\]"):
         D.read_crows(path)
 
 
@@ -1335,3 +1338,59 @@ def test_text_bias_probe_measures_bias_per_category():
                             {"padding": True, "truncation": True, "max_length": 512, "return_tensors": "pt"})
     assert [c[0] for c in tok.calls] == [p.sentences()[:2], p.sentences()[2:4], p.sentences()[4:]]
     assert batches[2][2].tolist() == batches[2][1]["attention_mask"].tolist() == [[1] * 6]
+
+
+def test_scorers_default_to_512_tokens_and_their_benchmark_name():
+    tok = WordTok()
+    ctx = " ".join(["a"] * 509)
+    fits, long_ = _intra(1, ctx=ctx + " BLANK"), _intra(2, ctx=ctx + " a BLANK")      # 509 + 1 + 2 = 512; 513
+    job = S.build_stereoset(tok, [fits, long_])
+    assert job.benchmark == "stereoset" and dict(job.skipped.reasons) == {"longer than 512 tokens": ["2"]}
+    assert job.finish(np.zeros(3))["sample_id"].tolist() == ["stereoset:1"]
+    job = S.build_crows(tok, [CrowsPair("p", ctx + " a b", ctx + " a c", "stereo", "g"),     # 511 + 2 = 513
+                              CrowsPair("q", ctx + " b", ctx + " c", "stereo", "g")])       # 512
+    assert job.benchmark == "crows" and dict(job.skipped.reasons) == {"longer than 512 tokens": ["p"]}
+    assert job.finish(np.zeros(len(job.requests)))["sample_id"].tolist() == ["crows:q"]
+    job = S.build_bbq(tok, [_bbq_item(0, ctx=ctx, q="a", answers=("b", "c", "d")),           # 510 + 1 + 2 = 513
+                            _bbq_item(1, ctx=ctx, q="", answers=("b", "c", "d"))])          # 512
+    assert job.benchmark == "bbq" and dict(job.skipped.reasons) == {"longer than 512 tokens": ["Age:0"]}
+    assert job.finish(np.zeros(3))["sample_id"].tolist() == ["bbq:Age:1"]
+
+
+@pytest.mark.parametrize("info,ksg,want", [
+    # each spelling of the template becomes exactly "M" / "F" (so it no longer contains "man", "x", ...)
+    (_info(("a", "x"), ("b", "Man"), UNK), '["man"]', -1), (_info(("a", "x"), ("b", "Boy"), UNK), '["boy"]', -1),
+    (_info(("a", "x"), ("b", "men"), UNK), '["men"]', -1), (_info(("a", "x"), ("b", "Woman"), UNK), '["woman"]', -1),
+    (_info(("a", "x"), ("b", "women"), UNK), '["women"]', -1), (_info(("a", "x"), ("b", "Girl"), UNK), '["girl"]', -1),
+    (_info(("a", "x"), ("b", "girls"), UNK), '["girls"]', -1),
+    (_info(("a", "x"), ("b", "M"), UNK), '["Men"]', 1), (_info(("a", "x"), ("b", "F"), UNK), '["GIRLS"]', 1),
+    # and "low SES" / "high SES" exactly "lowSES" / "highSES"
+    (_info(("a", "x"), ("b", "lowSES"), UNK), '["low SES"]', 1), (_info(("a", "x"), ("b", "highSES"), UNK),
+                                                                  '["high SES"]', 1),
+    # answer groups man/boy → "M", woman/girl → "F", exactly (an answer "x" is no "M")
+    (_info(("a", "boy"), ("b", "x"), UNK), '["M"]', 0), (_info(("a", "girl"), ("b", "x"), UNK), '["F"]', 0),
+])
+def test_bbq_target_rewrites_are_exact(info, ksg, want):
+    assert _t(info, ksg, "Gender_identity") == want
+
+
+def test_official_items_skip_blank_lines_anywhere(tmp_path):
+    _folder(tmp_path)
+    (tmp_path / "Age.jsonl").write_text(json.dumps(_ex(0)) + "\n   \n" + json.dumps(_ex(2, q="26", label=0)) + "\n")
+    items, _ = B.official_items(tmp_path, ["Age"])
+    assert items["example_id"].tolist() == [0, 0, 2]
+
+
+def test_score_bbq_reads_only_the_predicted_categories_in_order(tmp_path):
+    _folder(tmp_path)
+    # a stray file with another copy of Age:0: reading it would count that item twice
+    _jsonl(tmp_path / "Age_copy.jsonl", [_ex(0)])
+    preds = pd.DataFrame({"category": ["SES", "Age", "Age"], "example_id": [7, 2, 0], "pred": [0, 1, 0]})
+    got = B.score_bbq(preds, tmp_path)
+    assert [tuple(r[:4]) for r in got.itertuples(index=False)] == [("Age", "label", "ambig", 2), ("Age", "name", "ambig", 1),
+                                                                   ("SES", "label", "ambig", 1)]
+    none = B.score_bbq(preds.assign(example_id=[70, 20, 10]), tmp_path)
+    assert none.empty and list(none.columns) == ["category", "label_type", "context_condition", "n", "accuracy",
+                                                 "n_non_unknown", "n_biased", "bias_score_raw", "bias_score"]
+    with pytest.raises(ValueError, match=r"got \[-3, -2, -1, 3, 4\]$"):
+        B.score_bbq(pd.DataFrame({"category": "Age", "example_id": range(6), "pred": [5, 4, 3, -1, -2, -3]}), tmp_path)
