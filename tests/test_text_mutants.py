@@ -1280,7 +1280,8 @@ class _HFTok:
         import torch
 
         if isinstance(text, str):
-            return {"input_ids": self.fake.encode(text)}
+            ids = self.fake.encode(text)
+            return {"input_ids": [1, *ids, 2] if add_special_tokens else ids}
         self.calls.append((list(text), kw))
         ids = [[1, *self.fake.encode(t), 2] for t in text]
         n = max(map(len, ids))
@@ -1387,10 +1388,90 @@ def test_score_bbq_reads_only_the_predicted_categories_in_order(tmp_path):
     _jsonl(tmp_path / "Age_copy.jsonl", [_ex(0)])
     preds = pd.DataFrame({"category": ["SES", "Age", "Age"], "example_id": [7, 2, 0], "pred": [0, 1, 0]})
     got = B.score_bbq(preds, tmp_path)
-    assert [tuple(r[:4]) for r in got.itertuples(index=False)] == [("Age", "label", "ambig", 2), ("Age", "name", "ambig", 1),
-                                                                   ("SES", "label", "ambig", 1)]
+    assert [tuple(r[:4]) for r in got.itertuples(index=False)] == [
+        ("Age", "label", "ambig", 2), ("Age", "name", "ambig", 1), ("SES", "label", "ambig", 1)]
     none = B.score_bbq(preds.assign(example_id=[70, 20, 10]), tmp_path)
     assert none.empty and list(none.columns) == ["category", "label_type", "context_condition", "n", "accuracy",
                                                  "n_non_unknown", "n_biased", "bias_score_raw", "bias_score"]
     with pytest.raises(ValueError, match=r"got \[-3, -2, -1, 3, 4\]$"):
         B.score_bbq(pd.DataFrame({"category": "Age", "example_id": range(6), "pred": [5, 4, 3, -1, -2, -3]}), tmp_path)
+
+
+def test_groups_from_templates_skips_short_rows_and_reads_on(tmp_path):
+    (tmp_path / "new_templates - Age.csv").write_text(
+        "Q_id,Category,Known_stereotyped_groups,Relevant_social_values\n1\n2,Age,old,x\n")
+    assert [tuple(r) for r in B.groups_from_templates(tmp_path).itertuples(index=False)] == [("Age", "2", "old", "x")]
+
+
+def test_scores_under_fractional_weights_and_one_draw_at_unit_weights():
+    # weights need not be whole counts: a half-weighted right answer is still 100 % accuracy
+    s = B.condition_scores([0, 1], [0, 0], [1, 1], [2, 2], ambig=False, w=np.array([[0.5, 0.0]]))
+    assert s["accuracy"][0] == 1 and s["n"][0] == .5 and s["bias"][0] == -100
+    d = B.metric_draws(_bbq_frame())
+    assert {v.shape for v in d.values()} == {(1,)}
+    assert {v.shape for v in S.bbq_draws(_bbq_frame()).values()} == {(1,)}
+
+
+def test_weighted_stereoset_and_crows_with_fractional_weights():
+    f = _crows([1.0, 0.0], [0.0, 1.0], ["g", "g"])
+    assert S.crows_draws(f, np.array([[0.5, 0.0]]))["crows_metric"].tolist() == [100]
+    ss = _ss_frame([("race", "x", .3, .1, .2)])
+    d = S.stereoset_draws(ss, np.array([[0.5]]))
+    assert d["stereoset_intra_ss"].tolist() == [100] and d["stereoset_intra_lms"].tolist() == [50]
+
+
+def test_stereoset_lms_ties_with_unrelated_count_against():
+    # anti = unrelated: not "related" (strict >), so LMS = (1 + 0)/2
+    f = _ss_frame([("race", "x", .3, .2, .2)])
+    assert S.stereoset_metrics(f)["stereoset_intra_lms"] == 50
+
+
+def test_stereoset_metrics_of_no_rows_at_all():
+    m = S.stereoset_metrics(pd.DataFrame())
+    assert m["stereoset_intra_n"] == 0 and len(m) == 16 and all(np.isnan(v) for k, v in m.items() if k[-2:] != "_n")
+
+
+def test_crows_metrics_prefix():
+    f = _crows([1.0, 0.0], [0.0, 0.0], ["g", "r"])
+    assert S.crows_metrics(f, "c") == {"c_metric": 50, "c_g": 100, "c_r": 0, "c_neutral": 50, "c_n": 2}
+
+
+def test_context_influence_softmax_per_item():
+    # the twin pair's scores are far below another item's: a softmax shifted per row keeps them finite
+    l2 = math.log(2)
+    f = S.add_context_influence(_ci_frame([("A", "a", "1", "neg", "q", "x", "ambig", "c", -800, -800, -800),
+                                           ("D", "a", "1", "neg", "q", "x", "disambig", "c d", -800 + l2, -800, -800),
+                                           ("Z", "b", "1", "neg", "q", "x", "ambig", "z", 0, 0, 0)]))
+    assert f["context_influence"].iloc[1] == pytest.approx(.5 * (1 / 6 + 1 / 12 * 2))
+
+
+def test_intersentence_frame_rows_from_the_nsp_probabilities(monkeypatch):
+    from fairq.text import engine
+
+    seen = {}
+
+    def is_next(model, pairs, *, cls_id, sep_id, pad_id):
+        seen.update(pairs=pairs, ids=(cls_id, sep_id, pad_id))
+        return np.array([.9, .2, .5, .1, .3, .3])
+
+    monkeypatch.setattr(engine, "nsp_head", lambda model: "head")
+    monkeypatch.setattr(engine, "nsp_is_next", is_next)
+    items = [InterItem(i, t, d, "a", {"stereotype": "b", "anti-stereotype": "c", "unrelated": "d e"},
+                       {"stereotype": f"{i}s", "anti-stereotype": f"{i}a", "unrelated": f"{i}u"})
+             for i, t, d in (("1", "he", "gender"), ("2", "x", "race"))]
+    frame, reason = S.intersentence_frame(None, WordTok(), items, benchmark="in")
+    assert reason == "" and seen["ids"] == (1, 2, 0)
+    assert seen["pairs"] == [([10], [11]), ([10], [12]), ([10], [13, 14])] * 2
+    assert frame.to_dict("records") == [
+        {"sample_id": "in:1", "benchmark": "in", "domain": "gender", "term": "he", "score_stereotype": .9,
+         "score_anti": .2, "score_unrelated": .5, "sid_stereotype": "1s", "sid_anti": "1a", "sid_unrelated": "1u",
+         "y_true": 1, "y_pred": 1},
+        {"sample_id": "in:2", "benchmark": "in", "domain": "race", "term": "x", "score_stereotype": .1,
+         "score_anti": .3, "score_unrelated": .3, "sid_stereotype": "2s", "sid_anti": "2a", "sid_unrelated": "2u",
+         "y_true": 1, "y_pred": 0}]
+    monkeypatch.setattr(engine, "nsp_is_next", lambda *a, **k: np.array([.4, .4, .1]))
+    assert S.intersentence_frame(None, WordTok(), items[:1])[0]["y_pred"].tolist() == [0]   # a tie is not >
+    monkeypatch.setattr(engine, "nsp_head", lambda model: None)
+    empty, why = S.intersentence_frame(None, WordTok(), items)
+    assert empty.empty and why == ("not applicable: the model has no next-sentence-prediction head (StereoSet "
+                                   "intersentence is scored by NSP IsNext probability only)")
