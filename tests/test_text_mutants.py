@@ -1475,3 +1475,221 @@ def test_intersentence_frame_rows_from_the_nsp_probabilities(monkeypatch):
     empty, why = S.intersentence_frame(None, WordTok(), items)
     assert empty.empty and why == ("not applicable: the model has no next-sentence-prediction head (StereoSet "
                                    "intersentence is scored by NSP IsNext probability only)")
+
+
+# ---------------------------------------------------------------------------------------------------- second pass
+def test_text_metrics_of_no_rows_at_all():
+    m = K.text_metrics(pd.DataFrame())
+    assert set(m) == set(R.contract_columns()) and all(np.isnan(v) for v in m.values())
+
+
+def _evaluate_dm(items, tok=None):
+    from tests.test_text_scoring import FakeTokenizer
+
+    class DM:
+        batch_size, max_tokens = 2, 8192
+
+        def __init__(self):
+            self.items, self.skips = items, []
+
+        def tokenizer_or_fail(self):
+            return tok or FakeTokenizer()
+
+        def skipped_while_scoring(self, bench, skipped):
+            self.skips.append(bench)
+
+    return DM()
+
+
+def test_evaluate_wraps_hf_tokenizers_names_jobs_and_times(toy, monkeypatch):
+    from tests.test_text_scoring import FakeMLM, _intra as intra
+
+    class HFLike(_HFTok):            # a transformers tokenizer: encode() and tokenize() of its own
+        def encode(self, text):
+            return [99]
+
+        def tokenize(self, text):
+            return text.split()
+
+    item = intra(1, "man", "gender", "The man was BLANK.", "strong", "weak", "table")
+    seen = []
+    toy("_toy_ss", build_requests=S.build_stereoset, score=None,
+        metrics=lambda frame, w=None: {"_toy_ss_n": np.array([float(len(frame))])})
+    toy("_toy_sc", score=lambda model, tok, items: seen.append((model, tok, items)) or (
+        pd.DataFrame({"sample_id": ["sc:1"], "benchmark": ["_toy_sc"], "domain": ["d"]}), "why"))
+    ticks = iter([100.0])
+    monkeypatch.setattr(K.time, "perf_counter", lambda: next(ticks, 100.001234567))
+    model = FakeMLM()
+    for tok in (None, _HFTok(), HFLike()):
+        dm = _evaluate_dm({"_toy_ss": [item], "_toy_sc": ["it"]}, tok)
+        task = K.TextTask(datamodule=dm)
+        ticks = iter([100.0])
+        frame, m = task.evaluate(model, dm)
+        assert frame["sample_id"].tolist() == ["_toy_ss:1", "sc:1"] and frame.index.tolist() == [0, 1]
+        assert frame["benchmark"].tolist() == ["_toy_ss", "_toy_sc"]
+        assert frame.loc[0, "score_stereotype"] == pytest.approx(.4)    # the word's probability: right ids
+        assert m["item_latency_ms"] == round(1000 * 0.001234567 / 2, 4) == 0.6173
+        assert m["_toy_ss_n"] == 1 and dm.skips == ["_toy_ss"]
+        assert seen[-1][0] is model and seen[-1][2] == ["it"]
+        assert isinstance(seen[-1][1], S.HFTokenizer) == (tok is not None)
+    dm = _evaluate_dm({"_toy_sc": ["it"]})
+    ticks = iter([100.0])
+    frame, m = K.TextTask(datamodule=dm).evaluate(model, dm)
+    assert m["item_latency_ms"] == 1.2346                                  # one item
+    # the 512-token default when the model states no limit (None, or no config at all)
+    from types import SimpleNamespace
+
+    long_ = intra(2, "man", "gender", "the " * 509 + "man BLANK.", "strong", "weak", "table")   # 510 + 1 + 2 = 513
+    for cfg in (None, SimpleNamespace(max_position_embeddings=None)):
+        mdl = FakeMLM()
+        if cfg is not None:
+            mdl.config = cfg
+        dm = _evaluate_dm({"stereoset": [long_, item]})
+        frame, m = K.TextTask(datamodule=dm).evaluate(mdl, dm)
+        assert frame["sample_id"].tolist() == ["stereoset:1"] and m["items_skipped"] == 1
+
+
+def test_point_passes_the_frame_and_unit_weights(toy):
+    b = toy("_toy_pt", metrics=lambda frame, w="unset": {"n": np.array([float(len(frame))]),
+                                                         "w_none": np.array([float(w is None)])})
+    assert b.point(pd.DataFrame({"x": [1, 2, 3]})) == {"n": 3.0, "w_none": 1.0}
+    fn = lambda model, tok, items: None  # noqa: E731
+    assert toy("_toy_sc2", score=fn).score is fn
+
+
+def test_plugin_modules_take_the_module_of_an_entry_point(monkeypatch):
+    import importlib.metadata
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [SimpleNamespace(value="pkg.mod:register "), SimpleNamespace(value=" other")])
+    monkeypatch.delenv(R.ENV_MODULES, raising=False)
+    assert R.plugin_modules() == ["pkg.mod", "other"]
+
+
+def _cluster_reference(units, strata, n, seed):
+    """Rao–Wu weights written out: clusters in sorted order of their names (as strings), strata in sorted order (as
+    strings), within a stratum G − 1 draws of its clusters, counts × G / (G − 1)."""
+    rng = np.random.default_rng(seed)
+    names = sorted({str(u) for u in units})
+    first = {}
+    for u, s in zip(units, strata):
+        first.setdefault(str(u), str(s))
+    w = {c: np.ones(n) for c in names}
+    for s in sorted(set(first.values())):
+        members = [c for c in names if first[c] == s]
+        g = len(members)
+        if g >= 2:
+            draws = rng.multinomial(g - 1, np.full(g, 1.0 / g), size=n) * (g / (g - 1))
+            for j, c in enumerate(members):
+                w[c] = draws[:, j]
+    return np.stack([w[str(u)] for u in units], 1)
+
+
+def test_cluster_weights_against_the_written_out_rule():
+    units = np.array([10, 9, 10, 7, 11, 8, 12], dtype=object)     # sorted as strings: 10, 11, 12, 7, 8, 9
+    strata = np.array([2, 2, 2, 10, 10, 2, 10], dtype=object)     # sorted as strings: 10, 2
+    got = T.cluster_weights(units, strata, 30, np.random.default_rng(4))
+    np.testing.assert_array_equal(got, _cluster_reference(units, strata, 30, 4))
+    u2 = np.array(["c", "a", "b", "a"])
+    np.testing.assert_array_equal(T.cluster_weights(u2, np.array(["s"] * 4), 30, np.random.default_rng(2)),
+                                  _cluster_reference(u2, ["s"] * 4, 30, 2))
+
+
+def test_flip_rows_sorted_whatever_the_row_order():
+    base = pd.concat([_ss_frame(SS_ROWS[:2]).assign(y_pred=[1, 0], y_true=1),
+                      _crows([1.0, 0.0, 1.0], [0.0, 1.0, 0.0], ["r", "g", "g"])], ignore_index=True)
+    rows = T._flip_rows(_row(), base, base.assign(y_pred=1))
+    assert [(r["benchmark"], r["domain"]) for r in rows] == [("crows", "g"), ("crows", "r"), ("stereoset", "gender"),
+                                                            ("crows", "all"), ("stereoset", "all")]
+
+
+def test_paired_draws_keeps_going_past_a_metric_the_baseline_lacks_and_small_deltas():
+    base = _crows([1.0, 0.0, 1.0], [0.0, 1.0, 0.0], ["g", "r", "r"])
+    other = base.assign(domain=["a", "r", "r"])         # crows_a, crows_g: one side only
+    got = T.paired_draws(base, other, n_bootstrap=20, rng=np.random.default_rng(0))
+    assert list(got) == ["crows_metric", "crows_r"]
+    # 150 pairs, one of them won by the other cell only: deltas of 2/3 of a point, none above 1
+    more = np.zeros(150)
+    base = _crows(list(more), list(more + 1), ["g"] * 150)
+    other = _crows(list(np.where(np.arange(150) == 0, 2.0, 0.0)), list(more + 1), ["g"] * 150)
+    r = T.paired_draws(base, other, n_bootstrap=200, rng=np.random.default_rng(9))["crows_metric"]
+    w = _cluster_reference(base["sample_id"].to_numpy(str), ["g"] * 150, 200, 9)
+    d = 100 * w[:, 0] / w.sum(1)
+    assert ((d > 0) & (d <= 1)).any() and r["p_value"] == pytest.approx(min(1, 2 * min((d <= 0).mean(), (d >= 0).mean())))
+    assert r["p_value"] < .9
+
+
+def _bbq_rows(pred):
+    n = len(pred)
+    return pd.DataFrame({"sample_id": [f"bbq:{i}" for i in range(n)], "benchmark": "bbq", "domain": "Age",
+                         "question_index": [str(i) for i in range(n)], "condition": "ambig", "y_true": 2,
+                         "y_pred_sum": pred, "y_pred_norm": pred, "y_pred": pred, "target": 0, "unknown": 2,
+                         "label_type": "label"})
+
+
+def test_paired_draws_nan_p_for_a_metric_without_a_value():
+    base = _bbq_rows([2, 2, 2, 2])                  # every answer "unknown": no bias score
+    got = T.paired_draws(base, base.copy(), n_bootstrap=20, rng=np.random.default_rng(0))
+    r = got["bbq_bias_ambig"]
+    assert np.isnan(r["delta"]) and np.isnan(r["p_value"]) and np.isnan(r["ci_low"]) and np.isnan(r["value_ci_low"])
+    assert got["bbq_accuracy_ambig"]["p_value"] == 1
+
+
+def test_analyze_text_without_a_config_column_and_its_row_fields():
+    base = _crows([1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], ["g", "g", "r", "r"])
+    other = base.assign(score_more=[1.0, 1.0, 1.0, 1.0], y_pred=1)
+    metrics = pd.DataFrame({"cell": ["B", "Q"], "model": ["mb", "mq"], "method": ["fp32", "rtn"]}, index=["B", "Q"])
+    out = T.analyze_text(_Store({"B": base, "Q": other}, metrics, {"Q": "B"}), n_bootstrap=30)
+    s = out["scores"]
+    assert (s["config"] == "").all() and s["model"].tolist() == ["mb"] * 3 + ["mq"] * 3
+    assert s["method"].tolist() == ["fp32"] * 3 + ["rtn"] * 3
+    assert (out["flips"]["config"] == "rtn").all() and len(out["flips"]) == 3
+    # two compressed cells: both cells' flips are kept
+    store = _Store({"B": base, "Q": other, "R": other.copy()},
+                   pd.DataFrame({"cell": ["B", "Q", "R"], "model": "m", "method": ["fp32", "a", "b"]},
+                                index=["B", "Q", "R"]), {"Q": "B", "R": "B"})
+    assert T.analyze_text(store, n_bootstrap=10)["flips"]["cell"].tolist() == ["Q"] * 3 + ["R"] * 3
+
+
+def test_headline_table_keeps_the_cells_order_and_one_row_cells():
+    scores = pd.DataFrame([
+        {"cell": "Q", "config": "", "method": "rtn", "metric": "m1", "value": 2.0, "value_ci_low": np.nan,
+         "value_ci_high": np.nan},
+        {"cell": "B", "config": "fp", "method": "fp32", "metric": "m1", "value": 1.0, "value_ci_low": np.nan,
+         "value_ci_high": np.nan}])
+    t = T.headline_table(scores, ["m1"])
+    assert t.to_dict("records") == [{"config": "rtn", "m1": "2.0"}, {"config": "fp", "m1": "1.0"}]
+
+
+NOTES = ("<p class='note'>Masked-LM cells. StereoSet intrasentence by the official rule (SS, LMS per target "
+         "term, averaged; ICAT from those averages); CrowS-Pairs: Nangia metric (not bias-bench's variant); "
+         "BBQ: zero-shot pseudo-log-likelihood multiple choice (Salazar et al. 2020 scoring), not comparable "
+         "with QA-head numbers; bbq_norm_* choose the answer of highest mean log-probability per word piece "
+         "(the headline), bbq_* the highest sum (which favours the shorter 'unknown' answers); bias targets "
+         "and scores by the BBQ authors' analysis scripts (items with a target, names apart); CrowS scores "
+         "compared at 3 decimals; accuracies 0–100, bias scores −100…100, context influence = mean total-"
+         "variation distance between the disambiguated and ambiguous answer distributions ×100. "
+         "Values with cluster-bootstrap 95% CIs (resampled units: StereoSet target terms, BBQ templates, "
+         "CrowS pairs, within domains); Δ vs the FP32 baseline with paired cluster-bootstrap CIs and "
+         "BH-adjusted p. probe_* are the embedded default's planted-bias probes. The embedded default is a tiny "
+         "model trained on a generated corpus: its real-benchmark numbers describe that tiny model only.</p>")
+METHODS = ("<h3>Methods: params, size, LMS, worst-domain LMS, latency</h3><p class='note'>One row per cell from "
+           "metrics.csv: sparsity measured from the weights (unstructured) or the share of parameters removed "
+           "(structured); size from the bytes written (size_kind); worst_domain_lms = the lowest StereoSet LMS over "
+           "the domains. Pruned cells against sparsity: tables/text_sparsity_curves.csv.</p>")
+
+
+def test_text_report_html_exactly():
+    def table(df):
+        return f"<T {'|'.join(map(str, df.columns))} #{len(df)}>"
+
+    sections = "".join(f"<h3>{t}</h3><T  #0>" for b in R.benchmarks().values() for t, _ in b.sections)
+    got = T.text_report_html({"scores": pd.DataFrame(), "flips": pd.DataFrame()}, pd.DataFrame({"a": [1]}), table)
+    assert got == ("<h2>Text: StereoSet, CrowS-Pairs, BBQ</h2>" + NOTES + "<h3>Headline metrics</h3><T  #0>" +
+                   sections + "<h3>Flips vs the FP32 baseline</h3><T  #0>")
+    got = T.text_report_html({"scores": pd.DataFrame(), "flips": pd.DataFrame()},
+                             pd.DataFrame({"stereoset_inter_reason": ["a & b"]}), table, methods=pd.DataFrame())
+    assert got == ("<h2>Text: StereoSet, CrowS-Pairs, BBQ</h2>" + NOTES +
+                   "<p class='note'>StereoSet intersentence: a &amp; b</p><h3>Headline metrics</h3><T  #0>" +
+                   sections + METHODS + "<T  #0><h3>Flips vs the FP32 baseline</h3><T  #0>")
