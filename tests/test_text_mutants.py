@@ -1616,7 +1616,8 @@ def test_paired_draws_keeps_going_past_a_metric_the_baseline_lacks_and_small_del
     r = T.paired_draws(base, other, n_bootstrap=200, rng=np.random.default_rng(9))["crows_metric"]
     w = _cluster_reference(base["sample_id"].to_numpy(str), ["g"] * 150, 200, 9)
     d = 100 * w[:, 0] / w.sum(1)
-    assert ((d > 0) & (d <= 1)).any() and r["p_value"] == pytest.approx(min(1, 2 * min((d <= 0).mean(), (d >= 0).mean())))
+    assert ((d > 0) & (d <= 1)).any()
+    assert r["p_value"] == pytest.approx(min(1, 2 * min((d <= 0).mean(), (d >= 0).mean())))
     assert r["p_value"] < .9
 
 
@@ -1693,3 +1694,24 @@ def test_text_report_html_exactly():
     assert got == ("<h2>Text: StereoSet, CrowS-Pairs, BBQ</h2>" + NOTES +
                    "<p class='note'>StereoSet intersentence: a &amp; b</p><h3>Headline metrics</h3><T  #0>" +
                    sections + METHODS + "<T  #0><h3>Flips vs the FP32 baseline</h3><T  #0>")
+
+
+def test_analyze_text_intervals_at_the_confidence_and_seed_asked():
+    from fairq.analysis.deltas import derive_seed
+
+    rng = np.random.default_rng(0)
+    base = _crows(list(rng.normal(size=40).round(2)), list(rng.normal(size=40).round(2)), ["g", "r"] * 20)
+    other = base.assign(score_more=base["score_more"] + rng.normal(size=40).round(2))
+    metrics = pd.DataFrame({"cell": ["B", "Q"], "model": "m", "method": ["fp32", "rtn"], "config": ["", "q"]},
+                           index=["B", "Q"])
+    s = T.analyze_text(_Store({"B": base, "Q": other}, metrics, {"Q": "B"}), n_bootstrap=300, seed=5,
+                       confidence=.8)["scores"].set_index(["cell", "metric"])
+    for cid in ("B", "Q"):
+        w = _cluster_reference(base["sample_id"].to_numpy(str), base["domain"].to_numpy(str), 300,
+                               derive_seed(5, "text", cid))
+        own = base if cid == "B" else other
+        draws = 100 * w @ _hits(own) / w.sum(1)
+        assert s.loc[(cid, "crows_metric"), "value_ci_low"] == pytest.approx(np.quantile(draws, .1))
+        assert s.loc[(cid, "crows_metric"), "value_ci_high"] == pytest.approx(np.quantile(draws, .9))
+    d = 100 * w @ (_hits(other) - _hits(base)) / w.sum(1)
+    assert s.loc[("Q", "crows_metric"), "ci_low"] == pytest.approx(np.quantile(d, .1))
