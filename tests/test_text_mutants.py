@@ -1715,3 +1715,33 @@ def test_analyze_text_intervals_at_the_confidence_and_seed_asked():
         assert s.loc[(cid, "crows_metric"), "value_ci_high"] == pytest.approx(np.quantile(draws, .9))
     d = 100 * w @ (_hits(other) - _hits(base)) / w.sum(1)
     assert s.loc[("Q", "crows_metric"), "ci_low"] == pytest.approx(np.quantile(d, .1))
+
+
+def test_flip_directions_distinguish_ties_and_unchanged_items():
+    r = T._one_flip(_row(), "crows", "x", pd.DataFrame({"y_pred": [1, 1, 2]}), pd.DataFrame({"y_pred": [1, 1, 1]}))
+    assert (r["count_1"], r["count_2"]) == (1, 0)        # only the tie → stereotype counts
+    r = T._one_flip(_row(), "bbq", "x", pd.DataFrame({"y_pred": [1], "y_true": [0]}), pd.DataFrame({"y_pred": [2]}))
+    assert (r["count_1"], r["count_2"]) == (0, 0)        # wrong → another wrong answer: neither direction
+
+
+def test_defaults_of_the_describers_and_analyze_text():
+    f = _crows([1.0, 0.0], [0.0, 0.0], ["g", "r"])
+    assert S.crows_describe(f) == {"crows_neutral": 50.0, "crows_n": 2}
+    rng = np.random.default_rng(0)
+    base = _crows(list(rng.normal(size=40).round(2)), list(rng.normal(size=40).round(2)), ["g", "r"] * 20)
+    store = _Store({"B": base}, pd.DataFrame({"cell": ["B"], "model": "m", "method": "fp32"}, index=["B"]), {})
+    pd.testing.assert_frame_equal(T.analyze_text(store)["scores"],
+                                  T.analyze_text(store, n_bootstrap=1000, seed=0, confidence=.95)["scores"])
+    for other in (dict(n_bootstrap=1000, seed=1), dict(n_bootstrap=1001, seed=0)):
+        assert not T.analyze_text(store)["scores"].equals(T.analyze_text(store, **other)["scores"]), other
+
+
+def test_intersentence_frame_default_benchmark_name(monkeypatch):
+    from fairq.text import engine
+
+    monkeypatch.setattr(engine, "nsp_head", lambda model: "head")
+    monkeypatch.setattr(engine, "nsp_is_next", lambda *a, **k: np.array([.5, .2, .1]))
+    item = InterItem("7", "t", "race", "a", {"stereotype": "b", "anti-stereotype": "c", "unrelated": "d"},
+                     {"stereotype": "s", "anti-stereotype": "a", "unrelated": "u"})
+    f, _ = S.intersentence_frame(None, WordTok(), [item])
+    assert f["sample_id"].tolist() == ["stereoset_inter:7"] and f["benchmark"].tolist() == ["stereoset_inter"]
