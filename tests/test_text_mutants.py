@@ -1745,3 +1745,10 @@ def test_intersentence_frame_default_benchmark_name(monkeypatch):
                      {"stereotype": "s", "anti-stereotype": "a", "unrelated": "u"})
     f, _ = S.intersentence_frame(None, WordTok(), [item])
     assert f["sample_id"].tolist() == ["stereoset_inter:7"] and f["benchmark"].tolist() == ["stereoset_inter"]
+
+
+def test_analyze_text_baseline_rows_carry_their_config():
+    base = _crows([1.0, 0.0], [0.0, 1.0], ["g", "g"])
+    store = _Store({"B": base}, pd.DataFrame({"cell": ["B"], "model": "m", "method": "fp32", "config": "fp32_a"},
+                                             index=["B"]), {})
+    assert (T.analyze_text(store, n_bootstrap=5)["scores"]["config"] == "fp32_a").all()
