@@ -1752,3 +1752,84 @@ def test_analyze_text_baseline_rows_carry_their_config():
     store = _Store({"B": base}, pd.DataFrame({"cell": ["B"], "model": "m", "method": "fp32", "config": "fp32_a"},
                                              index=["B"]), {})
     assert (T.analyze_text(store, n_bootstrap=5)["scores"]["config"] == "fp32_a").all()
+
+
+def test_text_bias_probe_reads_the_models_position_limit_and_skips_longer_items():
+    """max_len comes from the model's ``config.max_position_embeddings`` and reaches both scorers: at a limit of 5
+    no item fits, so no category is left; at 6 or more every item is scored."""
+    from types import SimpleNamespace
+
+    from tests.test_text_scoring import FakeMLM
+
+    from fairq.text.probe import NoValidationItemsError, TextBiasProbe
+
+    def limited(n):
+        model = FakeMLM()
+        model.config = SimpleNamespace(max_position_embeddings=n)
+        return model
+
+    p = TextBiasProbe(_probe_items(), _HFTok(), min_items=1)
+    r = p.measure(limited(64))
+    assert p.max_len == 64 and set(r.bias) == {"stereoset:gender", "stereoset:profession", "crows:gender"}
+    stereoset_only = TextBiasProbe({"stereoset": _probe_items()["stereoset"]}, _HFTok(), min_items=1)
+    assert set(stereoset_only.measure(limited(6)).bias) == {"stereoset:gender", "stereoset:profession"}
+    crows_only = TextBiasProbe({"crows": _probe_items()["crows"]}, _HFTok(), min_items=1)
+    assert set(crows_only.measure(limited(6)).bias) == {"crows:gender"}
+    for only in (stereoset_only, crows_only):
+        with pytest.raises(NoValidationItemsError):
+            only.measure(limited(5))
+    assert stereoset_only.max_len == 5
+
+
+def test_text_bias_probe_defaults_and_its_error_text():
+    from tests.test_text_scoring import FakeMLM
+
+    from fairq.text.probe import NoValidationItemsError, TextBiasProbe
+
+    p = TextBiasProbe(_probe_items(), _HFTok())
+    assert p.min_items == 10 and p.key()[1] == 10
+    with pytest.raises(NoValidationItemsError) as err:
+        TextBiasProbe({"crows": []}, _HFTok())
+    assert str(err.value) == ("no held-out StereoSet / CrowS-Pairs items to select heads on: every item is scored as "
+                              "test. Score a subset (data.init_args.stereoset_items / crows_items) and keep "
+                              "validation_items > 0")
+    # categories in sorted order whatever the items' order; a small category is skipped, the next one still counts
+    from tests.test_text_scoring import _intra as intra
+
+    items = {"stereoset": [intra(3, "nurse", "profession", "The nurse was BLANK.", "rude", "caring", "car"),
+                           intra(7, "man", "asian", "The man was BLANK.", "strong", "weak", "table"),
+                           *_probe_items()["stereoset"][:2]],
+             "crows": _probe_items()["crows"]}
+    r = TextBiasProbe(items, _HFTok(), min_items=1).measure(FakeMLM())
+    assert list(r.bias) == ["stereoset:asian", "stereoset:gender", "stereoset:profession", "crows:gender"]
+    r2 = TextBiasProbe(items, _HFTok(), min_items=2).measure(FakeMLM())
+    assert list(r2.bias) == ["stereoset:gender", "crows:gender"]
+
+
+def test_readers_keep_reading_after_a_bad_entry_and_name_it(tmp_path):
+    """Intersentence: a bad entry (malformed, or no sentences) is skipped and the entries after it are still read;
+    an entry without an id is named by its position. CrowS: a file with exactly the needed columns (no index
+    column). BBQ: an item whose 'unknown' answer is ans0 is kept."""
+    good = {"id": "i9", "target": "man", "bias_type": "race", "context": "He came.", "sentences": _sents("i9")}
+    inter = [{"target": "man", "bias_type": "race", "context": 5},
+             {"id": "i3", "target": "man", "bias_type": "race", "context": "c", "sentences": None}, good]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"data": {"intrasentence": [], "intersentence": inter}}))
+    _, b, sk = D.read_stereoset(path)
+    assert [it.id for it in b] == ["i9"]
+    assert dict(sk.reasons) == {"malformed entry": ["intersentence[0]"], "no sentences list": ["i3"]}
+    csv_path = tmp_path / "c.csv"
+    pd.DataFrame({"sent_more": ["a b"], "sent_less": ["a c"], "stereo_antistereo": ["stereo"],
+                  "bias_type": ["race"]}).to_csv(csv_path, index=False)
+    assert D.read_crows(csv_path)[0] == [D.CrowsPair("0", "a b", "a c", "stereo", "race")]  # the row number
+    (tmp_path / "bbq").mkdir()
+    unknown_first = _info(("Unknown", "unknown"), ("old man", "old"), ("young man", "nonOld"))
+    _jsonl(tmp_path / "bbq" / "Age.jsonl", [_ex(5, label=0, info=unknown_first)])
+    items, sk = D.read_bbq(tmp_path / "bbq")
+    assert [(it.id, it.unknown, it.label) for it in items] == [("Age:5", 0, 0)] and not len(sk)
+
+
+def test_skipped_merge_without_a_prefix_keeps_the_reasons():
+    other = D.Skipped()
+    other.add("empty answer", "x")
+    assert dict(D.Skipped().merge(other).reasons) == {"empty answer": ["x"]}
