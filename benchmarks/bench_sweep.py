@@ -1,6 +1,8 @@
 """Sweep throughput: the same cells serially and on a local Ray with N warm workers, in one run.
 
-Two workloads, each measured serially (``--launcher local``, the process's own threads unless ``--serial_threads``)
+Two workloads, each measured serially (``--launcher local``: the 128px workload on 1 thread — one worker's share, so
+the efficiency is speed-up ÷ workers against one worker —, the default workload on the process's own threads, as a
+user's plain run; ``--serial_threads`` sets both)
 and on Ray (``--launcher ray``, N workers × ``cpus_per_cell`` 1) into fresh output folders that start from the same
 trained baselines (trained once, serially, outside the clock):
 
@@ -16,7 +18,7 @@ as a cluster is up before a sweep.
 ``--project_from DIR`` sizes the seed study's full sweep from a real run's measured per-cell costs
 (:func:`project`; its assumptions are printed with it).
 
-    python benchmarks/bench_sweep.py --workers 2
+    python benchmarks/bench_sweep.py      # both workloads as benchmarks/README.md records them
     python benchmarks/bench_sweep.py --workloads 128px --cells 8
     python benchmarks/bench_sweep.py --workloads default --default_args "--trainer.max_epochs 1"
     python benchmarks/bench_sweep.py --project_from outputs/celeba --workers 16
@@ -189,11 +191,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workloads", default="default,128px", help="comma-separated: default, 128px")
-    ap.add_argument("--cells", type=int, default=8, help="128px workload: PTQ cells")
-    ap.add_argument("--n_samples", type=int, default=12000, help="128px workload: synthetic images (test: 30%%)")
-    ap.add_argument("--default_args", default="", help="default workload: extra main.py arguments (shrinks it)")
+    ap.add_argument("--cells", type=int, default=20, help="128px workload: PTQ cells (up to 40)")
+    ap.add_argument("--n_samples", type=int, default=6000, help="128px workload: synthetic images (test: 30%%)")
+    ap.add_argument("--default_args", default="--trainer.max_epochs 1 --data.init_args.n_samples 3000",
+                    help="default workload: extra main.py arguments (the default shrinks its training and data)")
     ap.add_argument("--serial_threads", type=int, default=None,
-                    help="intra-op threads of the serial run (default: the process's own)")
+                    help="intra-op threads of the serial run (default: 1 for 128px, the process's own for default)")
     ap.add_argument("--project_from", default=None, help="a run folder whose measured per-cell costs to project")
     ap.add_argument("--config", default=None, help="projection: the sweep's config (default configs/default.yaml, "
                     "which lists every registered method)")
@@ -220,7 +223,8 @@ def main(argv=None) -> int:
         for name in args.workloads.split(","):
             with tempfile.TemporaryDirectory() as tmp:
                 wl = workload_args(name, args.cells, args.n_samples, shlex.split(args.default_args))
-                results[name] = sweep(Path(tmp), wl, args.serial_threads)
+                threads = args.serial_threads or (1 if name == "128px" else None)
+                results[name] = sweep(Path(tmp), wl, threads)
     finally:
         ray.shutdown()
     print(f"\n{'workload':<10}{'cells':>6}{'serial s':>10}{'threads':>8}{'Ray s':>8}{'workers':>8}"
