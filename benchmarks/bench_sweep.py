@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workloads", default="default,128px", help="comma-separated: default, 128px")
-    ap.add_argument("--cells", type=int, default=20, help="128px workload: PTQ cells (up to 40)")
+    ap.add_argument("--cells", type=int, default=40, help="128px workload: PTQ cells (up to 40)")
     ap.add_argument("--n_samples", type=int, default=6000, help="128px workload: synthetic images (test: 30%%)")
     ap.add_argument("--default_args", default="--trainer.max_epochs 1 --data.init_args.n_samples 3000",
                     help="default workload: extra main.py arguments (the default shrinks its training and data)")
