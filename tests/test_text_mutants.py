@@ -984,12 +984,9 @@ def test_resampling_units_and_text_metrics(toy):
     m = K.text_metrics(_crows([1.0, 0.0], [0.0, 1.0], ["g", "r"]), "why")
     assert m["crows_metric"] == 50 and m["crows_g"] == 100 and m["crows_n"] == 2
     assert m["stereoset_inter_reason"] == "why" and np.isnan(m["stereoset_intra_ss"]) and np.isnan(m["bbq_bias_ambig"])
-    assert set(K.CONTRACT) <= set(m) and "stereoset_inter_reason" not in K.text_metrics(f.iloc[:2])
+    assert set(R.contract_columns()) <= set(m) and "stereoset_inter_reason" not in K.text_metrics(f.iloc[:2])
     e = K.text_metrics(f.iloc[:0])
     assert set(e) == set(R.contract_columns()) and all(np.isnan(v) for v in e.values())
-    assert K.HEADLINE == R.headline_metrics() and K.CONTRACT == R.contract_columns()
-    with pytest.raises(AttributeError, match="module 'fairq.text.task' has no attribute 'NOPE'"):
-        K.NOPE  # noqa: B018
 
 
 def test_side_files_and_summary():
@@ -1833,3 +1830,9 @@ def test_skipped_merge_without_a_prefix_keeps_the_reasons():
     other = D.Skipped()
     other.add("empty answer", "x")
     assert dict(D.Skipped().merge(other).reasons) == {"empty answer": ["x"]}
+
+
+def test_text_report_states_the_runs_confidence_level():
+    got = T.text_report_html({"scores": pd.DataFrame(), "flips": pd.DataFrame()}, pd.DataFrame({"a": [1]}),
+                             lambda frame: "", level="90%")
+    assert "cluster-bootstrap 90% CIs" in got and "95%" not in got

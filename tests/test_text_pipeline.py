@@ -89,14 +89,14 @@ def text_run(tmp_path_factory):
 
 
 def test_text_cells_meet_the_contract(text_run):
-    from fairq.text.task import CONTRACT
+    from fairq.text.benchmarks import contract_columns
 
     m = pd.read_csv(text_run / "metrics.csv")
     assert list(m["method"]) == ["baseline", "ptq_dynamic", "ptq_static", "ptq_static", "mixed_precision", "rtn",
                                  "gptq", "awq", "smoothquant", "qat", *["magnitude_prune"] * 4, "head_prune",
                                  "distill"]
     assert set(m["backend"]) == {"fp32", "int8", "simulated"} and set(m["task"]) == {"masked_lm_bias"}
-    for col in CONTRACT:
+    for col in contract_columns():
         assert col in m.columns, col
     for col in ("stereoset_intra_ss", "stereoset_intra_lms", "stereoset_intra_icat", "stereoset_intra_ss_gender",
                 "crows_metric", "crows_gender", "bbq_accuracy_ambig", "bbq_accuracy_disambig", "bbq_context_influence",
@@ -118,12 +118,12 @@ def test_text_cells_meet_the_contract(text_run):
 def test_pruned_and_distilled_text_cells_record_their_size_and_training(text_run):
     """The shipped text sweep's pruning and distillation cells land in metrics.csv like any text cell: measured
     sparsity, params and FLOPs beside the text contract columns; the student trained on MLM batches."""
-    from fairq.text.task import CONTRACT
+    from fairq.text.benchmarks import contract_columns
 
     m = pd.read_csv(text_run / "metrics.csv")
     new = m[m["family"].isin(["pruning", "distillation"])]
     assert len(new) == 6
-    for col in ("sparsity", "params", "flops", "size_mb", *CONTRACT):
+    for col in ("sparsity", "params", "flops", "size_mb", *contract_columns()):
         assert col in new.columns, col
     assert new[["params", "flops", "size_mb", "stereoset_intra_ss", "crows_metric"]].notna().all().all()
     mag = new[(new["method"] == "magnitude_prune") & new["then_method"].isna()].sort_values("target_sparsity")

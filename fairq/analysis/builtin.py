@@ -193,7 +193,8 @@ def _text_figures(ctx: AnalysisContext, fig_dir) -> list:
 def _text_report(ctx: AnalysisContext) -> str:
     from .text import text_report_html
 
-    return text_report_html(ctx.results["text"], ctx.text.metrics, html_table, methods=ctx.results["text_methods"])
+    return text_report_html(ctx.results["text"], ctx.text.metrics, html_table, methods=ctx.results["text_methods"],
+                            level=ctx.settings.level)
 
 
 register_product("text", _text, applies=lambda ctx: ctx.text is not None, order=90, figures=_text_figures,

@@ -26,20 +26,9 @@ import pandas as pd
 
 from .figures import LABELS, pyplot, first_attribute_rows, save_figure, slug
 
-__all__ = ["CURVE_METRICS", "TEXT_CURVE_METRICS", "sparsity_curves", "text_sparsity_curves", "write_sparsity_figures"]
+__all__ = ["CURVE_METRICS", "sparsity_curves", "text_sparsity_curves", "write_sparsity_figures"]
 
 CURVE_METRICS = ("accuracy", "worst_group_accuracy", "demographic_parity_difference", "equalized_odds_difference")
-
-
-def __getattr__(name: str):
-    # TEXT_CURVE_METRICS: the text curves — every registered text benchmark's ``curves`` (fairq's own: LMS, SS,
-    # ICAT, CrowS, BBQ, the planted-bias probes' SS), read from the registry when asked, so a benchmark registered
-    # after this module was imported has its curves too
-    if name == "TEXT_CURVE_METRICS":
-        from fairq.text.benchmarks import curve_metrics
-
-        return curve_metrics()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _KEEP = ["dataset", "model", "target", "seed", "curve", "method", "weight_bits", "sparsity", "target_sparsity",
          "cell", "attributes", "group", "metric", "n", "value", "value_ci_low", "value_ci_high", "baseline_value",
@@ -104,7 +93,7 @@ _DOMAIN_METRIC = re.compile(r"^(stereoset_intra_(?:ss|lms|icat))_(\w+)$")
 
 def text_sparsity_curves(scores: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """:func:`sparsity_curves` of text cells, from the text analysis's ``scores`` (``tables/text_scores.csv``):
-    :data:`TEXT_CURVE_METRICS` overall, and the StereoSet SS per domain as the groups."""
+    :func:`fairq.text.benchmarks.curve_metrics` overall, and the StereoSet SS per domain as the groups."""
     if scores.empty or "metric" not in scores.columns:
         return pd.DataFrame(columns=_KEEP)
     m = metrics.reset_index() if "cell" not in metrics.columns else metrics

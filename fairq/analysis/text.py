@@ -213,9 +213,10 @@ def headline_table(scores: pd.DataFrame, metrics=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.DataFrame | None = None) -> str:
+def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.DataFrame | None = None,
+                     level: str = "95%") -> str:
     """The report's text section (``table``: the report's HTML table writer; ``methods``: the text methods table,
-    :func:`fairq.analysis.tables.text_method_table`)."""
+    :func:`fairq.analysis.tables.text_method_table`; ``level``: the run's confidence level, e.g. ``"90%"``)."""
     scores, flips = result["scores"], result["flips"]
     present = sorted(set(scores.get("metric", [])))
     sections = [part for title, select in (s for b in benchmarks().values() for s in b.sections)
@@ -228,7 +229,7 @@ def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.Dat
              "and scores by the BBQ authors' analysis scripts (items with a target, names apart); CrowS scores "
              "compared at 3 decimals; accuracies 0–100, bias scores −100…100, context influence = mean total-"
              "variation distance between the disambiguated and ambiguous answer distributions ×100. "
-             "Values with cluster-bootstrap 95% CIs (resampled units: StereoSet target terms, BBQ templates, "
+             f"Values with cluster-bootstrap {level} CIs (resampled units: StereoSet target terms, BBQ templates, "
              "CrowS pairs, within domains); Δ vs the FP32 baseline with paired cluster-bootstrap CIs and "
              "BH-adjusted p. probe_* are the embedded default's planted-bias probes. The embedded default is a tiny model "
              "trained on a generated corpus: its real-benchmark numbers describe that tiny model only.</p>")

@@ -37,16 +37,6 @@ log = logging.getLogger("fairq")
 TASK_NAME = "masked_lm_bias"
 
 
-def __getattr__(name: str):
-    # CONTRACT (the metrics.csv columns every text row has) and HEADLINE (the log line's metrics) come from the
-    # benchmark registry when asked, so a benchmark registered after this import is included
-    if name == "CONTRACT":
-        return contract_columns()
-    if name == "HEADLINE":
-        return headline_metrics()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def resampling_units(frame: pd.DataFrame) -> np.ndarray:
     """The cluster of each per-item row: the unit a benchmark's metrics are built from, which the analysis's
     bootstrap resamples (``frame["cluster"]`` when stored; else each registered benchmark's ``units``, see
