@@ -1,9 +1,11 @@
 """Deployment-faithful simulated INT-k (``simulation="graph"``): the real INT8 graph at k bits, and its audits."""
 from __future__ import annotations
 
+import io
 import types
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -196,3 +198,53 @@ def test_a_simulated_bert_keeps_its_config_and_scores_other_sequence_lengths():
             ref = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         assert out.shape == ref.shape
         assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.5  # INT8: close to FP32, not garbage
+
+
+@pytest.mark.parametrize("backend", ["simulated", "int8"])
+def test_an_exported_masked_lm_runs_its_head_at_the_asked_positions_only(backend):
+    """The program of a masked LM is the encoder + the MLM head at given flat positions (the vocabulary projection
+    at every token was most of a small BERT's scoring time). Scores through the engine's gathered call equal the
+    naive full forward's; called as the model it still returns ``[B, T, vocab]``; layer names, the tied decoder
+    left FP32 and the pickled program are as before."""
+    transformers = pytest.importorskip("transformers")
+    from fairq.compression.core.modules import tied_output_layers
+    from fairq.text.engine import MaskedLMEngine, MaskRequest, naive_logprobs
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=48)
+    model = transformers.BertForMaskedLM(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 500, (4, 10), generator=gen)
+    att = torch.ones_like(ids)
+    att[2:, 6:] = 0  # padded rows: the head's observer sees the real tokens only, as before
+    calib = [{"input_ids": ids * att, "attention_mask": att}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize(model, PTQConfig(weight_bits=8, act_bits=8, backend=backend), calib)
+    assert q.gathers and "positions" in q.input_spec["kwargs"]
+    assert tied_output_layers(model) == ["cls.predictions.decoder"]
+    assert "cls.predictions.transform.dense" in q.int8_layers and "cls.predictions.decoder" not in q.int8_layers
+    assert "bert.encoder.layer.0.attention.self.query" in q.int8_layers
+    with torch.no_grad():
+        out = q.runner()(input_ids=ids, attention_mask=torch.ones_like(ids), positions=torch.tensor([0, 13, 39]))
+        full = logits_of(q(input_ids=ids, attention_mask=torch.ones_like(ids)))
+    assert out.shape == (3, 500) and full.shape == (4, 10, 500)  # the head ran on 3 rows, not 40
+    torch.testing.assert_close(out, full.reshape(40, 500)[[0, 13, 39]], rtol=1e-5, atol=1e-5)
+
+    def req(n, p, t):
+        seq = torch.randint(5, 500, (n,), generator=gen).tolist()
+        seq[p] = 103
+        return MaskRequest(tuple(seq), p, t)
+
+    reqs = [req(n, p, t) for n, p, t in [(5, 2, 7), (9, 0, 99), (12, 11, 5), (7, 3, 499), (3, 1, 42)]]
+    fast = MaskedLMEngine(q, pad_id=0, batch_size=2).logprobs(reqs)
+    np.testing.assert_allclose(fast, naive_logprobs(q, reqs), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(MaskedLMEngine(q, pad_id=0, batch_size=1).logprobs(reqs[:1]), fast[:1],
+                               rtol=1e-5, atol=1e-5)  # one request: one position
+    buf = io.BytesIO()
+    torch.save(q, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=False)
+    assert back.gathers
+    np.testing.assert_allclose(MaskedLMEngine(back, pad_id=0, batch_size=2).logprobs(reqs), fast, rtol=1e-6)

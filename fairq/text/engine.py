@@ -11,8 +11,10 @@ log-probability is wanted there. Scorers (:mod:`fairq.text.scoring`) turn benchm
 4. returns ``log_softmax`` of the head at the requested ids, in request order.
 
 Models: anything with a base encoder (``model.base_model`` or ``model.<base_model_prefix>``) and an MLM head at
-``model.cls.predictions`` (BERT, incl. ``BertForPreTraining``) or ``model.lm_head`` (RoBERTa family); other
-models fall back to the full forward pass (logits at every position), gathered afterwards.
+``model.cls.predictions`` (BERT, incl. ``BertForPreTraining``) or ``model.lm_head`` (RoBERTa family); an exported
+(INT8 / graph-simulated) masked LM, whose program takes the positions and runs its head there only
+(:class:`fairq.compression.backends.int8.GatheredMaskedLM`); other models fall back to the full forward pass
+(logits at every position), gathered afterwards.
 """
 from __future__ import annotations
 
@@ -94,6 +96,8 @@ class MaskedLMEngine:
         """Vocabulary logits at ``(rows, pos)``: the encoder's hidden states are gathered at the mask positions
         before the head, so the ``hidden × vocab`` projection runs once per row, not once per token."""
         if self.head is None:
+            if getattr(self.model, "gathers", False):  # an exported masked LM with its head at given positions
+                return self.model.gathered_logits(ids, att, rows, pos)
             return logits_of(self.model(input_ids=ids, attention_mask=att))[rows, pos]
         encoder = self.encoder
         if self.compile:

@@ -416,14 +416,34 @@ class ProgramModel(nn.Module):
             self.__dict__["_runner"] = self.build_runner()
         return self.__dict__["_runner"]
 
+    @property
+    def gathers(self) -> bool:
+        """Whether the program is a masked LM's :class:`GatheredMaskedLM` (its head at given positions only)."""
+        return "positions" in self.input_spec.get("kwargs", {})
+
+    def _call(self, graph, args, kwargs):
+        if self.gathers and "positions" not in kwargs:  # called as the model: every position, [B, T, vocab]
+            ids = kwargs["input_ids"]
+            b, t = ids.shape[:2]
+            out = graph(*args, positions=torch.arange(b * t, device=ids.device), **kwargs)
+            return out.reshape(b, t, -1)
+        return graph(*args, **kwargs)
+
     def forward(self, *args, **kwargs):
         with torch.no_grad():  # inference only (the oneDNN graph also refuses to record autograd)
-            return self.runner()(*args, **kwargs)
+            return self._call(self.runner(), args, kwargs)
+
+    def gathered_logits(self, input_ids, attention_mask, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits at ``(rows, pos)`` of the batch, the head run there only (a :attr:`gathers` program;
+        what :class:`fairq.text.engine.MaskedLMEngine` asks for)."""
+        flat = rows * input_ids.shape[1] + pos
+        with torch.no_grad():
+            return self.runner()(input_ids=input_ids, attention_mask=attention_mask, positions=flat)
 
     def reference_forward(self, *args, **kwargs):
         """The quantized computation in FP32 ops (dequant → op → quant), exactly as converted."""
         with torch.no_grad():
-            return self.program(*args, **kwargs)
+            return self._call(self.program, args, kwargs)
 
     def train(self, mode: bool = True):
         # Exported graphs refuse train()/eval(); this model is inference-only, so only the flags change.
@@ -545,6 +565,55 @@ def _observe_real_tokens(prepared: nn.Module) -> list[nn.Module]:
     return changed
 
 
+class GatheredMaskedLM(nn.Module):
+    """What is exported of a masked LM (a model :func:`fairq.batches.mlm_parts` splits into encoder and MLM head):
+    ``forward(input_ids, attention_mask, positions)`` runs the encoder and then the head on the hidden states at
+    the flat ``positions`` (``row * seq_len + column``) only, returning ``[len(positions), vocab]`` logits.
+
+    Why: the head ends in the ``hidden × vocabulary`` projection (30,522 outputs for BERT's vocabulary), and a
+    scorer needs it at the ``[MASK]`` positions only; a program of the whole model computed it at every token —
+    for a small BERT most of the forward's work, which made graph-simulated text cells ~10× slower to score than
+    the other cells. What is quantized is unchanged: the wrapper holds the model's own children under their own
+    names (layer names, ``skip_modules`` and the tied decoder are as in the model), and the calibration passes the
+    real (non-``[PAD]``) tokens as ``positions``, so the head's input observer sees exactly the tokens it saw
+    before (:func:`~fairq.compression.core.data.real_tokens`). :class:`ProgramModel` completes the inputs: called
+    as the model (``input_ids``, ``attention_mask``) it asks for every position and returns ``[B, T, vocab]``."""
+
+    def __init__(self, model: nn.Module, encoder: str, head: str):
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        self.encoder_path, self.head_path = encoder, head  # looked up at forward: one name per module
+
+    @classmethod
+    def of(cls, model: nn.Module) -> nn.Module:
+        """The gathered view of ``model``, or ``model`` itself when it is not a split masked LM."""
+        from fairq.batches import mlm_parts
+
+        encoder, head = mlm_parts(model)
+        if encoder is None:
+            return model
+        names = {id(m): n for n, m in model.named_modules()}
+        return cls(model, names[id(encoder)], names[id(head)])
+
+    @staticmethod
+    def real_positions(kwargs: dict) -> dict:
+        """``kwargs`` plus ``positions``: the flat indices of the batch's real tokens (``attention_mask``)."""
+        mask = kwargs.get("attention_mask")
+        ids = kwargs["input_ids"]
+        flat = (torch.ones_like(ids) if mask is None else mask).reshape(-1)
+        return {**kwargs, "positions": flat.nonzero().reshape(-1)}
+
+    def forward(self, input_ids, attention_mask, positions):
+        from fairq.batches import logits_of
+
+        out = self.get_submodule(self.encoder_path)(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out if torch.is_tensor(out) else (out.last_hidden_state if hasattr(out, "last_hidden_state")
+                                                   else out[0])
+        flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+        return logits_of(self.get_submodule(self.head_path)(flat))
+
+
 def convert_pt2e_program(model: nn.Module, config, calibration_data, quantizer_fn
                          ) -> tuple[nn.Module, torch.fx.GraphModule, dict, dict]:
     """Export a copy of ``model``, annotate it with ``quantizer_fn(config, model)``, calibrate, convert.
@@ -563,7 +632,10 @@ def convert_pt2e_program(model: nn.Module, config, calibration_data, quantizer_f
     if not batches:
         raise ValueError("calibration data yielded no batches")
     work = copy.deepcopy(model).eval()
+    target = GatheredMaskedLM.of(work)  # a masked LM: its head runs at the positions asked for (class docstring)
     args, kwargs = _at_least_two(*batches[0])
+    if target is not work:
+        kwargs = GatheredMaskedLM.real_positions(kwargs)
     spec = _spec_of(args, kwargs)
     errors = []
     # Non-strict export first (fast, traces HF models); its graphs lack the per-call ``source_fn_stack`` that the
@@ -571,7 +643,7 @@ def convert_pt2e_program(model: nn.Module, config, calibration_data, quantizer_f
     # dynamo's strict export records it.
     for strict in (False, True):
         try:
-            graph = _export(work, args, kwargs, spec, strict=strict).module()
+            graph = _export(target, args, kwargs, spec, strict=strict).module()
             _same_pad_convs_as_conv2d(graph)
             prepared = prepare_pt2e(graph, quantizer_fn(config, work))
             break
@@ -584,7 +656,7 @@ def convert_pt2e_program(model: nn.Module, config, calibration_data, quantizer_f
     with torch.no_grad():
         for a, k in tqdm(batches, desc="PT2E calibration", leave=False):
             with token_mask(k):
-                prepared(*a, **k)
+                prepared(*a, **(GatheredMaskedLM.real_positions(k) if target is not work else k))
     for mod in observers:
         del mod.forward  # back to the class's own forward
     program = convert_pt2e(prepared)

@@ -307,7 +307,7 @@ def activation_codes(qmodel: nn.Module, *args, **kwargs) -> dict[str, torch.Tens
         _RECORDING = codes
         try:
             with torch.no_grad():
-                probe(*args, **kwargs)
+                prog._call(probe, args, kwargs)  # a masked LM's program: every position asked for
         finally:
             _RECORDING = None
     return codes
