@@ -112,6 +112,7 @@ def run_ray(ctx, phases, seeds, phase_module, section, make_ctx) -> None:
     if started:
         ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=True,
                  logging_level=logging.WARNING)
+    workers: list = []
     try:
         planned = plan_run(ctx.sections)
         cells = {(model, seed): [(phase, model, seed, i) for phase in ("quantization", "mitigation")
@@ -138,6 +139,11 @@ def run_ray(ctx, phases, seeds, phase_module, section, make_ctx) -> None:
                 _submit_cells(pool, cells[done])
         log.info("=== ray: every cell done in %.1f s", time.perf_counter() - t0)
     finally:
+        # the workers end with the run, now: on a Ray instance that outlives it (a cluster, or a caller's ray.init)
+        # a worker released only by garbage collection holds its CPUs until Ray notices, and the next run's workers
+        # wait for them
+        for w in workers:
+            ray.kill(w)
         if started:
             ray.shutdown()
     if "analysis" in phases:
