@@ -79,8 +79,10 @@ def finish_seed(run: dict) -> dict:
 
 
 def cell_name(row) -> str:
+    """``<model>: <method> [variant] (k bits)``."""
     variant, bits = row.get("variant"), row.get("weight_bits")
-    return (row["method"] + ("" if pd.isna(variant) or variant in ("", row["method"]) else f" {variant}")
+    return (f"{row['model']}: " + row["method"]
+            + ("" if pd.isna(variant) or variant in ("", row["method"]) else f" {variant}")
             + ("" if pd.isna(bits) or float(bits) >= 32 else f" ({float(bits):g} bits)"))
 
 
@@ -115,8 +117,10 @@ def probe_verdicts(run: dict) -> pd.DataFrame:
     and the planted-bias verdict: CI above 50 where planted, containing 50 where not."""
     from fairq.text.embedded import probe_cis
 
+    from fairq.text.models import EMBEDDED
+
     m = run["metrics"]
-    base = m[m["method"] == "baseline"].iloc[0]
+    base = m[(m["method"] == "baseline") & (m["model"] == EMBEDDED)].iloc[0]  # the model the bias was planted in
     frame = pd.read_parquet(run["out"] / base["predictions"])
     ci = probe_cis(frame[frame["benchmark"] == "probe_stereoset"], frame[frame["benchmark"] == "probe_crows"],
                    seed=run["seed"])
@@ -160,11 +164,12 @@ def main(argv=None) -> int:
     print(f"machine: {machine(used or args.threads)}")
     print(f"command per seed: python main.py --phase all --config {CONFIG} --seed <s> --output_dir <folder>")
     print(f"seeds: {args.seeds} ({args.jobs} at a time); run folders: {base}\n")
-    print("FP32 baseline (the pre-trained embedded BERT):")
-    print(table[table["cell"] == "baseline"].drop(columns="cell").round(2).to_string(index=False))
+    for model in dict.fromkeys(runs[0]["metrics"]["model"]):
+        print(f"FP32 baseline of {model}:")
+        print(table[table["cell"] == f"{model}: baseline"].drop(columns="cell").round(2).to_string(index=False))
     print("\nevery cell, mean [min, max] over the seeds:")
     print(cells_table(table).to_string())
-    print("\nplanted-bias probes of the FP32 baseline, 95 % cluster-bootstrap CIs (a domain's attribute pairs "
+    print("\nplanted-bias probes of the embedded BERT's FP32 baseline, 95 % cluster-bootstrap CIs (a domain's attribute pairs "
           "resampled):")
     print(pd.concat([probe_verdicts(r) for r in runs]).round(1).to_string(index=False))
     walls = [r["wall_s"] for r in runs]

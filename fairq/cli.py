@@ -177,8 +177,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_models(cfg: Namespace) -> list[str]:
-    """The models a run trains and compresses: ``--text.model NAME`` (the masked LM to run), else ``--models``."""
-    return [cfg.text.model] if cfg.text.model else list(cfg.models)
+    """The models a run trains and compresses: ``--text.model`` (the masked LM, or a list of them, to run), else
+    ``--models``."""
+    return text_models(cfg) or list(cfg.models)
+
+
+def text_models(cfg: Namespace) -> list[str]:
+    """The masked LMs of a text run (``text.model``: one name or a list), empty for a vision run."""
+    return TextSection(model=cfg.text.model).models()
 
 
 def validate_sections(cfg: Namespace) -> list[str]:
@@ -190,7 +196,7 @@ def validate_sections(cfg: Namespace) -> list[str]:
     from fairq.sections import check_entry_models, check_methods_apply, plan_run
 
     models = run_models(cfg)
-    vision = not cfg.text.model
+    vision = not text_models(cfg)
     if vision:
         for name in models:
             check_model_name(name)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from fairq.errors import ConfigError
 
@@ -97,15 +97,26 @@ class RaySection:
 
 @dataclass
 class TextSection:
-    """Masked-LM runs (a ``datamodules.TextDataModule``): ``model`` — an HF name, a local HF folder or
-    ``fairq-tiny-bert`` (the embedded default, pre-trained in the baseline phase) — replaces ``--models`` when
+    """Masked-LM runs (a ``datamodules.TextDataModule``): ``model`` — an HF name, a local HF folder,
+    ``fairq-tiny-bert`` (the embedded default, pre-trained in the baseline phase) or ``fairq-minilm-mlm``, or a list
+    of them (each is a subject of the run: baseline, cells and analysis per model) — replaces ``--models`` when
     set; ``pretrain``: fields of :class:`fairq.text.embedded.TinyBertSpec` (planted-bias ``rates``, ``steps``,
     sizes, …) for the embedded default."""
 
-    model: Optional[str] = None
+    model: Optional[Union[str, list[str]]] = None
     pretrain: dict = field(default_factory=dict)
 
+    def models(self) -> list[str]:
+        """The masked LMs of the run, in order (empty: a vision run)."""
+        if not self.model:
+            return []
+        return [self.model] if isinstance(self.model, str) else list(self.model)
+
     def __post_init__(self):
+        if self.model is not None and not isinstance(self.model, str):
+            names = list(self.model)
+            if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+                raise ConfigError(f"text.model: one name or a list of distinct names, got {self.model!r}")
         if self.pretrain:
             import dataclasses as dc
 

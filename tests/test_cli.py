@@ -156,6 +156,23 @@ def test_every_shipped_config_starts_with_another_cnn_or_vit(config, model, tmp_
     skipped = validate_sections(cfg)
     planned = plan_run({s: cfg[s].as_dict() for s in ("quantization", "mitigation")})
     models = run_models(cfg)
-    assert models == ([cfg.text.model] if cfg.text.model else [model])
+    text = cfg.text.model  # a text config's masked LMs replace --models
+    assert models == (([text] if isinstance(text, str) else list(text)) if text else [model])
     not_run = sorted({p.entry for cells in planned.values() for p in cells if not any(p.runs_on(m) for m in models)})
     assert sorted(line.split(" ")[0] for line in skipped) == not_run
+
+
+def test_text_model_is_one_name_or_a_list(tmp_path):
+    """``text.model``: the shipped text config names two subjects; one name on the command line replaces the list;
+    a list with a repeated name is one clear error."""
+    from fairq.cli import run_models
+    from fairq.errors import UserError
+    from fairq.sections import TextSection
+
+    text = Path(__file__).resolve().parents[1] / "configs" / "stereoset.yaml"
+    assert run_models(parse_args(["--config", str(text)])[1]) == ["fairq-tiny-bert", "fairq-minilm-mlm"]
+    assert run_models(parse_args(["--config", str(text), "--text.model", "bert-base-uncased"])[1]) == \
+        ["bert-base-uncased"]
+    assert run_models(parse_args([])[1]) == ["tiny_cnn", "tiny_vit"]  # no text model: --models
+    with pytest.raises(UserError, match="distinct"):
+        TextSection(model=["fairq-tiny-bert", "fairq-tiny-bert"])

@@ -294,3 +294,48 @@ def test_no_text_cell_is_larger_than_its_fp32_model(text_run):
     assert big.empty, f"cells larger than FP32 ({fp32:.3f} MB):\n{big}"
     quantized = m[m["method"].isin(["ptq_static", "gptq", "awq", "rtn", "ptq_dynamic"])]
     assert (quantized["size_mb"] < fp32).all()  # and quantization saves something
+
+
+def test_two_text_models_in_one_run(tmp_path, monkeypatch):
+    """``text.model`` as a list: each model is a subject of its own — its baseline, the entries that run on it (an
+    entry's ``models:`` restricts it), every compressed cell compared with *its* FP32 baseline in the analysis. The
+    second model is a local Hugging Face folder (a random tiny BERT with the real tokenizer)."""
+    import transformers
+
+    from fairq.text.models import bert_uncased_tokenizer
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_text_data(data)
+    folder = tmp_path / "other-bert"
+    torch.manual_seed(3)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=128)
+    transformers.BertForMaskedLM(cfg).eval().save_pretrained(folder)
+    bert_uncased_tokenizer().save_pretrained(folder)
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    models = json.dumps(["fairq-tiny-bert", str(folder)])
+    methods = json.dumps([{"method": "ptq_dynamic", "bits": 8},
+                          {"method": "rtn", "bits": 4, "models": ["fairq-tiny-bert"]}])
+    args = ["--config", str(CONFIG), "--output_dir", str(out), "--data.init_args.root", str(data),
+            "--evaluation.progress", "false", "--evaluation.latency_repeats", "1",
+            '--text={"pretrain": {"steps": 15, "batch_size": 16, "n_sentences": 400, "hidden_size": 32, '
+            '"intermediate_size": 64, "negatives": 256}}', f"--text.model={models}", QUANT,
+            f"--quantization.methods={methods}", '--analysis={"n_bootstrap": 50}']
+    assert main(["--phase", "all", *args]) == 0
+    m = pd.read_csv(out / "metrics.csv")
+    assert sorted(zip(m["model"], m["method"])) == sorted([
+        ("fairq-tiny-bert", "baseline"), ("fairq-tiny-bert", "ptq_dynamic"), ("fairq-tiny-bert", "rtn"),
+        (str(folder), "baseline"), (str(folder), "ptq_dynamic")])
+    base = m[m["method"] == "baseline"].set_index("model")["stereoset_intra_lms"]
+    assert base.nunique() == 2  # two different models, not one scored twice
+    scores = pd.read_csv(out / "tables" / "text_scores.csv")
+    lms = scores[(scores["metric"] == "stereoset_intra_lms") & (scores["method"] != "baseline")]
+    assert len(lms) == 3
+    for _, row in lms.iterrows():  # each cell against its own model's FP32 baseline
+        assert row["baseline_value"] == pytest.approx(base[row["model"]])
+        cell = m[m["cell"] == row["cell"]].iloc[0]
+        assert row["delta"] == pytest.approx(cell["stereoset_intra_lms"] - base[row["model"]])
+    report = (out / "report.html").read_text()
+    assert "<th>model</th>" in report and report.count(f"<td>{folder}</td>") >= 2  # the tables say whose cell

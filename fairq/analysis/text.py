@@ -198,8 +198,10 @@ def headline_table(scores: pd.DataFrame, metrics=None) -> pd.DataFrame:
         return pd.DataFrame()
     metrics = report_metrics() if metrics is None else metrics
     rows = []
+    multi = _several_models(scores)
     for cid, g in scores.groupby("cell", sort=False):
-        r = {"config": g["config"].iloc[0] or g["method"].iloc[0]}
+        r = {"model": g["model"].iloc[0]} if multi else {}  # a run of several masked LMs: whose cell it is
+        r["config"] = g["config"].iloc[0] or g["method"].iloc[0]
         by = g.set_index("metric")
         for m in metrics:
             if m not in by.index:
@@ -211,6 +213,10 @@ def headline_table(scores: pd.DataFrame, metrics=None) -> pd.DataFrame:
             r[m] = cell
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+def _several_models(frame: pd.DataFrame) -> bool:
+    return "model" in frame.columns and frame["model"].nunique() > 1
 
 
 def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.DataFrame | None = None,
@@ -246,7 +252,7 @@ def text_report_html(result: dict, metrics: pd.DataFrame, table, methods: pd.Dat
                 "worst_domain_lms = the lowest StereoSet LMS over the domains. Pruned cells against sparsity: "
                 "tables/text_sparsity_curves.csv.</p>", table(methods)] if methods is not None else []),
              "<h3>Flips vs the FP32 baseline</h3>",
-             table(flips[["config", "benchmark", "domain", "n", "flips", "flip_rate", "flip_rate_ci_low",
-                          "flip_rate_ci_high", "direction_1", "count_1", "direction_2", "count_2",
-                          "p_adjusted"]] if len(flips) else flips)]
+             table(flips[["model"] * _several_models(flips) + [
+                 "config", "benchmark", "domain", "n", "flips", "flip_rate", "flip_rate_ci_low", "flip_rate_ci_high",
+                 "direction_1", "count_1", "direction_2", "count_2", "p_adjusted"]] if len(flips) else flips)]
     return "".join(parts)
