@@ -7,8 +7,9 @@ this script's output.
     python benchmarks/text_default_figures.py --seeds 0 --keep out/   # one seed, keep the run folders
     python benchmarks/text_default_figures.py --jobs 3 --threads 1   # the seeds side by side, one thread each
 
-The seed sets the embedded BERT's pre-training seed and the seeded real-data subsets, so the spread over seeds is
-the spread a user sees. Pre-training is not bit-identical across CPUs / thread counts (``fairq.text.embedded.
+The training seed sets the embedded BERT's pre-training and the calibration draws; the real-data subsets are the
+data seed's (``data.init_args.seed``), the same for every training seed — so a pretrained subject's FP32 cell
+(``fairq-minilm-mlm``) does not move with it. Pre-training is not bit-identical across CPUs / thread counts (``fairq.text.embedded.
 NOT_BIT_IDENTICAL``): on another machine each seed gives other numbers, inside about the same spread. Times depend
 on the machine and on its load; the load average is printed next to them.
 """
