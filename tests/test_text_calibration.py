@@ -123,6 +123,42 @@ def test_mixed_precision_kl_sensitivity_does_not_see_padding(setup):
     assert any(v > 0 for r in a.values() for v in r.values())
 
 
+def test_kl_sensitivity_of_a_masked_lm_gathers_real_tokens_before_the_head(setup):
+    """The KL sensitivity of a masked LM runs the MLM head on the real tokens only (the vocabulary projection and the
+    float64 softmax skip the [PAD] positions): the same sensitivities as the full forward over every position, which
+    a wrapper that hides the encoder / head split still takes, and the head really sees only the real tokens."""
+    from torch import nn
+
+    from fairq.compression.quant.sensitivity import layer_sensitivity
+
+    model, _, padded, _ = setup
+
+    class Whole(nn.Module):  # the same model, not split into encoder and head: the full-logits path
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, **kw):
+            return self.m(**kw)
+
+    layers = dict(list(quantizable_layers(model).items())[:4])
+    rows = []
+    hook = model.cls.predictions.register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
+    try:
+        gathered = layer_sensitivity(model, layers, (4, 8), padded, metric="kl")
+    finally:
+        hook.remove()
+    real = sum(int(b["attention_mask"].sum()) for b in padded)
+    assert rows and set(rows[:len(padded)]) <= {int(b["attention_mask"].sum()) for b in padded} and \
+        sum(rows[:len(padded)]) == real  # the reference outputs: one head row per real token
+    wrapped = Whole(model)
+    full = layer_sensitivity(wrapped, {f"m.{k}": v for k, v in layers.items()}, (4, 8), padded, metric="kl")
+    for name in layers:
+        for bits in (4, 8):
+            assert gathered[name][bits] == pytest.approx(full[f"m.{name}"][bits], rel=1e-6, abs=1e-12), (name, bits)
+    assert any(v > 0 for r in gathered.values() for v in r.values())
+
+
 def test_graph_simulation_ranges_do_not_see_padding(setup):
     """The deployed-graph (PT2E) path: its observers skip [PAD] rows too — the same quantized outputs."""
     model, tight, padded, _ = setup

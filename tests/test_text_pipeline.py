@@ -271,7 +271,7 @@ def test_the_shipped_text_config_runs_on_the_real_files(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     args = ["--config", str(CONFIG), "--output_dir", str(out),
-            '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}',
+            '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}', QUANT,
             "--evaluation.latency_repeats", "1", "--evaluation.progress", "false",
             *(a for k, v in subsets.items() for a in (f"--data.init_args.{k}", str(v)))]
     assert main(["--phase", "quantization", *args]) == 2  # no baseline yet

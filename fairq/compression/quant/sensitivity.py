@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from fairq.batches import mlm_parts
 from fairq.compression.core.data import iter_labelled_batches, iter_model_inputs, logits_of, model_device, real_tokens, token_mask
 from fairq.compression.core.fakequant import FakeQuantLayer
 from fairq.compression.core.modules import set_layer
@@ -36,12 +37,27 @@ class _Evaluator:
 
     @torch.no_grad()
     def _outputs(self):
-        return [logits_of(self.model(*a, **k)) for a, k, _ in self.batches]
+        return [self._output(a, k) for a, k, _ in self.batches]
+
+    def _output(self, args, kwargs) -> torch.Tensor:
+        """The model's logits on one batch. KL on a masked LM's padded text batch: the logits of its real tokens
+        only (``[n_tokens, vocab]``) — the encoder's hidden states are gathered before the MLM head, so the
+        ``hidden × vocabulary`` projection and the float64 softmax do not run on the ``[PAD]`` positions the KL
+        leaves out anyway (the same values, at a fraction of the cost for a small BERT)."""
+        mask = kwargs.get("attention_mask") if isinstance(kwargs, dict) else None
+        if self.metric == "kl" and not args and torch.is_tensor(mask) and mask.dim() == 2:
+            encoder, head = mlm_parts(self.model)
+            if encoder is not None:
+                out = encoder(**kwargs)
+                hidden = out if torch.is_tensor(out) else getattr(out, "last_hidden_state", None)
+                hidden = out[0] if hidden is None else hidden
+                return logits_of(head(hidden[mask.bool()]))
+        return logits_of(self.model(*args, **kwargs))
 
     def score(self) -> float:
-        """Mean loss / accuracy / KL(FP32 ‖ variant) over the cached batches."""
+        """Mean loss / accuracy / KL(FP32 ‖ variant) over the cached batches (per sample: per sequence for text)."""
         total, n = 0.0, 0
-        for out, ref, (_, k, y) in zip(self._outputs(), self.reference, self.batches):
+        for out, ref, (a, k, y) in zip(self._outputs(), self.reference, self.batches):
             logp = torch.log_softmax(out.double(), -1)
             if self.metric == "loss":
                 total += float(F.nll_loss(logp, y.long(), reduction="sum"))
@@ -49,15 +65,20 @@ class _Evaluator:
                 total += float((logp.argmax(-1) == y).sum())
             else:
                 with token_mask(k):  # per-token outputs of a padded text batch: the [PAD] positions left out
-                    logp, ref = real_tokens(logp), real_tokens(ref)
+                    logp, ref = real_tokens(logp), real_tokens(ref)  # (no-op on already gathered tokens)
                 total += float(F.kl_div(logp, ref, log_target=True, reduction="sum"))
-            n += out.shape[0]
+            n += _batch_size(a, k, out)
         return total / n
 
     def change(self) -> float:
         """How much worse the current model is than FP32 (positive = worse)."""
         value = self.score()
         return self.base - value if self.metric == "accuracy" else value - self.base
+
+
+def _batch_size(args, kwargs, out: torch.Tensor) -> int:
+    first = args[0] if args else next((v for v in kwargs.values() if torch.is_tensor(v)), None)
+    return int(first.shape[0]) if torch.is_tensor(first) else int(out.shape[0])
 
 
 def layer_sensitivity(model: nn.Module, layers: dict[str, nn.Module], bits: tuple[int, ...], data, *,
