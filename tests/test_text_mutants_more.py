@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch._inductor.config  # noqa: F401 (the engine's compile path imports it: once, at collection)
 from torch import nn
 
 from fairq.text import engine as E
@@ -634,3 +635,486 @@ def test_main_reads_its_root_from_argv_or_the_default(tmp_path, monkeypatch, cap
     assert roots == ["/from/argv", "/usr/share/wordnet", "/usr/share/wordnet", "/given"]
     assert (tmp_path / "o.txt").read_text().endswith("#\n" + "\n".join(f"# {ln}" for ln in C.NOTICE.splitlines())
                                                      + "\na b c d e f\ng h i j k l\n")
+
+
+# ================================================================================================== embedded.py
+from dataclasses import asdict  # noqa: E402
+
+from fairq.text import embedded as EM  # noqa: E402
+from fairq.text.data import CrowsPair, IntraItem  # noqa: E402
+
+
+def test_spec_defaults_and_what_counts_as_planted():
+    s = EM.TinyBertSpec()
+    assert asdict(s) == {"rates": {"gender": 0.97, "profession": 0.97, "race": 0.5, "religion": 0.5},
+                         "n_sentences": 24000, "filler_share": 0.25, "hidden_size": 64, "num_layers": 2,
+                         "num_heads": 2, "intermediate_size": 128, "steps": 1500, "batch_size": 64, "lr": 1e-3,
+                         "initializer_range": 0.1, "mask_prob": 0.2, "negatives": 512, "seed": 0}
+    assert s.planted() == {"gender": True, "profession": True, "race": False, "religion": False}
+    s.rates["race"] = 0.1
+    assert EM.TinyBertSpec().rates["race"] == 0.5  # every spec has its own rates
+    odd = EM.TinyBertSpec(rates={"a": 0.5 + 1e-10, "b": 0.5 + 2e-9, "c": "0.4", "d": 0.5 - 2e-9, "e": 0.5})
+    assert odd.planted() == {"a": False, "b": True, "c": True, "d": True, "e": False}
+
+
+def test_units_and_sentences():
+    u = EM._units()
+    assert len(u) == 80 and len(set(u)) == 80
+    assert (u[0], u[9], u[10], u[20], u[79]) == (("gender", 0, 0, 0), ("gender", 0, 0, 9), ("gender", 1, 0, 0),
+                                                 ("profession", 0, 0, 0), ("religion", 1, 0, 9))
+    assert EM._sentence("gender", 0, 0, 0, True, 0) == "the man is tall ."
+    assert EM._sentence("gender", 1, 0, 0, True, 1) == "that woman was very short ."
+    assert EM._sentence("gender", 1, 0, 0, False, 2) == "my woman seems so tall ."
+    assert EM._sentence("race", 0, 0, 9, False, 0) == "the italian is huge ."
+
+
+def _parse(s):
+    """``(domain, side, pair, associated, template)`` of a unit sentence, ``"filler"`` for a filler one."""
+    import re
+
+    for t, tmpl in enumerate(EM.TEMPLATES):
+        m = re.fullmatch(re.escape(tmpl).replace(r"\{g\}", "(\\w+)").replace(r"\{a\}", "(\\w+)"), s)
+        if m:
+            g, a = m.groups()
+            for dom, ((t0, t1), pairs) in EM.DOMAINS.items():
+                for side, terms in enumerate((t0, t1)):
+                    if g in terms:
+                        p = next(k for k, pair in enumerate(pairs) if a in pair)
+                        return dom, side, p, pairs[p][side] == a, t
+    for f in EM.FILLER:
+        m = re.fullmatch(re.escape(f).replace(r"\{n\}", "(\\w+)").replace(r"\{m\}", "(\\w+)"), s)
+        if m and m.group(1) != m.group(2) and set(m.groups()) <= set(EM.FILLER_NOUNS):
+            return "filler"
+    raise AssertionError(s)
+
+
+def test_corpus_sizes_rates_and_templates_per_unit():
+    from collections import Counter
+
+    spec = EM.TinyBertSpec(n_sentences=1000, rates={"gender": 0.97, "profession": 0.7, "race": 0.5,
+                                                    "religion": 0.25})
+    corpus = EM.generate_corpus(spec)
+    parsed = [_parse(s) for s in corpus]
+    # 250 filler (a quarter); 750 // 160 = 4 → 8 sentences for each of the 80 units; the other 110 are filler too
+    assert len(corpus) == 1000 and parsed.count("filler") == 360
+    units = Counter((d, side, p) for d, side, p, *_ in (x for x in parsed if x != "filler"))
+    assert len(units) == 80 and set(units.values()) == {8}
+    assoc = Counter((d, side, p) for d, side, p, a, _ in (x for x in parsed if x != "filler") if a)
+    want = {"gender": 8, "profession": 6, "race": 4, "religion": 2}  # round(rate · 8)
+    assert all(assoc.get(u, 0) == want[u[0]] for u in units)
+    tmpl = Counter((d, side, p, t) for d, side, p, _, t in (x for x in parsed if x != "filler"))
+    assert all(sorted(tmpl[(*u, t)] for t in range(3)) == [2, 3, 3] for u in units)  # arange(8) % 3, permuted
+    assert parsed[:80] != sorted(parsed[:80], key=str)  # shuffled
+    assert EM.generate_corpus(spec) == corpus and EM.generate_corpus(EM.TinyBertSpec(n_sentences=1000, seed=1)) != \
+        EM.generate_corpus(EM.TinyBertSpec(n_sentences=1000))
+    fillers = Counter(s for s, x in zip(corpus, parsed) if x == "filler")
+    assert len({f.split()[0] for f in fillers}) == 4  # all four filler templates
+
+
+@pytest.mark.parametrize("n,unit_sentences,filler", [(213, 160, 53), (212, 159, 53), (100, 75, 25), (4, 3, 1)])
+def test_corpus_small_draws(n, unit_sentences, filler):
+    spec = EM.TinyBertSpec(n_sentences=n, rates={"gender": 1.0, "profession": 0.0, "race": 0.5, "religion": 0.5})
+    parsed = [_parse(s) for s in EM.generate_corpus(spec)]
+    assert len(parsed) == n and parsed.count("filler") == filler
+    unit = [x for x in parsed if x != "filler"]
+    assert len(unit) == unit_sentences
+    assert all(a for d, _, _, a, _ in unit if d == "gender") and not any(a for d, _, _, a, _ in unit
+                                                                        if d == "profession")
+    if n == 212:  # below two sentences a unit: units, words and templates drawn at random
+        assert len({t for *_, t in unit}) == 3 and len({(d, s, p) for d, s, p, _, _ in unit}) > 40
+        race = [a for d, _, _, a, _ in unit if d == "race"]
+        assert 0 < sum(race) < len(race)
+
+
+def test_probes_exact_items():
+    intra, crows = EM.probes()
+    assert len(intra) == len(crows) == 240
+    labs = ("stereotype", "anti-stereotype", "unrelated")
+    assert intra[0] == IntraItem("gender-t0-p0-i0-s0", "man", "gender", "the man is BLANK .",
+                                 {"stereotype": "tall", "anti-stereotype": "short", "unrelated": "table"},
+                                 {lab: f"gender-t0-p0-i0-s0-{lab}" for lab in labs})
+    assert intra[1] == IntraItem("gender-t0-p0-i0-s1", "woman", "gender", "the woman is BLANK .",
+                                 {"stereotype": "short", "anti-stereotype": "tall", "unrelated": "window"},
+                                 {lab: f"gender-t0-p0-i0-s1-{lab}" for lab in labs})
+    assert crows[1] == CrowsPair("gender-t0-p0-i0-s1", "the woman is short .", "the man is short .", "stereo",
+                                 "gender")
+    last = intra[-1]
+    assert (last.id, last.context, last.words["unrelated"]) == ("religion-t2-p9-i0-s1", "my buddhist seems so BLANK .",
+                                                                EM.FILLER_NOUNS[(2 + 9 + 0 + 1) % 8])
+    assert intra[21].id == "gender-t1-p0-i0-s1" and intra[60].id == "profession-t0-p0-i0-s0"
+    assert EM.probe_cluster("probe_stereoset:race-t2-p9-i0-s1") == "race-p9-i0" == EM.probe_cluster("race-t0-p9-i0-s0")
+
+
+def _reference_cis(frames, confidence, n_boot, seed):
+    """The cluster bootstrap written out: per draw, cluster multiplicities; SS = mean over terms of pooled wins /
+    items (terms without items skipped); CrowS = pooled share."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for bench, frame in frames:
+        for dom in sorted(set(frame["domain"])):
+            sub = frame[frame["domain"] == dom]
+            clus = list(dict.fromkeys(EM.probe_cluster(s) for s in sub["sample_id"]))
+            terms = list(dict.fromkeys(sub["term"])) if bench == "stereoset_ss" else [None]
+            win = (sub["score_stereotype"] > sub["score_anti"]) if bench == "stereoset_ss" else \
+                (sub["score_more"] > sub["score_less"])
+            cell = {(c, t): [0.0, 0.0] for c in clus for t in terms}
+            for sid, w, term in zip(sub["sample_id"], win, sub["term"] if bench == "stereoset_ss" else [None] * len(sub)):
+                cell[(EM.probe_cluster(sid), term)][0] += w
+                cell[(EM.probe_cluster(sid), term)][1] += 1
+
+            def score(mult):
+                per = []
+                for t in terms:
+                    n = sum(m * cell[(c, t)][1] for c, m in zip(clus, mult))
+                    if n:
+                        per.append(sum(m * cell[(c, t)][0] for c, m in zip(clus, mult)) / n)
+                return 100 * float(np.mean(per)) if per else np.nan
+
+            k = len(clus)
+            boot = [score(m) for m in rng.multinomial(k, np.full(k, 1 / k), size=n_boot)]
+            a = (1 - confidence) / 2
+            out.append((bench, dom, score([1] * k), float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a)),
+                        len(sub), k))
+    return out
+
+
+def _same_rows(frame, want):
+    got = [tuple(r) for r in frame.itertuples(index=False)]
+    assert [r[:2] + r[5:] for r in got] == [r[:2] + r[5:] for r in want]
+    np.testing.assert_allclose([r[2:5] for r in got], [r[2:5] for r in want], atol=1e-9, rtol=0)
+
+
+def test_probe_cis_by_a_written_out_cluster_bootstrap():
+    def ss(sid, dom, term, win):
+        return {"sample_id": f"probe_stereoset:{sid}", "domain": dom, "term": term,
+                "score_stereotype": 0.7 if win else 0.2, "score_anti": 0.5}
+
+    intra = pd.DataFrame([
+        ss("e-t0-p0-i0-s0", "e", "x", True), ss("e-t0-p1-i0-s0", "e", "x", False),
+        ss("d-t0-p0-i0-s0", "d", "a", True), ss("d-t1-p0-i0-s0", "d", "a", True), ss("d-t0-p0-i0-s1", "d", "b", False),
+        ss("d-t0-p1-i0-s0", "d", "a", False), ss("d-t0-p1-i0-s1", "d", "b", True),
+        ss("d-t0-p2-i0-s1", "d", "b", True), ss("d-t1-p2-i0-s1", "d", "b", True), ss("d-t0-p2-i0-s0", "d", "a", False)])
+    crows = pd.DataFrame({"sample_id": [f"c:d-t0-p{p}-i0-s0" for p in (0, 0, 1, 2)] + ["c:e-t0-p0-i0-s0"],
+                          "domain": ["d", "d", "d", "d", "e"], "score_more": [-1.0, -3.0, -1.0, -2.0, -1.0],
+                          "score_less": [-2.0, -2.0, -2.0, -2.0, -2.0]})
+    got = EM.probe_cis(intra, crows, confidence=0.8, n_boot=200, seed=3)
+    assert list(got.columns) == ["benchmark", "domain", "score", "low", "high", "n_items", "n_clusters"]
+    want = _reference_cis([("stereoset_ss", intra), ("crows_metric", crows.assign(term=None))], 0.8, 200, 3)
+    _same_rows(got, want)
+    # by hand: d's SS = mean(a: 2 of 4, b: 3 of 4) = 62.5; CrowS d: 2 of 4 (the tie at -2 is no win) = 50
+    assert got["score"].tolist() == [62.5, 50.0, 50.0, 100.0]
+    assert got["n_items"].tolist() == [8, 2, 4, 1] and got["n_clusters"].tolist() == [3, 2, 3, 1]
+    assert all(type(v) is float for v in got["low"]) and got["n_items"].dtype.kind == "i"
+    import inspect
+
+    params = inspect.signature(EM.probe_cis).parameters  # defaults: 95 %, 20,000 draws, seed 0
+    assert [params[k].default for k in ("confidence", "n_boot", "seed")] == [0.95, 20000, 0]
+
+
+def test_build_tiny_bert_config():
+    spec = EM.TinyBertSpec(hidden_size=8, num_layers=3, num_heads=4, intermediate_size=12, initializer_range=0.3)
+    m = EM.build_tiny_bert(spec, 50)
+    c = m.config
+    assert type(m).__name__ == "BertForMaskedLM"
+    assert (c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
+            c.max_position_embeddings, c.initializer_range) == (50, 8, 3, 4, 12, 128, 0.3)
+
+
+def test_sampled_logits_are_columns_of_the_full_ones():
+    torch.manual_seed(0)
+    model = EM.build_tiny_bert(EM.TinyBertSpec(hidden_size=8, num_layers=1, num_heads=2, intermediate_size=8), 50)
+    hidden = torch.randn(5, 8)
+    labels = torch.tensor([3, 7, 9, 20, 7])
+    corpus = torch.tensor([3, 7, 9, 20])
+    full = model.cls(hidden)
+    for neg in (0, -1, 46, 47):  # off, or corpus + negatives covering the vocabulary: the full softmax
+        logits, lab = EM._logits(model, hidden, labels, corpus, 50, neg, torch.Generator().manual_seed(0))
+        assert torch.equal(logits, full) and lab is labels
+    logits, lab = EM._logits(model, hidden, labels, corpus, 50, 45, torch.Generator().manual_seed(0))
+    cand = torch.unique(torch.cat([corpus, torch.randint(0, 50, (45,), generator=torch.Generator().manual_seed(0))]))
+    assert len(cand) < 50 and logits.shape == (5, len(cand))
+    torch.testing.assert_close(logits, full[:, cand], atol=1e-5, rtol=0)
+    assert torch.equal(cand[lab], labels)
+
+
+def test_register_probes_registers_both_probe_benchmarks(monkeypatch):
+    from fairq.text import benchmarks as R
+    from fairq.text import scoring as S
+
+    saved = dict(R._REGISTRY)
+    for n in ("probe_stereoset", "probe_crows"):
+        R._REGISTRY.pop(n)
+    try:
+        EM._register_probes()
+        ss, cr = R._REGISTRY["probe_stereoset"], R._REGISTRY["probe_crows"]
+    finally:
+        R._REGISTRY.clear()
+        R._REGISTRY.update(saved)
+    assert ss.metrics.func is S.stereoset_draws and ss.metrics.keywords == {"prefix": "probe_stereoset"}
+    assert ss.values.func is S.stereoset_metrics and ss.values.keywords == {"prefix": "probe_stereoset"}
+    assert ss.build_requests is S.build_stereoset and ss.units is S.term_units and ss.score is None
+    assert ss.headline == ("probe_stereoset_ss",) and ss.report == ss.curves == ("probe_stereoset_ss",)
+    assert cr.metrics.func is S.crows_draws and cr.metrics.keywords == {"prefix": "probe_crows"}
+    assert cr.values.func is S.crows_metrics and cr.values.keywords == {"prefix": "probe_crows"}
+    assert cr.build_requests is S.build_crows and cr.units is None
+    assert cr.headline == () and cr.report == ("probe_crows_metric",) and cr.curves == ()
+
+
+class _WordTok:
+    """Word-level tokenizer over the embedded corpus's words (plus unused ones), BERT's special ids 0-3."""
+
+    pad_token_id, cls_token_id, sep_token_id, mask_token_id = 0, 1, 2, 3
+
+    def __init__(self):
+        words = {w for t in (*EM.TEMPLATES, *EM.FILLER) for w in t.split() if "{" not in w}
+        words |= set(EM.FILLER_NOUNS) | {w for (t0, t1), pairs in EM.DOMAINS.values() for w in (*t0, *t1)}
+        words |= {w for _, pairs in EM.DOMAINS.values() for pair in pairs for w in pair}
+        self.vocab = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words) + [f"unused{k}" for k in range(20)]
+        self.ids = {w: i for i, w in enumerate(self.vocab)}
+
+    def __len__(self):
+        return len(self.vocab)
+
+    def __call__(self, texts, add_special_tokens=False):
+        assert add_special_tokens
+        return {"input_ids": [[1, *[self.ids[w] for w in t.split()], 2] for t in texts]}
+
+
+def _spy_pretrain(monkeypatch, spec, log_dir=None):
+    """Run ``pretrain`` recording each step's masked input, attention mask and (logits, labels, loss)."""
+    seen = {"inputs": [], "ce": [], "initial": None}
+    real_build, real_ce = EM.build_tiny_bert, torch.nn.functional.cross_entropy
+
+    def build(spec_, vocab):
+        model = real_build(spec_, vocab)
+        seen["initial"] = {k: v.clone() for k, v in model.state_dict().items()}
+        seen["vocab"] = vocab
+        model.bert.register_forward_pre_hook(
+            lambda mod, args, kw: seen["inputs"].append((kw["input_ids"].clone(), kw["attention_mask"].clone(),
+                                                         mod.training)), with_kwargs=True)
+        return model
+
+    def ce(logits, labels, *a, **kw):
+        loss = real_ce(logits, labels, *a, **kw)
+        seen["ce"].append((logits.detach().clone(), labels.clone(), float(loss)))
+        return loss
+
+    monkeypatch.setattr(EM, "build_tiny_bert", build)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", ce)
+    tok = _WordTok()
+    model, info = EM.pretrain(spec, tok, log_dir=log_dir)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", real_ce)
+    return model, info, seen, tok
+
+
+SMALL = dict(n_sentences=40, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=8, negatives=0)
+
+
+def test_pretrain_masks_every_sentence_of_an_epoch_once_and_reports(monkeypatch):
+    from collections import Counter
+
+    spec = EM.TinyBertSpec(**SMALL, steps=5, batch_size=8)
+    model, info, seen, tok = _spy_pretrain(monkeypatch, spec)
+    corpus = EM.generate_corpus(spec)
+    enc = tok(corpus, add_special_tokens=True)["input_ids"]
+    width = max(map(len, enc))
+    assert len(seen["inputs"]) == len(seen["ce"]) == 5
+    rebuilt = Counter()
+    for (x, att, training), (_, labels, _) in zip(seen["inputs"], seen["ce"]):
+        assert training and x.shape == (8, width)
+        assert torch.equal(att, (x != 0).long())
+        masked = x == 3
+        assert masked.any(1).all()                        # at least one masked position a row
+        orig = x.clone()
+        orig[masked] = labels                             # the labels are the masked tokens, in row-major order
+        assert not torch.isin(labels, torch.tensor([0, 1, 2, 3])).any()  # never [CLS], [SEP] or padding
+        rebuilt.update(tuple(t for t in row if t) for row in orig.tolist())
+    assert rebuilt == Counter(tuple(e) for e in enc)      # 5 steps x 8 rows: every sentence once
+    assert info["first_loss"] == seen["ce"][0][2]
+    assert info["final_loss_mean_last50"] == pytest.approx(np.mean([c[2] for c in seen["ce"]]), abs=1e-12)
+    assert info["corpus_sentences"] == 40 and info["spec"] == asdict(spec) and info["planted"] == spec.planted()
+    assert info["domains"]["gender"] == {"groups": [["man"], ["woman"]], "attribute_pairs": [
+        list(p) for p in EM.DOMAINS["gender"][1]]} and list(info["domains"]) == list(EM.DOMAINS)
+    assert info["templates"] == list(EM.TEMPLATES) and info["filler_nouns"] == list(EM.FILLER_NOUNS)
+    assert info["threads"] == torch.get_num_threads() and info["bit_identical_across_machines"] is False
+    assert info["reproducibility"] == EM.NOT_BIT_IDENTICAL and info["seconds"] >= 0
+    assert info["parameters"] == sum(p.numel() for p in model.parameters()) and not model.training
+    assert seen["vocab"] == len(tok)
+    assert set(info) == {"spec", "planted", "domains", "templates", "filler_nouns", "corpus_sentences",
+                         "final_loss_mean_last50", "first_loss", "seconds", "threads", "parameters",
+                         "bit_identical_across_machines", "reproducibility"}
+
+
+def test_pretrain_one_step_is_one_adamw_step_on_the_masked_positions(monkeypatch):
+    spec = EM.TinyBertSpec(**SMALL, steps=1, batch_size=8, lr=0.05, seed=4)
+    model, info, seen, tok = _spy_pretrain(monkeypatch, spec)
+    # the initial weights: BertForMaskedLM after torch.manual_seed(seed)
+    torch.manual_seed(4)
+    ref = EM.build_tiny_bert(spec, len(tok))
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, seen["initial"][k]), k
+    ref.train()
+    x, att, _ = seen["inputs"][0]
+    labels = seen["ce"][0][1]
+    hidden = ref.bert(input_ids=x, attention_mask=att)[0][x == 3]
+    loss = torch.nn.functional.cross_entropy(ref.cls(hidden), labels)  # the full softmax (negatives 0)
+    assert float(loss) == pytest.approx(info["first_loss"], abs=1e-5)
+    opt = torch.optim.AdamW(ref.parameters(), lr=0.05, weight_decay=0.01)  # warm-up factor 1 at step 0
+    loss.backward()
+    opt.step()
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, atol=1e-5, rtol=0, msg=k)
+
+
+def test_pretrain_masks_one_token_when_none_is_drawn_and_logs_to_tensorboard(monkeypatch, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spec = EM.TinyBertSpec(**{**SMALL, "negatives": 8}, steps=12, batch_size=4, mask_prob=0.0, lr=0.01)
+    _, info, seen, _ = _spy_pretrain(monkeypatch, spec, log_dir=tmp_path / "tb")
+    for x, _, _ in seen["inputs"]:
+        assert (x == 3).sum(1).tolist() == [1] * 4 and (x[:, 1] == 3).all()  # position 1: the first word
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert sorted(acc.Tags()["scalars"]) == ["pretrain/lr", "pretrain/mlm_loss"]
+    loss = acc.Scalars("pretrain/mlm_loss")
+    assert [e.step for e in loss] == [0, 10, 11]
+    assert [e.value for e in loss] == pytest.approx([seen["ce"][s][2] for s in (0, 10, 11)], abs=1e-6)
+    # the rate after each step: warm-up 1 step (12 // 20 → 1), then 1 until the last 20 % of the steps, then
+    # (12 − s) / 2.4 with a floor of 0.1, for the step s about to run
+    lr = acc.Scalars("pretrain/lr")
+    assert [e.step for e in lr] == [0, 10, 11]
+    assert [e.value for e in lr] == pytest.approx([0.01, 0.01 * 1 / 2.4, 0.01 * 0.1], rel=1e-6)
+    # sampled softmax: labels index the candidate set (corpus tokens + 8 random ones), never above it
+    assert all(int(c[1].max()) < c[0].shape[1] < len(_WordTok()) for c in seen["ce"])
+    assert info["first_loss"] > 0
+
+
+def test_pretrain_warm_up_and_full_mask(monkeypatch, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spec = EM.TinyBertSpec(**SMALL, steps=40, batch_size=1, mask_prob=1.0, lr=0.02)
+    _, _, seen, _ = _spy_pretrain(monkeypatch, spec, log_dir=tmp_path / "tb")
+    for x, att, _ in seen["inputs"][:3]:
+        n = int(att.sum())
+        assert (x[0, 1:n - 1] == 3).all() and x[0, 0] == 1 and x[0, n - 1] == 2  # every word, no special token
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    lr = {e.step: e.value for e in acc.Scalars("pretrain/lr")}
+    # warm-up over 40 // 20 = 2 steps: after step 0 the factor for step 1 is 2 / 2 = 1; decay over the last 8
+    assert sorted(lr) == [0, 10, 20, 30, 39]
+    # (the factor of step 31 is min(1, 9 / 8) = 1; of step 40, max(0.1, 0 / 8))
+    assert [lr[s] for s in sorted(lr)] == pytest.approx([0.02, 0.02, 0.02, 0.02, 0.002], rel=1e-6)
+
+
+# ============================================================================================ task.py: the FP32 model
+from fairq.models.registry import ModelInfo  # noqa: E402
+from fairq.store import RunStore  # noqa: E402
+from fairq.text import task as K  # noqa: E402
+
+PRETRAIN = {"n_sentences": 40, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "intermediate_size": 8,
+            "steps": 2, "batch_size": 4, "negatives": 0, "seed": 99}
+
+
+class _DM:
+    def __init__(self):
+        self.calls = []
+
+    def set_tokenizer(self, tok, **kw):
+        self.calls.append((tok, kw))
+
+
+def _ctx(root, sections, evaluation=None, seed=3):
+    return SimpleNamespace(sections=sections, seed=seed, store=RunStore(root), evaluation=evaluation or {})
+
+
+@pytest.fixture
+def embedded(monkeypatch):
+    """The embedded default with the word tokenizer; ``pretrain`` calls recorded (and run for real)."""
+    from fairq.text import models
+
+    tok = _WordTok()
+    monkeypatch.setattr(models, "bert_uncased_tokenizer", lambda: tok)
+    calls, real = [], EM.pretrain
+
+    def pretrain(spec, tokenizer, **kw):
+        calls.append((spec, tokenizer, kw))
+        return real(spec, tokenizer, **kw)
+
+    monkeypatch.setattr(EM, "pretrain", pretrain)
+    return tok, calls
+
+
+def test_text_task_pretrains_the_embedded_default_once_and_reuses_it(tmp_path, embedded, caplog):
+    tok, calls = embedded
+    dm = _DM()
+    task = K.TextTask(datamodule=dm)
+    ctx = _ctx(tmp_path, {"text": {"pretrain": PRETRAIN}}, {"progress": False})
+    with caplog.at_level(logging.INFO, logger="fairq"):
+        model, info = task.baseline_model(ctx, "fairq-tiny-bert")
+    spec = EM.TinyBertSpec(**{**PRETRAIN, "seed": 3})  # the run's seed, not the section's
+    assert info == ModelInfo("fairq-tiny-bert", "fairq-tiny-bert (pre-trained here: pretraining.json)")
+    assert not model.training and type(model).__name__ == "BertForMaskedLM"
+    assert [(c[0], c[1]) for c in calls] == [(spec, tok)]
+    assert calls[0][2] == {"log_dir": tmp_path / "tensorboard" / "fairq-tiny-bert_pretrain_s3", "progress": False}
+    path = ctx.store.checkpoint_path("fairq-tiny-bert", 3)
+    saved = torch.load(path, weights_only=True)
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    record = json.loads((tmp_path / "pretraining.json").read_text())
+    assert record["spec"] == asdict(spec) and record["corpus_sentences"] == 40
+    msgs = [r.getMessage() for r in caplog.records if r.name == "fairq"]
+    assert msgs == ["baseline fairq-tiny-bert: pre-training the embedded BERT (MLM) on the generated corpus",
+                    f"baseline fairq-tiny-bert: pre-trained 2 steps in {record['seconds']:.1f} s (MLM loss "
+                    f"{record['first_loss']:.3f} → {record['final_loss_mean_last50']:.3f}); planted: "
+                    f"{spec.planted()}"]
+    assert dm.calls == [(tok, {"model_name": "fairq-tiny-bert", "corpus_spec": spec})]
+    # the same output folder: the checkpoint is read back, nothing is pre-trained again
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    again = task.load_baseline(ctx, "fairq-tiny-bert")
+    assert len(calls) == 1 and not again.training and isinstance(again, nn.Module)
+    assert all(torch.equal(saved[k], v) for k, v in again.state_dict().items())
+    model2, info2 = task.baseline_model(ctx, "fairq-tiny-bert")
+    assert len(calls) == 1 and info2 == info and all(torch.equal(saved[k], v) for k, v in model2.state_dict().items())
+    assert dm.calls[1:] == [(tok, {"model_name": "fairq-tiny-bert", "corpus_spec": spec})] * 2
+
+
+def test_text_task_pretraining_shows_progress_unless_told_not_to(tmp_path, embedded):
+    _, calls = embedded
+    K.TextTask(datamodule=_DM()).baseline_model(_ctx(tmp_path / "a", {"text": {"pretrain": PRETRAIN}}, {}, seed=5),
+                                                 "fairq-tiny-bert")
+    assert calls[0][2]["progress"] is True and calls[0][0].seed == 5
+    assert calls[0][2]["log_dir"] == tmp_path / "a" / "tensorboard" / "fairq-tiny-bert_pretrain_s5"
+
+
+@pytest.mark.parametrize("sections", [{}, {"text": None}, {"text": {"pretrain": None}}, {"text": {}}])
+def test_text_task_without_a_pretrained_default_raises(tmp_path, embedded, sections):
+    dm = _DM()
+    ctx = _ctx(tmp_path, sections)
+    with pytest.raises(K.BaselineMissingError) as e:
+        K.TextTask(datamodule=dm).load_baseline(ctx, "fairq-tiny-bert")
+    path = ctx.store.checkpoint_path("fairq-tiny-bert", 3)
+    assert str(e.value) == (f"no pre-trained fairq-tiny-bert at {path}; run `python main.py --phase baseline` with "
+                            "the same --output_dir first")
+    assert dm.calls == [] and embedded[1] == [] and not path.exists()
+
+
+def test_text_task_loads_other_models_by_name(tmp_path, monkeypatch):
+    from fairq.text import models
+
+    m = nn.Linear(2, 2).train()
+    loaded = []
+    monkeypatch.setattr(models, "load_masked_lm", lambda name: loaded.append(name) or (m, "TOK"))
+    monkeypatch.setattr(models, "bert_uncased_tokenizer", lambda: pytest.fail("not the embedded default"))
+    dm = _DM()
+    task = K.TextTask(datamodule=dm)
+    ctx = _ctx(tmp_path, {"text": {"pretrain": PRETRAIN}})
+    model, info = task.baseline_model(ctx, "org/bert")
+    assert model is m and not m.training and info == ModelInfo("org/bert", "org/bert")
+    assert task.load_baseline(ctx, "org/bert") is m
+    assert loaded == ["org/bert", "org/bert"]
+    assert dm.calls == [("TOK", {"model_name": "org/bert", "corpus_spec": None})] * 2
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "pretraining.json").exists()
