@@ -613,13 +613,16 @@ def test_main_writes_a_seeded_sorted_draw_with_the_notice(tmp_path, monkeypatch,
             f"# (seed 0); regenerate: python -m fairq.text.corpus {tmp_path / 'wn'}", "#", *notice]
     assert out.read_text(encoding="utf-8") == "\n".join(head + pool) + "\n"
     assert capsys.readouterr().out == f"wrote {out} (5 sentences of 5)\n"
-    monkeypatch.setattr(C, "N_SENTENCES", 2)
+    monkeypatch.setattr(C, "N_SENTENCES", 6)
+    with open(tmp_path / "wn" / "data.adv", "w", encoding="utf-8") as f:  # 40 more examples
+        f.writelines(f'0000{k} | "example number {k:02d} has six words"\n' for k in range(40))
+    pool = C.wordnet_examples(tmp_path / "wn")
     C.main([str(tmp_path / "wn")])
-    pick = sorted(np.random.default_rng(0).choice(5, size=2, replace=False))  # seed 0, without replacement
-    assert out.read_text(encoding="utf-8").splitlines()[0] == "# 2 of WordNet 3.0's 5 gloss usage examples with " \
+    pick = sorted(np.random.default_rng(0).choice(45, size=6, replace=False))  # seed 0, without replacement
+    assert out.read_text(encoding="utf-8").splitlines()[0] == "# 6 of WordNet 3.0's 45 gloss usage examples with " \
                                                               "6-30 words"
     assert C.general_sentences() == [pool[i] for i in pick]
-    assert capsys.readouterr().out == f"wrote {out} (2 sentences of 5)\n"
+    assert capsys.readouterr().out == f"wrote {out} (6 sentences of 45)\n"
 
 
 def test_main_reads_its_root_from_argv_or_the_default(tmp_path, monkeypatch, capsys):
@@ -1040,6 +1043,8 @@ def embedded(monkeypatch):
 
     def pretrain(spec, tokenizer, **kw):
         calls.append((spec, tokenizer, kw))
+        # the default spec (1,500 steps on 24,000 sentences) is minutes of CPU: a wrong spec fails here, at once
+        assert spec.steps <= 50 and spec.n_sentences <= 1000, "full-size pre-training in a unit test"
         return real(spec, tokenizer, **kw)
 
     monkeypatch.setattr(EM, "pretrain", pretrain)
@@ -1497,3 +1502,14 @@ def test_main_parses_train_and_export(monkeypatch, capsys):
         MM.main([])
     with pytest.raises(SystemExit):
         MM.main(["train"])  # --out is required
+
+
+def test_text_task_reads_only_weights_from_the_checkpoint(tmp_path, embedded):
+    """The checkpoint is read with ``weights_only``: a file holding any other pickled object is refused, not run."""
+    import pickle
+
+    ctx = _ctx(tmp_path, {"text": {"pretrain": PRETRAIN}})
+    path = ctx.store.checkpoint_path("fairq-tiny-bert", 3)
+    torch.save({"weights": torch.zeros(1), "extra": SimpleNamespace(a=1)}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        K.TextTask(datamodule=_DM()).load_baseline(ctx, "fairq-tiny-bert")
