@@ -1513,3 +1513,42 @@ def test_text_task_reads_only_weights_from_the_checkpoint(tmp_path, embedded):
     torch.save({"weights": torch.zeros(1), "extra": SimpleNamespace(a=1)}, path)
     with pytest.raises(pickle.UnpicklingError):
         K.TextTask(datamodule=_DM()).load_baseline(ctx, "fairq-tiny-bert")
+
+
+def test_load_masked_lm_reads_local_files_only_under_the_name_given(monkeypatch):
+    import transformers
+
+    seen = []
+    cfg = SimpleNamespace(architectures=["BertForPreTraining"])
+    model = nn.Linear(1, 1).train()
+
+    def fake(kind, result):
+        def from_pretrained(src, **kw):
+            seen.append((kind, src, kw))
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        return from_pretrained
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", fake("config", cfg))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake("tok", "TOK"))
+    monkeypatch.setattr(transformers.BertForPreTraining, "from_pretrained", fake("nsp", model))
+    monkeypatch.setattr(transformers.AutoModelForMaskedLM, "from_pretrained", fake("mlm", model))
+    assert MO.load_masked_lm("./org/cached") == (model, "TOK") and not model.training
+    offline = {"local_files_only": True}
+    assert seen == [("config", "./org/cached", offline), ("tok", "./org/cached", offline),
+                    ("nsp", "./org/cached", offline)]
+    cfg.architectures = ["BertForMaskedLM"]
+    seen.clear()
+    MO.load_masked_lm("org/cached")
+    assert [s[0] for s in seen] == ["config", "tok", "mlm"] and seen[-1][2] == offline
+    for err in (OSError("no weights"), ValueError("bad weights")):  # in the cache without its weights
+        monkeypatch.setattr(transformers.AutoModelForMaskedLM, "from_pretrained", fake("mlm", err))
+        with pytest.raises(MO.ModelNotAvailableError) as e:
+            MO.load_masked_lm("org/cached")
+        assert str(e.value) == MO._fetch_hint("org/cached") and e.value.__suppress_context__
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake("tok", ValueError("no tokenizer")))
+    with pytest.raises(MO.ModelNotAvailableError) as e:
+        MO.load_masked_lm("org/cached")
+    assert str(e.value) == MO._fetch_hint("org/cached")
