@@ -1266,13 +1266,14 @@ def test_wordnet_texts_glosses_examples_and_errors(tmp_path):
         "no bar here at all\n"
         "00001 03 n 02 ice_cream 0 gelato 0 000 | a frozen   dessert; made of cream; \"we ate ice cream today\"\n"
         "00002 03 n 01 x 0 000 | \"too short\"; ab\n"
-        "00003 03 n 01 y 0 000 | \"we ate ice cream today\"; a frozen dessert is here\n", encoding="utf-8")
+        "00003 03 n 01 y 0 000 | \"we ate ice cream today\"; a frozen dessert is here\n"
+        "00007 03 n 01 z 0 000 | one | two three\n", encoding="utf-8")
     (tmp_path / "data.verb").write_bytes(b'00004 03 v 01 run 0 000 | move fast; "caf\xc3\xa9 na\xefve runners ran"\n')
     (tmp_path / "data.adj").write_text("00005 03 a 01 able(a) 0 000 | having the means;  \n", encoding="utf-8")
     (tmp_path / "data.adv").write_text("00006 03 r 01 fast 0 000 | ; quickly or rapidly; \n", encoding="utf-8")
     assert MM.wordnet_texts(tmp_path) == [
         "we ate ice cream today", "ice cream: a frozen dessert; made of cream",  # "x: ab", "too short": < 3 words
-        "y: a frozen dessert is here", "café na\ufffdve runners ran", "run: move fast", "able: having the means",
+        "y: a frozen dessert is here", "z: one | two three", "café na\ufffdve runners ran", "run: move fast", "able: having the means",
         "fast: quickly or rapidly"]
     (tmp_path / "data.adj").unlink()
     (tmp_path / "data.adv").unlink()
@@ -1447,7 +1448,7 @@ def test_export_writes_the_fp16_delta_and_the_provenance(tiny_training, tmp_path
     model = MM.build_model()
     with torch.no_grad():
         model.cls.predictions.bias.fill_(0.125)
-    history = [{"step": 25 * (k + 1), "loss": 1.0, "tokens": k} for k in range(100)]
+    history = [{"step": 25 * (k + 1), "loss": 1.0, "tokens": k} for k in range(80)]
     torch.save({"model": model.state_dict(), "opt": {}, "state": {"step": 7, "epoch": 2, "tokens": 300,
                                                                    "masked": 40, "seconds": 12.6, "history": history}},
                out / "checkpoint.pt")
@@ -1457,7 +1458,7 @@ def test_export_writes_the_fp16_delta_and_the_provenance(tiny_training, tmp_path
     delta = load_file(str(tmp_path / "weights" / MM.DELTA_NAME))
     assert list(delta) == sorted(MM.trained_keys(model)) and all(v.dtype == torch.float16 for v in delta.values())
     assert torch.equal(delta["cls.predictions.bias"], torch.full((MVOCAB,), 0.125, dtype=torch.float16))
-    assert json.loads((tmp_path / "weights" / MM.PROVENANCE_NAME).read_text()) == info
+    assert (tmp_path / "weights" / MM.PROVENANCE_NAME).read_text() == json.dumps(info, indent=1) + "\n"
     held = [t for t in _corpus_texts() if MM.is_heldout(t)]
     assert {k: info[k] for k in ("model", "corpus_texts", "heldout_texts", "heldout_rule", "steps",
                                  "epochs_completed", "train_tokens", "masked_tokens", "train_seconds", "file",
@@ -1477,7 +1478,11 @@ def test_export_writes_the_fp16_delta_and_the_provenance(tiny_training, tmp_path
     assert info["corpus"] == ("WordNet 3.0 glosses ('headword: definition') and example sentences, Debian package "
                               "wordnet-base, /usr/share/wordnet/data.{noun,verb,adj,adv}, deduplicated")
     (out / "train_command.txt").unlink()
-    assert MM.export(out, stereoset=None, command="C")["train_command"] is None
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    saved["state"]["history"] = history[:40]  # 40 entries or fewer: every one
+    torch.save(saved, out / "checkpoint.pt")
+    info = MM.export(out, stereoset=None, command="C")
+    assert info["train_command"] is None and info["loss_history"] == history[:40]
 
 
 def test_main_parses_train_and_export(monkeypatch, capsys):
@@ -1603,9 +1608,17 @@ def test_export_writes_safetensors_metadata_and_main_prints_indented_json(tiny_t
     torch.save({"model": MM.build_model().state_dict(), "opt": {}, "state": {
         "step": 1, "epoch": 0, "tokens": 3, "masked": 1, "seconds": 1.0, "history": []}}, out / "checkpoint.pt")
     monkeypatch.setattr(MM, "DATA_DIR", tmp_path / "w")
-    MM.export(out, stereoset=None, command="C")
+    dev = tmp_path / "dev.json"
+    dev.write_text(json.dumps({"version": "1", "data": {"intersentence": [], "intrasentence": [
+        {"id": "i0", "target": "man", "bias_type": "gender", "context": "the man is BLANK .", "sentences": [
+            {"sentence": f"the man is {w} .", "id": f"s{lab}", "labels": [], "gold_label": lab}
+            for w, lab in (("tall", "stereotype"), ("short", "anti-stereotype"), ("table", "unrelated"))]}]}}))
+    info = MM.export(out, stereoset=dev, command="C")
     with safe_open(str(tmp_path / "w" / MM.DELTA_NAME), "pt") as f:
         assert f.metadata() == {"format": "pt"}
+    model, tok = MM.load_minilm_mlm()
+    assert info["stereoset_intrasentence"] == {"data": str(dev), **MM.stereoset_lms(model, tok, dev)}
+    assert "stereoset_intrasentence" not in MM.export(out, stereoset=None, command="C")
     monkeypatch.setattr(MM, "export", lambda out, **kw: {"a": 1, "b": [2], "loss_history": [1]})
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     capsys.readouterr()
