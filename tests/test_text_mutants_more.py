@@ -788,30 +788,37 @@ def _same_rows(frame, want):
 
 
 def test_probe_cis_by_a_written_out_cluster_bootstrap():
-    def ss(sid, dom, term, win):
+    def ss(sid, dom, term, win):  # win None: a tie, no win
         return {"sample_id": f"probe_stereoset:{sid}", "domain": dom, "term": term,
-                "score_stereotype": 0.7 if win else 0.2, "score_anti": 0.5}
+                "score_stereotype": 0.5 if win is None else 0.7 if win else 0.2, "score_anti": 0.5}
 
     intra = pd.DataFrame([
-        ss("e-t0-p0-i0-s0", "e", "x", True), ss("e-t0-p1-i0-s0", "e", "x", False),
+        ss("e-t0-p0-i0-s0", "e", "x", True), ss("e-t0-p1-i0-s0", "e", "x", False), ss("e-t1-p0-i0-s0", "e", "x", None),
+        *[ss(f"f-t0-p{p}-i0-s0", "f", "y", w) for p, w in enumerate([1, 0, 1, 1, 0, 0, 1, 0])],
         ss("d-t0-p0-i0-s0", "d", "a", True), ss("d-t1-p0-i0-s0", "d", "a", True), ss("d-t0-p0-i0-s1", "d", "b", False),
         ss("d-t0-p1-i0-s0", "d", "a", False), ss("d-t0-p1-i0-s1", "d", "b", True),
         ss("d-t0-p2-i0-s1", "d", "b", True), ss("d-t1-p2-i0-s1", "d", "b", True), ss("d-t0-p2-i0-s0", "d", "a", False)])
     crows = pd.DataFrame({"sample_id": [f"c:d-t0-p{p}-i0-s0" for p in (0, 0, 1, 2)] + ["c:e-t0-p0-i0-s0"],
                           "domain": ["d", "d", "d", "d", "e"], "score_more": [-1.0, -3.0, -1.0, -2.0, -1.0],
                           "score_less": [-2.0, -2.0, -2.0, -2.0, -2.0]})
-    got = EM.probe_cis(intra, crows, confidence=0.8, n_boot=200, seed=3)
+    got = EM.probe_cis(intra, crows, confidence=0.8, n_boot=50, seed=3)
     assert list(got.columns) == ["benchmark", "domain", "score", "low", "high", "n_items", "n_clusters"]
-    want = _reference_cis([("stereoset_ss", intra), ("crows_metric", crows.assign(term=None))], 0.8, 200, 3)
+    want = _reference_cis([("stereoset_ss", intra), ("crows_metric", crows.assign(term=None))], 0.8, 50, 3)
     _same_rows(got, want)
-    # by hand: d's SS = mean(a: 2 of 4, b: 3 of 4) = 62.5; CrowS d: 2 of 4 (the tie at -2 is no win) = 50
-    assert got["score"].tolist() == [62.5, 50.0, 50.0, 100.0]
-    assert got["n_items"].tolist() == [8, 2, 4, 1] and got["n_clusters"].tolist() == [3, 2, 3, 1]
+    # by hand: d's SS = mean(a: 2 of 4, b: 3 of 4) = 62.5; e: 1 of 3 (a tie is no win); f: 4 of 8;
+    # CrowS d: 2 of 4 (the tie at -2 is no win) = 50
+    assert got["score"].tolist() == pytest.approx([62.5, 100 / 3, 50.0, 50.0, 100.0], abs=1e-12)
+    assert got["n_items"].tolist() == [8, 3, 8, 4, 1] and got["n_clusters"].tolist() == [3, 2, 8, 3, 1]
+    # a different seed draws differently (f's 8 clusters give many distinct bootstrap scores)
+    other = EM.probe_cis(intra, crows, confidence=0.8, n_boot=50, seed=4)
+    assert (other["low"] != got["low"]).any() or (other["high"] != got["high"]).any()
     assert all(type(v) is float for v in got["low"]) and got["n_items"].dtype.kind == "i"
     import inspect
 
     params = inspect.signature(EM.probe_cis).parameters  # defaults: 95 %, 20,000 draws, seed 0
     assert [params[k].default for k in ("confidence", "n_boot", "seed")] == [0.95, 20000, 0]
+    pd.testing.assert_frame_equal(EM.probe_cis(intra, crows), EM.probe_cis(intra, crows, confidence=0.95,
+                                                                           n_boot=20000, seed=0))
 
 
 def test_build_tiny_bert_config():
@@ -1209,6 +1216,9 @@ def test_build_model_is_the_encoder_with_a_seeded_new_head(tiny_minilm):
     assert keys == [k for k in model.state_dict() if k not in ("cls.predictions.decoder.weight",
                                                                "cls.predictions.decoder.bias")]
     assert "cls.predictions.bias" in keys and "bert.embeddings.word_embeddings.weight" in keys
+    old = SimpleNamespace(state_dict=lambda: dict.fromkeys(["bert.embeddings.position_ids", "a.weight",
+                                                            "cls.predictions.decoder.bias"]))
+    assert MM.trained_keys(old) == ["a.weight"]  # older checkpoints store position_ids: not trained
 
 
 @pytest.mark.parametrize("drop,extra,message", [
@@ -1304,6 +1314,12 @@ def test_mask_batch_edge_rates_and_random_range():
     import inspect
 
     assert inspect.signature(MM.mask_batch).parameters["prob"].default == 0.15
+    x = torch.arange(5000).reshape(100, 50) + 1000
+    one, no = torch.ones_like(x), torch.zeros_like(x, dtype=torch.bool)
+    a = MM.mask_batch(x, one, no, 1002, torch.Generator().manual_seed(5))
+    b = MM.mask_batch(x, one, no, 1002, torch.Generator().manual_seed(5), prob=0.15)
+    c = MM.mask_batch(x, one, no, 1002, torch.Generator().manual_seed(5), prob=0.16)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1][1], b[1][1]) and not torch.equal(a[0], c[0])
     big = torch.full((200, 50), 1500)
     out, (rows, cols), _ = MM.mask_batch(big, torch.ones_like(big), torch.zeros_like(big, dtype=torch.bool), 1001,
                                          torch.Generator().manual_seed(1), prob=1.0)
