@@ -746,6 +746,7 @@ def test_probes_exact_items():
                                                                 EM.FILLER_NOUNS[(2 + 9 + 0 + 1) % 8])
     assert intra[21].id == "gender-t1-p0-i0-s1" and intra[60].id == "profession-t0-p0-i0-s0"
     assert EM.probe_cluster("probe_stereoset:race-t2-p9-i0-s1") == "race-p9-i0" == EM.probe_cluster("race-t0-p9-i0-s0")
+    assert EM.probe_cluster("a:b:race-t0-p9-i0-s0") == "race-p9-i0"  # the id is what follows the last colon
 
 
 def _reference_cis(frames, confidence, n_boot, seed):
@@ -1171,10 +1172,10 @@ def _tiny_encoder_zip(path, *, drop=None, extra=None):
     from safetensors.torch import save
 
     cfg = transformers.BertConfig(vocab_size=MVOCAB, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=8, max_position_embeddings=32)
+                                  intermediate_size=8, max_position_embeddings=80)
     torch.manual_seed(1)
     state = {k: v.contiguous() for k, v in transformers.BertModel(cfg).state_dict().items()}  # with its pooler
-    state["embeddings.position_ids"] = torch.arange(32)[None]  # older exports carry it
+    state["embeddings.position_ids"] = torch.arange(80)[None]  # older exports carry it
     for k in drop or ():
         state.pop(k)
     state.update(extra or {})
@@ -1659,3 +1660,16 @@ def test_main_help_texts_and_required_arguments(capsys):
         with pytest.raises(SystemExit):
             MM.main(argv)
         assert "the following arguments are required: --out" in capsys.readouterr().err
+
+
+def test_heldout_metrics_defaults_by_behaviour(tiny_minilm):
+    """``export`` and ``train`` call it with its defaults (64 tokens, seed 1234, 4,096 tokens a batch)."""
+    torch.manual_seed(0)
+    model = MM.build_model().eval()
+    texts = [" ".join(f"w{(7 * k + j) % 50}" for j in range(15)) for k in range(300)]  # 17 tokens: 241 · 17 = 4097
+    texts += [" ".join(f"v{j}" for j in range(70))]                                      # longer than 64 tokens
+    tok = _HFWordTok()
+    got = MM.heldout_metrics(model, tok, texts)
+    assert got == MM.heldout_metrics(model, tok, texts, max_len=64, seed=1234, max_tokens=4096)
+    for kw in ({"max_len": 65}, {"seed": 1235}, {"max_tokens": 4097}):
+        assert MM.heldout_metrics(model, tok, texts, **{"max_len": 64, "seed": 1234, "max_tokens": 4096, **kw}) != got
