@@ -1673,3 +1673,46 @@ def test_heldout_metrics_defaults_by_behaviour(tiny_minilm):
     assert got == MM.heldout_metrics(model, tok, texts, max_len=64, seed=1234, max_tokens=4096)
     for kw in ({"max_len": 65}, {"seed": 1235}, {"max_tokens": 4097}):
         assert MM.heldout_metrics(model, tok, texts, **{"max_len": 64, "seed": 1234, "max_tokens": 4096, **kw}) != got
+
+
+def test_heldout_metrics_sums_over_batches(tiny_minilm):
+    model = _uniform(MM.build_model())
+    w0 = _HFWordTok.word_id("w0")
+    with torch.no_grad():
+        model.cls.predictions.bias[w0] = 10.0  # always predicts w0: right at every masked w0
+    texts = ["w0 w0 w0"] * 200
+    m = MM.heldout_metrics(model, _HFWordTok(), texts, max_tokens=64)  # 12 rows of 5 tokens a batch: many batches
+    assert m["top1"] == 1.0 and m["masked_tokens"] >= 200
+    assert m["mlm_loss"] == pytest.approx(math.log(math.exp(10) + MVOCAB - 1) - 10, abs=1e-5)
+
+
+def test_train_counts_flushes_its_log_and_defaults_to_bf16(tiny_training, tmp_path, monkeypatch):
+    import time as time_module
+
+    monkeypatch.setattr(time_module, "time", lambda: 1000.0)  # a frozen clock: no time passes
+    real_ce, seen = torch.nn.functional.cross_entropy, []
+
+    def ce(logits, targets, *a, **kw):
+        seen.append((len(targets), (tmp_path / "a" / "run" / "train.log").read_text()))
+        return real_ce(logits, targets, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", ce)
+    kw = dict(max_tokens=64, max_len=8, lr=2e-3, head_lr=1e-2, warmup=1, save_every=100, eval_every=0, seed=0,
+              deadline=None)
+    train_seqs = MM.encode_texts(_HFWordTok(), [t for t in _corpus_texts() if not MM.is_heldout(t)], 8)
+    nb = len(MM.length_batches(train_seqs, 64, random.Random(0)))
+    MM.train(tmp_path / "a" / "run", steps=nb, bf16=False, **kw)  # a folder whose parent does not exist yet
+    st = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=False)
+    assert seen[0][1].startswith("corpus: ")  # the log is line-buffered: readable while training runs
+    assert st["state"]["tokens"] == sum(map(len, train_seqs))  # one epoch: every sequence once
+    assert st["state"]["masked"] == sum(n for n, _ in seen) and st["state"]["seconds"] == 0.0
+    assert [g["lr"] for g in st["opt"]["param_groups"]] == pytest.approx(
+        [2e-3 * (nb - (nb - 1)) / (nb - 1)] * 2 + [1e-2 * 1 / (nb - 1)])
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", real_ce)
+    weights = {}
+    for name, extra in (("default", {}), ("bf16", {"bf16": True}), ("fp32", {"bf16": False})):
+        MM.train(tmp_path / name, steps=2, **kw, **extra)
+        weights[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["model"]
+    same = all(torch.equal(v, weights["bf16"][k]) for k, v in weights["default"].items())
+    differ = any(not torch.equal(v, weights["fp32"][k]) for k, v in weights["default"].items())
+    assert same and differ
