@@ -1716,3 +1716,19 @@ def test_train_counts_flushes_its_log_and_defaults_to_bf16(tiny_training, tmp_pa
     same = all(torch.equal(v, weights["bf16"][k]) for k, v in weights["default"].items())
     differ = any(not torch.equal(v, weights["fp32"][k]) for k, v in weights["default"].items())
     assert same and differ
+
+
+def test_train_seeds_its_masks_by_seed_and_step(tiny_training, tmp_path, monkeypatch):
+    """A resumed run draws its masks from a generator seeded ``seed * 1000 + step`` (the docstring's resumability)."""
+    seeds, real = [], MM.mask_batch
+
+    def spy(ids, att, special, vocab, gen, prob=0.15):
+        seeds.append(gen.initial_seed())
+        return real(ids, att, special, vocab, gen, prob)
+
+    monkeypatch.setattr(MM, "mask_batch", spy)
+    kw = dict(max_tokens=64, max_len=8, lr=1e-3, head_lr=1e-2, warmup=1, save_every=1, eval_every=0, deadline=None,
+              bf16=False)
+    MM.train(tmp_path / "r", steps=2, seed=3, **kw)
+    MM.train(tmp_path / "r", steps=3, seed=3, **kw)
+    assert seeds == [3000, 3000, 3002]
