@@ -18,6 +18,9 @@ TINY_PRETRAIN = '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 15, "
 # soft_head_pruning selects on held-out items, which these few items cannot spare: the slow real-file test below and
 # tests/test_soft_heads.py run it
 QUANT = "--quantization.calibration_samples=16"
+# latency timed once on 4 sequences, not 10 times on 32: a cell's latency runs the full-vocabulary head at every
+# position, which was a quarter of the real-file test's time; no test here reads the latency's value
+LATENCY = ["--evaluation.latency_repeats", "1", "--evaluation.latency_batch_size", "4"]
 # and a smaller MLM training draw for the methods that train: 160 sentences / 16 = 10 steps (one epoch)
 TRAIN = ["--data.init_args.train_sentences", "160", "--data.init_args.train_batch_size", "16"]
 
@@ -81,7 +84,7 @@ def text_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("FAIRQ_CACHE", str(tmp_path_factory.mktemp("cache")))
     args = ["--config", str(CONFIG), "--output_dir", str(out), "--data.init_args.root", str(data),
-            "--evaluation.progress", "false", "--evaluation.latency_repeats", "1", TINY_PRETRAIN, QUANT, *TRAIN,
+            "--evaluation.progress", "false", *LATENCY, TINY_PRETRAIN, QUANT, *TRAIN,
             _shipped_methods_without_held_out_selection(), '--analysis={"n_bootstrap": 50, "figures": true}']
     assert main(["--phase", "all", *args]) == 0
     yield out
@@ -271,8 +274,8 @@ def test_the_shipped_text_config_runs_on_the_real_files(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRQ_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     args = ["--config", str(CONFIG), "--output_dir", str(out),
-            '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}', QUANT,
-            "--evaluation.latency_repeats", "1", "--evaluation.progress", "false",
+            '--text={"model": "fairq-tiny-bert", "pretrain": {"steps": 20}}', QUANT, *LATENCY,
+            "--evaluation.progress", "false",
             *(a for k, v in subsets.items() for a in (f"--data.init_args.{k}", str(v)))]
     assert main(["--phase", "quantization", *args]) == 2  # no baseline yet
     assert main(["--phase", "baseline", *args]) == 0
