@@ -290,7 +290,7 @@ def frame_metrics(frame: pd.DataFrame, sensitive_names: Sequence[str], **kwargs)
     return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in out.items() if k != "per_group"}
 
 
-# The two helpers below live here, the lowest layer, because fairq.lit (training), the text engine and the
+# The helpers below live here, the lowest layer, because fairq.lit (training), the text engine and the
 # mitigations all use them; a lower layer must not import a higher one (tests/test_engine_seams.py).
 def mlm_parts(model: nn.Module):
     """``(encoder, head)`` of a masked LM, or ``(None, None)`` when the model is not split that way."""
@@ -305,6 +305,16 @@ def mlm_parts(model: nn.Module):
     if head is None or not isinstance(encoder, nn.Module) or encoder is model:
         return None, None
     return encoder, head
+
+
+def hidden_states(output) -> torch.Tensor:
+    """The ``[B, T, d]`` hidden states of an encoder's output (a tensor, an HF ``BaseModelOutput`` or a tuple),
+    for gathering positions before the MLM head (:func:`mlm_parts`)."""
+    if torch.is_tensor(output):
+        return output
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    return output[0]
 
 
 def task_of(loader):

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairq.batches import IGNORE_INDEX, labelled_positions, logits_of, mlm_parts, split_batch  # noqa: F401 (re-exported)
+from fairq.batches import (IGNORE_INDEX, hidden_states, labelled_positions, logits_of,  # noqa: F401 (re-exported)
+                           mlm_parts, split_batch)
 
 # penalty(logits, target, sensitive) -> scalar tensor added to the loss (fairness-constrained fine-tuning)
 Penalty = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -104,9 +105,7 @@ def masked_lm_logits(model: nn.Module, b) -> tuple[torch.Tensor, torch.Tensor]:
     encoder, head = mlm_parts(model)
     if encoder is None:
         return labelled_positions(logits_of(model(*b.args, **b.kwargs)), b.target)
-    out = encoder(*b.args, **b.kwargs)
-    hidden = out if torch.is_tensor(out) else getattr(out, "last_hidden_state", None)
-    hidden = out[0] if hidden is None else hidden
+    hidden = hidden_states(encoder(*b.args, **b.kwargs))
     keep = b.target != IGNORE_INDEX
     return head(hidden[keep]), b.target[keep]
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairq.batches import logits_of, mlm_parts, model_device  # noqa: F401 (mlm_parts re-exported)
+from fairq.batches import hidden_states, logits_of, mlm_parts, model_device  # noqa: F401 (mlm_parts re-exported)
 
 log = logging.getLogger("fairq")
 
@@ -46,12 +46,7 @@ def nsp_head(model: nn.Module):
     return getattr(cls, "seq_relationship", None) if cls is not None else None
 
 
-def _hidden(output) -> torch.Tensor:
-    if torch.is_tensor(output):
-        return output
-    if hasattr(output, "last_hidden_state"):
-        return output.last_hidden_state
-    return output[0]
+_hidden = hidden_states  # (the engine's name for it)
 
 
 class MaskedLMEngine:

@@ -605,11 +605,10 @@ class GatheredMaskedLM(nn.Module):
         return {**kwargs, "positions": flat.nonzero().reshape(-1)}
 
     def forward(self, input_ids, attention_mask, positions):
-        from fairq.batches import logits_of
+        from fairq.batches import hidden_states, logits_of
 
-        out = self.get_submodule(self.encoder_path)(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = out if torch.is_tensor(out) else (out.last_hidden_state if hasattr(out, "last_hidden_state")
-                                                   else out[0])
+        encoder = self.get_submodule(self.encoder_path)
+        hidden = hidden_states(encoder(input_ids=input_ids, attention_mask=attention_mask))
         flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
         return logits_of(self.get_submodule(self.head_path)(flat))
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fairq.batches import mlm_parts
+from fairq.batches import hidden_states, mlm_parts
 from fairq.compression.core.data import iter_labelled_batches, iter_model_inputs, logits_of, model_device, real_tokens, token_mask
 from fairq.compression.core.fakequant import FakeQuantLayer
 from fairq.compression.core.modules import set_layer
@@ -48,10 +48,7 @@ class _Evaluator:
         if self.metric == "kl" and not args and torch.is_tensor(mask) and mask.dim() == 2:
             encoder, head = mlm_parts(self.model)
             if encoder is not None:
-                out = encoder(**kwargs)
-                hidden = out if torch.is_tensor(out) else getattr(out, "last_hidden_state", None)
-                hidden = out[0] if hidden is None else hidden
-                return logits_of(head(hidden[mask.bool()]))
+                return logits_of(head(hidden_states(encoder(**kwargs))[mask.bool()]))
         return logits_of(self.model(*args, **kwargs))
 
     def score(self) -> float:
