@@ -9,9 +9,9 @@ this script's output.
 
 The training seed sets the embedded BERT's pre-training and the calibration draws; the real-data subsets are the
 data seed's (``data.init_args.seed``), the same for every training seed — so a pretrained subject's FP32 cell
-(``fairq-minilm-mlm``) does not move with it. Pre-training is not bit-identical across CPUs / thread counts (``fairq.text.embedded.
-NOT_BIT_IDENTICAL``): on another machine each seed gives other numbers, inside about the same spread. Times depend
-on the machine and on its load; the load average is printed next to them.
+(``fairq-minilm-mlm``) does not move with it. Pre-training is not bit-identical across CPUs / thread counts
+(``fairq.text.embedded.NOT_BIT_IDENTICAL``): on another machine each seed gives other numbers, inside about the same
+spread. Times depend on the machine and on its load; the load average is printed next to them.
 """
 from __future__ import annotations
 
@@ -117,7 +117,6 @@ def probe_verdicts(run: dict) -> pd.DataFrame:
     """The FP32 baseline's probe scores with 95 % cluster-bootstrap CIs (:func:`fairq.text.embedded.probe_cis`)
     and the planted-bias verdict: CI above 50 where planted, containing 50 where not."""
     from fairq.text.embedded import probe_cis
-
     from fairq.text.models import EMBEDDED
 
     m = run["metrics"]
@@ -170,8 +169,8 @@ def main(argv=None) -> int:
         print(table[table["cell"] == f"{model}: baseline"].drop(columns="cell").round(2).to_string(index=False))
     print("\nevery cell, mean [min, max] over the seeds:")
     print(cells_table(table).to_string())
-    print("\nplanted-bias probes of the embedded BERT's FP32 baseline, 95 % cluster-bootstrap CIs (a domain's attribute pairs "
-          "resampled):")
+    print("\nplanted-bias probes of the embedded BERT's FP32 baseline, 95 % cluster-bootstrap CIs (a domain's "
+          "attribute pairs resampled):")
     print(pd.concat([probe_verdicts(r) for r in runs]).round(1).to_string(index=False))
     walls = [r["wall_s"] for r in runs]
     print(f"\nwall time per run: {', '.join(f'{w:.0f} s' for w in walls)} (pre-training "
