@@ -58,11 +58,12 @@ def _ptq_settings(k: int) -> list[dict]:
     return grid[:k]
 
 
-def workload_args(name: str, cells: int, n_samples: int, default_args: list[str]) -> list[str]:
+def workload_args(name: str, cells: int, n_samples: int, default_args: list[str], train_seeds: int = 1) -> list[str]:
     """The command-line arguments (beyond phase, launcher and output folder) of a workload."""
     if name == "default":
         return [*QUIET, *default_args]
-    return [*QUIET, "--models", "[tiny_cnn]", "--trainer.max_epochs", "1", "--mitigation.methods", "[]",
+    seeds = ["--seeds", json.dumps(list(range(train_seeds)))] if train_seeds > 1 else []
+    return [*QUIET, *seeds, "--models", "[tiny_cnn]", "--trainer.max_epochs", "1", "--mitigation.methods", "[]",
             "--data.init_args.n_samples", str(n_samples), "--data.init_args.image_size", "128",
             "--quantization.methods", json.dumps(_ptq_settings(cells))]
 
@@ -81,15 +82,31 @@ def _same_cells(a: Path, b: Path) -> str:
     return ""
 
 
-def sweep(root: Path, args: list[str], serial_threads: int | None) -> dict:
-    """Train the baselines once, then time the cells serially and on Ray from copies of that folder."""
+def _cell_work(run: Path) -> float:
+    """Seconds the cells themselves measured (compression + evaluation, summed over the run's non-baseline cells)."""
+    m = pd.read_csv(run / "metrics.csv")
+    m = m[m["method"] != "baseline"]
+    return float(m[[c for c in ("compress_seconds", "eval_seconds") if c in m]].fillna(0).to_numpy().sum())
+
+
+def order(repeats: int) -> list[str]:
+    """Serial and Ray runs alternated A B B A A B …, so that a machine that drifts slower or faster during the
+    benchmark (seen here: the same serial cells took 119-139 s on different runs of an idle machine) weighs on both
+    sides alike instead of on whichever ran second."""
+    pairs = [("local", "ray") if r % 2 == 0 else ("ray", "local") for r in range(repeats)]
+    return [launcher for pair in pairs for launcher in pair]
+
+
+def sweep(root: Path, args: list[str], serial_threads: int | None, repeats: int = 1) -> dict:
+    """Train the baselines once, then time the cells serially and on Ray, ``repeats`` times each in alternating
+    order (:func:`order`), every run from a fresh copy of that folder."""
     import torch
 
     base = root / "baseline"
     assert fairq_main(["--phase", "baseline", "--output_dir", str(base), *args]) == 0
-    times, n_cells = {}, {}
-    for launcher in ("local", "ray"):
-        out = root / launcher
+    runs: dict[str, list[dict]] = {"local": [], "ray": []}
+    for k, launcher in enumerate(order(repeats)):
+        out = root / f"{launcher}{k}"
         shutil.copytree(base, out)
         before = torch.get_num_threads()
         if launcher == "local" and serial_threads:
@@ -101,14 +118,17 @@ def sweep(root: Path, args: list[str], serial_threads: int | None) -> dict:
                                "--output_dir", str(out), *args, "--analysis.n_bootstrap", "10"])
         finally:
             torch.set_num_threads(before)
-        times[launcher] = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
         assert code == 0, f"{launcher} run failed"
-        n_cells[launcher] = len(pd.read_csv(out / "metrics.csv"))
-        if launcher == "local":
-            times["serial_threads"] = threads
-    times["cells"] = n_cells["local"]
-    times["differs"] = _same_cells(root / "local", root / "ray")
-    return times
+        runs[launcher].append({"dir": out, "wall": wall, "work": _cell_work(out), "threads": threads,
+                               "cells": len(pd.read_csv(out / "metrics.csv"))})
+    first = runs["local"][0]["dir"]
+    differs = [d for d in (_same_cells(first, r["dir"]) for r in runs["local"][1:] + runs["ray"]) if d]
+    mean = {k: {f: sum(r[f] for r in v) / len(v) for f in ("wall", "work")} for k, v in runs.items()}
+    return {"local": mean["local"]["wall"], "ray": mean["ray"]["wall"], "serial_work": mean["local"]["work"],
+            "ray_work": mean["ray"]["work"], "walls": {k: [r["wall"] for r in v] for k, v in runs.items()},
+            "serial_threads": runs["local"][0]["threads"], "cells": runs["local"][0]["cells"],
+            "differs": differs[0] if differs else ""}
 
 
 def project(run_dir: Path, config: str | None, models: list[str], seeds: int, workers: list[int],
@@ -192,9 +212,15 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workloads", default="default,128px", help="comma-separated: default, 128px")
     ap.add_argument("--cells", type=int, default=40, help="128px workload: PTQ cells (up to 40)")
+    ap.add_argument("--train_seeds", type=int, default=2,
+                    help="128px workload: training seeds, each its own baseline and its own --cells settings (a study "
+                    "runs several: the seed study 3)")
     ap.add_argument("--n_samples", type=int, default=6000, help="128px workload: synthetic images (test: 30%%)")
     ap.add_argument("--default_args", default="--trainer.max_epochs 1 --data.init_args.n_samples 3000",
                     help="default workload: extra main.py arguments (the default shrinks its training and data)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="serial and Ray runs of each workload, alternated (serial, Ray, Ray, serial, ...); the "
+                    "speed-up is the ratio of their mean wall times")
     ap.add_argument("--serial_threads", type=int, default=None,
                     help="intra-op threads of the serial run (default: 1 for 128px, the process's own for default)")
     ap.add_argument("--project_from", default=None, help="a run folder whose measured per-cell costs to project")
@@ -222,9 +248,9 @@ def main(argv=None) -> int:
     try:
         for name in args.workloads.split(","):
             with tempfile.TemporaryDirectory() as tmp:
-                wl = workload_args(name, args.cells, args.n_samples, shlex.split(args.default_args))
+                wl = workload_args(name, args.cells, args.n_samples, shlex.split(args.default_args), args.train_seeds)
                 threads = args.serial_threads or (1 if name == "128px" else None)
-                results[name] = sweep(Path(tmp), wl, threads)
+                results[name] = sweep(Path(tmp), wl, threads, args.repeats)
     finally:
         ray.shutdown()
     print(f"\n{'workload':<10}{'cells':>6}{'serial s':>10}{'threads':>8}{'Ray s':>8}{'workers':>8}"
@@ -233,6 +259,17 @@ def main(argv=None) -> int:
         speedup = t["local"] / t["ray"]
         print(f"{name:<10}{t['cells']:>6}{t['local']:>10.1f}{t['serial_threads']:>8}{t['ray']:>8.1f}"
               f"{args.workers:>8}{speedup:>9.2f}x{speedup / args.workers:>11.2f}  {t['differs'] or 'yes'}")
+    print(f"\nwall times are the mean of {args.repeats} run(s) each, run in the order serial, Ray, Ray, serial, ...; "
+          "the cells' own work is their compress_seconds + eval_seconds, summed:")
+    for name, t in results.items():
+        share = t["ray_work"] / args.workers
+        print(f"  {name}: serial runs {', '.join(f'{w:.1f}' for w in t['walls']['local'])} s, Ray runs "
+              f"{', '.join(f'{w:.1f}' for w in t['walls']['ray'])} s. Cells' own work: serial {t['serial_work']:.1f} s,"
+              f" on Ray {t['ray_work']:.1f} s (x{t['ray_work'] / max(t['serial_work'], 1e-9):.2f}: {args.workers} at "
+              "once, and each worker's first cell pays the first use of torch.export and oneDNN, which the warm "
+              f"serial process paid before the clock), {share:.1f} s per worker; the other {t['ray'] - share:.1f} s of the Ray time are worker "
+              f"start, idle tails and the driver's analysis (serial: {t['local'] - t['serial_work']:.1f} s outside "
+              "the cells)")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
     return 0 if not any(t["differs"] for t in results.values()) else 1
 
