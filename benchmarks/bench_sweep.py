@@ -267,9 +267,9 @@ def main(argv=None) -> int:
               f"{', '.join(f'{w:.1f}' for w in t['walls']['ray'])} s. Cells' own work: serial {t['serial_work']:.1f} s,"
               f" on Ray {t['ray_work']:.1f} s (x{t['ray_work'] / max(t['serial_work'], 1e-9):.2f}: {args.workers} at "
               "once, and each worker's first cell pays the first use of torch.export and oneDNN, which the warm "
-              f"serial process paid before the clock), {share:.1f} s per worker; the other {t['ray'] - share:.1f} s of the Ray time are worker "
-              f"start, idle tails and the driver's analysis (serial: {t['local'] - t['serial_work']:.1f} s outside "
-              "the cells)")
+              f"serial process paid before the clock), {share:.1f} s per worker; the other {t['ray'] - share:.1f} s "
+              "of the Ray time are worker start, idle tails and the driver's analysis "
+              f"(serial: {t['local'] - t['serial_work']:.1f} s outside the cells)")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
     return 0 if not any(t["differs"] for t in results.values()) else 1
 
