@@ -1732,3 +1732,161 @@ def test_train_seeds_its_masks_by_seed_and_step(tiny_training, tmp_path, monkeyp
     MM.train(tmp_path / "r", steps=2, seed=3, **kw)
     MM.train(tmp_path / "r", steps=3, seed=3, **kw)
     assert seeds == [3000, 3000, 3002]
+
+
+# ==================================================================================================== round 7
+# The four survivors round 6 listed as killable (probe_cis 2, 3; heldout_metrics 47, 69) and the corpus's
+# dropped-encoding mutants.
+import os  # noqa: E402
+import subprocess  # noqa: E402
+
+
+def _pooled_cluster_cis(clusters_by_frame, confidence, n_boot, seed):
+    """A cluster bootstrap of one pooled share per frame (one domain, one term: SS = CrowS metric = wins / items),
+    written out: cluster multiplicities from one generator, frames in the order given, clusters in their order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for clusters in clusters_by_frame:
+        w = np.array([sum(c) for c in clusters], float)
+        n = np.array([len(c) for c in clusters], float)
+        k = len(clusters)
+        mult = rng.multinomial(k, np.full(k, 1 / k), size=n_boot)
+        boot = 100 * (mult @ w) / (mult @ n)
+        a = (1 - confidence) / 2
+        out.append((100 * w.sum() / n.sum(), np.quantile(boot, a), np.quantile(boot, 1 - a)))
+    return np.array(out)
+
+
+def test_probe_cis_default_draws_and_seed_on_a_fine_grained_bootstrap():
+    """Round 6's data had few distinct bootstrap scores, so 20,001 draws or seed 1 left the quantiles in place.
+    Here 30 clusters of 1-4 items with varied win shares give a near-continuous bootstrap distribution."""
+    def cluster(p, salt):
+        return [int((p * 13 + j * 5 + salt) % 7 < 3) for j in range(1 + p * 7 % 4)]
+
+    ss_clusters = [cluster(p, 0) for p in range(30)]
+    cr_clusters = [cluster(p, 4) for p in range(30)]
+    intra = pd.DataFrame([{"sample_id": f"probe_stereoset:d-t0-p{p}-i0-s{j}", "domain": "d", "term": "x",
+                           "score_stereotype": 0.7 if win else 0.2, "score_anti": 0.5}
+                          for p, c in enumerate(ss_clusters) for j, win in enumerate(c)])
+    crows = pd.DataFrame([{"sample_id": f"probe_crows:d-t{j}-p{p}-i0-s0", "domain": "d",
+                           "score_more": -1.0 if win else -3.0, "score_less": -2.0}
+                          for p, c in enumerate(cr_clusters) for j, win in enumerate(c)])
+    want = _pooled_cluster_cis([ss_clusters, cr_clusters], 0.95, 20000, 0)
+    # the data can tell the defaults apart: one draw more, or seed 1, moves a quantile
+    for n_boot, seed in ((20001, 0), (20000, 1)):
+        assert np.abs(_pooled_cluster_cis([ss_clusters, cr_clusters], 0.95, n_boot, seed) - want)[:, 1:].max() > 1e-6
+    got = EM.probe_cis(intra, crows)
+    assert got["n_clusters"].tolist() == [30, 30] and got["n_items"].tolist() == [len(intra), len(crows)]
+    np.testing.assert_allclose(got[["score", "low", "high"]].to_numpy(), want, rtol=0, atol=1e-9)
+
+
+class _OracleBert(nn.Module):
+    """Hidden state at each position: (its id, the previous id or -1, the number of attended positions in its row);
+    no attention mask attends to every position, as BERT does."""
+
+    def forward(self, input_ids, attention_mask=None):
+        att = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        prev = torch.cat([torch.full_like(input_ids[:, :1], -1), input_ids[:, :-1]], 1)
+        n = att.sum(1, keepdim=True).expand_as(input_ids)
+        return SimpleNamespace(last_hidden_state=torch.stack([input_ids, prev, n], -1).double())
+
+
+class _OracleHead(nn.Module):
+    """Guesses the word that follows the previous one in a known sentence (else the position's own id); logit of
+    token v: ``-|v - guess| / attended``, so the loss depends on how many positions the encoder attended."""
+
+    def __init__(self, follows: dict[int, int]):
+        super().__init__()
+        self.table = torch.full((MVOCAB,), -1, dtype=torch.long)
+        for a, b in follows.items():
+            self.table[a] = b
+
+    def forward(self, h):
+        tok, prev, n = h.long().unbind(-1)
+        guess = torch.where(prev >= 0, self.table[prev.clamp(min=0)], -1)
+        pred = torch.where(guess >= 0, guess, tok)
+        return -(torch.arange(MVOCAB)[None] - pred[:, None]).abs().double() / n[:, None]
+
+
+def test_heldout_metrics_attends_only_to_real_tokens_and_takes_each_rows_argmax(monkeypatch):
+    """A model that is right at most masks but not all, on batches of rows of different lengths: the loss and top-1
+    are checked against a per-position computation on each row's own (unpadded) length."""
+    words, ids = [], set()
+    for k in range(200):  # 12 words with 12 different ids
+        if _HFWordTok.word_id(f"u{k}") not in ids:
+            ids.add(_HFWordTok.word_id(f"u{k}"))
+            words.append(f"u{k}")
+        if len(words) == 12:
+            break
+    sentence = [101] + [_HFWordTok.word_id(w) for w in words]
+    follows = dict(zip(sentence[:-1], sentence[1:]))
+    model = nn.Module()
+    model.bert, model.cls, model.config = _OracleBert(), _OracleHead(follows), SimpleNamespace(vocab_size=MVOCAB)
+    texts = [" ".join(words[:n]) for n in range(3, 13) for _ in range(4)]  # 5 to 14 tokens
+    seen, real = [], MM.mask_batch
+
+    def spy(ids_, att, special, vocab, gen, prob=0.15):
+        out = real(ids_, att, special, vocab, gen, prob)
+        seen.append((ids_.clone(), out))
+        return out
+
+    monkeypatch.setattr(MM, "mask_batch", spy)
+    got = MM.heldout_metrics(model, _HFWordTok(), texts, max_tokens=128)
+    assert len(seen) > 1
+    loss, correct, n = 0.0, 0, 0
+    v = np.arange(MVOCAB)
+    for ids_, (mids, (rows, cols), targets) in seen:
+        for r, c, t in zip(rows.tolist(), cols.tolist(), targets.tolist()):
+            assert t == ids_[r, c]
+            length = int((ids_[r] != 0).sum())  # the row's own tokens, without padding
+            pred = follows.get(int(mids[r, c - 1]), int(mids[r, c]))
+            logit = -np.abs(v - pred) / length
+            loss += np.log(np.exp(logit - logit.max()).sum()) + logit.max() - logit[t]
+            correct += pred == t
+            n += 1
+    assert 0.5 < correct / n < 1  # right at most masks, not at all
+    assert any(int((ids_ != 0).sum(1).min()) < ids_.shape[1] for ids_, _ in seen)  # rows with padding
+    assert got["heldout_texts"] == 40 and got["masked_tokens"] == n
+    assert got["top1"] == correct / n and got["mlm_loss"] == pytest.approx(loss / n, rel=1e-9)
+
+
+_C_LOCALE_SCRIPT = """
+import json, locale, sys
+from pathlib import Path
+from fairq.text import corpus as C
+C.PATH = Path(sys.argv[2])
+C.main([sys.argv[1]])
+print(json.dumps({"enc": locale.getpreferredencoding(False), "pool": C.wordnet_examples(sys.argv[1]),
+                  "read": C.general_sentences()}))
+"""
+
+
+def test_corpus_round_trip_in_a_c_locale_container(tmp_path, monkeypatch):
+    """In a C / POSIX locale (many containers) Python's default text encoding is ASCII: the WordNet files and the
+    shipped corpus hold non-ASCII text, so every read and write must name UTF-8."""
+    _wordnet(tmp_path / "wn")
+    pool = sorted([_SIX, "padded example with exactly six words", "after a second bar six words here", _THIRTY,
+                   "café and na\ufffdve runners run fast"])
+
+    def written(root):
+        head = [f"# 5 of WordNet 3.0's 5 gloss usage examples with 6-30 words",
+                f"# (seed 0); regenerate: python -m fairq.text.corpus {root}", "#",
+                *[f"# {ln}" for ln in C.NOTICE.splitlines()]]
+        return ("\n".join(head + pool) + "\n").encode("utf-8")
+
+    monkeypatch.setattr(C, "PATH", tmp_path / "here.txt")  # in this process first
+    C.main([str(tmp_path / "wn")])
+    assert (tmp_path / "here.txt").read_bytes() == written(tmp_path / "wn") and C.general_sentences() == pool
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONIOENCODING"))}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
+               PYTHONPATH=os.pathsep.join([str(Path(C.__file__).parents[2]), env.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", _C_LOCALE_SCRIPT, str(tmp_path / "wn"), str(tmp_path / "c.txt")],
+                       env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    import codecs
+
+    if codecs.lookup(out["enc"]).name != "ascii":
+        pytest.skip(f"the C locale's encoding is {out['enc']} here, not ASCII")
+    assert out["pool"] == pool and out["read"] == pool
+    assert (tmp_path / "c.txt").read_bytes() == written(tmp_path / "wn")
