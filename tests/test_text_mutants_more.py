@@ -1890,3 +1890,36 @@ def test_corpus_round_trip_in_a_c_locale_container(tmp_path, monkeypatch):
         pytest.skip(f"the C locale's encoding is {out['enc']} here, not ASCII")
     assert out["pool"] == pool and out["read"] == pool
     assert (tmp_path / "c.txt").read_bytes() == written(tmp_path / "wn")
+
+
+class _Gathered(nn.Module):
+    """An exported masked LM (the INT8 / graph-simulated backend's program): no head the engine can split off; it
+    runs its head at the positions it is given (``gathered_logits``). Called as the model it gives every position's
+    logits, the same values at a higher cost; no attention mask attends to every position, as BERT does."""
+
+    gathers = True
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.calls, self.full_calls = _SumMLM(), [], 0
+
+    def gathered_logits(self, input_ids, attention_mask, rows, pos):
+        self.calls.append((input_ids.clone(), rows.clone(), pos.clone()))
+        att = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return self.inner(input_ids=input_ids, attention_mask=att).logits[rows, pos]
+
+    def forward(self, input_ids, attention_mask=None):
+        self.full_calls += 1
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_engine_asks_a_gathered_model_for_the_masked_positions_only():
+    model = _Gathered()
+    assert E.mlm_parts(model) == (None, None)
+    engine = MaskedLMEngine(model, pad_id=PAD, batch_size=3, max_tokens=8192)
+    got = engine.logprobs(REQS)
+    np.testing.assert_allclose(got, [_expected(r) for r in REQS], atol=1e-5, rtol=0)
+    assert model.full_calls == 0 and len(model.calls) == 2  # never the whole [B, T, vocab]
+    # batch 1 = rows [3, 0, 1] (width 4): masks at (0, 2), (1, 1), (2, 2); batch 2 = rows [4, 2]: (0, 1), (1, 3)
+    assert [(c[1].tolist(), c[2].tolist()) for c in model.calls] == [([0, 1, 2], [2, 1, 2]), ([0, 1], [1, 3])]
+    assert model.calls[1][0].tolist() == [[1, 5, 9, 2, PAD, PAD], [1, 3, 3, 9, 6, 2]]
