@@ -1923,3 +1923,52 @@ def test_engine_asks_a_gathered_model_for_the_masked_positions_only():
     # batch 1 = rows [3, 0, 1] (width 4): masks at (0, 2), (1, 1), (2, 2); batch 2 = rows [4, 2]: (0, 1), (1, 3)
     assert [(c[1].tolist(), c[2].tolist()) for c in model.calls] == [([0, 1, 2], [2, 1, 2]), ([0, 1], [1, 3])]
     assert model.calls[1][0].tolist() == [[1, 5, 9, 2, PAD, PAD], [1, 3, 3, 9, 6, 2]]
+
+
+def test_pretrain_rate_at_every_step_fused_optimizer_and_quiet_progress(monkeypatch):
+    """61 steps: warm-up over 61 // 20 = 3 steps (factors 1/3, 2/3, 1), constant, then (61 − s) / 12.2 over the last
+    20 % with a floor of 0.1; the fused AdamW (one kernel per step); no progress bar unless asked for."""
+    rates, fused = [], []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, *a, **kw):
+            rates.append(self.param_groups[0]["lr"])
+            fused.append(self.defaults["fused"])
+            return super().step(*a, **kw)
+
+    import transformers
+
+    transformers.BertForMaskedLM  # (its import subclasses tqdm: before tqdm is replaced)
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    bars = _record_tqdm(monkeypatch)
+    spec = EM.TinyBertSpec(**SMALL, steps=61, batch_size=1, lr=0.3)
+    _spy_pretrain(monkeypatch, spec)
+    assert len(rates) == 61 and set(fused) == {True}
+    want = {0: 1 / 3, 1: 2 / 3, 2: 1.0, 30: 1.0, 48: 1.0, 49: 12 / 12.2, 55: 6 / 12.2, 59: 2 / 12.2, 60: 0.1}
+    assert {s: rates[s] for s in want} == pytest.approx({s: 0.3 * f for s, f in want.items()}, rel=1e-9)
+    assert bars == [{"desc": "pre-training the embedded BERT", "disable": True, "leave": False}]
+    bars.clear()
+    EM.pretrain(EM.TinyBertSpec(**SMALL, steps=1, batch_size=1), _WordTok(), progress=True)
+    assert bars == [{"desc": "pre-training the embedded BERT", "disable": False, "leave": False}]
+
+
+def test_pretrain_draws_its_negatives_from_its_own_generator(monkeypatch):
+    """The sampled softmax's random tokens come from the run's seeded generator, after its permutation and mask
+    draws (replayed here): the candidate set of each step is known in advance."""
+    spec = EM.TinyBertSpec(**{**SMALL, "negatives": 12}, steps=3, batch_size=4, seed=5)
+    _, _, seen, tok = _spy_pretrain(monkeypatch, spec)
+    enc = tok(EM.generate_corpus(spec), add_special_tokens=True)["input_ids"]
+    width = max(map(len, enc))
+    ids = torch.tensor([e + [0] * (width - len(e)) for e in enc])
+    corpus_ids = torch.tensor(sorted({t for e in enc for t in e}))
+    g = torch.Generator().manual_seed(5)
+    order = torch.cat([torch.randperm(40, generator=g) for _ in range(1)])  # 3 steps x 4 rows: one epoch of 40
+    for step, ((x, _, _), (logits, labels, _)) in enumerate(zip(seen["inputs"], seen["ce"])):
+        rows = order[step * 4:(step + 1) * 4]
+        assert torch.equal(x[x != 3], ids[rows][x != 3])
+        sel = (torch.rand(x.shape, generator=g) < spec.mask_prob) & (ids[rows] > 2)
+        sel[torch.arange(4), 1] |= ~sel.any(1)
+        assert torch.equal(sel, x == 3)
+        cand = torch.unique(torch.cat([corpus_ids, torch.randint(0, len(tok), (12,), generator=g)]))
+        assert logits.shape == (int(sel.sum()), len(cand)) and len(cand) < len(tok)
+        assert torch.equal(cand[labels], ids[rows][sel])
