@@ -1972,3 +1972,64 @@ def test_pretrain_draws_its_negatives_from_its_own_generator(monkeypatch):
         cand = torch.unique(torch.cat([corpus_ids, torch.randint(0, len(tok), (12,), generator=g)]))
         assert logits.shape == (int(sel.sum()), len(cand)) and len(cand) < len(tok)
         assert torch.equal(cand[labels], ids[rows][sel])
+
+
+def test_sampled_logits_with_one_negative_and_a_trained_bias():
+    """One random token is already a sampled softmax; the head's bias (zero at initialisation, not after training)
+    is added to the candidates' logits."""
+    torch.manual_seed(0)
+    model = EM.build_tiny_bert(EM.TinyBertSpec(hidden_size=8, num_layers=1, num_heads=2, intermediate_size=8), 50)
+    with torch.no_grad():
+        model.cls.predictions.bias.copy_(torch.linspace(-2.0, 3.0, 50))
+    hidden = torch.randn(5, 8)
+    labels = torch.tensor([3, 7, 9, 20, 7])
+    corpus = torch.tensor([3, 7, 9, 20])
+    full = model.cls(hidden)  # BERT's head: transform, decoder, + bias
+    for neg in (1, 45):
+        logits, lab = EM._logits(model, hidden, labels, corpus, 50, neg, torch.Generator().manual_seed(2))
+        cand = torch.unique(torch.cat([corpus, torch.randint(0, 50, (neg,), generator=torch.Generator().manual_seed(2))]))
+        assert len(cand) < 50 and logits.shape == (5, len(cand))
+        torch.testing.assert_close(logits, full[:, cand], atol=1e-5, rtol=0)
+        assert torch.equal(cand[lab], labels)
+
+
+def test_train_window_loss_epoch_shuffles_and_rates_at_the_warm_up_boundary(tiny_training, tmp_path, monkeypatch):
+    """26 steps over epochs of a few batches: the history's loss is the mean of its 25 steps' losses; epoch ``e``'s
+    batches are ``length_batches`` of ``Random(seed + e)``; the rate is ``(s + 1) / warmup`` before step ``warmup``,
+    then ``(steps − s) / (steps − warmup)`` (1 at ``s == warmup``), with at least 1 as that divisor."""
+    losses, rates, batches = [], [], []
+    real_ce, real_mask = torch.nn.functional.cross_entropy, MM.mask_batch
+
+    def ce(*a, **kw):
+        loss = real_ce(*a, **kw)
+        losses.append(float(loss))
+        return loss
+
+    def mask(ids, *a, **kw):
+        batches.append([tuple(t for t in row if t) for row in ids.tolist()])
+        return real_mask(ids, *a, **kw)
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, *a, **kw):
+            rates.append([g["lr"] for g in self.param_groups])
+            return super().step(*a, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", ce)
+    monkeypatch.setattr(MM, "mask_batch", mask)
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    kw = dict(max_tokens=64, max_len=8, lr=1e-3, head_lr=1e-2, save_every=100, eval_every=0, deadline=None, bf16=False)
+    MM.train(tmp_path / "a", steps=26, warmup=3, seed=3, **kw)
+    hist = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["state"]["history"]
+    assert len(losses) == 26 and hist[0]["loss"] == pytest.approx(sum(losses[:25]) / 25, rel=1e-12)
+    seqs = MM.encode_texts(_HFWordTok(), [t for t in _corpus_texts() if not MM.is_heldout(t)], 8)
+    want = []
+    for epoch in range(26):
+        want += [[tuple(seqs[i]) for i in b] for b in MM.length_batches(seqs, 64, random.Random(3 + epoch))]
+    assert 2 < len(MM.length_batches(seqs, 64, random.Random(0))) < 13  # several epochs in 26 steps
+    assert batches == want[:26]
+    factors = {0: 1 / 3, 1: 2 / 3, 2: 1.0, 3: 1.0, 4: 22 / 23, 25: 1 / 23}
+    np.testing.assert_allclose([rates[s] for s in factors], [[1e-3 * f, 1e-3 * f, 1e-2 * f] for f in factors.values()],
+                               rtol=1e-12, atol=0)
+    rates.clear()
+    MM.train(tmp_path / "b", steps=2, warmup=1, seed=0, **kw)  # one step after the warm-up: (2 − 1) / max(1, 1)
+    np.testing.assert_allclose(rates, [[1e-3, 1e-3, 1e-2], [1e-3, 1e-3, 1e-2]], rtol=1e-12, atol=0)
