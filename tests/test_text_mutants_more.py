@@ -1942,14 +1942,18 @@ def test_pretrain_rate_at_every_step_fused_optimizer_and_quiet_progress(monkeypa
     monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
     bars = _record_tqdm(monkeypatch)
     spec = EM.TinyBertSpec(**SMALL, steps=61, batch_size=1, lr=0.3)
-    _spy_pretrain(monkeypatch, spec)
+    _, info, seen, _ = _spy_pretrain(monkeypatch, spec)
+    assert info["final_loss_mean_last50"] == pytest.approx(np.mean([c[2] for c in seen["ce"][-50:]]), rel=1e-12)
     assert len(rates) == 61 and set(fused) == {True}
     want = {0: 1 / 3, 1: 2 / 3, 2: 1.0, 30: 1.0, 48: 1.0, 49: 12 / 12.2, 55: 6 / 12.2, 59: 2 / 12.2, 60: 0.1}
     assert {s: rates[s] for s in want} == pytest.approx({s: 0.3 * f for s, f in want.items()}, rel=1e-9)
     assert bars == [{"desc": "pre-training the embedded BERT", "disable": True, "leave": False}]
     bars.clear()
-    EM.pretrain(EM.TinyBertSpec(**SMALL, steps=1, batch_size=1), _WordTok(), progress=True)
+    clock = iter([100.0])
+    monkeypatch.setattr(EM.time, "perf_counter", lambda: next(clock, 102.345))  # 2.345 s: reported as 2.3
+    _, info = EM.pretrain(EM.TinyBertSpec(**SMALL, steps=1, batch_size=1), _WordTok(), progress=True)
     assert bars == [{"desc": "pre-training the embedded BERT", "disable": False, "leave": False}]
+    assert info["seconds"] == 2.3
 
 
 def test_pretrain_draws_its_negatives_from_its_own_generator(monkeypatch):
@@ -2009,24 +2013,40 @@ def test_train_window_loss_epoch_shuffles_and_rates_at_the_warm_up_boundary(tiny
         batches.append([tuple(t for t in row if t) for row in ids.tolist()])
         return real_mask(ids, *a, **kw)
 
+    norms, masks, real_logits = [], [], MM.masked_logits
+
     class RecordingAdamW(torch.optim.AdamW):
         def step(self, *a, **kw):
             rates.append([g["lr"] for g in self.param_groups])
+            norms.append(float(torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"]
+                                          if p.grad is not None]).norm()))
             return super().step(*a, **kw)
+
+    def logits_spy(model, ids, att, rows, cols):
+        masks.append((ids, att))
+        return real_logits(model, ids, att, rows, cols)
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", ce)
     monkeypatch.setattr(MM, "mask_batch", mask)
+    monkeypatch.setattr(MM, "masked_logits", logits_spy)
+    texts = [" ".join(f"w{j}" for j in range(k % 5)) + f" k{k}" for k in range(30)]  # 3 to 7 tokens: padding
+    monkeypatch.setattr(MM, "wordnet_texts", lambda: texts)
     monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
     kw = dict(max_tokens=64, max_len=8, lr=1e-3, head_lr=1e-2, save_every=100, eval_every=0, deadline=None, bf16=False)
     MM.train(tmp_path / "a", steps=26, warmup=3, seed=3, **kw)
     hist = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["state"]["history"]
     assert len(losses) == 26 and hist[0]["loss"] == pytest.approx(sum(losses[:25]) / 25, rel=1e-12)
-    seqs = MM.encode_texts(_HFWordTok(), [t for t in _corpus_texts() if not MM.is_heldout(t)], 8)
+    seqs = MM.encode_texts(_HFWordTok(), [t for t in texts if not MM.is_heldout(t)], 8)
     want = []
     for epoch in range(26):
         want += [[tuple(seqs[i]) for i in b] for b in MM.length_batches(seqs, 64, random.Random(3 + epoch))]
     assert 2 < len(MM.length_batches(seqs, 64, random.Random(0))) < 13  # several epochs in 26 steps
     assert batches == want[:26]
+    # the encoder attends to each row's own tokens only (the batches are padded), and gradients are clipped to 1
+    assert len(masks) == 26 and all(torch.equal(att, torch.tensor([[int(bool(t)) for t in row + (0,) * (
+        len(ids[0]) - len(row))] for row in b])) for (ids, att), b in zip(masks, batches))
+    assert any(att.min() == 0 for _, att in masks)
+    assert max(norms) == pytest.approx(1.0, rel=1e-5) and norms[0] == pytest.approx(1.0, rel=1e-5)
     factors = {0: 1 / 3, 1: 2 / 3, 2: 1.0, 3: 1.0, 4: 22 / 23, 25: 1 / 23}
     np.testing.assert_allclose([rates[s] for s in factors], [[1e-3 * f, 1e-3 * f, 1e-2 * f] for f in factors.values()],
                                rtol=1e-12, atol=0)
