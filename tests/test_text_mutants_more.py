@@ -1998,7 +1998,7 @@ def test_sampled_logits_with_one_negative_and_a_trained_bias():
 
 
 def test_train_window_loss_epoch_shuffles_and_rates_at_the_warm_up_boundary(tiny_training, tmp_path, monkeypatch):
-    """26 steps over epochs of a few batches: the history's loss is the mean of its 25 steps' losses; epoch ``e``'s
+    """50 steps over epochs of a few batches: the history's loss is the mean of its 25 steps' losses; epoch ``e``'s
     batches are ``length_batches`` of ``Random(seed + e)``; the rate is ``(s + 1) / warmup`` before step ``warmup``,
     then ``(steps − s) / (steps − warmup)`` (1 at ``s == warmup``), with at least 1 as that divisor."""
     losses, rates, batches = [], [], []
@@ -2033,23 +2033,59 @@ def test_train_window_loss_epoch_shuffles_and_rates_at_the_warm_up_boundary(tiny
     monkeypatch.setattr(MM, "wordnet_texts", lambda: texts)
     monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
     kw = dict(max_tokens=64, max_len=8, lr=1e-3, head_lr=1e-2, save_every=100, eval_every=0, deadline=None, bf16=False)
-    MM.train(tmp_path / "a", steps=26, warmup=3, seed=3, **kw)
+    clock = iter(range(10 ** 6))  # every reading 2 s after the last (train's only clock: one reading a step)
+    monkeypatch.setattr(MM, "time", SimpleNamespace(time=lambda: 1000.0 + 2.0 * next(clock)))
+    MM.train(tmp_path / "a", steps=50, warmup=3, seed=3, **kw)
     hist = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["state"]["history"]
-    assert len(losses) == 26 and hist[0]["loss"] == pytest.approx(sum(losses[:25]) / 25, rel=1e-12)
+    assert len(losses) == 50 and [h["step"] for h in hist] == [25, 50]
+    assert [h["loss"] for h in hist] == pytest.approx([sum(losses[:25]) / 25, sum(losses[25:]) / 25], rel=1e-12)
+    logged = [ln for ln in (tmp_path / "a" / "train.log").read_text().splitlines() if ln.startswith("step ")]
+    tokens = hist[0]["tokens"]
+    assert logged[0] == (f"step 25 epoch {logged[0].split()[3]} loss {sum(losses[:25]) / 25:.3f} lr 5.53e-04 "
+                         f"tokens {tokens} ({tokens / 50:.0f}/s) 50s")  # 25 steps of 2 s; lr of step 24: 26 / 47
     seqs = MM.encode_texts(_HFWordTok(), [t for t in texts if not MM.is_heldout(t)], 8)
     want = []
-    for epoch in range(26):
+    for epoch in range(50):
         want += [[tuple(seqs[i]) for i in b] for b in MM.length_batches(seqs, 64, random.Random(3 + epoch))]
-    assert 2 < len(MM.length_batches(seqs, 64, random.Random(0))) < 13  # several epochs in 26 steps
-    assert batches == want[:26]
+    assert 2 < len(MM.length_batches(seqs, 64, random.Random(0))) < 13  # several epochs in 50 steps
+    assert batches == want[:50]
     # the encoder attends to each row's own tokens only (the batches are padded), and gradients are clipped to 1
-    assert len(masks) == 26 and all(torch.equal(att, torch.tensor([[int(bool(t)) for t in row + (0,) * (
+    assert len(masks) == 50 and all(torch.equal(att, torch.tensor([[int(bool(t)) for t in row + (0,) * (
         len(ids[0]) - len(row))] for row in b])) for (ids, att), b in zip(masks, batches))
     assert any(att.min() == 0 for _, att in masks)
     assert max(norms) == pytest.approx(1.0, rel=1e-5) and norms[0] == pytest.approx(1.0, rel=1e-5)
-    factors = {0: 1 / 3, 1: 2 / 3, 2: 1.0, 3: 1.0, 4: 22 / 23, 25: 1 / 23}
+    factors = {0: 1 / 3, 1: 2 / 3, 2: 1.0, 3: 1.0, 4: 46 / 47, 49: 1 / 47}
     np.testing.assert_allclose([rates[s] for s in factors], [[1e-3 * f, 1e-3 * f, 1e-2 * f] for f in factors.values()],
                                rtol=1e-12, atol=0)
     rates.clear()
     MM.train(tmp_path / "b", steps=2, warmup=1, seed=0, **kw)  # one step after the warm-up: (2 − 1) / max(1, 1)
     np.testing.assert_allclose(rates, [[1e-3, 1e-3, 1e-2], [1e-3, 1e-3, 1e-2]], rtol=1e-12, atol=0)
+
+
+def test_train_saves_every_save_every_steps_stops_after_the_deadline_and_evaluates_300_held_out(
+        tiny_training, tmp_path, monkeypatch):
+    saved, real_save = [], torch.save
+
+    def save(obj, path, *a, **kw):
+        saved.append(obj["state"]["step"])
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    kw = dict(max_tokens=64, max_len=8, lr=1e-3, head_lr=1e-2, warmup=1, eval_every=0, seed=0, bf16=False)
+    MM.train(tmp_path / "a", steps=5, save_every=2, deadline=None, **kw)
+    assert saved == [2, 4, 5]  # every 2 steps, and at the end
+    # the clock: t0, then per step the time spent and the deadline check; a deadline equal to the clock is not past
+    clock = iter(range(10 ** 6))
+    monkeypatch.setattr(MM, "time", SimpleNamespace(time=lambda: 1000.0 + 2.0 * next(clock)))
+    saved.clear()
+    MM.train(tmp_path / "b", steps=5, save_every=100, deadline=1004.0, **kw)  # step 1's check reads 1004
+    log = (tmp_path / "b" / "train.log").read_text().splitlines()
+    assert saved == [2] and log[-1] == "deadline reached: stopping early"
+    # every held-out text but the first 300 is left out of the evaluation
+    texts = [f"held {k} out" for k in range(305)] + [f"train {k} text" for k in range(20)]
+    monkeypatch.setattr(MM, "wordnet_texts", lambda: texts)
+    monkeypatch.setattr(MM, "is_heldout", lambda t: t.startswith("held"))
+    MM.train(tmp_path / "c", steps=1, save_every=100, deadline=None, **{**kw, "eval_every": 1})
+    log = (tmp_path / "c" / "train.log").read_text().splitlines()
+    assert log[0] == "corpus: 325 WordNet texts, 20 train (100 tokens with [CLS]/[SEP]), 305 held out"
+    assert log[1].startswith("heldout at step 1: {'heldout_texts': 300, ")
