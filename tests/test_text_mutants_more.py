@@ -907,7 +907,7 @@ def _spy_pretrain(monkeypatch, spec, log_dir=None):
 
     def ce(logits, labels, *a, **kw):
         loss = real_ce(logits, labels, *a, **kw)
-        seen["ce"].append((logits.detach().clone(), labels.clone(), float(loss)))
+        seen["ce"].append((logits.detach().clone(), labels.clone(), float(loss.detach())))
         return loss
 
     monkeypatch.setattr(EM, "build_tiny_bert", build)
@@ -1991,7 +1991,8 @@ def test_sampled_logits_with_one_negative_and_a_trained_bias():
     full = model.cls(hidden)  # BERT's head: transform, decoder, + bias
     for neg in (1, 45):
         logits, lab = EM._logits(model, hidden, labels, corpus, 50, neg, torch.Generator().manual_seed(2))
-        cand = torch.unique(torch.cat([corpus, torch.randint(0, 50, (neg,), generator=torch.Generator().manual_seed(2))]))
+        drawn = torch.randint(0, 50, (neg,), generator=torch.Generator().manual_seed(2))
+        cand = torch.unique(torch.cat([corpus, drawn]))
         assert len(cand) < 50 and logits.shape == (5, len(cand))
         torch.testing.assert_close(logits, full[:, cand], atol=1e-5, rtol=0)
         assert torch.equal(cand[lab], labels)
