@@ -1836,3 +1836,49 @@ def test_text_report_states_the_runs_confidence_level():
     got = T.text_report_html({"scores": pd.DataFrame(), "flips": pd.DataFrame()}, pd.DataFrame({"a": [1]}),
                              lambda frame: "", level="90%")
     assert "cluster-bootstrap 90% CIs" in got and "95%" not in got
+
+
+# ------------------------------------------- round 8: a run of several masked LMs (commit 91b8e0d) names the model
+def _cells_of(models):
+    # one one-row cell per model name, in this order: config "" falls back to the method
+    return pd.DataFrame([
+        {"cell": f"c{i}", "model": mdl, "config": cfg, "method": "fp32", "metric": "m1", "value": float(i),
+         "value_ci_low": np.nan, "value_ci_high": np.nan}
+        for i, (mdl, cfg) in enumerate(zip(models, ["", "rtn_w8", "gptq_w4"]))])
+
+
+def test_headline_table_names_the_model_only_when_a_run_has_several():
+    two = T.headline_table(_cells_of(["bert", "minilm", "bert"]), ["m1"])
+    assert list(two.columns) == ["model", "config", "m1"]
+    assert two.to_dict("records") == [{"model": "bert", "config": "fp32", "m1": "0.0"},
+                                      {"model": "minilm", "config": "rtn_w8", "m1": "1.0"},
+                                      {"model": "bert", "config": "gptq_w4", "m1": "2.0"}]
+    one = T.headline_table(_cells_of(["bert", "bert", "bert"]), ["m1"])
+    assert one.to_dict("records") == [{"config": "fp32", "m1": "0.0"}, {"config": "rtn_w8", "m1": "1.0"},
+                                      {"config": "gptq_w4", "m1": "2.0"}]
+    none = T.headline_table(_cells_of(["bert", "x", "y"]).drop(columns="model"), ["m1"])
+    assert list(none.columns) == ["config", "m1"]
+    assert T._several_models(pd.DataFrame({"model": ["a", "b"]}))
+    assert not T._several_models(pd.DataFrame({"model": ["a", "a"]}))
+    assert not T._several_models(pd.DataFrame({"model": ["a", None]}))   # a missing name is not a second model
+    assert not T._several_models(pd.DataFrame({"other": ["a", "b"]}))
+    assert not T._several_models(pd.DataFrame({"model": []}))
+
+
+FLIP_COLUMNS = ["config", "benchmark", "domain", "n", "flips", "flip_rate", "flip_rate_ci_low", "flip_rate_ci_high",
+                "direction_1", "count_1", "direction_2", "count_2", "p_adjusted"]
+
+
+def test_text_report_html_names_the_model_in_the_tables_of_a_run_of_several():
+    def table(df):
+        return f"<T {'|'.join(map(str, df.columns))} {'/'.join(map(str, df.get('model', [])))} #{len(df)}>"
+
+    flips = pd.DataFrame([{**{c: 0 for c in FLIP_COLUMNS}, "model": mdl, "extra": 1} for mdl in ("bert", "minilm")])
+    got = T.text_report_html({"scores": _cells_of(["bert", "minilm"]), "flips": flips}, pd.DataFrame({"a": [1]}),
+                             table)
+    assert "<h3>Headline metrics</h3><T model|config bert/minilm #2>" in got   # no registered metric is m1
+    assert got.endswith("<h3>Flips vs the FP32 baseline</h3><T model|" + "|".join(FLIP_COLUMNS) + " bert/minilm #2>")
+    one = T.text_report_html({"scores": _cells_of(["bert", "bert"]), "flips": flips.assign(model="bert")},
+                             pd.DataFrame({"a": [1]}), table)
+    assert "<h3>Headline metrics</h3><T config  #2>" in one
+    assert one.endswith("<h3>Flips vs the FP32 baseline</h3><T " + "|".join(FLIP_COLUMNS) + "  #2>")
