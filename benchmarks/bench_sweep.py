@@ -8,10 +8,12 @@ trained baselines (trained once, serially, outside the clock):
 
 * ``default`` — the default config's own cells: every quantization and mitigation setting of
   ``configs/default.yaml`` on its data (synthetic, 64 px) for its models;
-* ``128px`` — K static-PTQ cells of ``tiny_cnn`` at 128 px (seconds each: where start-up costs no longer hide).
+* ``128px`` — K static-PTQ settings of ``tiny_cnn`` at 128 px (seconds each: where start-up costs no longer
+  hide), for ``--train_seeds`` training seeds (default 2, each with its own baseline: 82 cells).
 
-Each prints both wall times, the speed-up (serial ÷ Ray) and the efficiency (speed-up ÷ N), and checks that both
-runs stored the same cells with the same values (timings aside). The Ray time includes creating the workers
+Each prints both wall times (the mean of ``--repeats`` runs each, alternated serial, Ray, Ray, serial, …), the
+speed-up (serial ÷ Ray) and the efficiency (speed-up ÷ N), and checks that every run stored the same cells with the
+same values (timings aside). The Ray time includes creating the workers
 (importing torch, reading the config, opening the data in each); the local Ray itself is started before the clock,
 as a cluster is up before a sweep.
 

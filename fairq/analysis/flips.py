@@ -55,40 +55,39 @@ def wilson_interval(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _flip_rows(pair: Paired, gid: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    # columns gathered in a dict and framed once: assigning them one by one to a DataFrame was most of the
+    # analysis phase's time on a sweep of many cells
     g = len(labels)
     t, a, b = pair.y_true, pair.y_base, pair.y_pred
     flip = a != b
-    out = pd.DataFrame({"group": labels})
+
+    def rate(k, n):
+        return np.divide(k, n, out=np.full(g, np.nan), where=n > 0)
+
     n = np.bincount(gid, minlength=g)
-    out["n"] = n
-    out["flips"] = np.bincount(gid, weights=flip, minlength=g).astype(int)
-    out["flip_rate"] = np.divide(out["flips"], n, out=np.full(g, np.nan), where=n > 0)
-    out["flip_rate_ci_low"], out["flip_rate_ci_high"] = wilson_interval(out["flips"], n)
+    flips = np.bincount(gid, weights=flip, minlength=g).astype(int)
+    out = {"group": labels, "n": n, "flips": flips, "flip_rate": rate(flips, n)}
+    out["flip_rate_ci_low"], out["flip_rate_ci_high"] = wilson_interval(flips, n)
     kinds = {"correct_to_wrong": flip & (a == t), "wrong_to_correct": flip & (b == t),
              "wrong_to_wrong": flip & (a != t) & (b != t)}
     base_ok = np.bincount(gid, weights=a == t, minlength=g)
     for name, mask in kinds.items():
         out[name] = np.bincount(gid, weights=mask, minlength=g).astype(int)
-        out[f"{name}_rate"] = np.divide(out[name], n, out=np.full(g, np.nan), where=n > 0)
+        out[f"{name}_rate"] = rate(out[name], n)
     # Conditional rates: how often a baseline-correct sample breaks, how often a baseline error gets fixed.
-    out["p_wrong_given_base_correct"] = np.divide(out["correct_to_wrong"], base_ok, out=np.full(g, np.nan),
-                                                  where=base_ok > 0)
-    base_bad = n - base_ok
-    out["p_correct_given_base_wrong"] = np.divide(out["wrong_to_correct"], base_bad, out=np.full(g, np.nan),
-                                                  where=base_bad > 0)
+    out["p_wrong_given_base_correct"] = rate(out["correct_to_wrong"], base_ok)
+    out["p_correct_given_base_wrong"] = rate(out["wrong_to_correct"], n - base_ok)
     if pair.base_probs is not None:
         bins = uncertainty_bin(normalized_entropy(pair.base_probs))
         for k, name in enumerate(UNCERTAINTY_BINS):
             m = bins == k
             nb = np.bincount(gid, weights=m, minlength=g).astype(int)
             fb = np.bincount(gid, weights=m & flip, minlength=g).astype(int)
-            out[f"n_{name}"] = nb
-            out[f"flips_{name}"] = fb
-            out[f"flip_rate_{name}"] = np.divide(fb, nb, out=np.full(g, np.nan), where=nb > 0)
+            out[f"n_{name}"], out[f"flips_{name}"], out[f"flip_rate_{name}"] = nb, fb, rate(fb, nb)
     else:
         for name in UNCERTAINTY_BINS:
-            out[f"n_{name}"], out[f"flips_{name}"], out[f"flip_rate_{name}"] = np.nan, np.nan, np.nan
-    return out
+            out[f"n_{name}"], out[f"flips_{name}"], out[f"flip_rate_{name}"] = (np.full(g, np.nan) for _ in "nfr")
+    return pd.DataFrame(out)
 
 
 def compute_flips(store: Store, pairs: dict[str, Paired]) -> pd.DataFrame:
