@@ -68,7 +68,7 @@ class _SumMLM(nn.Module):
             self.cls.predictions.bias.copy_(torch.tensor(_B))
 
     def forward(self, input_ids, attention_mask=None):
-        h = E._hidden(self.bert(input_ids=input_ids, attention_mask=attention_mask))
+        h = E.hidden_states(self.bert(input_ids=input_ids, attention_mask=attention_mask))
         return SimpleNamespace(logits=self.cls.predictions(h))
 
 
@@ -293,7 +293,7 @@ def test_nsp_head_and_hidden():
     m.cls.seq_relationship = nn.Linear(2, 2)
     assert E.nsp_head(m) is m.cls.seq_relationship
     t = torch.ones(1)
-    assert E._hidden(t) is t and E._hidden(SimpleNamespace(last_hidden_state=t)) is t and E._hidden((t, 0)) is t
+    assert E.hidden_states(t) is t and E.hidden_states(SimpleNamespace(last_hidden_state=t)) is t and E.hidden_states((t, 0)) is t
 
 
 class _NSP(nn.Module):

@@ -86,7 +86,8 @@ def _flip_rows(pair: Paired, gid: np.ndarray, labels: list[str]) -> pd.DataFrame
             out[f"n_{name}"], out[f"flips_{name}"], out[f"flip_rate_{name}"] = nb, fb, rate(fb, nb)
     else:
         for name in UNCERTAINTY_BINS:
-            out[f"n_{name}"], out[f"flips_{name}"], out[f"flip_rate_{name}"] = (np.full(g, np.nan) for _ in "nfr")
+            for col in (f"n_{name}", f"flips_{name}", f"flip_rate_{name}"):
+                out[col] = np.full(g, np.nan)
     return pd.DataFrame(out)
 
 

@@ -46,9 +46,6 @@ def nsp_head(model: nn.Module):
     return getattr(cls, "seq_relationship", None) if cls is not None else None
 
 
-_hidden = hidden_states  # (the engine's name for it)
-
-
 class MaskedLMEngine:
     """Batched answers to :class:`MaskRequest` s for one model.
 
@@ -100,13 +97,13 @@ class MaskedLMEngine:
                 import torch._inductor.config as inductor_config
 
                 with inductor_config.patch(freezing=True):
-                    hidden = _hidden(self._compiled(input_ids=ids, attention_mask=att))
+                    hidden = hidden_states(self._compiled(input_ids=ids, attention_mask=att))
                 return logits_of(self.head(hidden[rows, pos]))
             except Exception as err:  # noqa: BLE001 — compilation is an optimisation: any failure → eager
                 log.warning("masked LM engine: torch.compile failed (%s: %s); scoring in eager mode",
                             type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
                 self.compile = False
-        hidden = _hidden(encoder(input_ids=ids, attention_mask=att))[rows, pos]  # gather first
+        hidden = hidden_states(encoder(input_ids=ids, attention_mask=att))[rows, pos]  # gather first
         return logits_of(self.head(hidden))
 
     @torch.inference_mode()
